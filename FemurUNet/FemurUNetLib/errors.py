@@ -1,0 +1,9 @@
+"""One exception type for user-facing failures: its message is the one line the CLI prints."""
+
+
+class FemurUNetError(Exception):
+    """Bad input or unusable file; str(e) names the file/node and what is wrong."""
+
+
+class Cancelled(FemurUNetError):
+    """The caller's cancel hook asked to stop; nothing was written."""
