@@ -1,0 +1,72 @@
+"""``femurunet segment``: CT file or DICOM folder in, labelmap / .seg.nrrd out."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from .errors import FemurUNetError
+from .inference import segment_volume
+from .volume_io import output_kind, read_volume, write_image, write_labelmap
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (only redrawn when the percentage changes)."""
+
+    def __init__(self, label: str, stream=sys.stderr, width: int = 30):
+        self.label, self.stream, self.width, self.last = label, stream, width, -1
+        self.started = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if percent == self.last:
+            return
+        self.last = percent
+        filled = self.width * done // max(total, 1)
+        rate = done / max(time.perf_counter() - self.started, 1e-9)
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} slices"
+                          f" ({rate:.1f}/s)")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def summarize(labelmap: np.ndarray, spacing, labels) -> list:
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    counts = np.bincount(labelmap.ravel(), minlength=max([l["value"] for l in labels] + [1]) + 1)
+    return [(l["name"], int(counts[l["value"]]), counts[l["value"]] * voxel_ml) for l in labels]
+
+
+def run_segment(args) -> int:
+    output_kind(args.output)  # fail on a bad output name before any work
+    if args.probabilities:
+        output_kind(args.probabilities)
+    volume, geometry = read_volume(args.input)
+    result = segment_volume(volume, geometry, args.model, device=args.device, batch_size=args.batch_size,
+                            threshold=args.threshold, autocast=not args.no_autocast,
+                            return_probabilities=bool(args.probabilities),
+                            progress=None if args.quiet else ProgressBar("segment"))
+    write_labelmap(args.output, result.labelmap, result.geometry, result.labels)
+    if args.probabilities:
+        write_image(args.probabilities, result.probabilities, result.geometry)
+    for name, voxels, ml in summarize(result.labelmap, geometry.spacing, result.labels):
+        print(f"{name}: {voxels} voxels, {ml:.1f} ml")
+    print(f"{result.stats['slices']} slices in {result.seconds:.1f} s on {result.device} "
+          f"(batch {result.batch_size}, autocast {result.stats['autocast']}) -> {args.output}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("segment", help="segment the femur in a CT volume",
+                              description="Segment the femur in a CT (NIfTI/NRRD/MHA file or DICOM folder).")
+    p.add_argument("input", help="CT volume file or DICOM folder")
+    p.add_argument("output", help="labelmap .nii.gz/.nrrd/.mha, or a Slicer segmentation .seg.nrrd")
+    p.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, help="slices per batch (default: 8 on CPU, from free memory on CUDA)")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's, 0.5)")
+    p.add_argument("--probabilities", metavar="P.nii.gz", help="also write the probability map")
+    p.add_argument("--no-autocast", action="store_true", help="run in full fp32 precision")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_segment)

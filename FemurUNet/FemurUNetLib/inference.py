@@ -1,0 +1,232 @@
+"""Segment a CT volume slice by slice: canonical frame, window, resize, batched U-Net, labelmap on the input grid."""
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .errors import Cancelled, FemurUNetError
+from .geometry import Geometry, Reorientation
+from .modelfile import resolve_model
+from .preprocess import from_model_output, labels_from_probabilities, to_model_input, window_hu
+
+CPU_BATCH_SIZE = 8
+
+
+@dataclass
+class SegmentationResult:
+    labelmap: np.ndarray                      # uint8, same shape/grid as the input volume
+    geometry: Geometry
+    labels: list                              # metadata label records: value, name, color
+    probabilities: Optional[np.ndarray] = None  # float32 in [0, 1] (first channel), only when asked for
+    device: str = "cpu"
+    batch_size: int = 0
+    seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FemurUNetError(f"device {name!r}: CUDA is not available to this PyTorch ({torch.__version__})")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FemurUNetError("device 'mps': Apple Metal is not available to this PyTorch")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise FemurUNetError(f"device {name!r}: unknown (use auto, cpu, cuda, cuda:N or mps)") from None
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 dot products (AVX512-BF16 / AMX): there bf16 autocast is a speed-up."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and _cpu_flags() & {"avx512_bf16", "amx_bf16"} != set()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def autocast_dtype(device: torch.device, enabled: bool = True) -> Optional[torch.dtype]:
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else None
+
+
+def auto_batch_size(device: torch.device, base_filters: int, input_size: int) -> int:
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    per_slice = 48 * base_filters * input_size * input_size  # ~ peak activation bytes per slice in half precision
+    return int(max(1, min(256, 0.5 * free // per_slice)))
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class SliceSegmenter:
+    """The per-batch work, on one device: HU slices in, uint8 labels (and optional probabilities) out."""
+
+    def __init__(self, model, device: torch.device, autocast: bool = True, threshold: Optional[float] = None,
+                 channels_last: bool = True):
+        self.model = model
+        meta = model.metadata
+        self.window = (float(meta["window"]["center"]), float(meta["window"]["width"]))
+        self.size = int(meta["input_size"])
+        self.threshold = float(meta["threshold"] if threshold is None else threshold)
+        self.channels_last = channels_last
+        self.autocast = autocast
+        self.to(device)
+
+    def to(self, device: torch.device) -> "SliceSegmenter":
+        self.device = device
+        self.model.to(device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.model.eval()
+        self.amp_dtype = autocast_dtype(device, self.autocast)
+        return self
+
+    def _amp(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @torch.inference_mode()
+    def __call__(self, hu: torch.Tensor, want_probabilities: bool = False):
+        """hu: (N, H, W) tensor (any dtype, any device) -> (labels (N, H, W) uint8, probs (N, H, W) float32 | None)."""
+        n, h, w = hu.shape
+        x = to_model_input(window_hu(hu.to(self.device, non_blocking=True), *self.window), self.size)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._amp():
+            probs = self.model(x)
+        probs = from_model_output(probs.float(), h, w)
+        labels = labels_from_probabilities(probs, self.threshold)
+        return labels, (probs[:, 0] if want_probabilities else None)
+
+
+def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, model=None, *, device: str = "auto",
+                   batch_size: Optional[int] = None, threshold: Optional[float] = None, autocast: bool = True,
+                   return_probabilities: bool = False, progress: Optional[Callable[[int, int], None]] = None,
+                   cancel: Optional[Callable[[], bool]] = None, channels_last: bool = True) -> SegmentationResult:
+    """Segment the femur in a 3-D CT array (numpy (k, j, i), HU) and return a uint8 labelmap on the same grid.
+
+    ``model``: a UNet2D (with ``.metadata``), a ``.pt``/``.hdf5`` path, or None for the shipped demo model.
+    ``progress(done, total)`` is called after each batch; ``cancel()`` returning True raises ``Cancelled``.
+    Memory beyond the output labelmap is one batch of slices: the volume is never converted to float whole.
+    """
+    started = time.perf_counter()
+    volume = np.asarray(volume)
+    if volume.ndim != 3 or min(volume.shape) < 1:
+        raise FemurUNetError(f"expected a 3-D volume, got an array of shape {volume.shape}")
+    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
+        raise FemurUNetError(f"expected a scalar CT volume in HU, got dtype {volume.dtype}")
+    geometry = geometry or Geometry()
+    dev = pick_device(device)
+    net = resolve_model(model)
+    runner = SliceSegmenter(net, dev, autocast, threshold, channels_last)
+    batch = int(batch_size or auto_batch_size(dev, net.base_filters, runner.size))
+    if batch < 1:
+        raise FemurUNetError(f"batch size must be at least 1, got {batch}")
+
+    reorient = Reorientation.for_geometry(geometry)
+    source = reorient.to_canonical(volume)
+    labelmap = np.zeros(volume.shape, dtype=np.uint8)
+    target = reorient.to_canonical(labelmap)
+    probabilities = np.zeros(volume.shape, dtype=np.float32) if return_probabilities else None
+    prob_target = reorient.to_canonical(probabilities) if return_probabilities else None
+
+    total, done = source.shape[0], 0
+    pending = None  # CUDA: results of the previous batch, copied back while the next one computes
+    while done < total:
+        if cancel is not None and cancel():
+            raise Cancelled("segmentation cancelled; nothing was written")
+        stop = min(total, done + batch)
+        hu = torch.from_numpy(np.ascontiguousarray(source[done:stop]))
+        if runner.device.type == "cuda":
+            hu = hu.pin_memory()
+        try:
+            labels, probs = runner(hu, return_probabilities)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            batch = _back_off(runner, batch, exc)
+            continue
+        if pending is not None:
+            _store(pending, target, prob_target)
+        pending = (done, stop, _to_host(labels), _to_host(probs))
+        if runner.device.type != "cuda":
+            _store(pending, target, prob_target)
+            pending = None
+        done = stop
+        if progress is not None:
+            progress(done, total)
+    if pending is not None:
+        _store(pending, target, prob_target)
+
+    return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
+                              probabilities=probabilities, device=str(runner.device), batch_size=batch,
+                              seconds=time.perf_counter() - started,
+                              stats={"slices": total, "threshold": runner.threshold,
+                                     "autocast": str(runner.amp_dtype).replace("torch.", "") if runner.amp_dtype else "off"})
+
+
+def _back_off(runner: SliceSegmenter, batch: int, exc: BaseException) -> int:
+    """Out of memory: halve the batch; at batch 1 on an accelerator, continue on the CPU."""
+    if runner.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if batch > 1:
+        warnings.warn(f"out of memory on {runner.device} at batch size {batch}; retrying with {batch // 2}")
+        return batch // 2
+    if runner.device.type != "cpu":
+        warnings.warn(f"out of memory on {runner.device} even at batch size 1; continuing on the CPU")
+        runner.to(torch.device("cpu"))
+        return CPU_BATCH_SIZE
+    raise FemurUNetError("out of memory on the CPU even at batch size 1") from exc
+
+
+def _to_host(t: Optional[torch.Tensor]):
+    if t is None:
+        return None
+    if t.device.type == "cuda":
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+    return t.cpu(), None
+
+
+def _store(pending, target: np.ndarray, prob_target: Optional[np.ndarray]) -> None:
+    start, stop, (labels, event), probs = pending
+    if event is not None:
+        event.synchronize()
+    target[start:stop] = labels.numpy()
+    if prob_target is not None:
+        prob_target[start:stop] = probs[0].numpy()

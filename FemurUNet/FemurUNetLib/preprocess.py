@@ -1,0 +1,81 @@
+"""Slice preprocessing shared by inference and the training export: HU window, square pad, resize.
+
+Everything works on batches of slices ``(N, H, W)`` as torch tensors on any device, vectorised.
+The window quantises to 8-bit steps, so inference sees exactly the values the exported PNGs hold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_WINDOW = (400.0, 2000.0)   # centre, width in HU: bone window with soft tissue still visible
+DEFAULT_INPUT_SIZE = 256
+
+
+def window_hu(hu: torch.Tensor, center: float, width: float) -> torch.Tensor:
+    """HU -> [0, 1] float32 over [center - width/2, center + width/2], rounded to 1/255 steps."""
+    if width <= 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    low = center - width / 2.0
+    x = (hu.to(torch.float32) - low) * (255.0 / width)
+    return x.clamp_(0.0, 255.0).round_().mul_(1.0 / 255.0)
+
+
+def window_to_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """The same window as 8-bit pixels (what the exported PNGs hold)."""
+    x = window_hu(torch.from_numpy(np.ascontiguousarray(hu)), center, width)
+    return (x * 255.0).round_().to(torch.uint8).numpy()
+
+
+@dataclass(frozen=True)
+class SquarePad:
+    """Centred zero padding of an H x W slice to a square of side ``side``."""
+    height: int
+    width: int
+
+    @property
+    def side(self) -> int:
+        return max(self.height, self.width)
+
+    @property
+    def pads(self) -> tuple:  # F.pad order: left, right, top, bottom
+        dh, dw = self.side - self.height, self.side - self.width
+        return (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
+
+
+def to_model_input(slices: torch.Tensor, size: int = DEFAULT_INPUT_SIZE) -> torch.Tensor:
+    """(N, H, W) in [0, 1] -> (N, 1, size, size): centred pad to square, then bilinear resize.
+
+    Downsampling is antialiased (like scikit-image's ``resize``), so thin cortex is not aliased away.
+    """
+    n, h, w = slices.shape
+    pad = SquarePad(h, w)
+    x = slices.unsqueeze(1)
+    if pad.side != h or pad.side != w:
+        x = F.pad(x, pad.pads, value=0.0)
+    if pad.side != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=pad.side > size)
+    return x
+
+
+def from_model_output(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, C, size, size) probabilities -> (N, C, height, width) on the slice grid (inverse of to_model_input)."""
+    pad = SquarePad(height, width)
+    x = probs
+    if x.shape[-1] != pad.side:
+        x = F.interpolate(x, size=(pad.side, pad.side), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > pad.side)
+    left, _, top, _ = pad.pads
+    return x[..., top:top + height, left:left + width]
+
+
+def labels_from_probabilities(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H, W) uint8: 1-channel: prob > threshold; C-channel: 1 + argmax where max > threshold."""
+    if probs.shape[1] == 1:
+        return (probs[:, 0] > threshold).to(torch.uint8)
+    best, index = probs.max(dim=1)
+    return torch.where(best > threshold, index + 1, torch.zeros_like(index)).to(torch.uint8)
