@@ -1,0 +1,477 @@
+"""Bridge between MRML nodes and the engine; the only FemurUNetLib module that imports slicer.
+
+Everything works on ``node.GetScene()``, so it runs inside Slicer and under the ``slicer-core`` wheel
+(no ``slicer.app``, no ``slicer.mrmlScene``).
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .errors import FemurUNetError
+from .geometry import Geometry
+from .inference import SegmentationResult, segment_volume
+from .volume_io import terminology_string
+
+BINARY_LABELMAP = "Binary labelmap"
+CLOSED_SURFACE = "Closed surface"
+_CONVERTER_RULE_CLASSES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule",
+                           "vtkClosedSurfaceToBinaryLabelmapConversionRule",
+                           "vtkClosedSurfaceToFractionalLabelmapConversionRule",
+                           "vtkFractionalLabelmapToClosedSurfaceConversionRule")
+
+
+# --- segmentation infrastructure -------------------------------------------------------------------------
+def register_segmentation_converter_rules() -> None:
+    """Register the standard converter rules once (Slicer's Segmentations module does it; slicer-core does not).
+
+    Segmentation nodes copy the rules when they are constructed, so call this before creating one.
+    """
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    registered = {rule.GetClassName() for rule in factory.GetConverterRules()}
+    for name in _CONVERTER_RULE_CLASSES:
+        if name not in registered:
+            factory.RegisterConverterRule(getattr(slicer, name)())
+
+
+def _scene_of(node, what: str):
+    if node is None:
+        raise FemurUNetError(f"no {what} given")
+    scene = node.GetScene()
+    if scene is None:
+        raise FemurUNetError(f"{what} '{node.GetName()}' is not in a scene")
+    return scene
+
+
+def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(array) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r][c]))
+    return matrix
+
+
+def _geometry_from_ijk_to_ras(matrix, name: str) -> Geometry:
+    try:
+        return Geometry.from_ijk_to_ras(matrix)
+    except ValueError as exc:
+        raise FemurUNetError(f"volume '{name}': unsupported voxel geometry ({exc}); resample it first") from None
+
+
+# --- volumes ---------------------------------------------------------------------------------------------
+def volume_node_to_array(volume_node) -> tuple:
+    """(array (k, j, i) view of the node's voxels, Geometry) of a scalar volume node (any IJKToRAS)."""
+    if volume_node is None:
+        raise FemurUNetError("no input volume given")
+    name = volume_node.GetName()
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise FemurUNetError(f"'{name}' is a {volume_node.GetClassName()}, not a scalar (CT) volume")
+    image = volume_node.GetImageData()
+    if image is None or image.GetNumberOfPoints() == 0:
+        raise FemurUNetError(f"volume '{name}' holds no voxels")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise FemurUNetError(f"volume '{name}' has {image.GetNumberOfScalarComponents()} components per voxel; "
+                             "expected a grey-level CT")
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVolume(volume_node), _geometry_from_ijk_to_ras(_matrix_to_numpy(matrix), name)
+
+
+def array_to_volume_node(scene, array: np.ndarray, geometry: Geometry, name: str = "CT",
+                         labelmap: bool = False):
+    """A new scalar (or labelmap) volume node in ``scene`` holding ``array`` on ``geometry``."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode",
+                                   scene.GenerateUniqueName(name))
+    node.SetIJKToRASMatrix(_numpy_to_matrix(geometry.ijk_to_ras()))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+# --- segmentations ---------------------------------------------------------------------------------------
+def _source_representation(segmentation) -> str:
+    getter = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName
+    return getter()
+
+
+def _set_source_representation(segmentation, name: str) -> None:
+    setter = getattr(segmentation, "SetSourceRepresentationName", None) or segmentation.SetMasterRepresentationName
+    setter(name)
+
+
+def _set_terminology(segment, entry: str) -> None:
+    if hasattr(segment, "SetTerminology"):
+        segment.SetTerminology(entry)
+    else:  # Slicer < 5.7
+        segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
+
+
+def get_terminology(segment) -> str:
+    if hasattr(segment, "GetTerminology"):
+        return segment.GetTerminology()
+    return segment.GetTag(segment.GetTerminologyEntryTagName()) or ""
+
+
+def oriented_image_from_array(array: np.ndarray, image_to_world, extent_start=(0, 0, 0)):
+    """A vtkOrientedImageData copy of a (k, j, i) uint8 array starting at index ``extent_start`` (i, j, k)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    i0, j0, k0 = (int(v) for v in extent_start)
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(i0, i0 + array.shape[2] - 1, j0, j0 + array.shape[1] - 1, k0, k0 + array.shape[0] - 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(array.shape)[...] = array
+    image.SetImageToWorldMatrix(_numpy_to_matrix(image_to_world))
+    return image
+
+
+def oriented_image_to_array(image) -> tuple:
+    """(array (k, j, i) view, IJKToRAS 4x4 of the array's first voxel) of a vtkOrientedImageData with any extent."""
+    e = image.GetExtent()
+    shape = (e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
+    if min(shape) < 1 or image.GetPointData().GetScalars() is None:
+        raise FemurUNetError("the source image is empty")
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    m = _matrix_to_numpy(matrix)
+    m[:3, 3] = (m @ np.array([e[0], e[2], e[4], 1.0]))[:3]
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape), m
+
+
+def _label_segments(labelmap: np.ndarray, ijk_to_ras, labels: list) -> list:
+    """One vtkSegment per label record, all sharing one labelmap (one layer), named/coloured/tagged."""
+    shared = oriented_image_from_array(labelmap, ijk_to_ras)
+    segments = []
+    for label in labels:
+        segment = slicer.vtkSegment()
+        segment.SetName(label["name"])
+        segment.SetNameAutoGenerated(False)
+        segment.SetColor(*[float(c) for c in label.get("color", (0.945, 0.839, 0.569))[:3]])
+        segment.SetColorAutoGenerated(False)
+        segment.SetLabelValue(int(label["value"]))
+        segment.AddRepresentation(BINARY_LABELMAP, shared)
+        _set_terminology(segment, terminology_string(label.get("side")))
+        segments.append(segment)
+    return segments
+
+
+def _segment_ids(segmentation) -> list:
+    return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+
+
+def _replace_segments(segmentation, segments: list) -> list:
+    """Put ``segments`` into ``segmentation``: a same-named segment keeps its ID and place, duplicates go."""
+    new_ids = []
+    for segment in segments:
+        ids = _segment_ids(segmentation)
+        same = [sid for sid in ids if segmentation.GetSegment(sid).GetName() == segment.GetName()]
+        segment_id, insert_before = "", ""
+        if same:
+            segment_id = same[0]
+            index = ids.index(segment_id)
+            insert_before = next((sid for sid in ids[index + 1:] if sid not in same), "")
+            for sid in same:
+                segmentation.RemoveSegment(sid)
+        if not segmentation.AddSegment(segment, segment_id, insert_before):
+            raise FemurUNetError(f"could not add segment '{segment.GetName()}'")
+        new_ids.append(segmentation.GetSegmentIdBySegmentName(segment.GetName()))
+    return new_ids
+
+
+def new_segmentation_node(volume_node, name: Optional[str] = None):
+    """An empty segmentation node on the volume's grid, under the volume's transform, with display nodes."""
+    register_segmentation_converter_rules()
+    scene = _scene_of(volume_node, "volume")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                   scene.GenerateUniqueName(name or f"{volume_node.GetName()} femur"))
+    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def import_labelmap(volume_node, labelmap: np.ndarray, labels: list, segmentation_node=None,
+                    closed_surface: bool = True):
+    """Import a (k, j, i) labelmap on ``volume_node``'s grid as one segment per label record.
+
+    Segments named like a label record are replaced (keeping their ID and place); other segments stay.
+    Returns (segmentation node, [segment IDs in label order]).
+    """
+    scene = _scene_of(volume_node, "volume")
+    array, geometry = volume_node_to_array(volume_node)
+    if labelmap.shape != array.shape:
+        raise FemurUNetError(f"labelmap shape {labelmap.shape} does not match volume '{volume_node.GetName()}' "
+                             f"{array.shape}")
+    register_segmentation_converter_rules()
+    others = []
+    if segmentation_node is not None:
+        if segmentation_node.GetScene() is not scene:
+            raise FemurUNetError(f"segmentation '{segmentation_node.GetName()}' is not in the volume's scene")
+        if segmentation_node.GetTransformNodeID() != volume_node.GetTransformNodeID():
+            raise FemurUNetError(f"segmentation '{segmentation_node.GetName()}' and volume '{volume_node.GetName()}'"
+                                 " are under different transforms; choose a new output segmentation")
+        segmentation = segmentation_node.GetSegmentation()
+        names = {label["name"] for label in labels}
+        others = [sid for sid in _segment_ids(segmentation) if segmentation.GetSegment(sid).GetName() not in names]
+        if others and _source_representation(segmentation) != BINARY_LABELMAP:
+            raise FemurUNetError(f"segmentation '{segmentation_node.GetName()}' is edited as "
+                                 f"'{_source_representation(segmentation)}', not as a binary labelmap")
+    segments = _label_segments(labelmap, geometry.ijk_to_ras(), labels)
+
+    created = segmentation_node is None
+    node = new_segmentation_node(volume_node) if created else segmentation_node
+    try:
+        segmentation = node.GetSegmentation()
+        was_modifying = node.StartModify()
+        try:
+            if not created and not others:
+                _set_source_representation(segmentation, BINARY_LABELMAP)
+                node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+            elif not created and not segmentation.GetConversionParameter(
+                    slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()):
+                node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+            segment_ids = _replace_segments(segmentation, segments)
+        finally:
+            node.EndModify(was_modifying)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        if closed_surface:
+            node.CreateClosedSurfaceRepresentation()
+    except Exception:
+        if created:
+            scene.RemoveNode(node)
+        raise
+    return node, segment_ids
+
+
+def segment_and_import(volume_node, model=None, segmentation_node=None, *, device: str = "auto",
+                       batch_size: Optional[int] = None, threshold: Optional[float] = None, autocast: bool = True,
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       cancel: Optional[Callable[[], bool]] = None, closed_surface: bool = True) -> tuple:
+    """``segment_volume_node`` that also returns the engine's SegmentationResult and the segment IDs."""
+    _scene_of(volume_node, "volume")
+    array, geometry = volume_node_to_array(volume_node)
+    # Inference touches no node: Cancelled / errors here leave the scene as it was.
+    result = segment_volume(array, geometry, model, device=device, batch_size=batch_size, threshold=threshold,
+                            autocast=autocast, progress=progress, cancel=cancel)
+    node, segment_ids = import_labelmap(volume_node, result.labelmap, result.labels, segmentation_node,
+                                        closed_surface)
+    return node, result, segment_ids
+
+
+def segment_volume_node(volume_node, model=None, segmentation_node=None, **options):
+    """Segment the femur in a scalar volume node; return the segmentation node holding the femur segment(s).
+
+    ``model``: a UNet2D, a ``.pt``/``.hdf5`` path or None (demo model). ``segmentation_node``: None creates one;
+    an existing node keeps its other segments and gets same-named femur segments replaced. ``options``:
+    device, batch_size, threshold, autocast, progress(done, total), cancel() -> bool, closed_surface.
+    On ``Cancelled`` (or any error) the scene is unchanged.
+    """
+    return segment_and_import(volume_node, model, segmentation_node, **options)[0]
+
+
+def segments_to_labelmap(segmentation_node, segment_ids, reference_volume_node) -> np.ndarray:
+    """uint8 (k, j, i) array on the reference volume's grid: segment_ids[n] -> n + 1 (later ones win overlaps)."""
+    scene = _scene_of(reference_volume_node, "reference volume")
+    if segmentation_node is None:
+        raise FemurUNetError("no segmentation given")
+    if segmentation_node.GetTransformNodeID() != reference_volume_node.GetTransformNodeID():
+        raise FemurUNetError(f"segmentation '{segmentation_node.GetName()}' and volume "
+                             f"'{reference_volume_node.GetName()}' are under different transforms")
+    segmentation = segmentation_node.GetSegmentation()
+    ids = vtk.vtkStringArray()
+    for segment_id in segment_ids:
+        if segmentation.GetSegment(segment_id) is None:
+            raise FemurUNetError(f"segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}'")
+        ids.InsertNextValue(segment_id)
+    if len(segment_ids) > 255:
+        raise FemurUNetError("at most 255 segments fit a uint8 labelmap")
+    colors_before = _node_ids(scene, "vtkMRMLColorTableNode")
+    temp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("FemurUNet temporary"))
+    temp.SetHideFromEditors(True)
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node, ids, temp, reference_volume_node):
+            raise FemurUNetError(f"could not export segments of '{segmentation_node.GetName()}'")
+        return slicer.util.arrayFromVolume(temp).astype(np.uint8, copy=True)
+    finally:
+        # the export adds a display node and a colour table for the temporary labelmap: remove all three
+        for i in reversed(range(temp.GetNumberOfDisplayNodes())):
+            if temp.GetNthDisplayNode(i) is not None:
+                scene.RemoveNode(temp.GetNthDisplayNode(i))
+        scene.RemoveNode(temp)
+        for node_id in _node_ids(scene, "vtkMRMLColorTableNode") - colors_before:
+            scene.RemoveNode(scene.GetNodeByID(node_id))
+
+
+def _node_ids(scene, class_name: str) -> set:
+    nodes = scene.GetNodesByClass(class_name)
+    return {nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())}
+
+
+# --- Segment Editor effect ---------------------------------------------------------------------------------
+def segment_oriented_image(image, model=None, label_values=None, **options) -> tuple:
+    """Run the engine on a vtkOrientedImageData (the Segment Editor's source image, any extent).
+
+    Returns (mask vtkOrientedImageData on the same grid, 1 where the label is one of ``label_values``
+    (None: any femur label), SegmentationResult).
+    """
+    array, ijk_to_ras = oriented_image_to_array(image)
+    geometry = _geometry_from_ijk_to_ras(ijk_to_ras, "source volume")
+    result = segment_volume(array, geometry, model, **options)
+    values = [l["value"] for l in result.labels] if label_values is None else list(label_values)
+    mask = np.isin(result.labelmap, values).astype(np.uint8)
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    e = image.GetExtent()
+    return oriented_image_from_array(mask, _matrix_to_numpy(matrix), (e[0], e[2], e[4])), result
+
+
+# --- training export ---------------------------------------------------------------------------------------
+def safe_case_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+
+
+def export_training_slices(volume_node, segmentation_node, segment_ids, outdir, case: Optional[str] = None,
+                           **export_options) -> dict:
+    """Export a (CT volume, femur segments) pair as training slices with the training package's exporter.
+
+    ``segment_ids``: one ID (label 1) or [left, right] (labels 1, 2). ``export_options`` go to ``export_arrays``
+    (window, empty_fraction, seed, source). Returns its summary (case, slices, positive, negative).
+    """
+    from FemurUNetTrainLib.export import export_arrays
+
+    if isinstance(segment_ids, str):
+        segment_ids = [segment_ids]
+    segment_ids = list(segment_ids)
+    if not 1 <= len(segment_ids) <= 2:
+        raise FemurUNetError(f"give one femur segment or a left and a right one, got {len(segment_ids)}")
+    ct, geometry = volume_node_to_array(volume_node)
+    label = segments_to_labelmap(segmentation_node, segment_ids, volume_node)
+    export_options.setdefault("source", f"{volume_node.GetName()} / {segmentation_node.GetName()}")
+    return export_arrays(ct, label, geometry, outdir, case or safe_case_name(volume_node.GetName()),
+                         **export_options)
+
+
+# --- self-test ----------------------------------------------------------------------------------------------
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def self_test_case(scene, model=None, seed: int = 7, min_dice: float = 0.8, shape=None, **options) -> dict:
+    """Phantom CT -> volume node -> segment -> checks; raises AssertionError on a failed check.
+
+    Checks: femur segments named/tagged as the model's labels, segmentation geometry equal to the volume's,
+    segments voxel-exact with the engine's labelmap, Dice (any femur) against the phantom truth >= min_dice.
+    Returns the measurements and the nodes it made.
+    """
+    from .phantom import generate_case
+
+    case = generate_case(seed, shape=shape)
+    volume = array_to_volume_node(scene, case.ct, case.geometry, name=f"FemurUNetTest {case.name}")
+    started = time.perf_counter()
+    node, result, segment_ids = segment_and_import(volume, model, **options)
+    seconds = time.perf_counter() - started
+    segmentation = node.GetSegmentation()
+
+    names = [segmentation.GetSegment(sid).GetName() for sid in segment_ids]
+    expected = [l["name"] for l in result.labels]
+    assert names == expected, f"segments {names}, expected {expected}"
+    for sid, label in zip(segment_ids, result.labels):
+        entry = get_terminology(segmentation.GetSegment(sid))
+        assert entry == terminology_string(label.get("side")), f"segment '{label['name']}' terminology {entry!r}"
+
+    reference = segmentation_geometry(node)
+    vol_geometry = volume_node_to_array(volume)[1]
+    assert reference is not None and reference[0] == vol_geometry and reference[1] == case.ct.shape, \
+        "segmentation reference geometry differs from the volume's"
+
+    stored = segments_to_labelmap(node, segment_ids, volume)
+    values = np.array([0] + [l["value"] for l in result.labels], np.uint8)
+    assert np.array_equal(values[stored], result.labelmap), "segments differ from the engine's labelmap"
+
+    measured = {"case": case.name, "dice": dice(result.labelmap > 0, case.label > 0), "seconds": seconds,
+                "voxels": int((result.labelmap > 0).sum()), "truth_voxels": int((case.label > 0).sum()),
+                "volume_node": volume, "segmentation_node": node, "segment_ids": segment_ids}
+    if len(result.labels) == 2:
+        for label in result.labels:
+            truth_value = 1 if label.get("side") == "left" else 2
+            measured[f"dice_{label.get('side')}"] = dice(result.labelmap == label["value"],
+                                                         case.label == truth_value)
+    assert measured["dice"] >= min_dice, f"Dice {measured['dice']:.3f} < {min_dice} on {case.name}"
+    return measured
+
+
+def segmentation_geometry(segmentation_node):
+    """(Geometry, numpy shape (k, j, i)) of a segmentation's reference image geometry, or None if unset."""
+    serialized = segmentation_node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    if not serialized:
+        return None
+    image = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, image, False)
+    array_shape = tuple(reversed(image.GetDimensions()))
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    m = _matrix_to_numpy(matrix)
+    e = image.GetExtent()
+    m[:3, 3] = (m @ np.array([e[0], e[2], e[4], 1.0]))[:3]
+    return Geometry.from_ijk_to_ras(m), array_shape
+
+
+# --- training curve -------------------------------------------------------------------------------------------
+CURVE_COLUMNS = ("epoch", "loss", "val_loss", "val_dice")
+_SERIES_COLORS = {"loss": (0.2, 0.4, 0.9), "val_loss": (0.9, 0.5, 0.1), "val_dice": (0.1, 0.7, 0.3)}
+
+
+def update_training_curve(scene, records: list, chart_node=None, name: str = "FemurUNet training"):
+    """Show training log records ({epoch, loss, val_loss, val_dice, ...}) as a plot chart; returns the chart.
+
+    Pass the returned chart back on the next call: its table is refilled from ``records`` (all epochs so far).
+    """
+    if chart_node is None:
+        chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
+        chart_node.SetTitle(name)
+        chart_node.SetXAxisTitle("epoch")
+        chart_node.SetYAxisTitle("loss / Dice")
+    table_node = chart_node.GetNodeReference("femurunetTable")
+    if table_node is None:
+        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} table"))
+        chart_node.SetNodeReferenceID("femurunetTable", table_node.GetID())
+    table = table_node.GetTable()
+    table.Initialize()
+    for column in CURVE_COLUMNS:
+        values = vtk.vtkDoubleArray()
+        values.SetName(column)
+        values.SetNumberOfValues(len(records))
+        for row, record in enumerate(records):
+            value = record.get(column)
+            values.SetValue(row, float("nan") if value is None else float(value))
+        table.AddColumn(values)
+    table_node.Modified()
+
+    present = {chart_node.GetNthPlotSeriesNode(i).GetYColumnName(): chart_node.GetNthPlotSeriesNode(i)
+               for i in range(chart_node.GetNumberOfPlotSeriesNodes())}
+    for column in CURVE_COLUMNS[1:]:
+        if column in present:
+            continue
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(f"{name} {column}"))
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName("epoch")
+        series.SetYColumnName(column)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        series.SetColor(*_SERIES_COLORS[column])
+        chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
+    return chart_node
