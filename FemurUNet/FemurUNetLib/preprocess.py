@@ -63,12 +63,15 @@ def to_model_input(slices: torch.Tensor, size: int = DEFAULT_INPUT_SIZE) -> torc
 
 
 def from_model_output(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(N, C, size, size) probabilities -> (N, C, height, width) on the slice grid (inverse of to_model_input)."""
+    """(N, C, size, size) probabilities -> (N, C, height, width) on the slice grid (inverse of to_model_input).
+
+    Bilinear point sampling at the original voxel centres (no antialiasing): a voxel gets the probability
+    at its own centre, not a blur of its neighbours'.
+    """
     pad = SquarePad(height, width)
     x = probs
     if x.shape[-1] != pad.side:
-        x = F.interpolate(x, size=(pad.side, pad.side), mode="bilinear", align_corners=False,
-                          antialias=x.shape[-1] > pad.side)
+        x = F.interpolate(x, size=(pad.side, pad.side), mode="bilinear", align_corners=False)
     left, _, top, _ = pad.pads
     return x[..., top:top + height, left:left + width]
 

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from FemurUNetLib.cli import main
+from FemurUNetLib.geometry import Geometry
+from FemurUNetLib.volume_io import read_volume, terminology_string
+from conftest import expected_threshold_labels
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_same_grid(path, reference_image):
+    out = sitk.ReadImage(str(path))
+    assert out.GetSize() == reference_image.GetSize()
+    assert np.allclose(out.GetSpacing(), reference_image.GetSpacing())
+    assert np.allclose(out.GetOrigin(), reference_image.GetOrigin())
+    assert np.allclose(out.GetDirection(), reference_image.GetDirection())
+    return sitk.GetArrayFromImage(out)
+
+
+def test_segment_real_nifti_lands_on_its_grid(real_ct, tmp_path, capsys, threshold_model_file):
+    ct_path = real_ct / "pelvis_3mm" / "ct.nii.gz"
+    out = tmp_path / "femur.nii.gz"
+    code, stdout, err = run_cli(capsys, "segment", ct_path, out, "--model", threshold_model_file, "--quiet")
+    assert code == 0, err
+    ct = sitk.ReadImage(str(ct_path))
+    labels = assert_same_grid(out, ct)
+    hu = sitk.GetArrayFromImage(ct)
+    exp = expected_threshold_labels(hu).astype(bool)
+    got = labels.astype(bool)
+    # 3 mm voxels resized to 256 and back lose some one-voxel bone; the overlap is best with no shift at all
+    def dice(shift):
+        e = np.roll(exp, shift, axis=(1, 2))
+        return 2 * (got & e).sum() / (got.sum() + e.sum())
+    assert dice((0, 0)) > 0.88
+    assert all(dice(shift) < dice((0, 0)) - 0.2 for shift in [(1, 0), (-1, 0), (0, 1), (0, -1)])
+    assert "Femur:" in stdout and "ml" in stdout and "slices in" in stdout
+
+
+def test_segment_dicom_folder(real_ct, tmp_path, capsys, threshold_model_file):
+    folder = real_ct / "abdomen_dicom"
+    vol, geometry = read_volume(folder)
+    assert vol.shape == (20, 512, 512)
+    assert geometry.spacing[0] == pytest.approx(0.977, abs=1e-3) and geometry.spacing[2] == pytest.approx(2.0, abs=0.01)
+    out = tmp_path / "dicom_femur.nrrd"
+    code, _, err = run_cli(capsys, "segment", folder, out, "--model", threshold_model_file, "--quiet",
+                           "--batch-size", "5")
+    assert code == 0, err
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    labels = assert_same_grid(out, reader.Execute())
+    assert labels.any()                     # spine and ribs are above 300 HU
+
+
+def test_seg_nrrd_reads_back_in_slicer_with_name_colour_terminology_geometry(tmp_path, capsys, threshold_model_file):
+    slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extra")
+    hu = np.full((6, 64, 80), 40, np.int16)
+    hu[2:5, 20:40, 30:60] = 1200
+    g = Geometry((0.7, 0.9, 2.0), (12.0, -30.0, 55.0), np.array([[0, 1, 0], [-1, 0, 0], [0, 0, 1.0]]))
+    img = sitk.GetImageFromArray(hu)
+    g.apply_to_sitk(img)
+    sitk.WriteImage(img, str(tmp_path / "ct.nrrd"))
+    out = tmp_path / "femur.seg.nrrd"
+    code, _, err = run_cli(capsys, "segment", tmp_path / "ct.nrrd", out, "--model", threshold_model_file, "--quiet")
+    assert code == 0, err
+
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(out))
+    assert storage.ReadData(seg)
+    segmentation = seg.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    segment = segmentation.GetNthSegment(0)
+    assert segment.GetName() == "Femur"
+    assert np.allclose(segment.GetColor(), (0.945, 0.839, 0.569), atol=1e-3)
+    assert segment.GetTerminology() == terminology_string() and "SCT^71341001^Femur" in segment.GetTerminology()
+
+    reference = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    reference.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(g.ijk_to_ras()))
+    slicer.util.updateVolumeFromArray(reference, hu)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    import vtk
+    id_list = vtk.vtkStringArray()
+    segmentation.GetSegmentIDs(id_list)
+    assert logic.ExportSegmentsToLabelmapNode(seg, id_list, labelmap, reference)
+    back = slicer.util.arrayFromVolume(labelmap)
+    assert np.array_equal(back > 0, hu > 300)
+    assert np.allclose(slicer.util.arrayFromVTKMatrix(_ijk_to_ras(labelmap)), g.ijk_to_ras())
+
+
+def _ijk_to_ras(node):
+    import vtk
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return m
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "bad_suffix", "bad_model"])
+def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, capsys, case, threshold_model_file):
+    good = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 16, 16), np.int16)), str(good))
+    args = {"missing": [tmp_path / "nope.nii.gz", tmp_path / "out.nii.gz"],
+            "garbage": [tmp_path / "junk.nii.gz", tmp_path / "out.nii.gz"],
+            "bad_suffix": [good, tmp_path / "out.png"],
+            "bad_model": [good, tmp_path / "out.nii.gz", "--model", tmp_path / "nomodel.pt"]}[case]
+    if case == "garbage":
+        (tmp_path / "junk.nii.gz").write_text("this is not an image")
+    expect = {"missing": "nope.nii.gz: no such file", "garbage": "junk.nii.gz: cannot read as an image",
+              "bad_suffix": "out.png: unsupported output type", "bad_model": "nomodel.pt: model file not found"}[case]
+    before = set(tmp_path.iterdir())
+    code, out, err = run_cli(capsys, "segment", *args, "--quiet",
+                             *([] if case == "bad_model" else ["--model", threshold_model_file]))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0] and lines[0].startswith("femurunet segment: error:")
+    assert set(tmp_path.iterdir()) == before
