@@ -143,7 +143,7 @@ def resolve_model(model=None, map_location="cpu") -> UNet2D:
             raise FemurUNetError(f"{DEFAULT_MODEL_PATH}: the default demo model is not installed; pass a model file")
         model = DEFAULT_MODEL_PATH
     path = Path(model)
-    if path.suffix.lower() in (".h5", ".hdf5"):
+    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
         from .keras_import import convert_keras_file
         path = convert_keras_file(path)
     return load_model(path, map_location)
