@@ -1,0 +1,337 @@
+"""Export a CT + femur label as the seed's training folders: ``image/`` and ``label/`` PNG pairs + ``dataset.json``.
+
+Slices are taken along the canonical (LPS) axial axis at native size, windowed with the engine's
+``window_to_uint8`` (the function inference uses), so a model trained on them sees what it will see in use.
+Every export is all-or-nothing: files are written into a temporary folder inside OUTDIR, moved into place,
+and ``dataset.json`` is replaced atomically last; on any error nothing new remains in OUTDIR.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+
+from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.geometry import CANONICAL_ORIENTATION, Geometry, Reorientation
+from FemurUNetLib.modelfile import atomic_write
+from FemurUNetLib.preprocess import DEFAULT_WINDOW, window_to_uint8
+from FemurUNetLib.volume_io import read_volume
+
+MANIFEST_NAME = "dataset.json"
+MANIFEST_FORMAT = "femurunet-dataset"
+MANIFEST_VERSION = 1
+IMAGE_DIR, LABEL_DIR = "image", "label"
+CASE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def window_dict(window=None) -> dict:
+    """``None`` (engine default), ``(center, width)`` or ``{"center", "width"}`` -> ``{"center", "width"}`` floats."""
+    if window is None:
+        window = DEFAULT_WINDOW
+    if isinstance(window, dict):
+        center, width = window.get("center"), window.get("width")
+    else:
+        try:
+            center, width = window
+        except (TypeError, ValueError):
+            raise FemurUNetError(f"window must be (center, width), got {window!r}") from None
+    try:
+        center, width = float(center), float(width)
+    except (TypeError, ValueError):
+        raise FemurUNetError(f"window must be two numbers (center, width), got {window!r}") from None
+    if not width > 0:
+        raise FemurUNetError(f"window width must be positive, got {width}")
+    return {"center": center, "width": width}
+
+
+def slice_name(case: str, k: int) -> str:
+    return f"{case}_{k:04d}.png"
+
+
+def case_name_from_path(path) -> str:
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._-")
+    return name or "case"
+
+
+def read_manifest(outdir) -> Optional[dict]:
+    """The folder's ``dataset.json``, or None when there is none."""
+    path = Path(outdir) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FemurUNetError(f"{path}: unreadable dataset manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise FemurUNetError(f"{path}: not a FemurUNet dataset manifest (no '{MANIFEST_FORMAT}' format)")
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise FemurUNetError(f"{path}: dataset manifest version {manifest.get('format_version')} is not supported")
+    return manifest
+
+
+def _new_manifest(window: dict) -> dict:
+    return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "window": window,
+            "orientation": CANONICAL_ORIENTATION, "image_folder": IMAGE_DIR, "label_folder": LABEL_DIR,
+            "cases": {}}
+
+
+def _choose_slices(mask_c: np.ndarray, empty_fraction: float, seed: int):
+    has_label = mask_c.reshape(mask_c.shape[0], -1).any(axis=1)
+    positive = np.flatnonzero(has_label)
+    empty = np.flatnonzero(~has_label)
+    n_negative = int(round(empty_fraction * len(empty)))
+    negative = np.sort(np.random.default_rng(seed).choice(empty, n_negative, replace=False)) if n_negative else empty[:0]
+    return positive, negative
+
+
+def _save_png(path: Path, pixels: np.ndarray) -> None:
+    Image.fromarray(np.ascontiguousarray(pixels), mode="L").save(path, compress_level=3)
+
+
+def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *, window=None,
+                  empty_fraction: float = 0.1, seed: int = 0, source: Optional[dict] = None) -> dict:
+    """Export one case (numpy (k, j, i) HU + same-shape label, nonzero = femur) into OUTDIR.
+
+    Writes ``image/<case>_<k:04d>.png`` (8-bit window) and ``label/<case>_<k:04d>.png`` (0/255) for every
+    canonical axial slice k holding label, plus ``round(empty_fraction * label-free slices)`` label-free
+    slices drawn with ``seed``; adds the case to ``dataset.json``. Touches nothing outside OUTDIR.
+    Returns a summary dict: case, slices, positive, negative, slice_shape, spacing, outdir.
+    """
+    if not isinstance(case, str) or not CASE_PATTERN.match(case):
+        raise FemurUNetError(f"case name {case!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    ct, label = np.asarray(ct), np.asarray(label)
+    if ct.ndim != 3:
+        raise FemurUNetError(f"{case}: expected a 3-D CT, got an array of shape {ct.shape}")
+    if label.shape != ct.shape:
+        raise FemurUNetError(f"{case}: label shape {label.shape} differs from the CT shape {ct.shape}")
+    if not 0.0 <= float(empty_fraction) <= 1.0:
+        raise FemurUNetError(f"empty fraction must be within [0, 1], got {empty_fraction}")
+    mask = label != 0
+    if not mask.any():
+        raise FemurUNetError(f"{case}: the label is empty (no femur voxels); nothing to export")
+    geometry = geometry or Geometry()
+    win = window_dict(window)
+    reorient = Reorientation.for_geometry(geometry)
+    ct_c, mask_c = reorient.to_canonical(ct), reorient.to_canonical(mask)
+    positive, negative = _choose_slices(mask_c, float(empty_fraction), seed)
+    chosen = np.union1d(positive, negative)
+
+    outdir = Path(outdir)
+    manifest = read_manifest(outdir) if outdir.is_dir() else None
+    if manifest is None:
+        manifest = _new_manifest(win)
+    elif manifest["window"] != win:
+        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: window center {win['center']:g} / width {win['width']:g} "
+                             f"disagrees with the dataset's center {manifest['window']['center']:g} / "
+                             f"width {manifest['window']['width']:g}")
+    if manifest.get("orientation") != CANONICAL_ORIENTATION:
+        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: orientation {manifest.get('orientation')!r} is not "
+                             f"{CANONICAL_ORIENTATION}")
+    if case in manifest["cases"]:
+        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: case {case!r} is already in this dataset; choose another --case")
+    names = [slice_name(case, int(k)) for k in chosen]
+    clashes = [n for n in names if (outdir / IMAGE_DIR / n).exists() or (outdir / LABEL_DIR / n).exists()]
+    if clashes:
+        raise FemurUNetError(f"{outdir}: {len(clashes)} slice file(s) already exist, e.g. {clashes[0]}")
+
+    created, moved, staging = [], [], None   # what this export made: removed again on failure
+    try:
+        for folder in (outdir, outdir / IMAGE_DIR, outdir / LABEL_DIR):
+            if not folder.exists():
+                folder.mkdir(parents=folder == outdir)
+                created.append(folder)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=outdir))
+        for sub in (IMAGE_DIR, LABEL_DIR):
+            (staging / sub).mkdir()
+        for k, name in zip(chosen, names):
+            _save_png(staging / IMAGE_DIR / name, window_to_uint8(ct_c[k], win["center"], win["width"]))
+            _save_png(staging / LABEL_DIR / name, mask_c[k].astype(np.uint8) * 255)
+        for name in names:
+            for sub in (IMAGE_DIR, LABEL_DIR):
+                os.replace(staging / sub / name, outdir / sub / name)
+                moved.append(outdir / sub / name)
+        entry = {
+            "slices": [int(k) for k in chosen],
+            "positive": int(len(positive)),
+            "negative": int(len(negative)),
+            "slice_shape": [int(s) for s in ct_c.shape[1:]],
+            "volume_shape": [int(s) for s in ct_c.shape],
+            "spacing": [float(s) for s in reorient.canonical_spacing(geometry)],
+            "empty_fraction": float(empty_fraction),
+            "seed": int(seed),
+            "source": source or {},
+        }
+        manifest["cases"][case] = entry
+        text = json.dumps(manifest, indent=1)
+        atomic_write(outdir / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
+    except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        for folder in reversed(created):       # folders made here hold only this export's files
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return {"case": case, "slices": len(chosen), "positive": len(positive), "negative": len(negative),
+            "slice_shape": entry["slice_shape"], "spacing": entry["spacing"], "outdir": str(outdir)}
+
+
+# --- reading labels from files ----------------------------------------------------------------------
+
+def _segment_table(image: sitk.Image) -> list:
+    """Slicer .seg.nrrd segments: [{"index", "name", "value", "layer"}] from the Segment{n}_* header keys."""
+    keys = set(image.GetMetaDataKeys())
+    table, n = [], 0
+    while f"Segment{n}_Name" in keys or f"Segment{n}_LabelValue" in keys:
+        get = lambda field, default: image.GetMetaData(f"Segment{n}_{field}") if f"Segment{n}_{field}" in keys else default
+        try:
+            table.append({"index": n, "name": get("Name", f"Segment_{n}"), "value": int(get("LabelValue", "1")),
+                          "layer": int(get("Layer", "0"))})
+        except ValueError:
+            raise FemurUNetError(f"segment {n}: unreadable LabelValue/Layer in the .seg.nrrd header") from None
+        n += 1
+    return table
+
+
+def parse_list(text, kind=str) -> Optional[list]:
+    """'1,2' / ['1', 2] / None -> [kind, ...] or None."""
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = [kind(str(t).strip()) if isinstance(t, str) else kind(t) for t in items if str(t).strip() != ""]
+    return out or None
+
+
+def read_label_mask(path, labels=None, segments=None):
+    """(mask bool (k, j, i), Geometry, description dict) from a labelmap or a Slicer .seg.nrrd."""
+    path = Path(path)
+    if not path.is_file():
+        raise FemurUNetError(f"{path}: no such label file")
+    try:
+        labels = parse_list(labels, int)
+    except ValueError:
+        raise FemurUNetError(f"labels must be integers like 1,2; got {labels!r}") from None
+    segments = parse_list(segments, str)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise FemurUNetError(f"{path}: cannot read as a label image ({reason[:160]})") from None
+    if image.GetDimension() != 3:
+        raise FemurUNetError(f"{path}: expected a 3-D label volume, got {image.GetDimension()}-D")
+    geometry = Geometry.from_sitk(image)
+    array = sitk.GetArrayFromImage(image)            # (k, j, i) or (k, j, i, layer)
+    layers = image.GetNumberOfComponentsPerPixel()
+    table = _segment_table(image) if path.name.lower().endswith(".seg.nrrd") else []
+    description = {"label_file": str(path)}
+
+    if table:
+        chosen = table
+        if segments:
+            by_name = {s["name"].lower(): s for s in table}
+            unknown = [s for s in segments if s.lower() not in by_name]
+            if unknown:
+                raise FemurUNetError(f"{path}: no segment named {', '.join(map(repr, unknown))} "
+                                     f"(segments: {', '.join(s['name'] for s in table)})")
+            chosen = [by_name[s.lower()] for s in segments]
+        if labels:
+            chosen = [s for s in chosen if s["value"] in labels]
+            if not chosen:
+                raise FemurUNetError(f"{path}: no segment has label value {labels}")
+        mask = np.zeros(array.shape[:3], dtype=bool)
+        for seg in chosen:
+            if seg["layer"] >= layers:
+                raise FemurUNetError(f"{path}: segment {seg['name']!r} is on layer {seg['layer']} but the file "
+                                     f"holds {layers} layer(s)")
+            plane = array[..., seg["layer"]] if layers > 1 else array
+            mask |= plane == seg["value"]
+        description["segments"] = [s["name"] for s in chosen]
+        return mask, geometry, description
+
+    if segments:
+        raise FemurUNetError(f"{path}: --segments needs a Slicer .seg.nrrd with named segments; "
+                             f"this is a plain labelmap (use --labels)")
+    if layers != 1:
+        raise FemurUNetError(f"{path}: expected a scalar labelmap, got {layers} components per voxel")
+    if labels:
+        mask = np.isin(array, labels)
+        description["labels"] = labels
+    else:
+        mask = array != 0
+    return mask, geometry, description
+
+
+def align_label(mask: np.ndarray, label_geometry: Geometry, ct_shape, ct_geometry: Geometry, *,
+                resample: bool = False, label_path="label") -> np.ndarray:
+    """(mask on the CT grid, how: "same" | "pasted" | "resampled").
+
+    Same grid: as is. Same voxel lattice but another extent (e.g. a cropped .seg.nrrd): pasted exactly.
+    Anything else: an error, or nearest-neighbour resampling when ``resample``.
+    """
+    ct_shape = tuple(ct_shape)
+    if mask.shape == ct_shape and label_geometry == ct_geometry:
+        return mask, "same"
+    same_axes = (np.allclose(label_geometry.spacing, ct_geometry.spacing, rtol=1e-5, atol=1e-6)
+                 and np.allclose(label_geometry.direction, ct_geometry.direction, atol=1e-6))
+    if same_axes:
+        to_index = np.linalg.inv(ct_geometry.direction @ np.diag(ct_geometry.spacing))
+        offset_ijk = to_index @ (np.asarray(label_geometry.origin) - np.asarray(ct_geometry.origin))
+        if np.allclose(offset_ijk, np.round(offset_ijk), atol=1e-3):
+            offset = np.round(offset_ijk[::-1]).astype(int)          # (k, j, i)
+            lo = np.maximum(offset, 0)
+            hi = np.minimum(offset + mask.shape, ct_shape)
+            inside = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))
+            kept = int(mask[inside].sum()) if np.all(hi > lo) else 0
+            if kept != int(mask.sum()) and not resample:
+                raise FemurUNetError(f"{label_path}: {int(mask.sum()) - kept} label voxels lie outside the CT volume")
+            out = np.zeros(ct_shape, dtype=bool)
+            if np.all(hi > lo):
+                out[tuple(slice(a, b) for a, b in zip(lo, hi))] = mask[inside]
+            return out, "pasted"
+    if not resample:
+        raise FemurUNetError(
+            f"{label_path}: label grid (size {mask.shape[::-1]}, spacing {_fmt(label_geometry.spacing)}, origin "
+            f"{_fmt(label_geometry.origin)}) differs from the CT grid (size {ct_shape[::-1]}, spacing "
+            f"{_fmt(ct_geometry.spacing)}, origin {_fmt(ct_geometry.origin)}); pass --resample-label to resample it "
+            f"onto the CT grid with nearest neighbour")
+    moving = sitk.GetImageFromArray(mask.astype(np.uint8))
+    label_geometry.apply_to_sitk(moving)
+    reference = sitk.Image([int(s) for s in ct_shape[::-1]], sitk.sitkUInt8)
+    ct_geometry.apply_to_sitk(reference)
+    resampled = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(resampled) != 0, "resampled"
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def export_files(ct_path, label_path, outdir, case=None, labels=None, segments=None, empty_fraction: float = 0.1,
+                 resample_label: bool = False, window=None, seed: int = 0) -> dict:
+    """Export a CT file/DICOM folder + a labelmap or .seg.nrrd (segments chosen by name) into OUTDIR."""
+    ct, ct_geometry = read_volume(ct_path)
+    mask, label_geometry, description = read_label_mask(label_path, labels=labels, segments=segments)
+    mask, placement = align_label(mask, label_geometry, ct.shape, ct_geometry, resample=resample_label,
+                                  label_path=label_path)
+    if not mask.any():
+        raise FemurUNetError(f"{label_path}: the label is empty on the CT grid (no femur voxels); nothing to export")
+    case = case or case_name_from_path(ct_path)
+    source = {"ct": str(ct_path), "label": str(label_path), **{k: v for k, v in description.items() if k != "label_file"},
+              "label_placement": placement}
+    return export_arrays(ct, mask, ct_geometry, outdir, case, window=window, empty_fraction=empty_fraction,
+                         seed=seed, source=source)
