@@ -1,0 +1,123 @@
+"""``femurunet export`` and ``femurunet train``."""
+from __future__ import annotations
+
+import sys
+import time
+
+from FemurUNetLib.errors import FemurUNetError
+
+from .augment import AugmentConfig
+from .export import export_files
+from .train import TrainConfig, TrainProgress, train
+
+
+def _window_arg(text):
+    if text is None:
+        return None
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise FemurUNetError(f"--window {text!r}: expected CENTER,WIDTH in HU, e.g. 400,2000") from None
+    return (center, width)
+
+
+def run_export(args) -> int:
+    summary = export_files(args.ct, args.label, args.outdir, case=args.case, labels=args.labels,
+                           segments=args.segments, empty_fraction=args.empty_fraction,
+                           resample_label=args.resample_label, window=_window_arg(args.window), seed=args.seed)
+    print(f"{summary['case']}: {summary['slices']} slices ({summary['positive']} with femur, "
+          f"{summary['negative']} without), {summary['slice_shape'][1]}x{summary['slice_shape'][0]} pixels "
+          f"-> {args.outdir}")
+    return 0
+
+
+class TrainProgressBar:
+    """One line per epoch on stderr, redrawn per step."""
+
+    def __init__(self, stream=sys.stderr, width: int = 24):
+        self.stream, self.width, self.started = stream, width, time.perf_counter()
+
+    def __call__(self, p: TrainProgress) -> None:
+        if p.record is None:
+            if p.step == 1:
+                self.started = time.perf_counter()
+            filled = self.width * p.step // max(p.steps, 1)
+            rate = f" ({(p.step - 1) / (time.perf_counter() - self.started):.2f} steps/s)" if p.step > 1 else ""
+            self.stream.write(f"\repoch {p.epoch}/{p.epochs} [{'#' * filled}{'.' * (self.width - filled)}] "
+                              f"{p.step}/{p.steps} loss {p.loss:.4f}{rate}")
+        else:
+            r = p.record
+            val = f" val_loss {r['val_loss']:.4f} val_dice {r['val_dice']:.4f}" if r.get("val_loss") is not None else ""
+            self.stream.write(f"\repoch {p.epoch}/{p.epochs} loss {r['loss']:.4f}{val} lr {r['lr']:.3g} "
+                              f"{r['seconds']:.1f} s{' *best*' if r['best'] else ''}\033[K\n")
+        self.stream.flush()
+
+
+def run_train(args) -> int:
+    d = TrainConfig()
+    augment = AugmentConfig(enabled=not args.no_augment)
+    config = TrainConfig(
+        data=args.data, val=args.val, out=args.out, resume=args.resume, device=args.device, amp=args.amp,
+        epochs=d.epochs if args.epochs is None else args.epochs,
+        steps_per_epoch=d.steps_per_epoch if args.steps_per_epoch is None else args.steps_per_epoch,
+        batch_size=d.batch_size if args.batch_size is None else args.batch_size,
+        lr=d.lr if args.lr is None else args.lr,
+        base_filters=d.base_filters if args.base_filters is None else args.base_filters,
+        input_size=d.input_size if args.input_size is None else args.input_size,
+        seed=d.seed if args.seed is None else args.seed,
+        lr_schedule=args.lr_schedule, early_stopping=args.early_stopping, threads=args.threads,
+        augment=augment)
+    result = train(config, progress=None if args.quiet else TrainProgressBar())
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return 0
+    how = "stopped" if result.stopped else "early stopping" if result.early_stopped else "done"
+    print(f"{how}: {result.epochs_completed} epochs in {result.seconds:.0f} s; best {result.monitor} "
+          f"{result.best_monitor:.4f} at epoch {result.best_epoch} -> {result.model_path} "
+          f"(log {result.log_path.name}, curve {result.curve_path.name})")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a CT + femur label as PNG training pairs",
+                              description="Export a CT and its femur label as the seed's training folders "
+                                          "(OUTDIR/image, OUTDIR/label, OUTDIR/dataset.json); appends to OUTDIR.")
+    p.add_argument("ct", metavar="CT", help="CT volume file or DICOM folder")
+    p.add_argument("label", metavar="LABEL", help="labelmap (.nii.gz/.nrrd/...) or Slicer .seg.nrrd")
+    p.add_argument("outdir", metavar="OUTDIR", help="dataset folder (created or appended to)")
+    p.add_argument("--case", help="case name (slice files are <case>_<k>.png; default: from the CT file name)")
+    p.add_argument("--labels", help="label values that are femur, e.g. 1,2 (default: every nonzero value)")
+    p.add_argument("--segments", help="segment names of a .seg.nrrd, comma-separated (default: all)")
+    p.add_argument("--empty-fraction", type=float, default=0.1,
+                   help="fraction of the label-free slices to include as negatives (default 0.1)")
+    p.add_argument("--resample-label", action="store_true",
+                   help="resample a label on another grid onto the CT grid (nearest neighbour)")
+    p.add_argument("--window", metavar="CENTER,WIDTH", help="HU window (default: the engine's 400,2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed for choosing the label-free slices (default 0)")
+    p.set_defaults(func=run_export)
+
+    t = subparsers.add_parser("train", help="train the U-Net on exported PNG pairs (the seed's recipe)",
+                              description="Train the seed's U-Net. Defaults are the seed's recipe: Adam lr 1e-5, "
+                                          "batch 20, 100 steps/epoch, 300 epochs, 1 - Dice, 256x256, 64 filters.")
+    t.add_argument("data", metavar="DATADIR", help="exported folder (image/, label/, dataset.json)")
+    t.add_argument("--val", metavar="DATADIR2", help="validation folder (monitored instead of the training loss)")
+    t.add_argument("--out", required=True, metavar="MODEL.pt", help="model file (best epoch)")
+    t.add_argument("--epochs", type=int, help="epochs (default 300)")
+    t.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default 100)")
+    t.add_argument("--batch-size", type=int, help="global batch size (default 20)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-5)")
+    t.add_argument("--base-filters", type=int, help="filters of the first level (default 64)")
+    t.add_argument("--input-size", type=int, help="model input side in pixels, multiple of 16 (default 256)")
+    t.add_argument("--seed", type=int, help="random seed (default 1)")
+    t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint.pt")
+    t.add_argument("--lr-schedule", default="none", choices=("none", "plateau", "cosine"),
+                   help="learning-rate schedule (default none, like the seed)")
+    t.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                   help="stop after this many epochs without improvement (default 0: off)")
+    t.add_argument("--no-augment", action="store_true", help="turn the seed's augmentation off")
+    t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    t.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="mixed precision (default auto: on for CUDA, off on the CPU)")
+    t.add_argument("--threads", type=int, help="CPU threads (default: all, split between DDP processes)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train)
