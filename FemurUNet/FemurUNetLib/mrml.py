@@ -5,6 +5,7 @@ Everything works on ``node.GetScene()``, so it runs inside Slicer and under the 
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Callable, Optional
@@ -16,7 +17,8 @@ from vtk.util import numpy_support
 
 from .errors import FemurUNetError
 from .geometry import Geometry
-from .inference import SegmentationResult, segment_volume
+from .inference import segment_volume
+from .modelfile import resolve_model
 from .volume_io import terminology_string
 
 BINARY_LABELMAP = "Binary labelmap"
@@ -187,6 +189,21 @@ def _replace_segments(segmentation, segments: list) -> list:
     return new_ids
 
 
+def remove_node(node) -> None:
+    """Remove a node with its display and storage nodes."""
+    scene = node.GetScene()
+    if scene is None:
+        return
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] if hasattr(
+        node, "GetNumberOfDisplayNodes") else []
+    helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())] if hasattr(
+        node, "GetNumberOfStorageNodes") else []
+    for helper in helpers:
+        if helper is not None:
+            scene.RemoveNode(helper)
+    scene.RemoveNode(node)
+
+
 def new_segmentation_node(volume_node, name: Optional[str] = None):
     """An empty segmentation node on the volume's grid, under the volume's transform, with display nodes."""
     register_segmentation_converter_rules()
@@ -248,7 +265,7 @@ def import_labelmap(volume_node, labelmap: np.ndarray, labels: list, segmentatio
             node.CreateClosedSurfaceRepresentation()
     except Exception:
         if created:
-            scene.RemoveNode(node)
+            remove_node(node)
         raise
     return node, segment_ids
 
@@ -305,10 +322,7 @@ def segments_to_labelmap(segmentation_node, segment_ids, reference_volume_node) 
         return slicer.util.arrayFromVolume(temp).astype(np.uint8, copy=True)
     finally:
         # the export adds a display node and a colour table for the temporary labelmap: remove all three
-        for i in reversed(range(temp.GetNumberOfDisplayNodes())):
-            if temp.GetNthDisplayNode(i) is not None:
-                scene.RemoveNode(temp.GetNthDisplayNode(i))
-        scene.RemoveNode(temp)
+        remove_node(temp)
         for node_id in _node_ids(scene, "vtkMRMLColorTableNode") - colors_before:
             scene.RemoveNode(scene.GetNodeByID(node_id))
 
@@ -319,16 +333,28 @@ def _node_ids(scene, class_name: str) -> set:
 
 
 # --- Segment Editor effect ---------------------------------------------------------------------------------
-def segment_oriented_image(image, model=None, label_values=None, **options) -> tuple:
+def label_values_for_side(labels: list, side: Optional[str] = None) -> list:
+    """Label values of a model's label records for ``side`` (None/'both': every femur label)."""
+    if side in (None, "", "both"):
+        return [l["value"] for l in labels]
+    values = [l["value"] for l in labels if l.get("side") == side]
+    if not values:
+        raise FemurUNetError(f"the model has no '{side}' femur label (it has: "
+                             f"{', '.join(l['name'] for l in labels)})")
+    return values
+
+
+def segment_oriented_image(image, model=None, side: Optional[str] = None, **options) -> tuple:
     """Run the engine on a vtkOrientedImageData (the Segment Editor's source image, any extent).
 
-    Returns (mask vtkOrientedImageData on the same grid, 1 where the label is one of ``label_values``
-    (None: any femur label), SegmentationResult).
+    Returns (mask: vtkOrientedImageData on the same grid and extent, 1 where the femur of ``side``
+    ('left', 'right', None/'both') is, SegmentationResult). ``options`` go to ``segment_volume``.
     """
     array, ijk_to_ras = oriented_image_to_array(image)
     geometry = _geometry_from_ijk_to_ras(ijk_to_ras, "source volume")
-    result = segment_volume(array, geometry, model, **options)
-    values = [l["value"] for l in result.labels] if label_values is None else list(label_values)
+    net = resolve_model(model)
+    values = label_values_for_side(net.metadata["labels"], side)   # fail before the long part
+    result = segment_volume(array, geometry, net, **options)
     mask = np.isin(result.labelmap, values).astype(np.uint8)
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)
@@ -338,28 +364,39 @@ def segment_oriented_image(image, model=None, label_values=None, **options) -> t
 
 # --- training export ---------------------------------------------------------------------------------------
 def safe_case_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+    """A dataset case name (letters, digits, '.', '_', '-'; starting with a letter or digit) from a node name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._-").rstrip("._") or "case"
 
 
 def export_training_slices(volume_node, segmentation_node, segment_ids, outdir, case: Optional[str] = None,
                            **export_options) -> dict:
-    """Export a (CT volume, femur segments) pair as training slices with the training package's exporter.
+    """Export a (CT volume node, femur segments) pair as training slices with the training package's exporter.
 
-    ``segment_ids``: one ID (label 1) or [left, right] (labels 1, 2). ``export_options`` go to ``export_arrays``
-    (window, empty_fraction, seed, source). Returns its summary (case, slices, positive, negative).
+    The union of ``segment_ids`` is the femur label, taken on the volume's grid. ``case`` defaults to the
+    volume's name (numbered if the dataset has it already). ``export_options`` go to
+    ``FemurUNetTrainLib.export.export_arrays`` (window, empty_fraction, seed). Returns its summary dict
+    (case, slices, positive, negative, ...).
     """
-    from FemurUNetTrainLib.export import export_arrays
+    from FemurUNetTrainLib.export import export_arrays, read_manifest
 
     if isinstance(segment_ids, str):
         segment_ids = [segment_ids]
     segment_ids = list(segment_ids)
-    if not 1 <= len(segment_ids) <= 2:
-        raise FemurUNetError(f"give one femur segment or a left and a right one, got {len(segment_ids)}")
+    if not segment_ids:
+        raise FemurUNetError("choose at least one femur segment to export")
     ct, geometry = volume_node_to_array(volume_node)
     label = segments_to_labelmap(segmentation_node, segment_ids, volume_node)
-    export_options.setdefault("source", f"{volume_node.GetName()} / {segmentation_node.GetName()}")
-    return export_arrays(ct, label, geometry, outdir, case or safe_case_name(volume_node.GetName()),
-                         **export_options)
+    segmentation = segmentation_node.GetSegmentation()
+    source = {"volume": volume_node.GetName(), "segmentation": segmentation_node.GetName(),
+              "segments": [segmentation.GetSegment(sid).GetName() for sid in segment_ids]}
+    if case is None:   # the volume's name, numbered if the dataset already has it
+        manifest = read_manifest(outdir) if os.path.isdir(outdir) else None
+        taken = set(manifest["cases"]) if manifest else set()
+        base = case = safe_case_name(volume_node.GetName())
+        number = 2
+        while case in taken:
+            case, number = f"{base}_{number}", number + 1
+    return export_arrays(ct, label, geometry, outdir, case, source=source, **export_options)
 
 
 # --- self-test ----------------------------------------------------------------------------------------------
@@ -431,12 +468,13 @@ def segmentation_geometry(segmentation_node):
 
 
 # --- training curve -------------------------------------------------------------------------------------------
-CURVE_COLUMNS = ("epoch", "loss", "val_loss", "val_dice")
-_SERIES_COLORS = {"loss": (0.2, 0.4, 0.9), "val_loss": (0.9, 0.5, 0.1), "val_dice": (0.1, 0.7, 0.3)}
+CURVE_COLUMNS = ("epoch", "loss", "dice", "val_loss", "val_dice")   # as in the training's .log.jsonl
+_SERIES_COLORS = {"loss": (0.2, 0.4, 0.9), "dice": (0.5, 0.7, 1.0), "val_loss": (0.9, 0.5, 0.1),
+                  "val_dice": (0.1, 0.7, 0.3)}
 
 
 def update_training_curve(scene, records: list, chart_node=None, name: str = "FemurUNet training"):
-    """Show training log records ({epoch, loss, val_loss, val_dice, ...}) as a plot chart; returns the chart.
+    """Show training log records ({epoch, loss, dice, val_loss, val_dice, ...}) as a plot chart; returns it.
 
     Pass the returned chart back on the next call: its table is refilled from ``records`` (all epochs so far).
     """
