@@ -8,6 +8,9 @@ from .preprocess import DEFAULT_INPUT_SIZE, DEFAULT_WINDOW
 from .volume_io import read_volume, write_labelmap
 
 __version__ = "0.1.0"
+__all__ = ["Cancelled", "FemurUNetError", "Geometry", "Reorientation", "SegmentationResult", "segment_volume",
+           "UNet2D", "count_parameters", "dice_coefficient", "dice_loss", "DEFAULT_MODEL_PATH", "load_model",
+           "save_model", "DEFAULT_INPUT_SIZE", "DEFAULT_WINDOW", "read_volume", "write_labelmap", "import_keras"]
 
 
 def import_keras(path, window=None, threshold=None):

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 
-from .errors import FemurUNetError
 from .inference import segment_volume
 from .volume_io import output_kind, read_volume, write_image, write_labelmap
 
@@ -74,7 +73,7 @@ def run_demo(args) -> int:
     print(f"phantom CT   : {ct_path} ({'x'.join(map(str, case.ct.shape[::-1]))} voxels, "
           f"spacing {' x '.join(f'{s:.2f}' for s in case.geometry.spacing)} mm)")
     print(f"segmentation : {seg_path} ({result.stats['slices']} slices in {result.seconds:.1f} s on {result.device})")
-    print(f"Dice vs truth: {dice(pred, truth):.4f}  (HD95 {hd95(pred, truth, case.geometry.spacing):.2f} mm)")
+    print(f"Dice vs truth: {dice(pred, truth):.4f}  (HD95 {hd95(pred, truth, case.geometry.spacing[::-1]):.2f} mm)")
     return 0
 
 

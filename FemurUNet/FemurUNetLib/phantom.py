@@ -11,17 +11,15 @@ Left, y Posterior, z Superior. Left femur (label 1) at +x, right femur (label 2)
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import FemurUNetError
 from .geometry import Geometry
+from .volume_io import write_image
 
 LEFT, RIGHT = 1, 2
 TISSUE = {"air": 0, "fat": 1, "soft_tissue": 2, "femur_cortex": 3, "femur_marrow": 4, "pelvis_cortex": 5,
@@ -669,20 +667,6 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, metal=
 
 
 # --- files and CLI ------------------------------------------------------------------------------------------
-def _write_image(array, geometry: Geometry, path: Path) -> None:
-    """Write beside the target under a temporary ``.nii.gz`` name, then rename (default file permissions)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    geometry.apply_to_sitk(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[:-7]}.{os.getpid()}.{secrets.token_hex(4)}.partial.nii.gz")
-    try:
-        sitk.WriteImage(image, str(tmp), True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_case(case: PhantomCase, outdir) -> tuple:
     """Write ``<name>_ct.nii.gz`` (int16) and ``<name>_femur.nii.gz`` (uint8) atomically; return both paths."""
     outdir = Path(outdir)
@@ -690,8 +674,8 @@ def write_case(case: PhantomCase, outdir) -> tuple:
         raise FemurUNetError(f"{outdir}: exists and is not a folder")
     ct_path, label_path = outdir / f"{case.name}_ct.nii.gz", outdir / f"{case.name}_femur.nii.gz"
     try:
-        _write_image(case.ct.astype(np.int16, copy=False), case.geometry, ct_path)
-        _write_image(case.label.astype(np.uint8, copy=False), case.geometry, label_path)
+        write_image(ct_path, case.ct.astype(np.int16, copy=False), case.geometry)
+        write_image(label_path, case.label.astype(np.uint8, copy=False), case.geometry)
     except (OSError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or ["write failed"])[-1][:160]
         raise FemurUNetError(f"{outdir}: cannot write the phantom files ({reason})") from None
