@@ -65,7 +65,8 @@ def run_train(args) -> int:
         base_filters=d.base_filters if args.base_filters is None else args.base_filters,
         input_size=d.input_size if args.input_size is None else args.input_size,
         seed=d.seed if args.seed is None else args.seed,
-        lr_schedule=args.lr_schedule, early_stopping=args.early_stopping, threads=args.threads,
+        lr_schedule=args.lr_schedule, lr_patience=args.lr_patience, lr_factor=args.lr_factor, min_lr=args.min_lr,
+        early_stopping=args.early_stopping, threads=args.threads,
         augment=augment)
     result = train(config, progress=None if args.quiet else TrainProgressBar())
     import torch.distributed as dist
@@ -112,6 +113,10 @@ def register_cli(subparsers) -> None:
     t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint.pt")
     t.add_argument("--lr-schedule", default="none", choices=("none", "plateau", "cosine"),
                    help="learning-rate schedule (default none, like the seed)")
+    t.add_argument("--lr-patience", type=int, default=10, help="plateau schedule: epochs without improvement "
+                   "before the rate is cut (default 10)")
+    t.add_argument("--lr-factor", type=float, default=0.5, help="plateau schedule: rate multiplier (default 0.5)")
+    t.add_argument("--min-lr", type=float, default=0.0, help="lower bound of the scheduled rate (default 0)")
     t.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
                    help="stop after this many epochs without improvement (default 0: off)")
     t.add_argument("--no-augment", action="store_true", help="turn the seed's augmentation off")
