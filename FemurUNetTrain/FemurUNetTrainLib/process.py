@@ -1,0 +1,284 @@
+"""Training as a background process (``python -m FemurUNetLib.cli train ...``), polled from a GUI timer.
+
+Pure Python (subprocess, no Qt, no torch): a crash of the training cannot take the caller down, and the
+caller stays responsive because nothing here blocks. Output goes to a file (no pipe to fill up); the epoch
+log is the training's own ``<out stem>.log.jsonl``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+LIB_PACKAGES = ("FemurUNetLib", "FemurUNetTrainLib")
+
+
+@dataclass
+class TrainingSettings:
+    """The ``femurunet train`` options; None leaves the CLI default (the seed's recipe)."""
+    data: str
+    out: str
+    val: Optional[str] = None
+    epochs: Optional[int] = None
+    steps_per_epoch: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    base_filters: Optional[int] = None
+    seed: Optional[int] = None
+    resume: bool = False
+    device: Optional[str] = None
+    extra_args: list = field(default_factory=list)
+
+
+def train_command(settings: TrainingSettings, python: Optional[str] = None) -> list:
+    """The argument list that runs ``femurunet train`` with this Python (Slicer's, inside Slicer)."""
+    cmd = [python or sys.executable, "-m", "FemurUNetLib.cli", "train", str(settings.data), "--out", str(settings.out)]
+    for flag, value in (("--val", settings.val), ("--epochs", settings.epochs),
+                        ("--steps-per-epoch", settings.steps_per_epoch), ("--batch-size", settings.batch_size),
+                        ("--lr", settings.lr), ("--base-filters", settings.base_filters), ("--seed", settings.seed),
+                        ("--device", settings.device)):
+        if value is not None and value != "":
+            cmd += [flag, repr(value) if isinstance(value, float) else str(value)]
+    if settings.resume:
+        cmd.append("--resume")
+    return cmd + [str(a) for a in settings.extra_args]
+
+
+def log_path(out) -> Path:
+    """``<out stem>.log.jsonl``, where the training writes one JSON line per epoch."""
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix == ".pt" else out
+    return stem.with_name(stem.name + ".log.jsonl")
+
+
+def library_environment(base: Optional[dict] = None) -> dict:
+    """``base`` (default: this process's environment) with the folders holding the Lib packages put first on
+    PYTHONPATH (inside Slicer they are only on the running interpreter's sys.path) and unbuffered output."""
+    env = dict(os.environ if base is None else base)
+    folders = []
+    for name in LIB_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"cannot find the {name} package")
+        folder = str(Path(list(spec.submodule_search_locations)[0]).parent)
+        if folder not in folders:
+            folders.append(folder)
+    old = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(folders + [p for p in old if p not in folders])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def read_log_records(path) -> list:
+    """Every complete JSON line of a JSONL log (a line still being written, or a bad line, is skipped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    records = []
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+_STEP_PATTERN = re.compile(r"epoch (\d+)/(\d+) \[[#.]*\] (\d+)/(\d+)")
+
+
+def last_step_progress(text: str) -> Optional[tuple]:
+    """(epoch, epochs, step, steps) of the last step-progress line the training CLI printed, or None."""
+    matches = _STEP_PATTERN.findall(text)
+    return tuple(int(v) for v in matches[-1]) if matches else None
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of terminal output (progress lines redraw with carriage returns)."""
+    lines = [l.strip() for l in re.split(r"[\r\n]", text) if l.strip()]
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", lines[-1]) if lines else ""
+
+
+class BackgroundProcess:
+    """A child process whose stdout+stderr go to a file; ``poll()`` it from a timer, ``stop()`` it any time."""
+
+    def __init__(self, command: list, env: Optional[dict] = None, cwd: Optional[str] = None,
+                 output_path: Optional[str] = None):
+        self.command, self.env, self.cwd = list(command), env, cwd
+        self.output_path = Path(output_path) if output_path else None
+        self._own_output = output_path is None
+        self.process: Optional[subprocess.Popen] = None
+        self._output_file = None
+        self._read_offset = 0
+        self.returncode: Optional[int] = None
+        self.stopped = False
+
+    def start(self) -> "BackgroundProcess":
+        if self.process is not None:
+            raise RuntimeError("process already started")
+        if self.output_path is None:
+            fd, name = tempfile.mkstemp(prefix="femurunet-process-", suffix=".log")
+            os.close(fd)
+            self.output_path = Path(name)
+        self._output_file = open(self.output_path, "wb")
+        kwargs = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True   # its own process group: stop() reaches its children too
+        try:
+            self.process = subprocess.Popen(self.command, stdout=self._output_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd, **kwargs)
+        except OSError:
+            self.close()
+            raise
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.poll() is None
+
+    def poll(self) -> Optional[int]:
+        """The exit code once finished, else None (never blocks)."""
+        if self.process is None:
+            return None
+        if self.returncode is None:
+            self.returncode = self.process.poll()
+            if self.returncode is not None and self._output_file is not None:
+                self._output_file.close()
+                self._output_file = None
+        return self.returncode
+
+    def read_output(self) -> str:
+        """Output written since the last call."""
+        if self.output_path is None or not self.output_path.exists():
+            return ""
+        with open(self.output_path, "rb") as f:
+            f.seek(self._read_offset)
+            data = f.read()
+        self._read_offset += len(data)
+        return data.decode("utf-8", errors="replace")
+
+    def output_tail(self, chars: int = 4000) -> str:
+        if self.output_path is None or not self.output_path.exists():
+            return ""
+        with open(self.output_path, "rb") as f:
+            f.seek(max(0, self.output_path.stat().st_size - chars))
+            return f.read().decode("utf-8", errors="replace")
+
+    def _signal(self, how: str) -> None:
+        if os.name == "nt":
+            if how == "interrupt":
+                self.process.send_signal(signal.CTRL_BREAK_EVENT)
+            else:
+                self.process.kill()
+            return
+        sig = {"interrupt": signal.SIGINT, "terminate": signal.SIGTERM, "kill": signal.SIGKILL}[how]
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, grace_seconds: float = 5.0) -> Optional[int]:
+        """Interrupt (like Ctrl+C), then terminate, then kill, each after ``grace_seconds``; returns the exit code."""
+        if self.process is None or self.poll() is not None:
+            return self.returncode
+        self.stopped = True
+        for how in ("interrupt", "terminate", "kill"):
+            self._signal(how)
+            deadline = time.monotonic() + grace_seconds
+            while time.monotonic() < deadline:
+                if self.poll() is not None:
+                    return self.returncode
+                time.sleep(0.02)
+        self.process.wait()
+        return self.poll()
+
+    def close(self) -> None:
+        """Stop if still running, close the output file, delete it if this object made it."""
+        if self.process is not None and self.poll() is None:
+            self.stop()
+        if self._output_file is not None:
+            self._output_file.close()
+            self._output_file = None
+        if self._own_output and self.output_path is not None:
+            self.output_path.unlink(missing_ok=True)
+
+
+@dataclass
+class TrainingStatus:
+    returncode: Optional[int]       # None while running
+    records: list                   # every epoch record so far
+    new_records: list               # records that appeared since the previous poll
+    output: str                     # output text since the previous poll
+
+    @property
+    def finished(self) -> bool:
+        return self.returncode is not None
+
+
+class TrainingRun:
+    """``femurunet train`` in the background: ``start()``, then ``poll()`` from a timer, ``stop()`` to end it.
+
+    A stopped run keeps its last checkpoint: start again with ``resume=True`` to continue.
+    """
+
+    def __init__(self, settings: TrainingSettings, python: Optional[str] = None, env: Optional[dict] = None):
+        self.settings = settings
+        self.log_path = log_path(settings.out)
+        self.process = BackgroundProcess(train_command(settings, python), env=library_environment(env))
+        self.records: list = []
+        self._log_state = None
+
+    def start(self) -> "TrainingRun":
+        if not self.settings.resume:
+            self.log_path.unlink(missing_ok=True)   # a fresh run must not show the old curve
+        self.process.start()
+        return self
+
+    def poll(self) -> TrainingStatus:
+        returncode = self.process.poll()
+        new = []
+        state = _file_state(self.log_path)
+        if state != self._log_state:
+            self._log_state = state
+            records = read_log_records(self.log_path)
+            known = len(self.records)
+            new = records[known:] if records[:known] == self.records else records
+            self.records = records
+        return TrainingStatus(returncode, list(self.records), new, self.process.read_output())
+
+    def stop(self, grace_seconds: float = 5.0) -> Optional[int]:
+        return self.process.stop(grace_seconds)
+
+    @property
+    def running(self) -> bool:
+        return self.process.running
+
+    @property
+    def succeeded(self) -> bool:
+        return self.process.poll() == 0 and not self.process.stopped and Path(self.settings.out).is_file()
+
+    def close(self) -> None:
+        self.process.close()
+
+
+def _file_state(path: Path):
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, getattr(st, "st_ino", 0))
