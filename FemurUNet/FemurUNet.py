@@ -1,0 +1,348 @@
+"""Femur U-Net: segment the femur in a CT with a 2D U-Net. The work is done in FemurUNetLib (mrml.py)."""
+import importlib.util
+import logging
+import os
+import tempfile
+from typing import Annotated, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# import name -> pip requirement; packages Slicer ships (numpy, SimpleITK) are never installed or upgraded
+PIP_REQUIREMENTS = {"skimage": "scikit-image>=0.21", "h5py": "h5py>=3.8", "PIL": "Pillow",
+                    "matplotlib": "matplotlib>=3.6"}
+PROTECTED_DISTRIBUTIONS = ("numpy", "SimpleITK", "torch")
+
+
+#
+# FemurUNet
+#
+class FemurUNet(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Femur U-Net"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["FemurUNet developers"]
+        self.parent.helpText = (
+            "Segments the femur in a CT with a 2D U-Net (slice by slice, any orientation). "
+            "Choose the CT and click <b>Segment femur</b>; the result is a segmentation with a 'Femur' segment "
+            "(or 'Femur left'/'Femur right'). Also available as the Segment Editor effect 'Femur U-Net' and "
+            "from the Python console: <code>slicer.util.getModuleLogic('FemurUNet').segment(volumeNode)</code>. "
+            "See <a href='https://github.com/femurunet/SlicerFemurUNet'>the documentation</a>.")
+        self.parent.acknowledgementText = (
+            "A PyTorch port of a Keras 2D U-Net for proximal femur segmentation, packaged for 3D Slicer.")
+        slicer.app.connect("startupCompleted()", registerSegmentEditorEffect)
+
+
+def registerSegmentEditorEffect():
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+    effectPath = os.path.join(os.path.dirname(__file__), "SegmentEditorFemurUNetLib", "SegmentEditorEffect.py")
+    instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+    instance.setPythonSource(effectPath.replace("\\", "/"))
+    instance.self().register()
+
+
+#
+# Python requirements
+#
+def ensureTorch():
+    """PyTorch from the PyTorch extension (asks before installing); raises RuntimeError if unavailable."""
+    if importlib.util.find_spec("torch") is not None:
+        return
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        raise RuntimeError("Femur U-Net needs PyTorch: install the 'PyTorch' extension from the Extensions "
+                           "Manager, restart Slicer, and try again.") from None
+    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+    if not torchLogic.torchInstalled():
+        if torchLogic.installTorch(askConfirmation=True) is None:
+            raise RuntimeError("PyTorch is required; it was not installed.")
+
+
+def protectedConstraintsFile() -> str:
+    """A pip constraints file pinning Slicer's own numpy/SimpleITK (and the installed torch) to their versions."""
+    from importlib.metadata import PackageNotFoundError, version
+    lines = []
+    for name in PROTECTED_DISTRIBUTIONS:
+        try:
+            lines.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pass
+    fd, path = tempfile.mkstemp(prefix="FemurUNet-constraints-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def ensurePythonRequirements(importNames=("torch",)):
+    """Make the named imports available: torch via PyTorchUtils, others via pip after a confirmation."""
+    if "torch" in importNames:
+        ensureTorch()
+    missing = [PIP_REQUIREMENTS[name] for name in importNames
+               if name != "torch" and importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    if not slicer.util.confirmOkCancelDisplay(
+            "Femur U-Net needs these Python packages:\n\n" + "\n".join(missing) +
+            "\n\nInstall them now? (Slicer's own numpy and SimpleITK are kept as they are.)",
+            "Femur U-Net - install Python packages"):
+        raise RuntimeError(f"missing Python packages: {', '.join(missing)}")
+    constraints = protectedConstraintsFile()
+    try:
+        with slicer.util.WaitCursor():
+            try:
+                slicer.util.pip_install(missing, constraints=constraints)
+            except TypeError:  # Slicer < 5.9: no constraints argument
+                slicer.util.pip_install(" ".join(missing) + f" -c {constraints}")
+    finally:
+        os.unlink(constraints)
+    importlib.invalidate_caches()
+
+
+#
+# FemurUNetParameterNode
+#
+@parameterNodeWrapper
+class FemurUNetParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    modelPath: str = ""   # empty: the demo model
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    batchSize: Annotated[int, WithinRange(0, 512)] = 0   # 0: automatic
+    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
+
+
+#
+# FemurUNetWidget
+#
+class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/FemurUNet.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = FemurUNetLogic()
+        self.ui.progressBar.hide()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.defaultModelButton.connect("clicked()", self.onDefaultModelButton)
+        self.ui.importKerasButton.connect("clicked()", self.onImportKerasButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._cancelRequested = True
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._cancelRequested = True
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolume
+
+    def setParameterNode(self, inputParameterNode: Optional[FemurUNetParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        if self._parameterNode is None or self._running:
+            return
+        path = self._parameterNode.modelPath
+        if self.ui.modelPathLineEdit.currentPath != path:
+            wasBlocked = self.ui.modelPathLineEdit.blockSignals(True)
+            self.ui.modelPathLineEdit.currentPath = path
+            self.ui.modelPathLineEdit.blockSignals(wasBlocked)
+        self.ui.modelInfoLabel.text = self.logic.describeModel(path)
+        self.ui.segmentButton.enabled = self._parameterNode.inputVolume is not None
+        self.ui.segmentButton.toolTip = ("Segment the femur in the input CT (click again to cancel)"
+                                         if self._parameterNode.inputVolume else "Select an input CT first")
+
+    def onModelPathChanged(self, path) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelPath = path
+
+    def onDefaultModelButton(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelPath = ""
+
+    def onImportKerasButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Import a Keras U-Net", "",
+                                              "Keras U-Net (*.hdf5 *.h5 *.keras)")
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay("Keras model import failed.", waitCursor=True):
+            self._parameterNode.modelPath = str(self.logic.importKerasModel(path))
+
+    def _setRunning(self, running: bool) -> None:
+        self._running = running
+        self._cancelRequested = False
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton,
+                       self.ui.advancedCollapsibleButton):
+            widget.enabled = not running
+        self.ui.segmentButton.text = "Cancel" if running else "Segment femur"
+        self.ui.progressBar.visible = running
+        self.ui.progressBar.value = 0
+        if not running:
+            self.updateGUIFromParameterNode()
+
+    def onProgress(self, done: int, total: int) -> None:
+        self.ui.progressBar.maximum = total
+        self.ui.progressBar.value = done
+        slicer.app.processEvents()   # keeps Slicer responsive and lets the Cancel click through
+
+    def onSegmentButton(self) -> None:
+        if self._running:
+            self._cancelRequested = True
+            self.ui.segmentButton.text = "Cancelling..."
+            return
+        p = self._parameterNode
+        self._setRunning(True)
+        self.ui.statusLabel.text = "Segmenting..."
+        slicer.app.processEvents()
+        try:
+            node = self.logic.segment(p.inputVolume, p.modelPath or None, p.outputSegmentation, device=p.device,
+                                      batchSize=p.batchSize or None, threshold=p.threshold,
+                                      progress=self.onProgress, cancel=lambda: self._cancelRequested)
+        except Exception as exc:
+            self._setRunning(False)
+            if type(exc).__name__ == "Cancelled":   # FemurUNetLib.Cancelled (its import needs torch)
+                self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
+                return
+            self.ui.statusLabel.text = f"Failed: {exc}"
+            logging.exception("Femur U-Net segmentation failed")
+            slicer.util.errorDisplay(f"Femur segmentation failed:\n{exc}")
+            return
+        self._setRunning(False)
+        p.outputSegmentation = node   # later runs replace the femur segments in this node
+        self.ui.statusLabel.text = self.logic.describeLastResult()
+        self.logic.showResult(p.inputVolume, node)
+
+
+#
+# FemurUNetLogic
+#
+class FemurUNetLogic(ScriptedLoadableModuleLogic):
+    """Console API: ``slicer.util.getModuleLogic("FemurUNet").segment(volumeNode)`` returns the segmentation."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.lastResult = None
+
+    def getParameterNode(self):
+        return FemurUNetParameterNode(super().getParameterNode())
+
+    def segment(self, volumeNode, model=None, segmentationNode=None, device="auto", batchSize=None,
+                threshold=None, progress=None, cancel=None, closedSurface=True):
+        """Segment the femur in ``volumeNode``; returns the segmentation node (a new one unless given).
+
+        ``model``: a .pt/.hdf5 path, a loaded UNet2D, or None for the demo model. Raises
+        FemurUNetLib.Cancelled (scene unchanged) when ``cancel()`` returns True.
+        """
+        isKeras = str(model or "").lower().endswith((".h5", ".hdf5", ".keras"))
+        ensurePythonRequirements(("torch", "h5py") if isKeras else ("torch",))
+        from FemurUNetLib import mrml
+        node, self.lastResult, _ = mrml.segment_and_import(
+            volumeNode, model, segmentationNode, device=device, batch_size=batchSize, threshold=threshold,
+            progress=progress, cancel=cancel, closed_surface=closedSurface)
+        return node
+
+    def importKerasModel(self, path):
+        """Convert a Keras .hdf5/.h5 U-Net once (cached beside it) and return the .pt path."""
+        ensurePythonRequirements(("torch", "h5py"))
+        from FemurUNetLib.keras_import import convert_keras_file
+        return convert_keras_file(path)
+
+    @staticmethod
+    def describeModel(path: str) -> str:
+        if path:
+            return f"Model: {os.path.basename(path)}" if os.path.isfile(path) else f"Not found: {path}"
+        spec = importlib.util.find_spec("FemurUNetLib")
+        demo = os.path.join(os.path.dirname(spec.origin), "models", "femurunet_demo_b16.pt") if spec else ""
+        return "Model: the demo model" if os.path.isfile(demo) else "The demo model is not installed; choose a model"
+
+    def describeLastResult(self) -> str:
+        r = self.lastResult
+        if r is None:
+            return ""
+        import numpy as np
+        voxelMl = float(np.prod(r.geometry.spacing)) / 1000.0
+        counts = np.bincount(r.labelmap.ravel(), minlength=256)
+        parts = [f"{label['name']}: {counts[label['value']] * voxelMl:.1f} ml" for label in r.labels]
+        return f"{'; '.join(parts)}. {r.stats.get('slices', 0)} slices in {r.seconds:.1f} s on {r.device}."
+
+    @staticmethod
+    def showResult(volumeNode, segmentationNode) -> None:
+        slicer.util.setSliceViewerLayers(background=volumeNode, fit=False)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager and layoutManager.threeDViewCount:
+            layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+
+
+#
+# FemurUNetTest
+#
+class FemurUNetTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_FemurUNet_phantom()
+
+    def test_FemurUNet_phantom(self):
+        """Phantom CT in the scene -> demo model -> Dice and geometry checks (FemurUNetLib.mrml.self_test_case)."""
+        self.delayDisplay("Segmenting a phantom CT with the demo model")
+        ensurePythonRequirements(("torch",))
+        from FemurUNetLib import mrml
+        measured = mrml.self_test_case(slicer.mrmlScene, model=None, min_dice=0.8)
+        self.delayDisplay(f"Dice {measured['dice']:.3f} on {measured['case']} in {measured['seconds']:.1f} s")
+        # the console API reuses the node: same-named segments are replaced, not duplicated
+        logic = FemurUNetLogic()
+        node = logic.segment(measured["volume_node"], segmentationNode=measured["segmentation_node"])
+        self.assertEqual(node.GetID(), measured["segmentation_node"].GetID())
+        self.assertEqual(node.GetSegmentation().GetNumberOfSegments(), len(measured["segment_ids"]))
+        self.delayDisplay("Test passed")
