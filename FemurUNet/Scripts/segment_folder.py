@@ -1,0 +1,209 @@
+"""Segment the femur in every CT of a folder (or in listed files) without a GUI.
+
+    Slicer --no-main-window --python-script segment_folder.py --input DIR_OR_FILES... --output DIR [--model M.pt]
+
+Writes ``<case>.seg.nrrd`` per CT and ``femurunet_results.csv`` (case, femur voxels, volume ml, seconds, status)
+into the output folder; exits 1 (naming the cases) if any case failed, 2 on bad arguments. Runs under Slicer or
+any Python with the slicer-core wheel; without Slicer use ``femurunet segment`` per file.
+"""
+import argparse
+import csv
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# source tree and installed extension alike: FemurUNetLib sits one folder up from Scripts/
+_LIB_FOLDER = Path(globals().get("__file__") or sys.argv[0]).resolve().parents[1]
+if (_LIB_FOLDER / "FemurUNetLib").is_dir() and str(_LIB_FOLDER) not in sys.path:
+    sys.path.insert(0, str(_LIB_FOLDER))
+
+CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+RESULTS_NAME = "femurunet_results.csv"
+CSV_FIELDS = ("case", "input", "output", "femur_voxels", "volume_ml", "seconds", "status", "error")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="segment_folder.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--input", nargs="+", required=True, metavar="DIR_OR_FILE",
+                        help="CT files, folders of CT files, or DICOM series folders")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the .seg.nrrd files and the CSV")
+    parser.add_argument("--model", help="model .pt or Keras .hdf5 (default: the demo model)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--batch-size", type=int, help="slices per batch (default: automatic)")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
+    parser.add_argument("--no-surface", action="store_true", help="skip the closed-surface representation")
+    return parser.parse_args(argv)
+
+
+def _is_ct_file(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(CT_SUFFIXES) and not name.endswith(".seg.nrrd")
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    files = [p for p in path.iterdir() if p.is_file()]
+    if not files or any(_is_ct_file(p) and not p.name.lower().endswith(".dcm") for p in files):
+        return False
+    with open(files[0], "rb") as f:
+        return f.read(132)[128:132] == b"DICM"
+
+
+def find_inputs(paths) -> list:
+    """CT files and DICOM series folders: files as given, folders searched one level deep, in name order."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            if _is_dicom_folder(path):
+                found.append(path)
+                continue
+            for child in sorted(path.iterdir()):
+                if child.is_file() and _is_ct_file(child) and not child.name.lower().endswith(".dcm"):
+                    found.append(child)
+                elif child.is_dir() and _is_dicom_folder(child):
+                    found.append(child)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return found
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for suffix in CT_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def load_ct(scene, path: Path):
+    """A scalar volume node: files through Slicer's volume reader, DICOM folders through SimpleITK."""
+    import slicer
+    if path.is_dir():
+        from FemurUNetLib import mrml
+        from FemurUNetLib.volume_io import read_volume
+        array, geometry = read_volume(path)
+        return mrml.array_to_volume_node(scene, array, geometry, case_name(path))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(case_name(path)))
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise RuntimeError(f"{path}: cannot read as a volume")
+    return node
+
+
+def save_segmentation(scene, node, path: Path) -> Path:
+    """Write ``node`` as a .seg.nrrd, atomically (a partial file never has the final name)."""
+    import slicer
+    partial = path.with_name(f".{path.name[:-len('.seg.nrrd')]}.partial.seg.nrrd")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(partial))
+    try:
+        if not storage.WriteData(node) or not partial.is_file():
+            raise RuntimeError(f"{path}: could not write the segmentation")
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return path
+
+
+def segment_files(inputs, output_dir, model=None, **options) -> list:
+    """Segment each CT into ``output_dir``; returns one CSV row (dict) per case, failures included."""
+    import numpy as np
+    import slicer
+    from FemurUNetLib import mrml
+    from FemurUNetLib.modelfile import resolve_model
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    net = resolve_model(model)   # once, not per case
+    scene = getattr(slicer, "mrmlScene", None) or slicer.vtkMRMLScene()
+    rows = []
+    for index, path in enumerate(inputs, 1):
+        case = case_name(path)
+        row = {"case": case, "input": str(path), "output": "", "femur_voxels": "", "volume_ml": "",
+               "seconds": "", "status": "failed", "error": ""}
+        started = time.perf_counter()
+        nodes_before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+        try:
+            volume = load_ct(scene, path)
+            node, result, _ = mrml.segment_and_import(volume, net, **options)
+            out = save_segmentation(scene, node, output_dir / f"{case}.seg.nrrd")
+            voxels = int(np.count_nonzero(result.labelmap))
+            row.update(output=str(out), femur_voxels=voxels,
+                       volume_ml=f"{voxels * float(np.prod(result.geometry.spacing)) / 1000.0:.2f}", status="ok")
+        except Exception as exc:   # one bad case must not stop the batch
+            row["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            print(f"[{index}/{len(inputs)}] {case}: FAILED: {row['error']}", file=sys.stderr)
+            if os.environ.get("FEMURUNET_DEBUG"):
+                traceback.print_exc()
+        finally:
+            row["seconds"] = f"{time.perf_counter() - started:.2f}"
+            for i in reversed(range(scene.GetNumberOfNodes())):   # leave the scene as found
+                added = scene.GetNthNode(i)
+                if added is not None and added.GetID() not in nodes_before:
+                    scene.RemoveNode(added)
+        if row["status"] == "ok":
+            print(f"[{index}/{len(inputs)}] {case}: {row['femur_voxels']} femur voxels, {row['volume_ml']} ml, "
+                f"{row['seconds']} s -> {row['output']}")
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows, path: Path) -> Path:
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+    return path
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:   # argparse: usage error (2) or --help (0)
+        return int(exc.code or 0)
+    try:
+        inputs = find_inputs(args.input)
+    except OSError as exc:
+        print(f"segment_folder: error: {exc}", file=sys.stderr)
+        return 2
+    if not inputs:
+        print(f"segment_folder: error: no CT files in {' '.join(args.input)}", file=sys.stderr)
+        return 2
+    try:
+        rows = segment_files(inputs, args.output, args.model, device=args.device, batch_size=args.batch_size,
+                             threshold=args.threshold, closed_surface=not args.no_surface)
+    except Exception as exc:   # no torch, unusable model or output folder: nothing was segmented
+        print(f"segment_folder: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    csv_path = write_csv(rows, Path(args.output) / RESULTS_NAME)
+    failed = [row["case"] for row in rows if row["status"] != "ok"]
+    print(f"{len(rows) - len(failed)}/{len(rows)} cases segmented; results in {csv_path}")
+    if failed:
+        print(f"segment_folder: {len(failed)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _exit(code: int) -> None:
+    try:
+        import slicer
+        app = getattr(slicer, "app", None)
+    except ImportError:
+        app = None
+    if app is not None:
+        slicer.util.exit(code)   # lets Slicer shut down cleanly with this exit code
+    else:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    _exit(main())

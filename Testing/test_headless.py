@@ -1,0 +1,153 @@
+"""FemurUNet/Scripts/segment_folder.py: the headless batch script (run here under slicer-core)."""
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from FemurUNetLib.cli import main as femurunet
+from FemurUNetLib.geometry import Geometry
+from FemurUNetLib.modelfile import save_model
+from conftest import expected_threshold_labels, threshold_unet
+
+SCRIPT = Path(__file__).resolve().parents[1] / "FemurUNet" / "Scripts" / "segment_folder.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("segment_folder", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return save_model(threshold_unet(input_size=64), tmp_path_factory.mktemp("model") / "threshold.pt")
+
+
+def write_ct(path, seed, direction=None):
+    rng = np.random.default_rng(seed)
+    hu = rng.integers(-200, 200, size=(6, 64, 64)).astype(np.int16)
+    hu[1:5, 10 + seed:30 + seed, 20:44] = 1200
+    g = Geometry((0.8, 0.7, 2.5), (10.0 * seed, -20.0, 33.0), np.eye(3) if direction is None else direction)
+    image = sitk.GetImageFromArray(hu)
+    g.apply_to_sitk(image)
+    sitk.WriteImage(image, str(path))
+    return hu, g
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cts")
+    flipped = np.array([[0, -1, 0], [1, 0, 0], [0, 0, -1.0]])
+    truth = {"alpha": write_ct(folder / "alpha.nii.gz", 1), "beta": write_ct(folder / "beta.nrrd", 2, flipped)}
+    (folder / "broken.nii.gz").write_bytes(b"not a volume at all")
+    (folder / "notes.txt").write_text("ignored")
+    (folder / "old.seg.nrrd").write_bytes(b"ignored: a segmentation, not a CT")
+    return folder, truth
+
+
+def on_grid(image, hu, geometry):
+    """``image`` resampled (nearest) onto the grid of ``hu``/``geometry``: Slicer's volume reader turns
+    left-handed files right-handed (k reversed), so its .seg.nrrd can hold the same voxels in another order."""
+    reference = sitk.GetImageFromArray(hu)
+    geometry.apply_to_sitk(reference)
+    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return {row["case"]: row for row in csv.DictReader(f)}
+
+
+def test_arguments(script, capsys):
+    args = script.parse_args(["--input", "a.nii.gz", "b", "--output", "out", "--model", "m.pt", "--device", "cpu",
+                              "--batch-size", "4", "--threshold", "0.3", "--no-surface"])
+    assert (args.input, args.output, args.model, args.device, args.batch_size, args.threshold, args.no_surface) == \
+        (["a.nii.gz", "b"], "out", "m.pt", "cpu", 4, 0.3, True)
+    assert script.main(["--input", "a.nii.gz"]) == 2                      # --output missing
+    assert "--output" in capsys.readouterr().err
+    assert script.main(["--help"]) == 0
+
+
+def test_find_inputs(script, cases, real_ct, tmp_path):
+    folder, _ = cases
+    found = script.find_inputs([folder, real_ct / "abdomen_dicom"])
+    assert [p.name for p in found] == ["alpha.nii.gz", "beta.nrrd", "broken.nii.gz", "abdomen_dicom"]
+    assert script.case_name(Path("x/alpha.nii.gz")) == "alpha" and script.case_name(Path("d/abdomen_dicom")) == "abdomen_dicom"
+    with pytest.raises(FileNotFoundError):
+        script.find_inputs([tmp_path / "missing"])
+    assert script.main(["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert script.main(["--input", str(empty), "--output", str(tmp_path / "o")]) == 2
+
+
+def test_batch_writes_segmentations_csv_and_fails_naming_the_bad_case(cases, model_file, tmp_path):
+    """Runs the script as a program (``python segment_folder.py``, as under ``Slicer --python-script``)."""
+    folder, truth = cases
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--input", str(folder), "--output", str(out),
+                           "--model", str(model_file), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "1 case(s) failed: broken" in done.stderr
+    rows = read_rows(out / "femurunet_results.csv")
+    assert set(rows) == {"alpha", "beta", "broken"}
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["error"] and rows["broken"]["output"] == ""
+    assert not (out / "broken.seg.nrrd").exists()
+    for case, (hu, g) in truth.items():
+        row = rows[case]
+        expected = expected_threshold_labels(hu)
+        assert row["status"] == "ok" and int(row["femur_voxels"]) == int(expected.sum()) > 0
+        assert float(row["volume_ml"]) == pytest.approx(expected.sum() * np.prod(g.spacing) / 1000, abs=0.01)
+        assert float(row["seconds"]) > 0
+        image = sitk.ReadImage(row["output"])
+        assert Path(row["output"]) == out / f"{case}.seg.nrrd"
+        assert image.GetMetaData("Segment0_Name") == "Femur" and image.GetSize() == hu.shape[::-1]
+        value = int(image.GetMetaData("Segment0_LabelValue"))
+        assert np.array_equal(on_grid(image, hu, g) == value, expected == 1)
+    assert Geometry.from_sitk(sitk.ReadImage(rows["alpha"]["output"])) == truth["alpha"][1]   # right-handed: as is
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.seg.nrrd", "beta.seg.nrrd", "femurunet_results.csv"]
+
+
+def test_same_result_as_femurunet_segment_and_exit_zero(script, cases, model_file, tmp_path, capsys):
+    folder, _ = cases
+    out = tmp_path / "out"
+    assert script.main(["--input", str(folder / "beta.nrrd"), "--output", str(out), "--model", str(model_file),
+                        "--device", "cpu", "--no-surface"]) == 0
+    assert femurunet(["segment", str(folder / "beta.nrrd"), str(tmp_path / "cli.seg.nrrd"), "--model",
+                      str(model_file), "--device", "cpu", "--quiet"]) == 0
+    ours, cli = sitk.ReadImage(str(out / "beta.seg.nrrd")), sitk.ReadImage(str(tmp_path / "cli.seg.nrrd"))
+    hu, g = cases[1]["beta"]
+    assert Geometry.from_sitk(cli) == g and ours.GetSize() == cli.GetSize()
+    assert np.array_equal(on_grid(ours, hu, g) > 0, sitk.GetArrayFromImage(cli) > 0)
+    assert sitk.GetArrayFromImage(cli).any()
+    for key in ("Segment0_Name", "Segment0_Tags"):
+        assert ours.GetMetaData(key) == cli.GetMetaData(key)
+    assert "1/1 cases segmented" in capsys.readouterr().out
+
+
+def test_unusable_model_exits_2_before_any_work(script, cases, tmp_path, capsys):
+    folder, _ = cases
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    assert script.main(["--input", str(folder / "alpha.nii.gz"), "--output", str(tmp_path / "out"),
+                        "--model", str(bad)]) == 2
+    assert "not a FemurUNet model file" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "femurunet_results.csv").exists()
+
+
+def test_dicom_folder_case(script, real_ct, model_file, tmp_path):
+    rows = script.segment_files(script.find_inputs([real_ct / "abdomen_dicom"]), tmp_path, model_file,
+                                device="cpu", closed_surface=False)
+    assert [r["status"] for r in rows] == ["ok"], rows
+    image = sitk.ReadImage(rows[0]["output"])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(real_ct / "abdomen_dicom")))
+    ct = reader.Execute()
+    assert image.GetSize() == ct.GetSize() and Geometry.from_sitk(image) == Geometry.from_sitk(ct)
