@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.torch_version import TorchVersion
 
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.inference import pick_device
@@ -298,7 +299,8 @@ def _load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise FemurUNetError(f"{path}: no checkpoint to resume from (train without --resume first)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([TorchVersion]):     # written by an earlier FemurUNet
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise FemurUNetError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0][:120]})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -448,7 +450,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
             "lr_schedule": config.lr_schedule, "loss_function": "1 - Dice (smooth 1, flattened batch)",
             "seed": config.seed, "augment": config.augment.to_dict(), "monitor": monitor_name,
             "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": ctx.world,
-            "torch": torch.__version__, "dropout": config.dropout,
+            "torch": str(torch.__version__), "dropout": config.dropout,
         }
         stopped = early_stopped = False
         for epoch in range(start_epoch, config.epochs):
@@ -522,7 +524,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "history": history, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                    "torch_rng": torch.get_rng_state(), "torch_version": torch.__version__,
+                    "torch_rng": torch.get_rng_state(), "torch_version": str(torch.__version__),
                 })
                 _append_log(jsonl_path, record)
                 plot_curve(history, png_path)

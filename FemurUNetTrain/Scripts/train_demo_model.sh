@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo model FemurUNet/FemurUNetLib/models/femurunet_demo_b16.pt.
 #
-# Bit-for-bit on: torch 2.13.0+cpu, 2 threads, an x86-64 CPU with AVX512-BF16 (oneDNN picks kernels by ISA and
+# Bit-for-bit on: torch 2.13.0+cpu, 1 thread (faster than 2 on a shared 2-core machine), an x86-64 CPU with AVX512-BF16 (oneDNN picks kernels by ISA and
 # the bf16 autocast path depends on it); other CPUs give a model of the same quality, not the same bits.
 # Data: phantoms seeds 1000-1039 (train) and 1040-1043 (validation); README's evaluation uses 9000-9009.
 # Recipe: the seed's (1 - Dice, Adam, ImageDataGenerator augmentation, ModelCheckpoint on the monitored loss)
@@ -16,4 +16,4 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 femurunet train "$WORK/train" --val "$WORK/val" --out "$WORK/femurunet_demo_b16.pt" \
   --base-filters 16 --input-size 256 --epochs 60 --steps-per-epoch 50 --batch-size 8 \
   --lr 1e-3 --lr-schedule plateau --lr-patience 2 --lr-factor 0.5 --min-lr 1e-5 \
-  --amp bf16 --seed 1 --threads 2 "${@:2}"
+  --amp bf16 --seed 1 --threads 1 "${@:2}"
