@@ -119,6 +119,7 @@ class FemurUNetParameterNode:
     modelPath: str = ""   # empty: the demo model
     device: Annotated[str, Choice(DEVICES)] = "auto"
     batchSize: Annotated[int, WithinRange(0, 512)] = 0   # 0: automatic
+    useModelThreshold: bool = True
     threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
 
 
@@ -197,6 +198,7 @@ class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelPathLineEdit.currentPath = path
             self.ui.modelPathLineEdit.blockSignals(wasBlocked)
         self.ui.modelInfoLabel.text = self.logic.describeModel(path)
+        self.ui.thresholdSliderWidget.enabled = not self._parameterNode.useModelThreshold
         self.ui.segmentButton.enabled = self._parameterNode.inputVolume is not None
         self.ui.segmentButton.toolTip = ("Segment the femur in the input CT (click again to cancel)"
                                          if self._parameterNode.inputVolume else "Select an input CT first")
@@ -245,7 +247,8 @@ class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
         try:
             node = self.logic.segment(p.inputVolume, p.modelPath or None, p.outputSegmentation, device=p.device,
-                                      batchSize=p.batchSize or None, threshold=p.threshold,
+                                      batchSize=p.batchSize or None,
+                                      threshold=None if p.useModelThreshold else p.threshold,
                                       progress=self.onProgress, cancel=lambda: self._cancelRequested)
         except Exception as exc:
             self._setRunning(False)

@@ -232,6 +232,7 @@ def test_femurunet_parameter_defaults_and_console_api():
     tree = parse(module_file("FemurUNet"))
     fields = parameter_fields(tree)
     assert fields["device"][1] == "auto" and fields["batchSize"][1] == 0 and fields["threshold"][1] == 0.5
+    assert fields["useModelThreshold"] == ("bool", True)        # the model's own threshold unless overridden
     assert fields["modelPath"] == ("str", "")
     segment = next(f for f in classes(tree)["FemurUNetLogic"].body if isinstance(f, ast.FunctionDef) and f.name == "segment")
     args = segment.args
@@ -352,3 +353,11 @@ def test_only_mrml_imports_slicer_among_lib_modules():
                 assert gui == {"slicer", "vtk"}
             else:
                 assert not gui, f"{path.relative_to(REPO)} imports {gui}"
+
+
+def test_effect_reads_only_existing_module_settings():
+    fields = parameter_fields(parse(module_file("FemurUNet")))
+    tree = parse(MODULES["FemurUNet"] / "SegmentEditorFemurUNetLib" / "SegmentEditorEffect.py")
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+            and n.value.id == "settings"}
+    assert used and used <= set(fields), used - set(fields)

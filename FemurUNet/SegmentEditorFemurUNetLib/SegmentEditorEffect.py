@@ -82,7 +82,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
             mask, _ = mrml.segment_oriented_image(
                 sourceImage, settings.modelPath or None, self.scriptedEffect.parameter("Side"),
-                device=settings.device, batch_size=settings.batchSize or None, threshold=settings.threshold,
+                device=settings.device, batch_size=settings.batchSize or None,
+                threshold=None if settings.useModelThreshold else settings.threshold,
                 progress=progress, cancel=lambda: progressDialog.wasCanceled)
         except Exception as exc:
             if type(exc).__name__ != "Cancelled":
