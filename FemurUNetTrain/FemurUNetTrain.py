@@ -165,7 +165,8 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updatePairsTable()
 
     def onRemovePairs(self) -> None:
-        rows = sorted({index.row() for index in self.ui.pairsTableWidget.selectedIndexes()}, reverse=True)
+        rows = sorted({index.row() for index in self.ui.pairsTableWidget.selectionModel().selectedRows()},
+                      reverse=True)
         for row in rows:
             del self._pairs[row]
         self.updatePairsTable()

@@ -27,7 +27,7 @@ MEMBER_CLASSES = {
     "selectedSegmentIDs": {"qMRMLSegmentSelectorWidget"},
     "setColumnCount": {"QTableWidget"}, "setHorizontalHeaderLabels": {"QTableWidget"},
     "horizontalHeader": {"QTableWidget"}, "setRowCount": {"QTableWidget"}, "setItem": {"QTableWidget"},
-    "selectedIndexes": {"QTableWidget"},
+    "selectionModel": {"QTableWidget"},
     "clear": {"QPlainTextEdit", "QTableWidget", "QComboBox", "QLineEdit"}, "appendPlainText": {"QPlainTextEdit"},
 }
 # parameterNodeWrapper GUI connectors: widget class -> parameter type (exact class match, like Slicer's)
