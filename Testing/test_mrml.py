@@ -156,15 +156,23 @@ def test_two_label_model_gives_left_right_segments_with_modifiers(scene):
     ct, g = random_ct(), oblique_geometry()
     volume = mrml.array_to_volume_node(scene, ct, g, "ct")
     model = two_label_model()
-    node, result, ids = mrml.segment_and_import(volume, model, device="cpu")
+    existing = mrml.new_segmentation_node(volume)
+    other = (ct > 1000).astype(np.uint8)
+    pelvis = slicer.vtkSegment()
+    pelvis.SetName("Pelvis")
+    pelvis.AddRepresentation("Binary labelmap", mrml.oriented_image_from_array(other, g.ijk_to_ras()))
+    assert existing.GetSegmentation().AddSegment(pelvis, "pelvis")
+    node, result, ids = mrml.segment_and_import(volume, model, existing, device="cpu")
     segmentation = node.GetSegmentation()
+    assert segment_ids(node) == ["pelvis"] + ids
+    assert np.array_equal(mrml.segments_to_labelmap(node, ["pelvis"], volume), other)
     assert [segmentation.GetSegment(s).GetName() for s in ids] == ["Femur left", "Femur right"]
     terms = [segmentation.GetSegment(s).GetTerminology() for s in ids]
     assert terms == [terminology_string("left"), terminology_string("right")]
     assert "SCT^7771000^Left" in terms[0] and "SCT^24028007^Right" in terms[1]
     stored = mrml.segments_to_labelmap(node, ids, volume)
     assert np.array_equal(stored, result.labelmap)
-    assert set(np.unique(result.labelmap)) <= {0, 1, 2}
+    assert set(np.unique(result.labelmap)) == {0, 1, 2}     # both labels present, so the check has teeth
 
 
 def test_saved_seg_nrrd_has_name_colour_terminology_and_exact_voxels(scene, tmp_path):
@@ -354,6 +362,14 @@ def test_self_test_case_checks_dice_and_geometry(scene):
     with pytest.raises(AssertionError, match="Dice"):
         mrml.self_test_case(slicer.vtkMRMLScene(), threshold_unet(input_size=64), seed=5, min_dice=0.99,
                             shape=(20, 64, 64), device="cpu")
+
+
+def test_self_test_case_with_the_demo_model(scene):
+    """What FemurUNetTest runs inside Slicer: a held-out phantom, the shipped demo model, Dice >= 0.8."""
+    from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH
+    assert DEFAULT_MODEL_PATH.is_file(), f"{DEFAULT_MODEL_PATH} (the demo model) is not in the repository yet"
+    measured = mrml.self_test_case(scene, model=None, min_dice=0.8)
+    assert measured["dice"] >= 0.8 and measured["segment_ids"]
 
 
 def test_training_curve_table_and_series(scene):
