@@ -1,5 +1,4 @@
 """FemurUNetTrainLib.process: the background training process the FemurUNetTrain module polls."""
-import json
 import os
 import signal
 import subprocess
