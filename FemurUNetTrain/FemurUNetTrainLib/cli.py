@@ -1,6 +1,7 @@
 """``femurunet export`` and ``femurunet train``."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -68,9 +69,9 @@ def run_train(args) -> int:
         lr_schedule=args.lr_schedule, lr_patience=args.lr_patience, lr_factor=args.lr_factor, min_lr=args.min_lr,
         early_stopping=args.early_stopping, threads=args.threads,
         augment=augment)
-    result = train(config, progress=None if args.quiet else TrainProgressBar())
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+    main_process = int(os.environ.get("RANK", "0")) == 0          # torchrun: only process 0 reports
+    result = train(config, progress=None if args.quiet or not main_process else TrainProgressBar())
+    if not main_process:
         return 0
     how = "stopped" if result.stopped else "early stopping" if result.early_stopped else "done"
     print(f"{how}: {result.epochs_completed} epochs in {result.seconds:.0f} s; best {result.monitor} "

@@ -1,0 +1,290 @@
+"""Training: Dice-loss gradients, a tiny real run on phantom PNGs, best-checkpoint semantics, resume, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from FemurUNetLib import dice_loss, segment_volume
+from FemurUNetLib.cli import main as femurunet
+from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.modelfile import load_model
+from FemurUNetLib.phantom import generate_case
+from FemurUNetTrainLib.export import export_arrays
+from FemurUNetTrainLib.train import TrainConfig, _Dist, batch_dice_loss, checkpoint_path, train
+
+SIZE = 64
+WINDOW = (350.0, 1800.0)          # not the engine default: the model file must carry it
+TRAIN_SEEDS, VAL_SEEDS = range(500, 506), range(506, 508)
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory):
+    """Phantom PNG datasets at 64 x 64 (train: 6 cases, val: 2 cases) and the val cases' volumes."""
+    root = tmp_path_factory.mktemp("phantom_pngs")
+    cases = {}
+    for seed in [*TRAIN_SEEDS, *VAL_SEEDS]:
+        case = generate_case(seed, shape=(20, SIZE, SIZE))
+        folder = root / ("train" if seed in TRAIN_SEEDS else "val")
+        export_arrays(case.ct, case.label, case.geometry, folder, f"p{seed}", window=WINDOW, empty_fraction=1.0)
+        cases[seed] = case
+    return root / "train", root / "val", cases
+
+
+def tiny_config(data, out, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), epochs=3, steps_per_epoch=3, batch_size=4, lr=3e-3, base_filters=4,
+                input_size=SIZE, seed=7, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# --- loss -----------------------------------------------------------------------------------------------------------
+
+def test_dice_loss_gradient_matches_finite_differences_and_points_the_right_way():
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(2, 1, 6, 6, generator=g) > 0.6).double()
+    p = torch.rand(2, 1, 6, 6, generator=g, dtype=torch.float64).requires_grad_()
+    loss = dice_loss(y, p)
+    (grad,) = torch.autograd.grad(loss, p)
+    eps = 1e-6
+    numeric = torch.zeros_like(p)
+    for idx in np.ndindex(*p.shape):
+        q = p.detach().clone()
+        q[idx] += eps
+        hi = dice_loss(y, q)
+        q[idx] -= 2 * eps
+        numeric[idx] = (hi - dice_loss(y, q)) / (2 * eps)
+    torch.testing.assert_close(grad, numeric, atol=1e-7, rtol=1e-5)
+    assert (grad[y == 1] < 0).all() and (grad[y == 0] > 0).all()     # raise p on femur, lower it elsewhere
+    assert float(dice_loss(y, y)) == pytest.approx(0.0, abs=1e-12)
+    assert float(dice_loss(y, torch.zeros_like(y))) == pytest.approx(1 - 1 / (y.sum().item() + 1))
+
+
+def test_distributed_linearised_loss_gives_the_full_batch_gradient():
+    """Two shards, each seeing the other's sums through all_reduce: (grad_a + grad_b) = full-batch gradient."""
+    g = torch.Generator().manual_seed(1)
+    y = (torch.rand(4, 1, 8, 8, generator=g) > 0.7).float()
+    w = torch.rand(4, 1, 8, 8, generator=g, requires_grad=True)
+    full_loss = dice_loss(y, torch.sigmoid(w))
+    (full,) = torch.autograd.grad(full_loss, w)
+
+    def shard_sums(s):
+        p = torch.sigmoid(w[s]).detach()
+        return torch.stack([(y[s] * p).sum(), y[s].sum() + p.sum()]).double()
+
+    class FakeDist(_Dist):
+        def __init__(self, other):
+            super().__init__(rank=0, world=2)
+            self.other = other
+
+        def all_reduce(self, t):
+            return t + self.other
+
+    grads, values = [], []
+    for mine, other in ((slice(0, 2), slice(2, 4)), (slice(2, 4), slice(0, 2))):
+        surrogate, value = batch_dice_loss(y[mine], torch.sigmoid(w[mine]), FakeDist(shard_sums(other)))
+        grads.append(torch.autograd.grad(surrogate, w)[0] / 2)      # DDP averages over the 2 processes
+        values.append(value)
+    torch.testing.assert_close(grads[0] + grads[1], full, atol=1e-7, rtol=1e-4)
+    assert values[0] == pytest.approx(float(full_loss.detach()), abs=1e-6) and values[1] == pytest.approx(values[0])
+
+
+# --- a real tiny run ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_training_learns_and_the_model_file_carries_its_preprocessing(phantom_data, tmp_path):
+    train_dir, val_dir, cases = phantom_data
+    out = tmp_path / "tiny.pt"
+    seen = []
+    result = train(tiny_config(train_dir, out, val=str(val_dir), epochs=15, steps_per_epoch=10, batch_size=8, lr=1e-3,
+                               base_filters=8, seed=3), progress=seen.append)
+    h = result.history
+    assert len(h) == 15 and result.monitor == "val_loss"
+    chance = 2 * 0.015 / 1.015                                 # all-femur prediction at ~1.5 % femur voxels
+    assert h[-1]["val_dice"] > 0.5 > 10 * chance
+    assert np.mean([r["loss"] for r in h[-3:]]) < h[0]["loss"] - 0.2
+    # ModelCheckpoint(save_best_only) on the monitored loss: the file holds the epoch of the lowest val_loss
+    best = int(np.argmin([r["val_loss"] for r in h])) + 1
+    assert result.best_epoch == best and [r["epoch"] for r in h if r["best"]][-1] == best
+    model = load_model(out)
+    meta = model.metadata
+    assert meta["window"] == {"center": WINDOW[0], "width": WINDOW[1]} and meta["orientation"] == "LPS"
+    assert meta["input_size"] == SIZE and meta["base_filters"] == 8
+    t = meta["training"]
+    assert t["epoch"] == best and t["seed"] == 3 and t["val_loss"] == pytest.approx(h[best - 1]["val_loss"])
+    assert t["cases"] == [f"p{s}" for s in TRAIN_SEEDS] and t["torch"] == torch.__version__
+    # log, curve, progress callbacks
+    lines = [json.loads(line) for line in result.log_path.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(1, 16))
+    assert {"epoch", "loss", "val_loss", "val_dice", "lr", "seconds"} <= set(lines[0])
+    assert Image.open(result.curve_path).format == "PNG"
+    assert len([p for p in seen if p.record is None]) == 150 and len([p for p in seen if p.record]) == 15
+    # segment uses the file's own window and size: the same Dice as the trainer's validation, on the volume
+    case = cases[VAL_SEEDS[0]]
+    labels = segment_volume(case.ct, case.geometry, out, device="cpu", autocast=False).labelmap
+    truth = case.label > 0
+    assert 2 * (labels.astype(bool) & truth).sum() / (labels.astype(bool).sum() + truth.sum()) > 0.4
+
+
+# --- resume -------------------------------------------------------------------------------------------------------------
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(phantom_data, tmp_path):
+    train_dir, val_dir, _ = phantom_data
+    whole = train(tiny_config(train_dir, tmp_path / "a" / "m.pt", val=str(val_dir), epochs=4))
+    calls = {"n": 0}
+
+    def stop_in_epoch_3():
+        calls["n"] += 1
+        return calls["n"] == 2 * 3 + 2          # the 2nd step of epoch 3: that epoch is lost, as if killed
+
+    out_b = tmp_path / "b" / "m.pt"
+    cut = train(tiny_config(train_dir, out_b, val=str(val_dir), epochs=4), should_stop=stop_in_epoch_3)
+    assert cut.stopped and cut.epochs_completed == 2
+    assert torch.load(checkpoint_path(out_b), weights_only=True)["epoch"] == 2
+    resumed = train(tiny_config(train_dir, out_b, val=str(val_dir), epochs=4, resume=True))
+    assert resumed.epochs_completed == 4 and not resumed.stopped
+    assert_same_weights(state(whole.model), state(resumed.model))
+    assert_same_weights(load_model(whole.model_path).state_dict(), load_model(out_b).state_dict())
+    assert [r["val_loss"] for r in whole.history] == [r["val_loss"] for r in resumed.history]
+    assert len(resumed.log_path.read_text().splitlines()) == 4
+
+
+def test_resume_refuses_a_changed_recipe_and_a_missing_checkpoint(phantom_data, tmp_path):
+    train_dir, _, _ = phantom_data
+    out = tmp_path / "m.pt"
+    train(tiny_config(train_dir, out, epochs=1))
+    with pytest.raises(FemurUNetError, match="lr=0.01.*checkpoint was trained with lr=0.003"):
+        train(tiny_config(train_dir, out, epochs=2, lr=1e-2, resume=True))
+    longer = train(tiny_config(train_dir, out, epochs=2, resume=True))            # more epochs is allowed
+    assert longer.epochs_completed == 2
+    with pytest.raises(FemurUNetError, match="no checkpoint to resume from"):
+        train(tiny_config(train_dir, tmp_path / "other.pt", resume=True))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_of_the_cli(phantom_data, tmp_path):
+    train_dir, _, _ = phantom_data
+    args = ["train", str(train_dir), "--epochs", "5", "--steps-per-epoch", "4", "--batch-size", "4", "--lr", "3e-3",
+            "--base-filters", "4", "--input-size", str(SIZE), "--seed", "7", "--threads", "1", "--quiet"]
+    assert femurunet(args + ["--out", str(tmp_path / "a.pt")]) == 0
+    killed_out = tmp_path / "b.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "FemurUNetLib.cli", *args, "--out", str(killed_out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "b.log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(checkpoint_path(killed_out), weights_only=True)["epoch"]
+    assert 2 <= done < 5, "the run finished before it could be killed"
+    assert femurunet(args + ["--out", str(killed_out), "--resume"]) == 0
+    assert_same_weights(load_model(tmp_path / "a.pt").state_dict(), load_model(killed_out).state_dict())
+    assert torch.load(checkpoint_path(killed_out), weights_only=True)["epoch"] == 5
+
+
+# --- options ------------------------------------------------------------------------------------------------------------
+
+def test_early_stopping_and_plateau_schedule(phantom_data, tmp_path):
+    train_dir, val_dir, _ = phantom_data
+    # a learning rate far too high: the net collapses to empty output, the monitor stops improving
+    r = train(tiny_config(train_dir, tmp_path / "m.pt", val=str(val_dir), epochs=12, steps_per_epoch=2, lr=3.0,
+                          early_stopping=2, lr_schedule="plateau", lr_patience=0, lr_factor=0.1))
+    assert r.early_stopped and r.epochs_completed < 12
+    assert r.epochs_completed == r.best_epoch + 2
+    lrs = [h["lr"] for h in r.history]
+    assert lrs[0] == 3.0 and lrs[-1] < 3.0 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_training_without_validation_monitors_the_training_loss(phantom_data, tmp_path):
+    train_dir, _, _ = phantom_data
+    r = train(tiny_config(train_dir, tmp_path / "m.pt", epochs=3))
+    assert r.monitor == "loss" and all(h["val_loss"] is None for h in r.history)
+    assert r.best_epoch == int(np.argmin([h["loss"] for h in r.history])) + 1
+    assert load_model(tmp_path / "m.pt").metadata["training"]["monitor"] == "loss"
+
+
+def test_cli_train_errors_are_one_line(phantom_data, tmp_path, capsys):
+    train_dir, _, _ = phantom_data
+    assert femurunet(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nowhere" in err and "no such data folder" in err
+    assert femurunet(["train", str(train_dir), "--out", str(tmp_path / "m.pt"), "--input-size", "50"]) == 2
+    assert "multiple of 16" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    shutil.copytree(train_dir, bad)
+    (bad / "label" / sorted(os.listdir(bad / "label"))[0]).unlink()
+    assert femurunet(["train", str(bad), "--out", str(tmp_path / "m.pt"), "--input-size", str(SIZE)]) == 2
+    assert "without a label/ partner" in capsys.readouterr().err
+
+
+# --- DDP ----------------------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, config: TrainConfig, outdir: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    result = train(config)
+    torch.save({"state": result.model.state_dict(), "history": result.history}, Path(outdir) / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_match_one_process(phantom_data, tmp_path):
+    train_dir, val_dir, _ = phantom_data
+    config = tiny_config(train_dir, tmp_path / "ddp" / "m.pt", val=str(val_dir), epochs=2, steps_per_epoch=3,
+                         batch_size=4, lr=1e-3, dropout=False, threads=None)
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert_same_weights(r0["state"], r1["state"])                     # DDP keeps the replicas identical
+    assert (tmp_path / "ddp" / "m.pt").exists() and len((tmp_path / "ddp" / "m.log.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "rank1").exists()
+    single = train(TrainConfig(**{**config.__dict__, "out": str(tmp_path / "one" / "m.pt"), "threads": 1}))
+    for k, v in single.model.state_dict().items():                    # same global batch, same gradient
+        torch.testing.assert_close(r0["state"][k], v, atol=2e-5, rtol=1e-4)
+    for a, b in zip(r0["history"], single.history):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+    assert load_model(tmp_path / "ddp" / "m.pt").metadata["training"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_cli_two_processes(phantom_data, tmp_path):
+    train_dir, val_dir, _ = phantom_data
+    out = tmp_path / "m.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "FemurUNetLib.cli", "train", str(train_dir), "--val", str(val_dir), "--out", str(out), "--epochs", "2",
+           "--steps-per-epoch", "2", "--batch-size", "4", "--base-filters", "4", "--input-size", str(SIZE), "--quiet"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("done: 2 epochs") == 1                    # only process 0 reports and writes
+    meta = load_model(out).metadata["training"]
+    assert meta["world_size"] == 2 and meta["batch_size"] == 4
+    assert len((tmp_path / "m.log.jsonl").read_text().splitlines()) == 2
