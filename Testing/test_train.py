@@ -288,3 +288,18 @@ def test_torchrun_cli_two_processes(phantom_data, tmp_path):
     meta = load_model(out).metadata["training"]
     assert meta["world_size"] == 2 and meta["batch_size"] == 4
     assert len((tmp_path / "m.log.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_train_passes_augmentation_options_into_the_provenance(phantom_data, tmp_path, capsys):
+    train_dir, _, _ = phantom_data
+    out = tmp_path / "m.pt"
+    assert femurunet(["train", str(train_dir), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1",
+                      "--batch-size", "2", "--base-filters", "4", "--input-size", str(SIZE), "--threads", "1",
+                      "--rotation-range", "5", "--zoom-range", "0.9,1.2", "--no-horizontal-flip",
+                      "--fill-mode", "constant", "--quiet"]) == 0
+    assert "done: 1 epochs" in capsys.readouterr().out
+    aug = load_model(out).metadata["training"]["augment"]
+    assert aug["rotation_range"] == 5.0 and aug["zoom_range"] == [0.9, 1.2] and not aug["horizontal_flip"]
+    assert aug["fill_mode"] == "constant" and aug["width_shift_range"] == 0.05      # untouched: the seed's
+    assert femurunet(["train", str(train_dir), "--out", str(out), "--zoom-range", "1.2,0.9"]) == 2
+    assert "zoom range" in capsys.readouterr().err

@@ -54,9 +54,30 @@ class TrainProgressBar:
         self.stream.flush()
 
 
+def _augment_config(args) -> AugmentConfig:
+    seed = AugmentConfig()
+    zoom = seed.zoom_range
+    if args.zoom_range is not None:
+        try:
+            values = [float(v) for v in args.zoom_range.split(",")]
+            zoom = values[0] if len(values) == 1 else tuple(values)
+        except ValueError:
+            raise FemurUNetError(f"--zoom-range {args.zoom_range!r}: expected Z (for 1-Z..1+Z) or LOW,HIGH") from None
+    pick = lambda value, default: default if value is None else value
+    try:
+        return AugmentConfig(rotation_range=pick(args.rotation_range, seed.rotation_range),
+                             width_shift_range=pick(args.width_shift_range, seed.width_shift_range),
+                             height_shift_range=pick(args.height_shift_range, seed.height_shift_range),
+                             shear_range=pick(args.shear_range, seed.shear_range), zoom_range=zoom,
+                             horizontal_flip=not args.no_horizontal_flip, vertical_flip=args.vertical_flip,
+                             fill_mode=args.fill_mode, enabled=not args.no_augment)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise FemurUNetError(f"augmentation: {exc}") from None
+
+
 def run_train(args) -> int:
     d = TrainConfig()
-    augment = AugmentConfig(enabled=not args.no_augment)
+    augment = _augment_config(args)
     config = TrainConfig(
         data=args.data, val=args.val, out=args.out, resume=args.resume, device=args.device, amp=args.amp,
         epochs=d.epochs if args.epochs is None else args.epochs,
@@ -120,7 +141,17 @@ def register_cli(subparsers) -> None:
     t.add_argument("--min-lr", type=float, default=0.0, help="lower bound of the scheduled rate (default 0)")
     t.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
                    help="stop after this many epochs without improvement (default 0: off)")
-    t.add_argument("--no-augment", action="store_true", help="turn the seed's augmentation off")
+    a = t.add_argument_group("augmentation (defaults: the seed's ImageDataGenerator arguments)")
+    a.add_argument("--rotation-range", type=float, metavar="DEG", help="rotation, uniform in +-DEG (default 0.2)")
+    a.add_argument("--width-shift-range", type=float, metavar="F", help="shift, fraction of the width (default 0.05)")
+    a.add_argument("--height-shift-range", type=float, metavar="F", help="shift, fraction of the height (default 0.05)")
+    a.add_argument("--shear-range", type=float, metavar="DEG", help="shear angle, uniform in +-DEG (default 0.05)")
+    a.add_argument("--zoom-range", metavar="Z|LOW,HIGH", help="zoom factors per axis (default 0.05: 0.95..1.05)")
+    a.add_argument("--no-horizontal-flip", action="store_true", help="no left-right flips (default: p = 0.5)")
+    a.add_argument("--vertical-flip", action="store_true", help="also flip up-down with p = 0.5 (default off)")
+    a.add_argument("--fill-mode", default="nearest", choices=("nearest", "constant", "reflect"),
+                   help="outside pixels (default nearest: repeat the edge)")
+    a.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     t.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="mixed precision (default auto: on for CUDA, off on the CPU)")
