@@ -323,18 +323,3 @@ def test_full_width_round_trip_with_adam_slots(tmp_path):
         assert torch.equal(a, b), name
     assert_same_network(source, imported, size=64)
 
-
-@pytest.mark.slow
-def test_real_keras_full_width_parity():
-    """Opt-in: files from ``make_keras_fixtures.py --full-width DIR`` (needs TensorFlow once, not here)."""
-    folder = os.environ.get("FEMURUNET_KERAS_FULLWIDTH_DIR")
-    if not folder:
-        pytest.skip("set FEMURUNET_KERAS_FULLWIDTH_DIR to the output of make_keras_fixtures.py --full-width")
-    folder = Path(folder)
-    ref = np.load(folder / "keras2_b64.npz")
-    for name in ("keras2_b64_full.hdf5", "keras2_b64_weights.h5"):
-        model = import_keras(folder / name)
-        assert model.base_filters == 64 and count_parameters(model) == 31_030_593
-        probs, features = run_nhwc(model, ref["inputs"])
-        assert np.abs(features - ref["features"]).max() <= 1e-4 * max(1.0, np.abs(ref["features"]).max())
-        assert np.abs(probs - ref["outputs"]).max() <= TOLERANCE

@@ -23,7 +23,7 @@ Written to Testing/keras/fixtures/ (base_filters 4, 32x32 inputs unless noted):
 
 Full width (optional, not committed: ~355 MB + 124 MB):
     TF_USE_LEGACY_KERAS=1 /tmp/tfvenv/bin/python Testing/keras/make_keras_fixtures.py --full-width /tmp/keras64
-    FEMURUNET_KERAS_FULLWIDTH_DIR=/tmp/keras64 python3 -m pytest Testing/test_keras_import.py -k real_keras_full_width
+    python3 Testing/keras/check_full_width_parity.py /tmp/keras64   # max abs diffs, exit 1 above 1e-5
 """
 from __future__ import annotations
 
