@@ -67,7 +67,10 @@ def _cpu_flags() -> set:
     return set()
 
 
-def autocast_dtype(device: torch.device, enabled: bool = True) -> Optional[torch.dtype]:
+def autocast_dtype(device: torch.device, enabled=True) -> Optional[torch.dtype]:
+    """``enabled``: False (fp32), True (the device's best half precision) or a ``torch.dtype`` to force."""
+    if isinstance(enabled, torch.dtype):
+        return None if enabled == torch.float32 else enabled
     if not enabled:
         return None
     if device.type == "cuda":
@@ -93,7 +96,7 @@ class SliceSegmenter:
     """The per-batch work, on one device: HU slices in, uint8 labels (and optional probabilities) out."""
 
     def __init__(self, model, device: torch.device, autocast: bool = True, threshold: Optional[float] = None,
-                 channels_last: bool = True, fast: bool = False):
+                 channels_last: bool = True, fast: bool = False, compile: bool = False):
         self.model = model
         meta = model.metadata
         self.window = (float(meta["window"]["center"]), float(meta["window"]["width"]))
@@ -101,6 +104,7 @@ class SliceSegmenter:
         self.threshold = float(meta["threshold"] if threshold is None else threshold)
         self.channels_last = channels_last
         self.autocast = autocast
+        self.compile = compile
         self.to(device)
 
     def to(self, device: torch.device) -> "SliceSegmenter":
@@ -110,7 +114,27 @@ class SliceSegmenter:
             self.model.to(memory_format=torch.channels_last)
         self.model.eval()
         self.amp_dtype = autocast_dtype(device, self.autocast)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.compiled = torch.compile(self.model, dynamic=False) if self.compile else None
         return self
+
+    def _forward(self, x: torch.Tensor, pad_to: int) -> torch.Tensor:
+        if self.compiled is None:
+            return self.model(x)
+        n = x.shape[0]
+        if n < pad_to:  # keep the one static graph: pad the last, smaller batch
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))]).contiguous(memory_format=fmt)
+        try:
+            return self.compiled(x)[:n]
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            warnings.warn(f"torch.compile failed ({first}); running the model eagerly")
+            self.compiled = None
+            return self.model(x[:n])
 
     def _amp(self):
         if self.amp_dtype is None:
@@ -118,14 +142,17 @@ class SliceSegmenter:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     @torch.inference_mode()
-    def __call__(self, hu: torch.Tensor, want_probabilities: bool = False):
-        """hu: (N, H, W) tensor (any dtype, any device) -> (labels (N, H, W) uint8, probs (N, H, W) float32 | None)."""
+    def __call__(self, hu: torch.Tensor, want_probabilities: bool = False, pad_to: int = 0):
+        """hu: (N, H, W) tensor (any dtype, any device) -> (labels (N, H, W) uint8, probs (N, H, W) float32 | None).
+
+        ``pad_to``: the batch size, so a compiled model sees one shape (a smaller last batch is zero-padded).
+        """
         n, h, w = hu.shape
         x = to_model_input(window_hu(hu.to(self.device, non_blocking=True), *self.window), self.size)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._amp():
-            probs = self.model(x)
+            probs = self._forward(x, pad_to)
         probs = from_model_output(probs.float(), h, w)
         labels = labels_from_probabilities(probs, self.threshold)
         return labels, (probs[:, 0] if want_probabilities else None)
@@ -135,13 +162,16 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                    batch_size: Optional[int] = None, threshold: Optional[float] = None, autocast: bool = True,
                    return_probabilities: bool = False, progress: Optional[Callable[[int, int], None]] = None,
                    cancel: Optional[Callable[[], bool]] = None, channels_last: bool = True,
-                   fast: bool = False) -> SegmentationResult:
+                   fast: bool = False, compile: bool = False) -> SegmentationResult:
     """Segment the femur in a 3-D CT array (numpy (k, j, i), HU) and return a uint8 labelmap on the same grid.
 
     ``model``: a UNet2D (with ``.metadata``), a ``.pt``/``.hdf5`` path, or None for the shipped demo model.
     ``progress(done, total)`` is called after each batch; ``cancel()`` returning True raises ``Cancelled``.
     Memory beyond the output labelmap is one batch of slices: the volume is never converted to float whole.
     ``fast``: run at half the model's input size (4x fewer operations, coarser boundaries).
+    ``autocast``: True (bf16/fp16 where the device is fast at it), False (fp32) or a ``torch.dtype``.
+    ``compile``: ``torch.compile`` the model (one static batch shape; a one-off compile of tens of seconds).
+    On CUDA ``cudnn.benchmark`` is switched on.
     """
     started = time.perf_counter()
     volume = np.asarray(volume)
@@ -152,7 +182,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     geometry = geometry or Geometry()
     dev = pick_device(device)
     net = resolve_model(model)
-    runner = SliceSegmenter(net, dev, autocast, threshold, channels_last, fast)
+    runner = SliceSegmenter(net, dev, autocast, threshold, channels_last, fast, compile)
     batch = int(batch_size or auto_batch_size(dev, net.base_filters, runner.size))
     if batch < 1:
         raise FemurUNetError(f"batch size must be at least 1, got {batch}")
@@ -174,7 +204,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
         if runner.device.type == "cuda":
             hu = hu.pin_memory()
         try:
-            labels, probs = runner(hu, return_probabilities)
+            labels, probs = runner(hu, return_probabilities, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
