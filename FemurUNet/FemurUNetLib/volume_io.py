@@ -22,9 +22,7 @@ def terminology_string(side=None) -> str:
             f"{FEMUR_CODE}~{modifier}~Anatomic codes - DICOM master list~^^~^^")
 
 
-def read_volume(path) -> tuple:
-    """(array (k, j, i), Geometry) from an image file or a folder holding one DICOM series."""
-    path = Path(path)
+def _read_image(path: Path) -> sitk.Image:
     if not path.exists():
         raise FemurUNetError(f"{path}: no such file or folder")
     try:
@@ -39,10 +37,33 @@ def read_volume(path) -> tuple:
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise FemurUNetError(f"{path}: cannot read as an image ({reason[:160]})") from None
+        raise FemurUNetError(f"{path}: cannot read as an image ({_reason(exc)})") from None
+    return _check_3d(image, path, "volume")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[-1] if text else "unreadable")[:160]
+
+
+def _check_3d(image: sitk.Image, path, what: str) -> sitk.Image:
     if image.GetDimension() != 3:
-        raise FemurUNetError(f"{path}: expected a 3-D volume, got {image.GetDimension()}-D")
+        raise FemurUNetError(f"{path}: expected a 3-D {what}, got {image.GetDimension()}-D")
+    return image
+
+
+def read_label_image(path) -> sitk.Image:
+    """A 3-D label file (labelmap or .seg.nrrd, possibly multi-layer) as a SimpleITK image."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise FemurUNetError(f"{path}: cannot read as a label image ({_reason(exc)})") from None
+    return _check_3d(image, path, "label volume")
+
+
+def read_volume(path) -> tuple:
+    """(array (k, j, i), Geometry) from an image file or a folder holding one DICOM series."""
+    image = _read_image(Path(path))
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise FemurUNetError(f"{path}: expected a scalar (grey-level) volume, got "
                              f"{image.GetNumberOfComponentsPerPixel()} components per voxel")

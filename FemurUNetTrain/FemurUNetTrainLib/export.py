@@ -23,7 +23,7 @@ from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import CANONICAL_ORIENTATION, Geometry, Reorientation
 from FemurUNetLib.modelfile import atomic_write
 from FemurUNetLib.preprocess import DEFAULT_WINDOW, window_to_uint8
-from FemurUNetLib.volume_io import read_volume
+from FemurUNetLib.volume_io import read_label_image, read_volume
 
 MANIFEST_NAME = "dataset.json"
 MANIFEST_FORMAT = "femurunet-dataset"
@@ -227,13 +227,7 @@ def read_label_mask(path, labels=None, segments=None):
     except ValueError:
         raise FemurUNetError(f"labels must be integers like 1,2; got {labels!r}") from None
     segments = parse_list(segments, str)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise FemurUNetError(f"{path}: cannot read as a label image ({reason[:160]})") from None
-    if image.GetDimension() != 3:
-        raise FemurUNetError(f"{path}: expected a 3-D label volume, got {image.GetDimension()}-D")
+    image = read_label_image(path)
     geometry = Geometry.from_sitk(image)
     array = sitk.GetArrayFromImage(image)            # (k, j, i) or (k, j, i, layer)
     layers = image.GetNumberOfComponentsPerPixel()
