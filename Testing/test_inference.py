@@ -174,3 +174,39 @@ def test_memory_grows_only_by_input_and_labelmap():
     expected = 3 * n * slice_voxels * (2 + 1)          # extra int16 input + uint8 labelmap for 3n more slices
     float_copy = 4 * n * slice_voxels * 4              # what holding the volume as float32 would add
     assert growth[4 * n] - growth[n] < expected + float_copy / 2, growth
+
+
+class CountingUNet(UNet2D):
+    """A real UNet2D that counts the slices it is run on."""
+    slices_seen = 0
+
+    def forward(self, x):
+        type(self).slices_seen += x.shape[0]
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("depth", [9, 10])
+def test_fast_runs_every_other_slice_and_fills_from_neighbours(depth):
+    net = CountingUNet(base_filters=4)
+    net.load_state_dict(threshold_unet().state_dict())
+    hu = np.repeat(blob_volume((5, 64, 64))[2:3], depth, axis=0)
+    hu[1::2] = -1000                               # skipped slices hold air: only the neighbours can fill them
+    CountingUNet.slices_seen = 0
+    seen = []
+    r = segment_volume(hu, None, net, autocast=False, fast=True, batch_size=3, return_probabilities=True,
+                       progress=lambda d, t: seen.append((d, t)))
+    predicted = list(range(0, depth, 2)) + ([depth - 1] if depth % 2 == 0 else [])
+    assert CountingUNet.slices_seen == len(predicted)
+    assert seen[-1] == (depth, depth)
+    exact = expected_threshold_labels(hu)
+    for k in predicted:
+        assert np.array_equal(r.labelmap[k], exact[k])
+    full = segment_volume(hu, None, net, autocast=False, return_probabilities=True)
+    for k in range(1, depth - 1, 2):
+        if k in predicted:
+            continue
+        mean = (full.probabilities[k - 1] + full.probabilities[k + 1]) / 2
+        assert np.allclose(r.probabilities[k], mean, atol=1e-6)
+        assert np.array_equal(r.labelmap[k], (mean > 0.5).astype(np.uint8))
+        assert np.array_equal(r.labelmap[k], exact[k - 1])    # both neighbours agree: the fill is theirs
+    assert exact[0].any() and not full.labelmap[1::2].any()
