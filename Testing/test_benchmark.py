@@ -53,8 +53,13 @@ def test_every_section_is_reported(quick):
 def test_gemm_and_forward_figures_follow_from_the_times(quick):
     report, _ = quick
     gemm, fwd = report["gemm"], report["forward"]
-    n = gemm["size"]
     for dtype in ("fp32", "bf16"):
+        runs = gemm[dtype]["by_size"]
+        assert [r["size"] for r in runs] == gemm["sizes"]
+        for r in runs:
+            assert close(r["gflops"], 2 * r["size"] ** 3 / r["seconds"] / 1e9)
+        assert gemm[dtype]["gflops"] == max(r["gflops"] for r in runs)
+        n = gemm[dtype]["size"]
         assert close(gemm[dtype]["gflops"], 2 * n ** 3 / gemm[dtype]["seconds"] / 1e9)
     variants = {r["variant"] for r in fwd["rows"]}
     assert {"fp32 NCHW", "fp32 channels_last"} <= variants
@@ -90,13 +95,18 @@ def test_end_to_end_overhead_is_the_ratio_of_the_reported_times(quick):
 
 def test_seed_baseline_speedup_is_the_ratio_of_the_reported_times(quick):
     report, _ = quick
-    r = report["seed_baseline"]
-    assert r["slices"] == report["settings"]["seed_slices"] and r["slice_shape"] == [SLICE_SIZE, SLICE_SIZE]
-    assert close(r["speedup"], r["seed_seconds"] / r["ours_seconds"])
-    assert set(r["seed_phases_seconds"]) == {"png_io", "resize", "predict"}
-    assert 0 < sum(r["seed_phases_seconds"].values()) <= r["seed_seconds"]
-    assert all(v > 0 for v in r["seed_phases_seconds"].values())
-    assert 0 <= r["dice_seed_vs_ours"] <= 1
+    seed = report["seed_baseline"]
+    assert seed["slices"] == report["settings"]["seed_slices"] and seed["slice_shape"] == [SLICE_SIZE, SLICE_SIZE]
+    assert [r["base_filters"] for r in seed["rows"]] == [16]
+    for r in seed["rows"]:
+        assert r["seed_seconds"] == min(r["seed_seconds_runs"]) and r["ours_seconds"] == min(r["ours_seconds_runs"])
+        assert close(r["speedup"], r["seed_seconds"] / r["ours_seconds"])
+        assert close(r["ours_slices_per_s"], seed["slices"] / r["ours_seconds"])
+        assert set(r["seed_phases_seconds"]) == {"png_io", "resize", "predict"}
+        assert 0 < sum(r["seed_phases_seconds"].values()) <= r["seed_seconds"]
+        assert all(v > 0 for v in r["seed_phases_seconds"].values())
+        assert 0 <= r["dice_seed_vs_ours"] <= 1
+        assert r["met"] == (r["speedup"] >= r["goal"])
 
 
 def test_memory_growth_is_measured_for_n_and_4n(quick):
