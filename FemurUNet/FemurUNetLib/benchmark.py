@@ -556,7 +556,7 @@ def bench_accuracy(device: torch.device, s: Settings, case, model_arg=None) -> d
     elif device.type == "cpu" and not s.quick:
         halves.append(torch.float16)       # what fp16 devices compute; emulated (slow) on most CPUs
     modes = [("fp32", False, False)] + [(_dtype_name(h), h, False) for h in halves]
-    modes.append(("fast (default precision)", True, True))
+    modes.append(("fast", True, True))
     truth = case.label > 0
     rows, reference = [], None
     for mode, autocast, fast in modes:
