@@ -122,3 +122,17 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, capsys, case, t
     lines = err.strip().splitlines()
     assert len(lines) == 1 and expect in lines[0] and lines[0].startswith("femurunet segment: error:")
     assert set(tmp_path.iterdir()) == before
+
+
+def test_readme_main_command_demo_scores_the_phantom(tmp_path, capsys):
+    """README's first command: `femurunet demo` — phantom CT, shipped demo model, Dice vs truth."""
+    code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
+        "phantom9000_ct.nii.gz", "phantom9000_femur.nii.gz", "phantom9000_femur_pred.seg.nrrd"]
+    dice_line = [line for line in out.splitlines() if line.startswith("Dice vs truth:")]
+    assert len(dice_line) == 1 and float(dice_line[0].split()[3]) > 0.96
+    pred = sitk.ReadImage(str(tmp_path / "demo" / "phantom9000_femur_pred.seg.nrrd"))
+    assert pred.GetMetaData("Segment0_Name") == "Femur"
+    assert_same_grid(tmp_path / "demo" / "phantom9000_femur_pred.seg.nrrd",
+                     sitk.ReadImage(str(tmp_path / "demo" / "phantom9000_ct.nii.gz")))
