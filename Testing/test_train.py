@@ -1,6 +1,7 @@
 """Training: Dice-loss gradients, a tiny real run on phantom PNGs, best-checkpoint semantics, resume, DDP."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -17,13 +18,14 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from FemurUNetLib import dice_loss, segment_volume
+from FemurUNetLib import UNet2D, dice_loss, segment_volume
 from FemurUNetLib.cli import main as femurunet
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.modelfile import load_model
 from FemurUNetLib.phantom import generate_case
 from FemurUNetTrainLib.export import export_arrays
-from FemurUNetTrainLib.train import TrainConfig, _Dist, batch_dice_loss, checkpoint_path, train
+from FemurUNetTrainLib.train import (TrainConfig, _Dist, batch_dice_loss, checkpoint_path, collapsed, train,
+                                   warmup_factor)
 
 SIZE = 64
 WINDOW = (350.0, 1800.0)          # not the engine default: the model file must carry it
@@ -41,6 +43,9 @@ def phantom_data(tmp_path_factory):
         export_arrays(case.ct, case.label, case.geometry, folder, f"p{seed}", window=WINDOW, empty_fraction=1.0)
         cases[seed] = case
     return root / "train", root / "val", cases
+
+
+train_module = importlib.import_module("FemurUNetTrainLib.train")   # the package's 'train' is the function
 
 
 def tiny_config(data, out, **kw) -> TrainConfig:
@@ -152,7 +157,8 @@ def test_tiny_training_learns_and_the_model_file_carries_its_preprocessing(phant
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(phantom_data, tmp_path):
     train_dir, val_dir, _ = phantom_data
-    whole = train(tiny_config(train_dir, tmp_path / "a" / "m.pt", val=str(val_dir), epochs=4))
+    recipe = dict(val=str(val_dir), epochs=4, warmup_epochs=3, lr_schedule="cosine")  # the cut falls in the warm-up
+    whole = train(tiny_config(train_dir, tmp_path / "a" / "m.pt", **recipe))
     calls = {"n": 0}
 
     def stop_in_epoch_3():
@@ -160,10 +166,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(phantom_data, tmp_pa
         return calls["n"] == 2 * 3 + 2          # the 2nd step of epoch 3: that epoch is lost, as if killed
 
     out_b = tmp_path / "b" / "m.pt"
-    cut = train(tiny_config(train_dir, out_b, val=str(val_dir), epochs=4), should_stop=stop_in_epoch_3)
+    cut = train(tiny_config(train_dir, out_b, **recipe), should_stop=stop_in_epoch_3)
     assert cut.stopped and cut.epochs_completed == 2
     assert torch.load(checkpoint_path(out_b), weights_only=True)["epoch"] == 2
-    resumed = train(tiny_config(train_dir, out_b, val=str(val_dir), epochs=4, resume=True))
+    resumed = train(tiny_config(train_dir, out_b, resume=True, **recipe))
     assert resumed.epochs_completed == 4 and not resumed.stopped
     assert_same_weights(state(whole.model), state(resumed.model))
     assert_same_weights(load_model(whole.model_path).state_dict(), load_model(out_b).state_dict())
@@ -216,6 +222,43 @@ def test_early_stopping_and_plateau_schedule(phantom_data, tmp_path):
     assert r.epochs_completed == r.best_epoch + 2
     lrs = [h["lr"] for h in r.history]
     assert lrs[0] == 3.0 and lrs[-1] < 3.0 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_warmup_scales_the_first_steps_and_leaves_the_schedule_alone(phantom_data, tmp_path):
+    config = tiny_config("x", "m.pt", steps_per_epoch=4, warmup_epochs=2)
+    assert [warmup_factor(config, e, s) for e in range(3) for s in range(4)] == \
+        [1 / 8, 2 / 8, 3 / 8, 4 / 8, 5 / 8, 6 / 8, 7 / 8, 1, 1, 1, 1, 1]
+    assert warmup_factor(tiny_config("x", "m.pt"), 0, 0) == 1.0             # default: the seed's constant rate
+    train_dir, _, _ = phantom_data
+    one_step = dict(epochs=1, steps_per_epoch=1, dropout=False, lr=1e-3)
+    torch.manual_seed(7)
+    start = state(UNet2D(base_filters=4))                                    # train() seeds its init with seed 7
+    plain = state(train(tiny_config(train_dir, tmp_path / "a" / "m.pt", **one_step)).model)
+    warm = train(tiny_config(train_dir, tmp_path / "b" / "m.pt", warmup_epochs=4, **one_step))
+    step_plain = max((plain[k] - start[k]).abs().max().item() for k in start)
+    step_warm = max((state(warm.model)[k] - start[k]).abs().max().item() for k in start)
+    assert step_plain == pytest.approx(1e-3, rel=0.01)                       # Adam's first step: lr per weight
+    assert step_warm == pytest.approx(0.25e-3, rel=0.01)                     # 1 of 4 warm-up steps
+    assert warm.history[0]["lr"] == 1e-3
+    assert load_model(warm.model_path).metadata["training"]["warmup_epochs"] == 4
+
+
+def test_a_collapsed_run_stops_with_one_line_and_keeps_the_best_model(phantom_data, tmp_path, monkeypatch, capsys):
+    learned, empty = {"dice": 0.9}, {"dice": 1e-4}
+    assert collapsed([learned, empty, empty, empty]) and not collapsed([learned, empty, empty])
+    assert not collapsed([{"dice": 0.3}, empty, empty, empty])       # never learned: early stopping's business
+    assert not collapsed([learned, empty, {"dice": 0.2}, empty])
+    train_dir, val_dir, _ = phantom_data
+    out = tmp_path / "m.pt"
+    monkeypatch.setattr(train_module, "collapsed", lambda history: len(history) == 2)
+    code = femurunet(["train", str(train_dir), "--val", str(val_dir), "--out", str(out), "--epochs", "5",
+                      "--steps-per-epoch", "2", "--batch-size", "4", "--base-filters", "4",
+                      "--input-size", str(SIZE), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "training collapsed at epoch 2" in err and "lower --lr" in err and str(out) in err
+    assert load_model(out).metadata["training"]["epoch"] in (1, 2)
+    assert len((tmp_path / "m.log.jsonl").read_text().splitlines()) == 2
 
 
 def test_training_without_validation_monitors_the_training_loss(phantom_data, tmp_path):

@@ -74,7 +74,7 @@ class UNet2D(nn.Module):
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(x))
+        return torch.sigmoid(self.logits(x).float())  # fp32 even under autocast: bf16 rounds p > 0.996 to 1
 
 
 def count_parameters(model: nn.Module) -> int:

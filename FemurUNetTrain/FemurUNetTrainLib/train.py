@@ -43,7 +43,7 @@ ADAM_EPSILON = 1e-7   # Keras' default (PyTorch's is 1e-8)
 SMOOTH = 1.0
 # Recipe fields: on --resume they come from the checkpoint unless explicitly changed (then: error).
 RECIPE_FIELDS = ("epochs", "steps_per_epoch", "batch_size", "lr", "base_filters", "input_size", "seed", "amp",
-                 "lr_schedule", "lr_patience", "lr_factor", "min_lr", "early_stopping", "dropout", "augment")
+                 "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout", "augment")
 EXTENDABLE_FIELDS = ("epochs", "early_stopping")
 
 
@@ -68,6 +68,7 @@ class TrainConfig:
     lr_patience: int = 10
     lr_factor: float = 0.5
     min_lr: float = 0.0
+    warmup_epochs: int = 0            # linear per-step warm-up of the rate over the first N epochs; 0 = off
     early_stopping: int = 0           # patience in epochs without improvement; 0 = off
     dropout: bool = True              # the seed's dropout layers (False only for equivalence tests/ablations)
     deterministic: bool = True
@@ -335,6 +336,8 @@ def _check_config(config: TrainConfig) -> None:
             raise FemurUNetError(f"{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.input_size % 16 or config.input_size < 16:
         raise FemurUNetError(f"input size must be a positive multiple of 16, got {config.input_size}")
+    if int(config.warmup_epochs) < 0:
+        raise FemurUNetError(f"warmup-epochs must be 0 or more, got {config.warmup_epochs}")
     if not config.lr > 0:
         raise FemurUNetError(f"learning rate must be positive, got {config.lr}")
     if config.lr_schedule not in ("none", "plateau", "cosine"):
@@ -350,6 +353,27 @@ def _make_scheduler(config: TrainConfig, optimizer):
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.min_lr)
     return None
+
+
+def warmup_factor(config: TrainConfig, epoch: int, step: int) -> float:
+    """Multiplier of the scheduled rate at (epoch, step): (n + 1) / warm-up steps, then 1."""
+    total = int(config.warmup_epochs) * config.steps_per_epoch
+    done = epoch * config.steps_per_epoch + step + 1
+    return 1.0 if done >= total else done / total
+
+
+COLLAPSE_EPOCHS, COLLAPSE_DICE = 3, 0.01
+
+
+def collapsed(history: list) -> bool:
+    """Learned (training Dice > 0.5), then empty output for COLLAPSE_EPOCHS epochs: sigmoid saturated, dead ReLUs.
+
+    Seen with Adam at lr 1e-3 (no normalisation layers in the seed's U-Net); nothing brings such a net back.
+    """
+    if len(history) <= COLLAPSE_EPOCHS:
+        return False
+    learned = max(r["dice"] for r in history[:-COLLAPSE_EPOCHS]) > 0.5
+    return learned and all(r["dice"] < COLLAPSE_DICE for r in history[-COLLAPSE_EPOCHS:])
 
 
 def _unwrap(model):
@@ -447,10 +471,10 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
             "val_slices": len(val_data) if val_data is not None else 0,
             "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
             "lr": config.lr, "optimizer": f"Adam(betas=(0.9, 0.999), eps={ADAM_EPSILON:g})",
-            "lr_schedule": config.lr_schedule, "loss_function": "1 - Dice (smooth 1, flattened batch)",
+            "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs, "loss_function": "1 - Dice (smooth 1, flattened batch)",
             "seed": config.seed, "augment": config.augment.to_dict(), "monitor": monitor_name,
             "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": ctx.world,
-            "torch": str(torch.__version__), "dropout": config.dropout,
+            "device": device.type, "torch": str(torch.__version__), "dropout": config.dropout,
         }
         stopped = early_stopped = False
         for epoch in range(start_epoch, config.epochs):
@@ -479,6 +503,9 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
                     p = model(x)
                 loss, loss_value = batch_dice_loss(y, p.float(), ctx)
                 optimizer.zero_grad(set_to_none=True)
+                scheduled = [group["lr"] for group in optimizer.param_groups]
+                for group in optimizer.param_groups:     # the scheduler keeps seeing the unscaled rate
+                    group["lr"] *= warmup_factor(config, epoch, step)
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -486,6 +513,8 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
                 else:
                     loss.backward()
                     optimizer.step()
+                for group, lr in zip(optimizer.param_groups, scheduled):
+                    group["lr"] = lr
                 loss_sum += loss_value
                 dice_sum += 1.0 - loss_value
                 if progress is not None and ctx.main:
@@ -528,6 +557,11 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
                 })
                 _append_log(jsonl_path, record)
                 plot_curve(history, png_path)
+            if collapsed(history):
+                raise FemurUNetError(
+                    f"training collapsed at epoch {epoch + 1}: the network predicts no femur anywhere (training Dice "
+                    f"< {COLLAPSE_DICE} for {COLLAPSE_EPOCHS} epochs); {out} keeps epoch {best_epoch}; "
+                    f"start again with a lower --lr or more --warmup-epochs")
             ctx.barrier()
             if progress is not None and ctx.main:
                 progress(TrainProgress(epoch + 1, config.epochs, config.steps_per_epoch, config.steps_per_epoch,
