@@ -1,6 +1,9 @@
 """Regression test of the shipped demo model: its Dice on fresh phantoms (seeds never used in training)."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -24,6 +27,18 @@ def test_demo_model_file_is_the_documented_one():
     assert t["cases"] == [f"phantom{s}" for s in range(1000, 1040)]
     assert t["val_cases"] == [f"phantom{s}" for s in range(1040, 1044)] and t["seed"] == 1
     assert not set(FRESH_SEEDS) & set(TRAINING_SEEDS)
+
+
+def test_demo_model_was_trained_with_the_reproduction_scripts_recipe():
+    script = (Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts" / "train_demo_model.sh").read_text()
+    flags = dict(re.findall(r"--([a-z-]+) ([0-9.e-]+|[a-z0-9]+)\b", script.split("femurunet train", 1)[1]))
+    t = load_model(DEFAULT_MODEL_PATH).metadata["training"]
+    assert t["epoch"] == int(flags["epochs"])                     # the shipped weights are the script's last epoch
+    assert t["steps_per_epoch"] == int(flags["steps-per-epoch"]) and t["batch_size"] == int(flags["batch-size"])
+    assert t["lr"] == float(flags["lr"]) and t["lr_schedule"] == flags["lr-schedule"]
+    assert t.get("warmup_epochs", 0) == int(flags.get("warmup-epochs", 0))
+    assert t["seed"] == int(flags["seed"]) and t["amp"] == {"bf16": "bfloat16"}[flags["amp"]]
+    assert load_model(DEFAULT_MODEL_PATH).metadata["base_filters"] == int(flags["base-filters"])
 
 
 @pytest.mark.parametrize("seed", FRESH_SEEDS)
