@@ -23,9 +23,10 @@ from FemurUNetLib.cli import main as femurunet
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.modelfile import load_model
 from FemurUNetLib.phantom import generate_case
+from FemurUNetLib.inference import cpu_supports_bf16
 from FemurUNetTrainLib.export import export_arrays
-from FemurUNetTrainLib.train import (TrainConfig, _Dist, batch_dice_loss, checkpoint_path, collapsed, train,
-                                   warmup_factor)
+from FemurUNetTrainLib.train import (TrainConfig, _Dist, _amp_dtype, batch_dice_loss, checkpoint_path, collapsed,
+                                   train, warmup_factor)
 
 SIZE = 64
 WINDOW = (350.0, 1800.0)          # not the engine default: the model file must carry it
@@ -50,7 +51,7 @@ train_module = importlib.import_module("FemurUNetTrainLib.train")   # the packag
 
 def tiny_config(data, out, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), epochs=3, steps_per_epoch=3, batch_size=4, lr=3e-3, base_filters=4,
-                input_size=SIZE, seed=7, threads=1)
+                input_size=SIZE, seed=7, threads=1, amp="off")   # exactness tests compare fp32 runs
     base.update(kw)
     return TrainConfig(**base)
 
@@ -222,6 +223,14 @@ def test_early_stopping_and_plateau_schedule(phantom_data, tmp_path):
     assert r.epochs_completed == r.best_epoch + 2
     lrs = [h["lr"] for h in r.history]
     assert lrs[0] == 3.0 and lrs[-1] < 3.0 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_amp_auto_is_bf16_on_a_cpu_with_native_bf16_else_off():
+    cpu = torch.device("cpu")
+    assert _amp_dtype("auto", cpu) == (torch.bfloat16 if cpu_supports_bf16() else None)
+    assert _amp_dtype("off", cpu) is None and _amp_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(FemurUNetError, match="fp16 needs CUDA"):
+        _amp_dtype("fp16", cpu)
 
 
 def test_warmup_scales_the_first_steps_and_leaves_the_schedule_alone(phantom_data, tmp_path):

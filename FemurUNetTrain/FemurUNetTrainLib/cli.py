@@ -157,7 +157,7 @@ def register_cli(subparsers) -> None:
     a.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     t.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                   help="mixed precision (default auto: on for CUDA, off on the CPU)")
+                   help="mixed precision (default auto: bf16/fp16 on CUDA, bf16 on a CPU with native bf16, else off)")
     t.add_argument("--threads", type=int, help="CPU threads (default: all, split between DDP processes)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)

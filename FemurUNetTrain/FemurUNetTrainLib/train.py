@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.torch_version import TorchVersion
 
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.inference import pick_device
+from FemurUNetLib.inference import cpu_supports_bf16, pick_device
 from FemurUNetLib.model import UNet2D, dice_coefficient
 from FemurUNetLib.modelfile import atomic_write, save_model
 from FemurUNetLib.preprocess import DEFAULT_INPUT_SIZE
@@ -62,7 +62,7 @@ class TrainConfig:
     seed: int = 1                     # the seed's trainGenerator(seed=1)
     resume: bool = False
     device: str = "auto"
-    amp: str = "auto"                 # auto (CUDA: on, CPU: off), bf16, fp16, off
+    amp: str = "auto"                 # auto (CUDA, or a CPU with native bf16: on), bf16, fp16, off
     channels_last: bool = True
     lr_schedule: str = "none"         # none, plateau (ReduceLROnPlateau on the monitor), cosine
     lr_patience: int = 10
@@ -206,9 +206,9 @@ def _amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
     if mode == "off":
         return None
     if mode == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
     if mode in ("bf16", "bfloat16"):
         return torch.bfloat16
     if mode in ("fp16", "float16"):
