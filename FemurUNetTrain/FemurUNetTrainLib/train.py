@@ -43,7 +43,8 @@ ADAM_EPSILON = 1e-7   # Keras' default (PyTorch's is 1e-8)
 SMOOTH = 1.0
 # Recipe fields: on --resume they come from the checkpoint unless explicitly changed (then: error).
 RECIPE_FIELDS = ("epochs", "steps_per_epoch", "batch_size", "lr", "base_filters", "input_size", "seed", "amp",
-                 "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout", "augment")
+                 "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout",
+                 "augment")
 EXTENDABLE_FIELDS = ("epochs", "early_stopping")
 
 
@@ -471,7 +472,8 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
             "val_slices": len(val_data) if val_data is not None else 0,
             "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
             "lr": config.lr, "optimizer": f"Adam(betas=(0.9, 0.999), eps={ADAM_EPSILON:g})",
-            "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs, "loss_function": "1 - Dice (smooth 1, flattened batch)",
+            "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs,
+            "loss_function": "1 - Dice (smooth 1, flattened batch)",
             "seed": config.seed, "augment": config.augment.to_dict(), "monitor": monitor_name,
             "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": ctx.world,
             "device": device.type, "torch": str(torch.__version__), "dropout": config.dropout,

@@ -5,7 +5,7 @@ usage: python Testing/gpu/check_cuda.py [--json OUT.json]     (exit 1 when a che
 Checks, each printed as one JSON line: the auto device; the demo model on a phantom on CUDA vs the CPU
 (labels, Dice vs truth, output grid); auto batch size; real out-of-memory back-off (a memory cap makes the big
 batch fail: halve, then at batch 1 continue on the CPU) with labels unchanged; torch.compile; training on CUDA
-with fp16 (GradScaler) and bf16 autocast, resume, and DDP over nccl through torchrun.
+with fp16 (GradScaler) and bf16 autocast, resume, and a torchrun launch (one process: NCCL needs 2 GPUs for 2).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from FemurUNetLib.evaluate import dice
 from FemurUNetLib.inference import auto_batch_size, pick_device
 from FemurUNetLib.modelfile import default_metadata, load_model
 from FemurUNetLib.phantom import generate_case
+from FemurUNetTrainLib.export import export_arrays
 
 RESULTS: list = []
 
@@ -53,8 +54,8 @@ def check_inference(case) -> None:
           voxels_differing=differ, dice_cpu=dice(cpu.labelmap > 0, truth), dice_cuda=dice(gpu.labelmap > 0, truth),
           autocast_cuda=gpu.stats["autocast"], batch_cuda=gpu.batch_size)
     fp32, _ = segment(case, None, device="cuda", autocast=False)
-    check("cuda fp32 == cuda autocast", float((fp32.labelmap != gpu.labelmap).mean()) < 1e-3,
-          voxels_differing=float((fp32.labelmap != gpu.labelmap).mean()))
+    differ = float((fp32.labelmap != gpu.labelmap).mean())
+    check("cuda fp32 == cuda autocast", differ < 1e-3, voxels_differing=differ)
     check("auto batch size on cuda", 8 <= auto_batch_size(dev, 64, 256) <= 256,
           base64=auto_batch_size(dev, 64, 256), base16=auto_batch_size(dev, 16, 256))
     compiled, notes = segment(case, None, device="cuda", compile=True, batch_size=16)
@@ -99,7 +100,6 @@ def check_training(work: Path) -> None:
     for seed in (11, 12, 13):
         out = work / ("val" if seed == 13 else "train")
         case = generate_case(seed)
-        from FemurUNetTrainLib.export import export_arrays
         export_arrays(case.ct, case.label, case.geometry, out, f"p{seed}", empty_fraction=0.5, seed=seed)
     common = [str(work / "train"), "--val", str(work / "val"), "--base-filters", "16", "--steps-per-epoch", "20",
               "--batch-size", "8", "--lr", "3e-4", "--warmup-epochs", "1", "--quiet", "--device", "cuda"]
@@ -129,11 +129,11 @@ def main(argv=None) -> int:
         print("no CUDA device: this script checks the CUDA paths and needs an NVIDIA GPU", file=sys.stderr)
         return 2
     case = generate_case(9000)
-    for step in (lambda: check_inference(case), lambda: check_out_of_memory(case)):
+    for step in (check_inference, check_out_of_memory):
         try:
-            step()
+            step(case)
         except Exception as exc:  # report and go on to the next group
-            check(f"{getattr(step, '__name__', 'step')} raised", False, error=f"{type(exc).__name__}: {exc}"[:500])
+            check(f"{step.__name__} raised", False, error=f"{type(exc).__name__}: {exc}"[:500])
     with tempfile.TemporaryDirectory() as tmp:
         try:
             check_training(Path(tmp))
