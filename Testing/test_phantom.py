@@ -153,6 +153,28 @@ def test_metal_changes_the_image_not_the_truth():
     assert not np.any(difference[outside & (ndimage.distance_transform_edt(outside) > 2)])   # not in the air
 
 
+def test_arms_are_unlabelled_long_bones_beside_the_trunk():
+    grid = dict(shape=(30, 130, 130), spacing=(4.0, 4.0, 5.0), direction=np.eye(3), metal=False)
+    plain, arms = generate_case(9, **grid, arms=False), generate_case(9, **grid, arms=True)
+    assert arms.arms and not plain.arms
+    assert np.array_equal(plain.label, arms.label)                   # the truth does not move
+    arm_bone = np.isin(arms.tissue, [TISSUE["arm_cortex"], TISSUE["arm_marrow"]])
+    assert not np.any(np.isin(plain.tissue, [TISSUE["arm_cortex"], TISSUE["arm_marrow"]]))
+    assert not np.any(arm_bone & (arms.label > 0))
+    assert np.median(arms.ct[arms.tissue == TISSUE["arm_cortex"]]) > 600   # as bright as a femoral shaft
+    # one bone per side (or two: radius and ulna), through every slice, lateral to both femora
+    x = arms.geometry.physical_points(arms.label.shape)[..., 0]
+    femur_x = np.abs(x[arms.label > 0]).max()
+    for side in (-1, 1):
+        bone = arm_bone & (side * x > 0)
+        assert bone.any(axis=(1, 2)).all()
+        assert np.abs(x[bone]).min() > femur_x + 20
+        assert 1 <= ndimage.label(bone[15])[1] <= 2
+    # the rest of the image is the same patient: same noise, no change inside the trunk's bones
+    trunk_bone = np.isin(plain.tissue, [TISSUE["femur_cortex"], TISSUE["pelvis_cortex"]])
+    assert np.array_equal(plain.ct[trunk_bone], arms.ct[trunk_bone])
+
+
 def test_bad_arguments_are_one_line_errors():
     with pytest.raises(FemurUNetError, match="orthonormal"):
         generate_case(1, **COARSE, direction=np.diag([2.0, 1.0, 1.0]))

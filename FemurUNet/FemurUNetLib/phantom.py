@@ -4,6 +4,8 @@ Every structure is an analytic signed-distance-like function (negative inside) o
 (mm) of each voxel centre, so any grid (anisotropic, flipped, permuted, oblique) shows the same anatomy and
 the label is exact: ``label = femur distance < 0`` at the voxel centre. CT values blend tissues over a ramp as
 wide as the voxel seen across each boundary (partial volume), then get metal streaks and Gaussian noise.
+Some cases have the arms down beside the trunk: round long bones (humerus, or radius and ulna) that are not
+femur, the look-alikes a femur model meets in real CT.
 
 Anatomical frame (before the random pose): origin midway between the femoral head centres, x toward patient
 Left, y Posterior, z Superior. Left femur (label 1) at +x, right femur (label 2) at -x.
@@ -23,8 +25,9 @@ from .volume_io import write_image
 
 LEFT, RIGHT = 1, 2
 TISSUE = {"air": 0, "fat": 1, "soft_tissue": 2, "femur_cortex": 3, "femur_marrow": 4, "pelvis_cortex": 5,
-          "pelvis_marrow": 6, "metal": 7, "table": 8, "gas": 9}
+          "pelvis_marrow": 6, "metal": 7, "table": 8, "gas": 9, "arm_cortex": 10, "arm_marrow": 11}
 SLICE_SPACINGS = (1.5, 2.0, 2.5, 3.0)
+ARMS_PROBABILITY = 0.4
 ABOVE_HEAD_MM, BELOW_HEAD_MM = 40.0, 100.0   # default cranio-caudal coverage around the femoral head centre
 SLAB_VOXELS = 1_500_000
 HU_MIN, HU_MAX = -1024, 3071
@@ -38,6 +41,7 @@ class PhantomCase:
     name: str
     tissue: Optional[np.ndarray] = field(default=None, repr=False)  # uint8 TISSUE class at each voxel centre
     metal: bool = False
+    arms: bool = False
 
 
 # --- signed-distance primitives on float32 coordinate arrays (q = (x, y, z)) --------------------------------
@@ -212,6 +216,58 @@ class _Metal:
 
 
 @dataclass
+class _Arm:
+    """Arm down beside the trunk, along the body axis: fat, muscle, and one or two long bones."""
+    axis: tuple               # (top, bottom) of the arm's centre line, anatomical frame
+    radius: float
+    fat: float
+    bones: list               # (offset (x, y) from the arm axis, outer radius)
+    cortex: float
+    hu_cortex: float
+    hu_marrow: float
+
+    def distances(self, q):
+        top, bottom = (np.asarray(p, float) for p in self.axis)
+        skin = _capsule(q, top, bottom, self.radius)
+        bones = None
+        for (dx, dy), r in self.bones:
+            shift = np.array([dx, dy, 0.0])
+            d = _capsule(q, top + shift, bottom + shift, r)
+            bones = d if bones is None else np.minimum(bones, d)
+        return skin, bones
+
+    def bounds(self):
+        top, bottom = (np.asarray(p, float) for p in self.axis)
+        r = np.array([self.radius, self.radius, 0.0])
+        return np.minimum(top, bottom) - r, np.maximum(top, bottom) + r
+
+
+def _make_arms(rng, body) -> list:
+    """Both arms, drawn from their own stream so a case without arms is unchanged by them."""
+    u = lambda a, b: float(rng.uniform(a, b))
+    forearm = rng.random() < 0.5
+    arms = []
+    for s in (-1.0, 1.0):
+        radius = u(30, 45) if forearm else u(38, 52)
+        x = s * (body["semi"][0] + u(-4, 10) + radius)
+        y = body["centre"][1] + u(-30, 30)
+        tilt = np.array([s * u(-20, 10), u(-20, 20), 0.0])
+        top, bottom = np.array([x, y, 250.0]), np.array([x, y, -350.0]) + tilt
+        if forearm:                                   # radius and ulna
+            sep = u(14, 22)
+            radius_bone = ((u(-4, 4), -sep / 2), u(6, 9))
+            cortex = u(2.0, 3.0)
+            bones = [radius_bone, ((u(-4, 4), sep / 2), u(5, 8))]
+            cortex = min(cortex, u(2.0, 3.0))
+        else:                                         # humerus
+            bones = [((u(-6, 6), u(-6, 6)), u(9, 13))]
+            cortex = u(2.5, 4.5)
+        arms.append(_Arm(axis=(top, bottom), radius=radius, fat=u(4, 12), bones=bones, cortex=cortex,
+                         hu_cortex=u(1000, 1700), hu_marrow=u(-60, 120)))
+    return arms
+
+
+@dataclass
 class _Anatomy:
     rotation: np.ndarray      # anatomical -> LPS axes
     centre: np.ndarray        # LPS position of the anatomical origin
@@ -223,6 +279,8 @@ class _Anatomy:
     metal_params: _Metal
     blur: float
     noise: float
+    arms: list = field(default_factory=list)
+    arms_params: list = field(default_factory=list)
 
     def to_lps(self, p):
         return self.rotation @ np.asarray(p, float) + self.centre
@@ -359,6 +417,7 @@ def _body_outline_lps(anatomy, margin=5.0) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, 180, endpoint=False)
     bx, by, br = b["buttock"]
     ellipses = [(b["centre"], b["semi"])] + [((s * bx, by), (br, 0.95 * br)) for s in (-1, 1)]
+    ellipses += [(arm.axis[0][:2], (arm.radius, arm.radius)) for arm in anatomy.arms]
     points = []
     for (cx, cy), (ax, ay) in ellipses:
         for z in (-BELOW_HEAD_MM - 40, 0.0, ABOVE_HEAD_MM + 30):
@@ -477,6 +536,8 @@ class _Renderer:
         for side in self.a.sides:
             self._side(side, rows, k0, hu, tissue, label)
         self._sacrum(rows, k0, hu, tissue)
+        for arm in self.a.arms:
+            self._arm(arm, rows, k0, hu, tissue)
         if self.a.metal is not None:
             self._streaks(k0, k1, hu, body_occ)
         return hu, tissue, label
@@ -596,6 +657,20 @@ class _Renderer:
         self.paint(hu[view], tissue[view], d[inner], w, h["sacrum_cortex"], TISSUE["pelvis_cortex"])
         self.paint(hu[view], tissue[view], d[inner] + 1.5, w, h["sacrum_marrow"], TISSUE["pelvis_marrow"])
 
+    def _arm(self, arm: _Arm, rows, k0, hu, tissue):
+        region = self._region(*arm.bounds(), rows, k0, hu)
+        if region is None:
+            return
+        q, inner, view = region
+        hu_v, tissue_v = hu[view], tissue[view]
+        skin, bones = arm.distances(q)
+        w = self.ramp(skin)[inner]
+        self.paint(hu_v, tissue_v, skin[inner], w, self.a.hu["fat"], TISSUE["fat"])
+        self.paint(hu_v, tissue_v, skin[inner] + arm.fat, w, self.a.hu["muscle"], TISSUE["soft_tissue"])
+        w = self.ramp(bones)[inner]
+        self.paint(hu_v, tissue_v, bones[inner], w, arm.hu_cortex, TISSUE["arm_cortex"])
+        self.paint(hu_v, tissue_v, bones[inner] + arm.cortex, w, arm.hu_marrow, TISSUE["arm_marrow"])
+
     def _rows_between(self, k0, k1, zmin, zmax):
         """Sub-range of slab rows [k0, k1) holding voxel centres with LPS z in [zmin, zmax] (or None)."""
         nk, nj, ni = self.shape
@@ -636,21 +711,25 @@ class _Renderer:
             hu[sub] += total * body_occ[sub]
 
 
-def generate_case(seed: int, *, shape=None, spacing=None, direction=None, metal=None) -> PhantomCase:
+def generate_case(seed: int, *, shape=None, spacing=None, direction=None, metal=None, arms=None) -> PhantomCase:
     """One phantom case; deterministic per seed.
 
     ``shape``: numpy (k, j, i) voxel counts; ``spacing``: (i, j, k) mm like ``Geometry``; ``direction``: 3x3
     orthonormal, columns the i, j, k axes in LPS. Missing ones are drawn (or derived so the field of view stays
-    the default). ``metal``: True/False forces an implant, None draws one with probability 0.2. The anatomy
+    the default). ``metal``: True/False forces an implant, None draws one with probability 0.2; ``arms`` likewise
+    forces the arms down beside the trunk or leaves them out (drawn with probability 0.4). The anatomy
     depends only on the seed, so different grids of one seed show the same patient.
     """
     seed = int(seed)
     if seed < 0:
         raise FemurUNetError(f"seed must be >= 0, got {seed}")
-    anatomy_rng, grid_rng, noise_rng = np.random.default_rng(seed).spawn(3)
+    anatomy_rng, grid_rng, noise_rng, arms_rng = np.random.default_rng(seed).spawn(4)
     anatomy = _make_anatomy(anatomy_rng)
     if metal is not None:
         anatomy.metal = anatomy.metal_params if metal else None
+    anatomy.arms_params = _make_arms(arms_rng, anatomy.body)
+    has_arms = arms_rng.random() < ARMS_PROBABILITY if arms is None else bool(arms)
+    anatomy.arms = anatomy.arms_params if has_arms else []
     geometry, shape = _make_grid(grid_rng, anatomy, shape, spacing, direction)
     renderer = _Renderer(anatomy, geometry, shape)
     ct = np.empty(shape, np.int16)
@@ -663,7 +742,7 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, metal=
         hu += noise_rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(anatomy.noise)
         ct[k0:k1] = np.clip(np.rint(hu), HU_MIN, HU_MAX)
     return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}", tissue=tissue,
-                       metal=anatomy.metal is not None)
+                       metal=anatomy.metal is not None, arms=bool(anatomy.arms))
 
 
 # --- files and CLI ------------------------------------------------------------------------------------------
@@ -693,7 +772,7 @@ def run_sample(args) -> int:
         nk, nj, ni = case.ct.shape
         sp = case.geometry.spacing
         print(f"{case.name}: {ni}x{nj}x{nk} voxels, {sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:.2f} mm"
-              f"{', metal' if case.metal else ''} -> {ct_path} {label_path.name}")
+              f"{', metal' if case.metal else ''}{', arms' if case.arms else ''} -> {ct_path} {label_path.name}")
     return 0
 
 

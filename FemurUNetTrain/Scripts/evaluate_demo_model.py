@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         sp = case.geometry.spacing[::-1]
         left, right = split_sides(pred, case.label == 1, case.label == 2, case.geometry)
         row = {"seed": seed, "shape": list(case.ct.shape), "spacing": list(case.geometry.spacing),
-               "metal": case.metal, "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, sp),
+               "metal": case.metal, "arms": case.arms, "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, sp),
                "dice_left": dice(left, case.label == 1), "dice_right": dice(right, case.label == 2),
                "seconds": round(seconds, 2)}
         results["phantoms"].append(row)
