@@ -136,3 +136,21 @@ def test_readme_main_command_demo_scores_the_phantom(tmp_path, capsys):
     assert pred.GetMetaData("Segment0_Name") == "Femur"
     assert_same_grid(tmp_path / "demo" / "phantom9000_femur_pred.seg.nrrd",
                      sitk.ReadImage(str(tmp_path / "demo" / "phantom9000_ct.nii.gz")))
+
+
+def test_segment_mirror_flag_averages_with_the_mirrored_slices(tmp_path, capsys, tiny_model_file):
+    from FemurUNetLib import segment_volume
+    from FemurUNetLib.modelfile import load_model
+    hu = np.random.default_rng(3).integers(-1000, 1500, (3, 48, 48)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.nii.gz"))
+    probs = {}
+    for flags in ((), ("--mirror",)):
+        out = tmp_path / f"p{len(flags)}.nii.gz"
+        code, _, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / "l.nii.gz", "--model",
+                               tiny_model_file, "--probabilities", out, "--no-autocast", "--quiet", *flags)
+        assert code == 0, err
+        probs[flags] = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    expected = segment_volume(hu, None, load_model(tiny_model_file), autocast=False, mirror=True,
+                              return_probabilities=True).probabilities
+    assert np.allclose(probs[("--mirror",)], expected, atol=1e-6)
+    assert np.abs(probs[()] - expected).max() > 1e-4

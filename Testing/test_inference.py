@@ -9,6 +9,7 @@ import torch
 from FemurUNetLib import Cancelled, FemurUNetError, Geometry, UNet2D, segment_volume
 from FemurUNetLib.geometry import Reorientation
 from FemurUNetLib.inference import autocast_dtype, pick_device
+from FemurUNetLib.modelfile import model_metadata
 from conftest import expected_threshold_labels, threshold_unet
 
 
@@ -183,6 +184,22 @@ class CountingUNet(UNet2D):
     def forward(self, x):
         type(self).slices_seen += x.shape[0]
         return super().forward(x)
+
+
+def test_mirror_averages_each_slice_with_its_left_right_mirror():
+    torch.manual_seed(0)
+    net = UNet2D(base_filters=4).eval()          # random weights: not mirror-symmetric
+    net.metadata = model_metadata(net)
+    hu = blob_volume((4, 64, 64))                # square slices: no padding, so the mirror is exact
+    plain = segment_volume(hu, None, net, autocast=False, return_probabilities=True).probabilities
+    mirrored = segment_volume(np.ascontiguousarray(hu[:, :, ::-1]), None, net, autocast=False,
+                              return_probabilities=True).probabilities[:, :, ::-1]
+    r = segment_volume(hu, None, net, autocast=False, return_probabilities=True, mirror=True, batch_size=3)
+    expected = (plain + mirrored) / 2
+    assert np.abs(plain - mirrored).max() > 1e-3                  # the two passes really differ
+    assert np.allclose(r.probabilities, expected, atol=1e-6)
+    clear = np.abs(expected - 0.5) > 1e-5
+    assert np.array_equal(r.labelmap[clear], (expected[clear] > 0.5).astype(np.uint8))
 
 
 @pytest.mark.parametrize("depth", [9, 10])

@@ -44,7 +44,7 @@ def run_segment(args) -> int:
     volume, geometry = read_volume(args.input)
     result = segment_volume(volume, geometry, args.model, device=args.device, batch_size=args.batch_size,
                             threshold=args.threshold, autocast=not args.no_autocast,
-                            return_probabilities=bool(args.probabilities), fast=args.fast,
+                            return_probabilities=bool(args.probabilities), fast=args.fast, mirror=args.mirror,
                             progress=None if args.quiet else ProgressBar("segment"))
     write_labelmap(args.output, result.labelmap, result.geometry, result.labels)
     if args.probabilities:
@@ -97,6 +97,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model's, 0.5)")
     p.add_argument("--probabilities", metavar="P.nii.gz", help="also write the probability map")
     p.add_argument("--no-autocast", action="store_true", help="run in full fp32 precision")
+    p.add_argument("--mirror", action="store_true",
+                   help="test-time augmentation: average each slice's output with its left-right mirror's (~2x time)")
     p.add_argument("--fast", action="store_true",
                    help="run the network on every other slice (~2x faster); skipped slices from their neighbours")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,6 +1,6 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
-usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt] [--seeds 9000-9009] [--json OUT.json] [--device cpu]
+usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt] [--seeds 9000-9009] [--json OUT.json] [--device cpu] [--mirror]
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="9000-9009", help="held-out phantom seeds, A-B (default 9000-9009)")
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
+    parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation (segment --mirror)")
     args = parser.parse_args(argv)
     lo, hi = (int(v) for v in args.seeds.split("-"))
     results = {"model": args.model or "default", "phantoms": []}
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     for seed in range(lo, hi + 1):
         case = generate_case(seed)
         t = time.perf_counter()
-        pred = segment_volume(case.ct, case.geometry, args.model, device=args.device).labelmap > 0
+        pred = segment_volume(case.ct, case.geometry, args.model, device=args.device, mirror=args.mirror).labelmap > 0
         seconds = time.perf_counter() - t
         truth = case.label > 0
         sp = case.geometry.spacing[::-1]
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         ct, geometry = read_volume(pelvis / "ct.nii.gz")
         left_ref = read_volume(pelvis / "femur_left.nii.gz")[0] > 0.5
         right_ref = read_volume(pelvis / "femur_right.nii.gz")[0] > 0.5
-        pred = segment_volume(ct, geometry, args.model, device=args.device).labelmap > 0
+        pred = segment_volume(ct, geometry, args.model, device=args.device, mirror=args.mirror).labelmap > 0
         left, right = split_sides(pred, left_ref, right_ref, geometry)
         sp = geometry.spacing[::-1]
         results["pelvis_3mm"] = {"dice_left": dice(left, left_ref), "dice_right": dice(right, right_ref),
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     abdomen = REAL_CT / "abdomen_dicom"
     if abdomen.is_dir():
         ct, geometry = read_volume(abdomen)
-        pred = segment_volume(ct, geometry, args.model, device=args.device).labelmap > 0
+        pred = segment_volume(ct, geometry, args.model, device=args.device, mirror=args.mirror).labelmap > 0
         results["abdomen_dicom"] = {"voxels": int(pred.size), "predicted": int(pred.sum()),
                                     "fraction_percent": float(100.0 * pred.mean())}
         print(json.dumps({"abdomen_dicom": results["abdomen_dicom"]}), flush=True)
