@@ -122,6 +122,19 @@ def test_oblique_flipped_numpy_volume_voxel_exact(scene, seed):
     assert node.GetDisplayNode() is not None
 
 
+def test_mirror_option_reaches_the_engine(scene):
+    ct, g = random_ct(seed=2), oblique_geometry(2)
+    volume = mrml.array_to_volume_node(scene, ct, g, "ct")
+    torch.manual_seed(1)
+    net = UNet2D(base_filters=4).eval()          # random weights: the mirrored pass changes the result
+    net.metadata = model_metadata(net)
+    net.metadata["input_size"] = 64
+    expected = segment_volume(ct, g, net, device="cpu", mirror=True).labelmap
+    assert not np.array_equal(expected, segment_volume(ct, g, net, device="cpu").labelmap)
+    node = mrml.segment_volume_node(volume, net, device="cpu", mirror=True, closed_surface=False)
+    assert np.array_equal(mrml.segments_to_labelmap(node, segment_ids(node), volume), expected)
+
+
 def test_reuse_replaces_same_named_segment_and_keeps_others(scene):
     ct, g = random_ct(), oblique_geometry()
     volume = mrml.array_to_volume_node(scene, ct, g, "ct")
