@@ -150,7 +150,8 @@ def test_accuracy_rows_compare_with_fp32(quick):
     fp32 = rows["fp32"]
     assert fp32["dice_vs_fp32"] == 1.0 and fp32["voxels_differing_from_fp32"] == 0 and fp32["autocast"] == "off"
     assert ("bf16" in rows) == cpu_supports_bf16()
-    assert any(r["mode"].startswith("fast") for r in acc["rows"])
+    assert {"fast", "mirror"} <= set(rows)
+    assert rows["mirror"]["autocast"] == rows["fast"]["autocast"]          # both on the default precision
     for r in acc["rows"]:
         assert 0 <= r["dice_vs_fp32"] <= 1 and 0 <= r["dice_vs_truth"] <= 1
         assert close(r["speedup_vs_fp32"], fp32["seconds"] / r["seconds"])

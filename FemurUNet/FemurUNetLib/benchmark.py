@@ -547,7 +547,8 @@ def _accuracy_model(model_arg) -> tuple:
 
 
 def bench_accuracy(device: torch.device, s: Settings, case, model_arg=None) -> dict:
-    """Labelmaps of one phantom in fp32, in each half precision and with ``--fast``: Dice vs fp32 and vs truth."""
+    """Labelmaps of one phantom in fp32, in each half precision, with ``--fast`` and with ``--mirror``: Dice vs fp32
+    and vs truth, and the time of each."""
     net, name, trained = _accuracy_model(model_arg)
     print(f"  model: {name}")
     halves = [autocast_dtype(device)] if autocast_dtype(device) is not None else []
@@ -555,14 +556,14 @@ def bench_accuracy(device: torch.device, s: Settings, case, model_arg=None) -> d
         halves = [torch.bfloat16, torch.float16] if torch.cuda.is_bf16_supported() else [torch.float16]
     elif device.type == "cpu" and not s.quick:
         halves.append(torch.float16)       # what fp16 devices compute; emulated (slow) on most CPUs
-    modes = [("fp32", False, False)] + [(_dtype_name(h), h, False) for h in halves]
-    modes.append(("fast", True, True))
+    modes = [("fp32", False, {})] + [(_dtype_name(h), h, {}) for h in halves]
+    modes += [("fast", True, {"fast": True}), ("mirror", True, {"mirror": True})]
     truth = case.label > 0
     rows, reference = [], None
-    for mode, autocast, fast in modes:
-        segment_volume(case.ct[:2], case.geometry, net, device=str(device), autocast=autocast, fast=fast)   # warm-up
+    for mode, autocast, options in modes:
+        segment_volume(case.ct[:2], case.geometry, net, device=str(device), autocast=autocast, **options)   # warm-up
         t0 = time.perf_counter()
-        result = segment_volume(case.ct, case.geometry, net, device=str(device), autocast=autocast, fast=fast)
+        result = segment_volume(case.ct, case.geometry, net, device=str(device), autocast=autocast, **options)
         seconds = time.perf_counter() - t0
         if reference is None:
             reference = result.labelmap
@@ -673,7 +674,7 @@ def run_benchmark(device_name: str = "auto", quick: bool = False, depth: Optiona
              lambda: bench_memory(device, s, case, workdir)),
             ("training", f"training step (base {s.train_filters}, batch {s.train_batch})",
              lambda: bench_training(device, s, case, workdir)),
-            ("accuracy", "accuracy cost of autocast and --fast", lambda: bench_accuracy(device, s, case, model)),
+            ("accuracy", "accuracy cost of autocast, --fast and --mirror", lambda: bench_accuracy(device, s, case, model)),
         ]
         for name, title, fn in plan:
             if name not in wanted:
