@@ -34,6 +34,8 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, help="slices per batch (default: automatic)")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
     parser.add_argument("--no-surface", action="store_true", help="skip the closed-surface representation")
+    parser.add_argument("--mirror", action="store_true",
+                        help="also run each slice mirrored left-right and average (~2x time, a little more accurate)")
     return parser.parse_args(argv)
 
 
@@ -180,7 +182,7 @@ def main(argv=None) -> int:
         return 2
     try:
         rows = segment_files(inputs, args.output, args.model, device=args.device, batch_size=args.batch_size,
-                             threshold=args.threshold, closed_surface=not args.no_surface)
+                             threshold=args.threshold, closed_surface=not args.no_surface, mirror=args.mirror)
     except Exception as exc:   # no torch, unusable model or output folder: nothing was segmented
         print(f"segment_folder: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
