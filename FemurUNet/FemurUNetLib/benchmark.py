@@ -674,7 +674,8 @@ def run_benchmark(device_name: str = "auto", quick: bool = False, depth: Optiona
              lambda: bench_memory(device, s, case, workdir)),
             ("training", f"training step (base {s.train_filters}, batch {s.train_batch})",
              lambda: bench_training(device, s, case, workdir)),
-            ("accuracy", "accuracy cost of autocast, --fast and --mirror", lambda: bench_accuracy(device, s, case, model)),
+            ("accuracy", "accuracy cost of autocast, --fast and --mirror",
+             lambda: bench_accuracy(device, s, case, model)),
         ]
         for name, title, fn in plan:
             if name not in wanted:
