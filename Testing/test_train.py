@@ -21,7 +21,7 @@ from PIL import Image
 from FemurUNetLib import UNet2D, dice_loss, segment_volume
 from FemurUNetLib.cli import main as femurunet
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.modelfile import load_model
+from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.inference import cpu_supports_bf16
 from FemurUNetTrainLib.export import export_arrays
@@ -276,6 +276,35 @@ def test_training_without_validation_monitors_the_training_loss(phantom_data, tm
     assert r.monitor == "loss" and all(h["val_loss"] is None for h in r.history)
     assert r.best_epoch == int(np.argmin([h["loss"] for h in r.history])) + 1
     assert load_model(tmp_path / "m.pt").metadata["training"]["monitor"] == "loss"
+
+
+def test_init_fine_tunes_from_a_model_that_fits_the_run(phantom_data, tmp_path, capsys):
+    train_dir, val_dir, _ = phantom_data
+    torch.manual_seed(123)
+    start = save_model(UNet2D(base_filters=4), tmp_path / "start.pt", input_size=SIZE,
+                       window={"center": WINDOW[0], "width": WINDOW[1]})
+    start_weights = state(load_model(start))
+    still = dict(epochs=1, lr=1e-12, val=str(val_dir))               # a rate too small to move the weights
+    tuned = train(tiny_config(train_dir, tmp_path / "tuned.pt", init=str(start), **still)).model
+    fresh = train(tiny_config(train_dir, tmp_path / "fresh.pt", **still)).model
+    for name, value in state(tuned).items():
+        assert torch.allclose(value, start_weights[name], atol=1e-6), name
+    assert not torch.allclose(state(fresh)["head.weight"], start_weights["head.weight"])
+    assert load_model(tmp_path / "tuned.pt").metadata["training"]["init"] == str(start)
+    # a model that does not fit the run: one line naming the file and the mismatch, nothing written
+    for change, message in ((dict(base_filters=8), "base_filters 4, but this run needs 8"),
+                            (dict(input_size=32), "input_size 64, but this run needs 32")):
+        with pytest.raises(FemurUNetError, match=message) as err:
+            train(tiny_config(train_dir, tmp_path / "no.pt", init=str(start), **change))
+        assert str(start) in str(err.value) and "\n" not in str(err.value)
+        assert not (tmp_path / "no.pt").exists()
+    # the CLI takes the width and input size from the --init model
+    assert femurunet(["train", str(train_dir), "--out", str(tmp_path / "cli.pt"), "--init", str(start),
+                      "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--threads", "1",
+                      "--quiet"]) == 0
+    meta = load_model(tmp_path / "cli.pt").metadata
+    assert meta["base_filters"] == 4 and meta["input_size"] == SIZE and meta["training"]["init"] == str(start)
+    assert "done: 1 epochs" in capsys.readouterr().out
 
 
 def test_cli_train_errors_are_one_line(phantom_data, tmp_path, capsys):

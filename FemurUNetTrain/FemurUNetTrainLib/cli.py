@@ -1,11 +1,13 @@
 """``femurunet export`` and ``femurunet train``."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 
 from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.modelfile import load_model
 
 from .augment import AugmentConfig
 from .export import export_files
@@ -77,6 +79,9 @@ def _augment_config(args) -> AugmentConfig:
 
 def run_train(args) -> int:
     d = TrainConfig()
+    if args.init and not args.resume:     # fine-tuning: width and input size follow the model unless given
+        meta = load_model(args.init).metadata
+        d = dataclasses.replace(d, base_filters=int(meta["base_filters"]), input_size=int(meta["input_size"]))
     augment = _augment_config(args)
     config = TrainConfig(
         data=args.data, val=args.val, out=args.out, resume=args.resume, device=args.device, amp=args.amp,
@@ -86,7 +91,7 @@ def run_train(args) -> int:
         lr=d.lr if args.lr is None else args.lr,
         base_filters=d.base_filters if args.base_filters is None else args.base_filters,
         input_size=d.input_size if args.input_size is None else args.input_size,
-        seed=d.seed if args.seed is None else args.seed,
+        seed=d.seed if args.seed is None else args.seed, init=args.init,
         lr_schedule=args.lr_schedule, lr_patience=args.lr_patience, lr_factor=args.lr_factor, min_lr=args.min_lr,
         warmup_epochs=args.warmup_epochs,
         early_stopping=args.early_stopping, threads=args.threads,
@@ -133,6 +138,9 @@ def register_cli(subparsers) -> None:
     t.add_argument("--base-filters", type=int, help="filters of the first level (default 64)")
     t.add_argument("--input-size", type=int, help="model input side in pixels, multiple of 16 (default 256)")
     t.add_argument("--seed", type=int, help="random seed (default 1)")
+    t.add_argument("--init", metavar="MODEL.pt",
+                   help="fine-tune: start from this model's weights (e.g. the demo model); its width and input size "
+                        "are the defaults")
     t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint.pt")
     t.add_argument("--lr-schedule", default="none", choices=("none", "plateau", "cosine"),
                    help="learning-rate schedule (default none, like the seed)")

@@ -31,7 +31,7 @@ from torch.torch_version import TorchVersion
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.inference import cpu_supports_bf16, pick_device
 from FemurUNetLib.model import UNet2D, dice_coefficient
-from FemurUNetLib.modelfile import atomic_write, save_model
+from FemurUNetLib.modelfile import atomic_write, load_model, save_model
 from FemurUNetLib.preprocess import DEFAULT_INPUT_SIZE
 
 from .augment import AugmentConfig, apply_augmentation, draw_params, select
@@ -44,7 +44,7 @@ SMOOTH = 1.0
 # Recipe fields: on --resume they come from the checkpoint unless explicitly changed (then: error).
 RECIPE_FIELDS = ("epochs", "steps_per_epoch", "batch_size", "lr", "base_filters", "input_size", "seed", "amp",
                  "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout",
-                 "augment")
+                 "augment", "init")
 EXTENDABLE_FIELDS = ("epochs", "early_stopping")
 
 
@@ -61,6 +61,7 @@ class TrainConfig:
     base_filters: int = 64
     input_size: int = DEFAULT_INPUT_SIZE
     seed: int = 1                     # the seed's trainGenerator(seed=1)
+    init: Optional[str] = None        # start from this model's weights (fine-tuning) instead of random ones
     resume: bool = False
     device: str = "auto"
     amp: str = "auto"                 # auto (CUDA, or a CPU with native bf16: on), bf16, fp16, off
@@ -347,6 +348,20 @@ def _check_config(config: TrainConfig) -> None:
         raise FemurUNetError(f"{config.out}: the model file name must end in .pt")
 
 
+def initial_weights(config: TrainConfig, window: dict) -> dict:
+    """The ``--init`` model's weights, after checking that it fits this run (channels, width, input size, window)."""
+    model = load_model(config.init)
+    meta, name = model.metadata, config.init
+    found = {"channels": (model.in_channels, model.out_channels), "base_filters": model.base_filters,
+             "input_size": int(meta["input_size"]), "window": meta["window"]}
+    wanted = {"channels": (1, 1), "base_filters": config.base_filters, "input_size": config.input_size,
+              "window": window}
+    for key in found:
+        if found[key] != wanted[key]:
+            raise FemurUNetError(f"{name}: --init model has {key} {found[key]}, but this run needs {wanted[key]}")
+    return model.state_dict()
+
+
 def _make_scheduler(config: TrainConfig, optimizer):
     if config.lr_schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.lr_factor,
@@ -433,6 +448,8 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
             net.drop4.p = net.drop5.p = 0.0
         if saved is not None:
             net.load_state_dict(saved["model"])
+        elif config.init:
+            net.load_state_dict(initial_weights(config, window))
         net.to(device)
         if config.channels_last:
             net.to(memory_format=torch.channels_last)
@@ -472,7 +489,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
             "val_slices": len(val_data) if val_data is not None else 0,
             "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
             "lr": config.lr, "optimizer": f"Adam(betas=(0.9, 0.999), eps={ADAM_EPSILON:g})",
-            "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs,
+            "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs, "init": config.init,
             "loss_function": "1 - Dice (smooth 1, flattened batch)",
             "seed": config.seed, "augment": config.augment.to_dict(), "monitor": monitor_name,
             "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": ctx.world,
