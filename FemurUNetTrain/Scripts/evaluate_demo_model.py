@@ -16,6 +16,7 @@ import numpy as np
 from FemurUNetLib import segment_volume
 from FemurUNetLib.evaluate import dice, hd95
 from FemurUNetLib.geometry import Reorientation
+from FemurUNetLib.modelfile import resolve_model
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.volume_io import read_volume
 
@@ -42,11 +43,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     lo, hi = (int(v) for v in args.seeds.split("-"))
     results = {"model": args.model or "default", "phantoms": []}
+    net = resolve_model(args.model)          # loaded once for every volume below
+
+    def predict(ct, geometry) -> np.ndarray:
+        return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror).labelmap > 0
 
     for seed in range(lo, hi + 1):
         case = generate_case(seed)
         t = time.perf_counter()
-        pred = segment_volume(case.ct, case.geometry, args.model, device=args.device, mirror=args.mirror).labelmap > 0
+        pred = predict(case.ct, case.geometry)
         seconds = time.perf_counter() - t
         truth = case.label > 0
         sp = case.geometry.spacing[::-1]
@@ -69,7 +74,7 @@ def main(argv=None) -> int:
         ct, geometry = read_volume(pelvis / "ct.nii.gz")
         left_ref = read_volume(pelvis / "femur_left.nii.gz")[0] > 0.5
         right_ref = read_volume(pelvis / "femur_right.nii.gz")[0] > 0.5
-        pred = segment_volume(ct, geometry, args.model, device=args.device, mirror=args.mirror).labelmap > 0
+        pred = predict(ct, geometry)
         left, right = split_sides(pred, left_ref, right_ref, geometry)
         sp = geometry.spacing[::-1]
         results["pelvis_3mm"] = {"dice_left": dice(left, left_ref), "dice_right": dice(right, right_ref),
@@ -80,7 +85,7 @@ def main(argv=None) -> int:
     abdomen = REAL_CT / "abdomen_dicom"
     if abdomen.is_dir():
         ct, geometry = read_volume(abdomen)
-        pred = segment_volume(ct, geometry, args.model, device=args.device, mirror=args.mirror).labelmap > 0
+        pred = predict(ct, geometry)
         results["abdomen_dicom"] = {"voxels": int(pred.size), "predicted": int(pred.sum()),
                                     "fraction_percent": float(100.0 * pred.mean())}
         print(json.dumps({"abdomen_dicom": results["abdomen_dicom"]}), flush=True)
