@@ -26,7 +26,7 @@ from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.inference import cpu_supports_bf16
 from FemurUNetTrainLib.export import export_arrays
 from FemurUNetTrainLib.train import (TrainConfig, _Dist, _amp_dtype, batch_dice_loss, checkpoint_path, collapsed,
-                                   train, warmup_factor)
+                                   train, training_loss, warmup_factor)
 
 SIZE = 64
 WINDOW = (350.0, 1800.0)          # not the engine default: the model file must carry it
@@ -117,6 +117,47 @@ def test_distributed_linearised_loss_gives_the_full_batch_gradient():
     assert values[0] == pytest.approx(float(full_loss.detach()), abs=1e-6) and values[1] == pytest.approx(values[0])
 
 
+def test_bce_weight_adds_the_mean_cross_entropy_and_keeps_the_dice_value():
+    g = torch.Generator().manual_seed(2)
+    y = (torch.rand(4, 1, 8, 8, generator=g) > 0.7).float()
+    w = (torch.randn(4, 1, 8, 8, generator=g) * 3).requires_grad_()
+    p = torch.sigmoid(w)
+    seed_loss, seed_value = training_loss(y, p, _Dist())
+    assert torch.equal(seed_loss, batch_dice_loss(y, p, _Dist())[0])              # weight 0: the seed's loss
+    loss, value = training_loss(y, p, _Dist(), bce_weight=0.5)
+    bce = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+    torch.testing.assert_close(loss, dice_loss(y, p) + 0.5 * bce)
+    assert value == seed_value == pytest.approx(float(dice_loss(y, p).detach()))    # what is logged: 1 - Dice
+    # a confidently wrong pixel: Dice's gradient vanishes through the saturated sigmoid, BCE's does not
+    x = torch.full((1, 1, 4, 4), -12.0, requires_grad=True)
+    t = torch.zeros(1, 1, 4, 4)
+    t[0, 0, 0, 0] = 1
+    dice_only = torch.autograd.grad(training_loss(t, torch.sigmoid(x), _Dist())[0], x)[0][0, 0, 0, 0]
+    with_bce = torch.autograd.grad(training_loss(t, torch.sigmoid(x), _Dist(), 1.0)[0], x)[0][0, 0, 0, 0]
+    assert abs(float(dice_only)) < 1e-4 and float(with_bce) < -1 / 16 + 1e-3
+
+
+def test_bce_weight_under_ddp_gives_the_full_batch_gradient():
+    g = torch.Generator().manual_seed(3)
+    y = (torch.rand(4, 1, 8, 8, generator=g) > 0.7).float()
+    w = torch.randn(4, 1, 8, 8, generator=g, requires_grad=True)
+    (full,) = torch.autograd.grad(training_loss(y, torch.sigmoid(w), _Dist(), 2.0)[0], w)
+
+    class FakeDist(_Dist):
+        def __init__(self, other):
+            super().__init__(rank=0, world=2)
+            self.other = other
+
+        def all_reduce(self, t):
+            p = torch.sigmoid(w[self.other]).detach()
+            return t + torch.stack([(y[self.other] * p).sum(), y[self.other].sum() + p.sum()]).double()
+
+    shards = ((slice(0, 2), slice(2, 4)), (slice(2, 4), slice(0, 2)))
+    grads = [torch.autograd.grad(training_loss(y[a], torch.sigmoid(w[a]), FakeDist(b), 2.0)[0], w)[0] / 2
+             for a, b in shards]                                                    # DDP averages the 2 processes
+    torch.testing.assert_close(grads[0] + grads[1], full, atol=1e-7, rtol=1e-4)
+
+
 # --- a real tiny run ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -188,6 +229,27 @@ def test_resume_refuses_a_changed_recipe_and_a_missing_checkpoint(phantom_data, 
     assert longer.epochs_completed == 2
     with pytest.raises(FemurUNetError, match="no checkpoint to resume from"):
         train(tiny_config(train_dir, tmp_path / "other.pt", resume=True))
+
+
+def test_cli_bce_weight_reaches_the_model_provenance_and_is_part_of_the_recipe(phantom_data, tmp_path, capsys):
+    train_dir, _, _ = phantom_data
+    out = tmp_path / "bce.pt"
+    common = ["train", str(train_dir), "--out", str(out), "--base-filters", "4", "--input-size", str(SIZE),
+              "--steps-per-epoch", "2", "--batch-size", "2", "--threads", "1", "--quiet"]
+    assert femurunet([*common, "--epochs", "1", "--bce-weight", "0.5"]) == 0
+    training = load_model(out).metadata["training"]
+    assert training["loss_function"] == "1 - Dice (smooth 1, flattened batch) + 0.5 x mean binary cross-entropy"
+    assert torch.load(checkpoint_path(out), weights_only=True)["config"]["bce_weight"] == 0.5
+    line = json.loads(Path(str(out).replace(".pt", ".log.jsonl")).read_text().splitlines()[0])
+    assert 0 < line["loss"] < 1 and line["dice"] == pytest.approx(1 - line["loss"])   # logged: 1 - Dice
+    capsys.readouterr()
+    assert femurunet([*common, "--epochs", "2", "--bce-weight", "1", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bce_weight=1.0" in err and "bce_weight=0.5" in err
+    assert femurunet([*common, "--epochs", "2", "--resume"]) == 0                      # the checkpoint's weight
+    assert load_model(out).metadata["training"]["loss_function"].endswith("0.5 x mean binary cross-entropy")
+    assert femurunet([*common, "--epochs", "1", "--bce-weight", "-1"]) == 2
+    assert "bce-weight must be 0 or more, got -1.0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -93,7 +93,7 @@ def run_train(args) -> int:
         input_size=d.input_size if args.input_size is None else args.input_size,
         seed=d.seed if args.seed is None else args.seed, init=args.init,
         lr_schedule=args.lr_schedule, lr_patience=args.lr_patience, lr_factor=args.lr_factor, min_lr=args.min_lr,
-        warmup_epochs=args.warmup_epochs,
+        warmup_epochs=args.warmup_epochs, bce_weight=args.bce_weight,
         early_stopping=args.early_stopping, threads=args.threads,
         augment=augment)
     main_process = int(os.environ.get("RANK", "0")) == 0          # torchrun: only process 0 reports
@@ -150,6 +150,9 @@ def register_cli(subparsers) -> None:
     t.add_argument("--min-lr", type=float, default=0.0, help="lower bound of the scheduled rate (default 0)")
     t.add_argument("--warmup-epochs", type=int, default=0, metavar="N",
                    help="raise the rate linearly over the first N epochs' steps (default 0: the seed has none)")
+    t.add_argument("--bce-weight", type=float, default=0.0, metavar="W",
+                   help="minimise 1 - Dice + W x mean binary cross-entropy (default 0: the seed's 1 - Dice); "
+                        "the monitored loss stays 1 - Dice")
     t.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
                    help="stop after this many epochs without improvement (default 0: off)")
     a = t.add_argument_group("augmentation (defaults: the seed's ImageDataGenerator arguments)")

@@ -4,7 +4,8 @@ Seed recipe (the defaults): Adam lr 1e-5 (Keras' Adam: betas 0.9/0.999, epsilon 
 100 steps per epoch, 300 epochs, loss 1 - Dice (smooth 1) over the flattened batch, 256x256 input,
 base_filters 64, the seed's ImageDataGenerator augmentation, and ModelCheckpoint(save_best_only): the
 model file is rewritten whenever the monitored loss (validation loss when --val is given, else the
-epoch's mean training loss) strictly improves.
+epoch's mean training loss) strictly improves. ``bce_weight`` > 0 adds that many times the mean binary
+cross-entropy to the loss that is minimised; the logged and monitored losses stay 1 - Dice.
 
 Randomness is a pure function of (seed, epoch): each epoch reseeds the batch sampler, the augmentation
 and dropout, so a run resumed from its last checkpoint continues exactly as the uninterrupted run would.
@@ -26,6 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.torch_version import TorchVersion
 
 from FemurUNetLib.errors import FemurUNetError
@@ -41,10 +43,11 @@ CHECKPOINT_FORMAT = "femurunet-train-checkpoint"
 CHECKPOINT_VERSION = 1
 ADAM_EPSILON = 1e-7   # Keras' default (PyTorch's is 1e-8)
 SMOOTH = 1.0
+BCE_CLAMP = 1e-6      # probabilities are clamped to [BCE_CLAMP, 1 - BCE_CLAMP] inside the cross-entropy
 # Recipe fields: on --resume they come from the checkpoint unless explicitly changed (then: error).
 RECIPE_FIELDS = ("epochs", "steps_per_epoch", "batch_size", "lr", "base_filters", "input_size", "seed", "amp",
                  "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout",
-                 "augment", "init")
+                 "augment", "init", "bce_weight")
 EXTENDABLE_FIELDS = ("epochs", "early_stopping")
 
 
@@ -72,6 +75,7 @@ class TrainConfig:
     min_lr: float = 0.0
     warmup_epochs: int = 0            # linear per-step warm-up of the rate over the first N epochs; 0 = off
     early_stopping: int = 0           # patience in epochs without improvement; 0 = off
+    bce_weight: float = 0.0           # loss = 1 - Dice + bce_weight * mean BCE; 0 = the seed's loss
     dropout: bool = True              # the seed's dropout layers (False only for equivalence tests/ablations)
     deterministic: bool = True
     threads: Optional[int] = None
@@ -201,6 +205,16 @@ def batch_dice_loss(y_true: torch.Tensor, y_pred: torch.Tensor, ctx: _Dist) -> t
     d_total = (2.0 * big_i + SMOOTH) / (big_s + SMOOTH) ** 2
     surrogate = ctx.world * (d_inter.float() * inter + d_total.float() * total)
     return surrogate, float(1.0 - (2.0 * big_i + SMOOTH) / (big_s + SMOOTH))
+
+
+def training_loss(y_true: torch.Tensor, y_pred: torch.Tensor, ctx: _Dist, bce_weight: float = 0.0) -> tuple:
+    """(loss to backpropagate, Dice loss value of the global batch): 1 - Dice, plus ``bce_weight`` x the mean
+    binary cross-entropy (per process: DDP's gradient averaging makes it the global batch's mean)."""
+    loss, dice_value = batch_dice_loss(y_true, y_pred, ctx)
+    if bce_weight:
+        bce = F.binary_cross_entropy(y_pred.clamp(BCE_CLAMP, 1.0 - BCE_CLAMP), y_true.to(y_pred.dtype))
+        loss = loss + bce_weight * bce
+    return loss, dice_value
 
 
 def _amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
@@ -342,6 +356,8 @@ def _check_config(config: TrainConfig) -> None:
         raise FemurUNetError(f"warmup-epochs must be 0 or more, got {config.warmup_epochs}")
     if not config.lr > 0:
         raise FemurUNetError(f"learning rate must be positive, got {config.lr}")
+    if not 0.0 <= config.bce_weight < math.inf:
+        raise FemurUNetError(f"bce-weight must be 0 or more, got {config.bce_weight}")
     if config.lr_schedule not in ("none", "plateau", "cosine"):
         raise FemurUNetError(f"lr schedule {config.lr_schedule!r}: use none, plateau or cosine")
     if not str(config.out).endswith(".pt"):
@@ -490,7 +506,8 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
             "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
             "lr": config.lr, "optimizer": f"Adam(betas=(0.9, 0.999), eps={ADAM_EPSILON:g})",
             "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs, "init": config.init,
-            "loss_function": "1 - Dice (smooth 1, flattened batch)",
+            "loss_function": "1 - Dice (smooth 1, flattened batch)"
+                             + (f" + {config.bce_weight:g} x mean binary cross-entropy" if config.bce_weight else ""),
             "seed": config.seed, "augment": config.augment.to_dict(), "monitor": monitor_name,
             "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": ctx.world,
             "device": device.type, "torch": str(torch.__version__), "dropout": config.dropout,
@@ -520,7 +537,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device, amp):
                     p = model(x)
-                loss, loss_value = batch_dice_loss(y, p.float(), ctx)
+                loss, loss_value = training_loss(y, p.float(), ctx, config.bce_weight)
                 optimizer.zero_grad(set_to_none=True)
                 scheduled = [group["lr"] for group in optimizer.param_groups]
                 for group in optimizer.param_groups:     # the scheduler keeps seeing the unscaled rate
