@@ -344,7 +344,7 @@ def test_init_fine_tunes_from_a_model_that_fits_the_run(phantom_data, tmp_path, 
     train_dir, val_dir, _ = phantom_data
     torch.manual_seed(123)
     start = save_model(UNet2D(base_filters=4), tmp_path / "start.pt", input_size=SIZE,
-                       window={"center": WINDOW[0], "width": WINDOW[1]})
+                       window={"center": WINDOW[0], "width": WINDOW[1]}, training={"epochs": 7, "seed": 3})
     start_weights = state(load_model(start))
     still = dict(epochs=1, lr=1e-12, val=str(val_dir))               # a rate too small to move the weights
     tuned = train(tiny_config(train_dir, tmp_path / "tuned.pt", init=str(start), **still)).model
@@ -352,7 +352,11 @@ def test_init_fine_tunes_from_a_model_that_fits_the_run(phantom_data, tmp_path, 
     for name, value in state(tuned).items():
         assert torch.allclose(value, start_weights[name], atol=1e-6), name
     assert not torch.allclose(state(fresh)["head.weight"], start_weights["head.weight"])
-    assert load_model(tmp_path / "tuned.pt").metadata["training"]["init"] == str(start)
+    tuned_training = load_model(tmp_path / "tuned.pt").metadata["training"]
+    assert tuned_training["init"] == str(start) and tuned_training["init_training"] == {"epochs": 7, "seed": 3}
+    train(tiny_config(train_dir, tmp_path / "tuned.pt", init=str(start), resume=True, **{**still, "epochs": 2}))
+    resumed = torch.load(checkpoint_path(tmp_path / "tuned.pt"), weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["init_training"] == {"epochs": 7, "seed": 3}   # the chain survives
     # a model that does not fit the run: one line naming the file and the mismatch, nothing written
     for change, message in ((dict(base_filters=8), "base_filters 4, but this run needs 8"),
                             (dict(input_size=32), "input_size 64, but this run needs 32")):

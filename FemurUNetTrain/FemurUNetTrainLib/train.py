@@ -364,8 +364,8 @@ def _check_config(config: TrainConfig) -> None:
         raise FemurUNetError(f"{config.out}: the model file name must end in .pt")
 
 
-def initial_weights(config: TrainConfig, window: dict) -> dict:
-    """The ``--init`` model's weights, after checking that it fits this run (channels, width, input size, window)."""
+def initial_model(config: TrainConfig, window: dict) -> UNet2D:
+    """The ``--init`` model, after checking that it fits this run (channels, width, input size, window)."""
     model = load_model(config.init)
     meta, name = model.metadata, config.init
     found = {"channels": (model.in_channels, model.out_channels), "base_filters": model.base_filters,
@@ -375,7 +375,7 @@ def initial_weights(config: TrainConfig, window: dict) -> dict:
     for key in found:
         if found[key] != wanted[key]:
             raise FemurUNetError(f"{name}: --init model has {key} {found[key]}, but this run needs {wanted[key]}")
-    return model.state_dict()
+    return model
 
 
 def _make_scheduler(config: TrainConfig, optimizer):
@@ -462,10 +462,14 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
         net = UNet2D(1, 1, config.base_filters)
         if not config.dropout:
             net.drop4.p = net.drop5.p = 0.0
+        init_training = None            # the --init model's own provenance, kept so a chain of runs stays traceable
         if saved is not None:
             net.load_state_dict(saved["model"])
+            init_training = saved.get("init_training")
         elif config.init:
-            net.load_state_dict(initial_weights(config, window))
+            start = initial_model(config, window)
+            net.load_state_dict(start.state_dict())
+            init_training = start.metadata.get("training") or None
         net.to(device)
         if config.channels_last:
             net.to(memory_format=torch.channels_last)
@@ -506,6 +510,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
             "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
             "lr": config.lr, "optimizer": f"Adam(betas=(0.9, 0.999), eps={ADAM_EPSILON:g})",
             "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs, "init": config.init,
+            "init_training": init_training,
             "loss_function": "1 - Dice (smooth 1, flattened batch)"
                              + (f" + {config.bce_weight:g} x mean binary cross-entropy" if config.bce_weight else ""),
             "seed": config.seed, "augment": config.augment.to_dict(), "monitor": monitor_name,
@@ -590,6 +595,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "history": history, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                     "torch_rng": torch.get_rng_state(), "torch_version": str(torch.__version__),
+                    "init_training": init_training,
                 })
                 _append_log(jsonl_path, record)
                 plot_curve(history, png_path)
