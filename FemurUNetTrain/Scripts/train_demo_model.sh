@@ -10,9 +10,9 @@
 # loss) with documented overrides for a 2-core CPU: base_filters 16, Adam lr 5e-4 reached by a 5-epoch linear
 # warm-up (lr 1e-3 without it collapses this U-Net), cosine decay to 1e-5 over 120 epochs, batch 8, 50 steps per
 # epoch, bf16 autocast: 120 x 50 x 8 = 48,000 samples (the seed: 300 x 100 x 20 = 600,000); best validation epoch 90.
-# Stage 2 fine-tunes it (--init) for 40 epochs at lr 2e-4 (cosine to 1e-6) minimising 1 - Dice + 3 x mean binary
-# cross-entropy (--bce-weight 3): the Dice-only recipe had plateaued; the added cross-entropy sharpens the boundary.
-# The model file holds stage 2's best validation epoch (23 of the shipped run).
+# Stage 2 fine-tunes it (--init) for 40 epochs at lr 2e-4 (cosine to 1e-6) minimising 1 - Dice + 30 x mean binary
+# cross-entropy (--bce-weight 30): the Dice-only recipe had plateaued; the added cross-entropy sharpens the boundary.
+# The model file holds stage 2's best validation epoch (40 of the shipped run).
 # Usage: train_demo_model.sh [WORKDIR] [extra train options]   (default out/demo; ~105 min on a quiet 2-core CPU)
 set -euo pipefail
 WORK=${1:-out/demo}
@@ -25,5 +25,5 @@ femurunet train "$WORK/train" --val "$WORK/val" --out "$STAGE1" \
   --amp bf16 --seed 1 --threads 2 "${@:2}"
 femurunet train "$WORK/train" --val "$WORK/val" --out "$WORK/femurunet_demo_b16.pt" --init "$STAGE1" \
   --epochs 40 --steps-per-epoch 50 --batch-size 8 \
-  --lr 2e-4 --lr-schedule cosine --min-lr 1e-6 --bce-weight 3 \
+  --lr 2e-4 --lr-schedule cosine --min-lr 1e-6 --bce-weight 30 \
   --amp bf16 --seed 2 --threads 2 "${@:2}"
