@@ -46,11 +46,12 @@ def test_demo_model_was_trained_with_the_reproduction_scripts_two_stages():
     script = (Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts" / "train_demo_model.sh").read_text()
     stage1, stage2 = (dict(re.findall(r"--([a-z-]+) ([0-9.e-]+|[a-z0-9]+)\b", part))
                       for part in script.split("femurunet train")[1:])
-    t = load_model(DEFAULT_MODEL_PATH).metadata["training"]
+    meta = load_model(DEFAULT_MODEL_PATH).metadata
+    t = meta["training"]
     _check_run(t, stage2)                                   # the shipped file: stage 2, fine-tuned from stage 1
     assert t["init"].endswith("femurunet_demo_b16_stage1.pt")
     _check_run(t["init_training"], stage1)
-    assert load_model(DEFAULT_MODEL_PATH).metadata["base_filters"] == int(stage1["base-filters"])
+    assert meta["base_filters"] == int(stage1["base-filters"])
 
 
 @pytest.mark.parametrize("seed", FRESH_SEEDS)
