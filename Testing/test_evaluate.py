@@ -1,4 +1,5 @@
-"""Metrics against hand-computed values and brute force, and ``femurunet evaluate`` end to end."""
+"""Metrics against hand-computed values and brute force, and ``femurunet evaluate`` end to end (label by label,
+left/right femur with the midline split of a one-label prediction, the femur-free false-positive mode)."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,9 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from FemurUNetLib import cli
-from FemurUNetLib.evaluate import dice, evaluate_labels, hd95, seed_dice, volume_ml
+from FemurUNetLib.evaluate import (dice, evaluate_labels, false_positives, femur_rows, hd95, midline, seed_dice,
+                                   split_at_midline, volume_ml)
+from FemurUNetLib.geometry import Geometry
 
 ANISOTROPIC = (3.0, 1.0, 0.5)   # numpy (k, j, i) order: sz, sy, sx
 
@@ -110,10 +113,12 @@ def test_evaluate_labels_rows():
         evaluate_labels(pred * 0.5, ref, ANISOTROPIC)
 
 
-def _write(path, array, spacing=(0.5, 1.0, 3.0), origin=(0.0, 0.0, 0.0)):
+def _write(path, array, spacing=(0.5, 1.0, 3.0), origin=(0.0, 0.0, 0.0), direction=None):
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(tuple(np.asarray(direction, float).ravel()))
     sitk.WriteImage(image, str(path))
     return str(path)
 
@@ -171,3 +176,190 @@ def test_cli_names_a_missing_or_unreadable_file(masks, capsys):
     assert cli.main(["evaluate", str(garbage), pred]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(garbage) in err
+
+
+# --- left / right femur ---------------------------------------------------------------------------------------
+GRIDS = {                                                  # direction columns: the i, j, k axes in LPS
+    "LPS": np.eye(3),
+    "RAS-stored (i toward patient right, like pelvis_3mm)": np.diag([-1.0, -1.0, 1.0]),
+    "permuted (j across the patient, toward right)": np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+}
+SPACING_IJK = (3.0, 2.0, 1.5)
+
+
+def _femur_case(direction):
+    """Slabs across the patient's left-right axis, found from the voxels' LPS x (not from the code under test).
+
+    With 24 distinct x positions xs (ascending = toward patient left): left femur = xs[17..20], right femur =
+    xs[3..6], so the centroid midpoint is halfway between xs[11] and xs[12]; the extra slabs xs[11] (right of
+    the midline) and xs[12] (left of it) are the prediction's errors.
+    """
+    shape = (5, 24, 24)                                    # numpy (k, j, i)
+    geometry = Geometry(SPACING_IJK, (10.0, -20.0, 30.0), direction)
+    x = np.round(geometry.physical_points(shape)[..., 0], 6)
+    xs = np.unique(x)
+    assert len(xs) == 24
+
+    def slabs(a, b):
+        return (x >= xs[a]) & (x <= xs[b])
+
+    return geometry, slabs(17, 20), slabs(3, 6), slabs(11, 11), slabs(12, 12), (xs[11] + xs[12]) / 2
+
+
+@pytest.mark.parametrize("direction", GRIDS.values(), ids=GRIDS.keys())
+def test_one_label_prediction_is_split_at_the_midline(direction):
+    geometry, left, right, just_right, just_left, mid_x = _femur_case(direction)
+    pred = (left | right | just_right | just_left).astype(np.uint8)
+    line = midline(left, right, geometry)
+    assert line.lps_x == pytest.approx(mid_x)
+    assert line.source.startswith("midway between the reference femur centroids")
+    got_left, got_right = split_at_midline(pred, line)
+    assert np.array_equal(got_left, left | just_left) and np.array_equal(got_right, right | just_right)
+    result = femur_rows(pred, left, right, geometry)
+    rows = {r["label"]: r for r in result.rows}
+    assert list(rows) == ["left", "right", "both"]
+    assert rows["left"]["dice"] == pytest.approx(8 / 9) and rows["right"]["dice"] == pytest.approx(8 / 9)
+    assert rows["both"]["dice"] == pytest.approx(16 / 18)
+    assert result.midline == line and f"LPS x {mid_x:.1f} mm" in result.note and "\n" not in result.note
+
+
+@pytest.mark.parametrize("direction", GRIDS.values(), ids=GRIDS.keys())
+@pytest.mark.parametrize("value", [1, 2, 255])
+def test_correct_one_label_prediction_scores_one_per_side(direction, value):
+    """Any one non-zero value is 'femur': a correct prediction gets Dice 1 and HD95 0 per side, not 0 / inf."""
+    geometry, left, right, *_ = _femur_case(direction)
+    rows = femur_rows((left | right).astype(np.uint8) * value, left, right, geometry).rows
+    for row in rows:
+        assert row["dice"] == 1.0 and row["hd95_mm"] == 0.0 and row["volume_diff_ml"] == 0.0
+
+
+def test_two_label_prediction_is_compared_label_by_label():
+    geometry, left, right, *_ = _femur_case(np.eye(3))
+    swapped = (left * 2 + right * 1).astype(np.uint8)      # sides swapped: label by label, not re-split
+    result = femur_rows(swapped, left, right, geometry)
+    rows = {r["label"]: r for r in result.rows}
+    assert rows["left"]["dice"] == 0.0 and rows["right"]["dice"] == 0.0 and rows["both"]["dice"] == 1.0
+    assert result.midline is None and "label by label" in result.note
+    rows = femur_rows((left * 1 + right * 2).astype(np.uint8), left, right, geometry).rows
+    assert [r["dice"] for r in rows] == [1.0, 1.0, 1.0]
+
+
+def test_midline_falls_back_to_the_volume_centre_when_a_reference_femur_is_empty():
+    geometry, left, _, *_ = _femur_case(np.diag([-1.0, -1.0, 1.0]))
+    line = midline(left, np.zeros_like(left), geometry)
+    assert line.source.startswith("volume centre") and line.native_index == pytest.approx(11.5)
+    result = femur_rows(left.astype(np.uint8), left, np.zeros_like(left), geometry)
+    assert [r["dice"] for r in result.rows] == [1.0, 1.0, 1.0]
+
+
+def _write_case(tmp_path, direction, pred):
+    geometry, left, right, *_ = _femur_case(direction)
+    kw = dict(spacing=SPACING_IJK, origin=geometry.origin, direction=direction)
+    return (_write(tmp_path / "pred.nii.gz", pred(left, right), **kw),
+            _write(tmp_path / "left.nii.gz", left.astype(np.float32), **kw),     # float 0/1 like TotalSegmentator
+            _write(tmp_path / "right.nii.gz", right.astype(np.float32), **kw),
+            _write(tmp_path / "both.nrrd", (left * 1 + right * 2).astype(np.uint8), **kw), kw)
+
+
+@pytest.mark.parametrize("direction", GRIDS.values(), ids=GRIDS.keys())
+def test_cli_two_reference_files_and_one_labelmap_give_the_same_rows(tmp_path, capsys, direction):
+    pred, left, right, both, _ = _write_case(tmp_path, direction, lambda l, r: (l | r).astype(np.uint8))
+    out = tmp_path / "m.csv"
+    assert cli.main(["evaluate", pred, left, right, "--csv", str(out)]) == 0
+    two_files = capsys.readouterr().out.splitlines()
+    assert two_files[0].startswith("midline split of the one-label prediction: left = patient-left of LPS x")
+    assert [line.split()[:2] for line in two_files[2:5]] == [["left", "1.0000"], ["right", "1.0000"],
+                                                            ["both", "1.0000"]]
+    with open(out, newline="") as f:
+        assert [r["label"] for r in csv.DictReader(f)] == ["left", "right", "both"]
+    assert cli.main(["evaluate", pred, both]) == 0
+    assert capsys.readouterr().out.splitlines() == two_files[:5]
+
+
+def test_cli_one_label_reference_is_still_compared_label_by_label(masks, capsys):
+    _, pred, ref = masks
+    assert cli.main(["evaluate", pred, ref]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] == "label" and [line.split()[0] for line in lines[1:]] == ["1", "any"]
+
+
+def _error(capsys, argv):
+    assert cli.main(["evaluate", *argv]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and len(err.splitlines()) == 1 and err.startswith("femurunet evaluate: error: ")
+    return err
+
+
+def test_cli_errors_for_mismatched_inputs(tmp_path, capsys):
+    eye = np.eye(3)
+    pred, left, right, both, kw = _write_case(tmp_path, eye, lambda l, r: (l * 1 + r * 3).astype(np.uint8))
+    err = _error(capsys, [pred, left, right])                  # labels 1 and 3 against left/right femurs
+    assert pred in err and "1, 3" in err
+    err = _error(capsys, [pred, both])
+    assert pred in err and "1, 3" in err
+    err = _error(capsys, [both, both, right])                  # a 1/2 labelmap passed as one femur mask
+    assert both in err and "1, 2" in err
+    err = _error(capsys, [right, left, left])                  # the same femur twice
+    assert "overlap" in err and left in err
+    moved = _write(tmp_path / "moved.nii.gz", np.zeros((5, 24, 24), np.float32), **{**kw, "origin": (0, 0, 0)})
+    err = _error(capsys, [right, left, moved])
+    assert left in err and moved in err and "origin" in err
+    err = _error(capsys, [moved, left, right])
+    assert moved in err and left in err and "origin" in err
+    two_label = _write(tmp_path / "two.nii.gz", np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(both))), **kw)
+    err = _error(capsys, [two_label, left])                     # left/right prediction, one-label reference
+    assert left in err and two_label in err and "REF_LEFT REF_RIGHT" in err
+    assert "at most two" in _error(capsys, [pred, left, right, both])
+    assert "--no-femur" in _error(capsys, [pred])
+    assert "--no-femur" in _error(capsys, [pred, left, "--no-femur"])
+    assert str(tmp_path / "nope.nii.gz") in _error(capsys, [pred, left, str(tmp_path / "nope.nii.gz")])
+
+
+def test_false_positives():
+    pred = np.zeros((10, 20, 50), np.uint8)                  # 10,000 voxels of 0.5 * 1 * 3 mm
+    pred[0, 0, :4] = 1
+    pred[9, 19, 49] = 2
+    rows = false_positives(pred, (3.0, 1.0, 0.5))
+    assert [r["label"] for r in rows] == [1, 2, "any"]
+    assert rows[-1] == dict(label="any", voxels_labelled=5, voxels_total=10000, percent=pytest.approx(0.05),
+                            volume_ml=pytest.approx(5 * 1.5 / 1000))
+    assert [r["label"] for r in false_positives(pred > 0, (3.0, 1.0, 0.5))] == ["any"]
+
+
+def test_cli_no_femur_mode(tmp_path, capsys):
+    pred = np.zeros((10, 20, 50), np.uint8)
+    pred[0, 0, :3] = 1
+    path = _write(tmp_path / "fp.nii.gz", pred)
+    out = tmp_path / "fp.csv"
+    assert cli.main(["evaluate", path, "--no-femur", "--csv", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line == (f"{path}: 3 of 10,000 voxels labelled = 0.0300 % of the volume, 0.00 ml "
+                    "(femur-free scan: all false positives)")
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["label"] == "any" and rows[0]["voxels_labelled"] == "3" and float(rows[0]["percent"]) == 0.03
+    assert float(rows[0]["volume_ml"]) == pytest.approx(3 * 1.5 / 1000)
+    assert cli.main(["evaluate", _write(tmp_path / "none.nii.gz", pred * 0), "--no-femur"]) == 0
+    assert " 0 of 10,000 voxels labelled = 0.0000 %" in capsys.readouterr().out
+
+
+def test_real_pelvis_reference_union_scores_one_per_side(real_ct, tmp_path, capsys):
+    """The union of the two TotalSegmentator masks, as a one-label prediction, is split back into exactly them."""
+    pelvis = real_ct / "pelvis_3mm"
+    left_path, right_path = str(pelvis / "femur_left.nii.gz"), str(pelvis / "femur_right.nii.gz")
+    left_image = sitk.ReadImage(left_path)
+    union = (sitk.GetArrayFromImage(left_image) + sitk.GetArrayFromImage(sitk.ReadImage(right_path))) > 0
+    image = sitk.GetImageFromArray(union.astype(np.uint8))
+    image.CopyInformation(left_image)
+    pred = str(tmp_path / "union.nii.gz")
+    sitk.WriteImage(image, pred)
+    out = tmp_path / "pelvis.csv"
+    assert cli.main(["evaluate", pred, left_path, right_path, "--csv", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("midline split of the one-label prediction")
+    with open(out, newline="") as f:
+        rows = {r["label"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["left", "right", "both"]
+    for row in rows.values():
+        assert float(row["dice"]) == 1.0 and float(row["hd95_mm"]) == 0.0
+    assert round(float(rows["both"]["volume_ref_ml"]) * 1000 / 27) == 6049   # 2,267 + 3,782 voxels of 3 mm

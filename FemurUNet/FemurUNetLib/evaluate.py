@@ -1,6 +1,12 @@
 """Segmentation metrics (Dice, the seed's smoothed Dice, HD95, volumes) and ``femurunet evaluate``.
 
 Array functions take ``spacing`` in numpy (k, j, i) order, i.e. ``reversed(image.GetSpacing())``.
+
+Femur references (label 1 = left femur, 2 = right femur, or two mask files): a prediction with labels 1 and 2 is
+compared label by label; a prediction with one label (any non-zero value, as ``femurunet segment`` writes) is
+split at the patient's midline first (``midline``: midway between the two reference femurs' centroids along the
+patient left-right axis of the canonical LPS frame). Rows ``left``, ``right`` and ``both`` (union vs union).
+``false_positives`` measures a prediction on a femur-free scan (``femurunet evaluate PRED --no-femur``).
 """
 from __future__ import annotations
 
@@ -9,12 +15,17 @@ import io
 import math
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import FemurUNetError
+from .geometry import Geometry, Reorientation
+
+LEFT, RIGHT = 1, 2          # label values of a two-label femur labelmap (as the phantoms and training data)
+FP_COLUMNS = ("label", "voxels_labelled", "voxels_total", "percent", "volume_ml")
 
 COLUMNS = ("label", "dice", "seed_dice", "hd95_mm", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml",
            "volume_diff_percent")
@@ -107,6 +118,117 @@ def evaluate_labels(pred, ref, spacing) -> list:
     return rows
 
 
+def _values(labels) -> list:
+    return sorted(int(v) for v in np.unique(labels) if v != 0)
+
+
+# --- femur left / right -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Midline:
+    """The plane splitting a one-label prediction into the patient's left and right femur.
+
+    It is normal to the canonical (LPS-reoriented, see ``Reorientation``) x axis, which grows toward patient left,
+    at canonical x ``index``; a voxel with a larger canonical x is on the left. ``axis``/``native_index``: the same
+    plane in the image's own index axis; ``lps_x``: LPS x (mm) of the midpoint the plane goes through.
+    """
+    index: float
+    native_index: float
+    axis: str
+    toward_left: bool
+    lps_x: float
+    source: str
+
+    def describe(self) -> str:
+        sign = ">" if self.toward_left else "<"
+        return (f"midline split of the one-label prediction: left = patient-left of LPS x {self.lps_x:.1f} mm "
+                f"(image axis {self.axis} {sign} {self.native_index:.2f}), right = the rest; {self.source}")
+
+
+def midline(ref_left, ref_right, geometry: Geometry) -> Midline:
+    """Midway between the centroids of the left and right reference femurs along the patient left-right axis
+    (the volume centre if either reference is empty). README's real-CT figures are computed with it."""
+    ref_left, ref_right = np.asarray(ref_left) != 0, np.asarray(ref_right) != 0
+    reo = Reorientation.for_geometry(geometry)
+    src, flip = reo.axes[2], reo.flip[2]          # numpy axis feeding canonical x, and whether it is reversed
+    if ref_left.any() and ref_right.any():
+        centroids = [np.array(ndimage.center_of_mass(m)) for m in (ref_left, ref_right)]
+        source = "midway between the reference femur centroids"
+    else:
+        centroids = [(np.array(ref_left.shape) - 1) / 2.0] * 2
+        source = "volume centre (a reference femur is empty)"
+    mid = 0.5 * (centroids[0] + centroids[1])     # numpy (k, j, i)
+    native = float(mid[src])
+    index = ref_left.shape[src] - 1 - native if flip else native
+    lps_x = float((geometry.ijk_to_lps() @ np.append(mid[::-1], 1.0))[0])
+    return Midline(index=index, native_index=native, axis="kji"[src], toward_left=not flip, lps_x=lps_x,
+                   source=source)
+
+
+def split_at_midline(pred, line: Midline) -> tuple:
+    """(left, right) boolean masks of the non-zero voxels of ``pred``; a voxel on the plane counts as right."""
+    pred = np.asarray(pred) != 0
+    src = "kji".index(line.axis)
+    native = np.arange(pred.shape[src], dtype=np.float64)
+    canonical = native if line.toward_left else pred.shape[src] - 1 - native
+    shape = [1, 1, 1]
+    shape[src] = -1
+    is_left = (canonical > line.index).reshape(shape)
+    return pred & is_left, pred & ~is_left
+
+
+@dataclass(frozen=True)
+class FemurEvaluation:
+    rows: list                  # left, right, both
+    note: str                   # how the prediction was assigned to the sides (one line)
+    midline: Midline = None     # None when the prediction was compared label by label
+
+
+def femur_rows(pred, ref_left, ref_right, geometry: Geometry, pred_name: str = "prediction") -> FemurEvaluation:
+    """Rows ``left``, ``right``, ``both`` of a prediction against left and right femur reference masks.
+
+    A prediction with labels 1 and 2 is compared label by label (1 = left, 2 = right); one with one label (any
+    non-zero value) or none is split by ``midline``; other label sets raise ``FemurUNetError`` naming ``pred_name``.
+    """
+    pred = _labels(pred, pred_name)
+    ref_left, ref_right = np.asarray(ref_left) != 0, np.asarray(ref_right) != 0
+    if not pred.shape == ref_left.shape == ref_right.shape:
+        raise ValueError(f"shapes differ: {pred.shape} vs {ref_left.shape} / {ref_right.shape}")
+    values, line = _values(pred), None
+    if values == [LEFT, RIGHT]:
+        left, right = pred == LEFT, pred == RIGHT
+        note = "two-label prediction compared label by label: 1 = left, 2 = right"
+    elif len(values) <= 1:
+        line = midline(ref_left, ref_right, geometry)
+        left, right = split_at_midline(pred, line)
+        note = line.describe()
+    else:
+        raise FemurUNetError(f"{pred_name}: labels {_list(values)}; against left/right femur references a "
+                             "prediction needs one label (split at the midline) or exactly 1 = left, 2 = right")
+    sp = tuple(reversed(geometry.spacing))
+    rows = [_row("left", left, ref_left, sp), _row("right", right, ref_right, sp),
+            _row("both", left | right, ref_left | ref_right, sp)]
+    return FemurEvaluation(rows, note, line)
+
+
+def _list(values, most: int = 6) -> str:
+    values = list(values)
+    more = f", ... ({len(values)} values)" if len(values) > most else ""
+    return (", ".join(str(v) for v in values[:most]) or "none") + more
+
+
+def false_positives(pred, spacing) -> list:
+    """Labelled voxels of a prediction on a femur-free scan: one row per non-zero label, then ``any``."""
+    pred = _labels(pred, "prediction")
+    voxel_ml = float(np.prod(_spacing(spacing, pred.ndim))) / 1000.0
+    masks = [(v, pred == v) for v in _values(pred)] if len(_values(pred)) > 1 else []
+    rows = []
+    for label, mask in masks + [("any", pred != 0)]:
+        n = int(np.count_nonzero(mask))
+        rows.append(dict(label=label, voxels_labelled=n, voxels_total=int(pred.size),
+                         percent=100.0 * n / pred.size, volume_ml=n * voxel_ml))
+    return rows
+
+
 # --- CLI ----------------------------------------------------------------------------------------------------
 def _format(value) -> str:
     if isinstance(value, float):
@@ -121,22 +243,22 @@ def format_table(rows) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
 
 
-def csv_text(rows) -> str:
+def csv_text(rows, columns=COLUMNS) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     for r in rows:
-        writer.writerow([r[c] if not isinstance(r[c], float) else f"{r[c]:.6f}" for c in COLUMNS])
+        writer.writerow([r[c] if not isinstance(r[c], float) else f"{r[c]:.6f}" for c in columns])
     return out.getvalue()
 
 
-def write_csv(path, rows) -> Path:
+def write_csv(path, rows, columns=COLUMNS) -> Path:
     """Write the rows as CSV under a temporary name beside ``path``, then rename it into place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial.csv")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(csv_text(rows))
+        tmp.write_text(csv_text(rows, columns))
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -162,14 +284,85 @@ def _mm(values) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
 
 
-def run_evaluate(args) -> int:
+def _read_labels(path) -> tuple:
     from .volume_io import read_volume
 
-    pred, pred_geometry = read_volume(args.pred)
-    ref, ref_geometry = read_volume(args.ref)
-    _check_same_grid(args.pred, pred_geometry, pred.shape, args.ref, ref_geometry, ref.shape)
-    pred, ref = _labels(pred, args.pred), _labels(ref, args.ref)
-    rows = evaluate_labels(pred, ref, tuple(reversed(pred_geometry.spacing)))
+    array, geometry = read_volume(path)
+    return _labels(array, path), geometry
+
+
+def _femur_mask(array, path):
+    values = _values(array)
+    if len(values) > 1:
+        raise FemurUNetError(f"{path}: a femur mask holds one non-zero value, found labels {_list(values)} "
+                             "(a 1 = left / 2 = right labelmap is given alone as REF)")
+    return array != 0
+
+
+def read_femur_reference(left_path, right_path) -> tuple:
+    """(left mask, right mask, Geometry) from two femur mask files on one grid (any one non-zero value each)."""
+    left, geometry = _read_labels(left_path)
+    right, right_geometry = _read_labels(right_path)
+    _check_same_grid(left_path, geometry, left.shape, right_path, right_geometry, right.shape)
+    left, right = _femur_mask(left, left_path), _femur_mask(right, right_path)
+    overlap = int(np.count_nonzero(left & right))
+    if overlap:
+        raise FemurUNetError(f"{left_path} and {right_path} overlap in {overlap} voxels (left and right femur "
+                             "masks must be disjoint)")
+    return left, right, geometry
+
+
+def _reference(args, pred, geometry):
+    """(left, right) femur masks, or None for a reference that is not a left/right femur labelmap."""
+    if len(args.refs) == 2:
+        left, right, ref_geometry = read_femur_reference(*args.refs)
+        _check_same_grid(args.pred, geometry, pred.shape, args.refs[0], ref_geometry, left.shape)
+        return left, right, None
+    ref, ref_geometry = _read_labels(args.refs[0])
+    _check_same_grid(args.pred, geometry, pred.shape, args.refs[0], ref_geometry, ref.shape)
+    if _values(ref) == [LEFT, RIGHT]:
+        return ref == LEFT, ref == RIGHT, None
+    if _values(pred) == [LEFT, RIGHT] and len(_values(ref)) == 1:
+        raise FemurUNetError(f"{args.refs[0]}: one label ({_values(ref)[0]}) but {args.pred} has labels 1 = left, "
+                             "2 = right; give the reference as REF_LEFT REF_RIGHT or as one 1/2 labelmap")
+    return None, None, ref
+
+
+def _check_arguments(args) -> None:
+    if args.no_femur and args.refs:
+        raise FemurUNetError("--no-femur takes no reference (it counts what PRED labels in a femur-free scan)")
+    if not args.no_femur and not args.refs:
+        raise FemurUNetError("give a reference (REF, or REF_LEFT REF_RIGHT), or --no-femur for a femur-free scan")
+    if len(args.refs) > 2:
+        raise FemurUNetError(f"at most two references (REF_LEFT REF_RIGHT), got {len(args.refs)}: "
+                             + " ".join(args.refs))
+
+
+def _run_no_femur(args) -> int:
+    pred, geometry = _read_labels(args.pred)
+    rows = false_positives(pred, tuple(reversed(geometry.spacing)))
+    for r in rows:
+        what = "voxels labelled" if r["label"] == "any" else f"voxels labelled {r['label']}"
+        print(f"{args.pred}: {r['voxels_labelled']:,} of {r['voxels_total']:,} {what} = {r['percent']:.4f} % "
+              f"of the volume, {r['volume_ml']:.2f} ml (femur-free scan: all false positives)")
+    if args.csv:
+        write_csv(args.csv, rows, FP_COLUMNS)
+        print(f"-> {args.csv}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    _check_arguments(args)
+    if args.no_femur:
+        return _run_no_femur(args)
+    pred, geometry = _read_labels(args.pred)
+    left, right, ref = _reference(args, pred, geometry)
+    if ref is not None:
+        rows = evaluate_labels(pred, ref, tuple(reversed(geometry.spacing)))
+    else:
+        result = femur_rows(pred, left, right, geometry, args.pred)
+        rows = result.rows
+        print(result.note)
     print(format_table(rows))
     if args.csv:
         write_csv(args.csv, rows)
@@ -178,10 +371,21 @@ def run_evaluate(args) -> int:
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="compare a predicted labelmap with a reference",
-                              description="Dice, the seed's smoothed Dice, HD95 and volumes per label value "
-                                          "(and for all labels together) of PRED against REF; both on one grid.")
+    p = subparsers.add_parser(
+        "evaluate", help="compare a predicted labelmap with a reference, or count false positives",
+        usage="femurunet evaluate PRED (REF | REF_LEFT REF_RIGHT | --no-femur) [--csv OUT]",
+        description="Dice, the seed's smoothed Dice, HD95 and volumes of PRED against a reference on the same grid. "
+                    "REF: a labelmap; one with labels 1 = left femur, 2 = right femur (or two mask files REF_LEFT "
+                    "REF_RIGHT, any one non-zero value each) gives rows left, right and both (union). A one-label "
+                    "PRED (any non-zero value, as `femurunet segment` writes) is then split at the patient's "
+                    "midline: midway between the two reference femurs' centroids along the left-right axis (the "
+                    "line printed says where); a PRED with labels 1 and 2 is compared label by label. Any other "
+                    "REF: one row per label value and one for all labels (any). --no-femur: PRED of a scan without "
+                    "femur; prints the labelled voxels, their percent of the volume and ml.")
     p.add_argument("pred", metavar="PRED", help="predicted labelmap (NIfTI/NRRD/MHA)")
-    p.add_argument("ref", metavar="REF", help="reference labelmap on the same grid")
+    p.add_argument("refs", metavar="REF", nargs="*",
+                   help="reference labelmap, or left and right femur masks (REF_LEFT REF_RIGHT), on PRED's grid")
+    p.add_argument("--no-femur", action="store_true",
+                   help="PRED is of a femur-free scan: report its labelled voxels (all false positives)")
     p.add_argument("--csv", metavar="OUT", help="also write the table as CSV")
     p.set_defaults(func=run_evaluate)

@@ -2,11 +2,16 @@
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt] [--seeds 9000-9009] [--json OUT.json]
        [--device cpu] [--mirror]
+
+The real-CT numbers come from the functions behind ``femurunet evaluate`` (``read_femur_reference``,
+``femur_rows``, ``false_positives``); the CLI commands that reproduce each one are printed beside it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -14,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from FemurUNetLib import segment_volume
-from FemurUNetLib.evaluate import dice, hd95
-from FemurUNetLib.geometry import Reorientation
+from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midline, read_femur_reference, \
+    split_at_midline
 from FemurUNetLib.modelfile import resolve_model
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.volume_io import read_volume
@@ -25,12 +30,20 @@ REAL_CT = REPO.parent / "shared" / "data" / "real_ct"
 
 
 def split_sides(pred: np.ndarray, left_ref: np.ndarray, right_ref: np.ndarray, geometry):
-    """Assign predicted voxels to the patient's left/right by the midline between the reference centroids."""
-    reo = Reorientation.for_geometry(geometry)
-    x = np.broadcast_to(np.arange(reo.to_canonical(pred).shape[2]), reo.to_canonical(pred).shape)
-    x_native = reo.from_canonical(x)         # canonical x grows toward patient left
-    mid = 0.5 * (x_native[left_ref.astype(bool)].mean() + x_native[right_ref.astype(bool)].mean())
-    return pred.astype(bool) & (x_native > mid), pred.astype(bool) & (x_native <= mid)
+    """Assign predicted voxels to the patient's left/right by the midline between the reference centroids
+    (the split ``femurunet evaluate`` makes for a one-label prediction)."""
+    return split_at_midline(pred, midline(left_ref, right_ref, geometry))
+
+
+def reproduce(*commands) -> list:
+    """Shell lines (paths relative to the current folder) that give the same figure with the CLI."""
+    def arg(a):
+        return shlex.quote(os.path.relpath(a) if isinstance(a, Path) else str(a))
+    return [" ".join(arg(a) for a in command if a is not None) for command in commands]
+
+
+def print_reproduce(lines) -> None:
+    print("  reproduce with:  " + "\n                   ".join(lines), flush=True)
 
 
 def main(argv=None) -> int:
@@ -45,8 +58,15 @@ def main(argv=None) -> int:
     results = {"model": args.model or "default", "phantoms": []}
     net = resolve_model(args.model)          # loaded once for every volume below
 
+    def segment(ct, geometry) -> np.ndarray:
+        return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror).labelmap
+
     def predict(ct, geometry) -> np.ndarray:
-        return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror).labelmap > 0
+        return segment(ct, geometry) > 0
+
+    def segment_command(source, output):    # the flags that make `femurunet segment` predict as segment() does
+        return ["femurunet", "segment", source, output, "--device", args.device,
+                *(["--model", args.model] if args.model else []), *(["--mirror"] if args.mirror else [])]
 
     for seed in range(lo, hi + 1):
         case = generate_case(seed)
@@ -71,24 +91,32 @@ def main(argv=None) -> int:
 
     pelvis = REAL_CT / "pelvis_3mm"
     if pelvis.is_dir():
+        refs = (pelvis / "femur_left.nii.gz", pelvis / "femur_right.nii.gz")
         ct, geometry = read_volume(pelvis / "ct.nii.gz")
-        left_ref = read_volume(pelvis / "femur_left.nii.gz")[0] > 0.5
-        right_ref = read_volume(pelvis / "femur_right.nii.gz")[0] > 0.5
-        pred = predict(ct, geometry)
-        left, right = split_sides(pred, left_ref, right_ref, geometry)
-        sp = geometry.spacing[::-1]
-        results["pelvis_3mm"] = {"dice_left": dice(left, left_ref), "dice_right": dice(right, right_ref),
-                                 "dice_both": dice(pred, left_ref | right_ref),
-                                 "hd95_left_mm": hd95(left, left_ref, sp), "hd95_right_mm": hd95(right, right_ref, sp),
-                                 "predicted_voxels": int(pred.sum()), "reference_voxels": int((left_ref | right_ref).sum())}
+        left_ref, right_ref, _ = read_femur_reference(*refs)
+        labelmap = segment(ct, geometry)
+        result = femur_rows(labelmap, left_ref, right_ref, geometry)
+        rows = {r["label"]: r for r in result.rows}
+        lines = reproduce(segment_command(pelvis / "ct.nii.gz", "pelvis_pred.nii.gz"),
+                          ["femurunet", "evaluate", "pelvis_pred.nii.gz", *refs])
+        results["pelvis_3mm"] = {"dice_left": rows["left"]["dice"], "dice_right": rows["right"]["dice"],
+                                 "dice_both": rows["both"]["dice"], "hd95_left_mm": rows["left"]["hd95_mm"],
+                                 "hd95_right_mm": rows["right"]["hd95_mm"],
+                                 "predicted_voxels": int(np.count_nonzero(labelmap)),
+                                 "reference_voxels": int((left_ref | right_ref).sum()), "split": result.note,
+                                 "reproduce": lines}
         print(json.dumps({"pelvis_3mm": results["pelvis_3mm"]}), flush=True)
+        print_reproduce(lines)
     abdomen = REAL_CT / "abdomen_dicom"
     if abdomen.is_dir():
         ct, geometry = read_volume(abdomen)
-        pred = predict(ct, geometry)
-        results["abdomen_dicom"] = {"voxels": int(pred.size), "predicted": int(pred.sum()),
-                                    "fraction_percent": float(100.0 * pred.mean())}
+        fp = false_positives(segment(ct, geometry), tuple(reversed(geometry.spacing)))[-1]
+        lines = reproduce(segment_command(abdomen, "abdomen_pred.nii.gz"),
+                          ["femurunet", "evaluate", "abdomen_pred.nii.gz", "--no-femur"])
+        results["abdomen_dicom"] = {"voxels": fp["voxels_total"], "predicted": fp["voxels_labelled"],
+                                    "fraction_percent": fp["percent"], "reproduce": lines}
         print(json.dumps({"abdomen_dicom": results["abdomen_dicom"]}), flush=True)
+        print_reproduce(lines)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
