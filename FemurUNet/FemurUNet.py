@@ -264,6 +264,10 @@ class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.outputSegmentation = node   # later runs replace the femur segments in this node
         self.ui.statusLabel.text = self.logic.describeLastResult()
         self.logic.showResult(p.inputVolume, node)
+        warnings = self.logic.lastWarnings()
+        if warnings:
+            slicer.util.warningDisplay("The femur segmentation looks implausible:\n\n" + "\n".join(warnings),
+                                       windowTitle="Femur U-Net: check the result")
 
 
 #
@@ -293,7 +297,14 @@ class FemurUNetLogic(ScriptedLoadableModuleLogic):
         node, self.lastResult, _ = mrml.segment_and_import(
             volumeNode, model, segmentationNode, device=device, batch_size=batchSize, threshold=threshold,
             progress=progress, cancel=cancel, closed_surface=closedSurface, mirror=mirror)
+        for warning in self.lastWarnings():
+            logging.warning(f"Femur U-Net: {warning}")
         return node
+
+    def lastWarnings(self) -> list:
+        """The plausibility check's warnings (one line each) of the last segment() call; [] if plausible."""
+        report = getattr(self.lastResult, "plausibility", None)
+        return list(report.warnings) if report is not None else []
 
     def importKerasModel(self, path):
         """Convert a Keras .hdf5/.h5 U-Net once (cached beside it) and return the .pt path."""
@@ -317,7 +328,8 @@ class FemurUNetLogic(ScriptedLoadableModuleLogic):
         voxelMl = float(np.prod(r.geometry.spacing)) / 1000.0
         counts = np.bincount(r.labelmap.ravel(), minlength=256)
         parts = [f"{label['name']}: {counts[label['value']] * voxelMl:.1f} ml" for label in r.labels]
-        return f"{'; '.join(parts)}. {r.stats.get('slices', 0)} slices in {r.seconds:.1f} s on {r.device}."
+        text = f"{'; '.join(parts)}. {r.stats.get('slices', 0)} slices in {r.seconds:.1f} s on {r.device}."
+        return "\n".join([text] + [f"Warning: {warning}" for warning in self.lastWarnings()])
 
     @staticmethod
     def showResult(volumeNode, segmentationNode) -> None:

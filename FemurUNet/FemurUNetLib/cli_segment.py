@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from .inference import segment_volume
+from .plausibility import check_result
 from .volume_io import output_kind, read_volume, write_image, write_labelmap
 
 
@@ -31,10 +32,13 @@ class ProgressBar:
         self.stream.flush()
 
 
-def summarize(labelmap: np.ndarray, spacing, labels) -> list:
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    counts = np.bincount(labelmap.ravel(), minlength=max([l["value"] for l in labels] + [1]) + 1)
-    return [(l["name"], int(counts[l["value"]]), counts[l["value"]] * voxel_ml) for l in labels]
+def summarize(result, report) -> list:
+    """Output lines: voxels and ml per label, then the plausibility check's per-side summary."""
+    voxel_ml = float(np.prod(result.geometry.spacing)) / 1000.0
+    counts = np.bincount(result.labelmap.ravel(), minlength=max([l["value"] for l in result.labels] + [1]) + 1)
+    lines = [f"{l['name']}: {int(counts[l['value']])} voxels, {counts[l['value']] * voxel_ml:.1f} ml"
+             for l in result.labels]
+    return lines + report.summary_lines()
 
 
 def run_segment(args) -> int:
@@ -49,8 +53,10 @@ def run_segment(args) -> int:
     write_labelmap(args.output, result.labelmap, result.geometry, result.labels)
     if args.probabilities:
         write_image(args.probabilities, result.probabilities, result.geometry)
-    for name, voxels, ml in summarize(result.labelmap, geometry.spacing, result.labels):
-        print(f"{name}: {voxels} voxels, {ml:.1f} ml")
+    report = check_result(result, volume)
+    print("\n".join(summarize(result, report)))
+    for warning in report.warnings:   # an implausible result is still written; exit code stays 0
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{result.stats['slices']} slices in {result.seconds:.1f} s on {result.device} "
           f"(batch {result.batch_size}, autocast {result.stats['autocast']}) -> {args.output}")
     return 0

@@ -28,6 +28,7 @@ class SegmentationResult:
     batch_size: int = 0
     seconds: float = 0.0
     stats: dict = field(default_factory=dict)
+    plausibility: Optional[object] = None     # a plausibility.PlausibilityReport, once a caller checked it
 
 
 def pick_device(name: str = "auto") -> torch.device:

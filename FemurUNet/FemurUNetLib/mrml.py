@@ -19,10 +19,12 @@ from .errors import FemurUNetError
 from .geometry import Geometry
 from .inference import segment_volume
 from .modelfile import resolve_model
+from .plausibility import check_result
 from .volume_io import terminology_string
 
 BINARY_LABELMAP = "Binary labelmap"
 CLOSED_SURFACE = "Closed surface"
+WARNINGS_ATTRIBUTE = "FemurUNet.PlausibilityWarnings"   # on the segmentation node: one warning a line
 _CONVERTER_RULE_CLASSES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule",
                            "vtkClosedSurfaceToBinaryLabelmapConversionRule",
                            "vtkClosedSurfaceToFractionalLabelmapConversionRule",
@@ -275,19 +277,40 @@ def segment_and_import(volume_node, model=None, segmentation_node=None, *, devic
                        progress: Optional[Callable[[int, int], None]] = None,
                        cancel: Optional[Callable[[], bool]] = None, closed_surface: bool = True,
                        mirror: bool = False) -> tuple:
-    """``segment_volume_node`` that also returns the engine's SegmentationResult and the segment IDs."""
+    """``segment_volume_node`` that also returns the engine's SegmentationResult and the segment IDs.
+
+    The result carries the plausibility check (``result.plausibility.warnings``, one line each); the
+    segmentation node holds the same lines in its ``WARNINGS_ATTRIBUTE`` attribute (absent: no warning).
+    """
     _scene_of(volume_node, "volume")
     array, geometry = volume_node_to_array(volume_node)
     # Inference touches no node: Cancelled / errors here leave the scene as it was.
     result = segment_volume(array, geometry, model, device=device, batch_size=batch_size, threshold=threshold,
                             autocast=autocast, progress=progress, cancel=cancel, mirror=mirror)
+    check_result(result, array)
     node, segment_ids = import_labelmap(volume_node, result.labelmap, result.labels, segmentation_node,
                                         closed_surface)
+    set_warnings_attribute(node, result.plausibility.warnings)
     return node, result, segment_ids
+
+
+def set_warnings_attribute(node, warnings: list) -> None:
+    if warnings:
+        node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(warnings))
+    else:
+        node.RemoveAttribute(WARNINGS_ATTRIBUTE)
+
+
+def plausibility_warnings(segmentation_node) -> list:
+    """The plausibility warnings of the last FemurUNet run into ``segmentation_node`` ([] if none)."""
+    text = segmentation_node.GetAttribute(WARNINGS_ATTRIBUTE) if segmentation_node is not None else None
+    return text.splitlines() if text else []
 
 
 def segment_volume_node(volume_node, model=None, segmentation_node=None, **options):
     """Segment the femur in a scalar volume node; return the segmentation node holding the femur segment(s).
+
+    Plausibility warnings (implausible volume, pieces, HU) of the result: ``plausibility_warnings(node)``.
 
     ``model``: a UNet2D, a ``.pt``/``.hdf5`` path or None (demo model). ``segmentation_node``: None creates one;
     an existing node keeps its other segments and gets same-named femur segments replaced. ``options``:
@@ -350,13 +373,15 @@ def segment_oriented_image(image, model=None, side: Optional[str] = None, **opti
     """Run the engine on a vtkOrientedImageData (the Segment Editor's source image, any extent).
 
     Returns (mask: vtkOrientedImageData on the same grid and extent, 1 where the femur of ``side``
-    ('left', 'right', None/'both') is, SegmentationResult). ``options`` go to ``segment_volume``.
+    ('left', 'right', None/'both') is, SegmentationResult with ``plausibility``). ``options`` go to
+    ``segment_volume``.
     """
     array, ijk_to_ras = oriented_image_to_array(image)
     geometry = _geometry_from_ijk_to_ras(ijk_to_ras, "source volume")
     net = resolve_model(model)
     values = label_values_for_side(net.metadata["labels"], side)   # fail before the long part
     result = segment_volume(array, geometry, net, **options)
+    check_result(result, array)   # result.plausibility: the whole result's report (both sides)
     mask = np.isin(result.labelmap, values).astype(np.uint8)
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)

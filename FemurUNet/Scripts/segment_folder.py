@@ -2,9 +2,10 @@
 
     Slicer --no-main-window --python-script segment_folder.py --input DIR_OR_FILES... --output DIR [--model M.pt]
 
-Writes ``<case>.seg.nrrd`` per CT and ``femurunet_results.csv`` (case, femur voxels, volume ml, seconds, status)
-into the output folder; exits 1 (naming the cases) if any case failed, 2 on bad arguments. Runs under Slicer or
-any Python with the slicer-core wheel; without Slicer use ``femurunet segment`` per file.
+Writes ``<case>.seg.nrrd`` per CT and ``femurunet_results.csv`` (case, femur voxels, volume ml, seconds, status,
+error, plausibility warnings joined by " | ") into the output folder and prints each warning on stderr; exits 1
+(naming the cases) if any case failed, 2 on bad arguments. Runs under Slicer or any Python with the slicer-core
+wheel; without Slicer use ``femurunet segment`` per file.
 """
 import argparse
 import csv
@@ -21,7 +22,7 @@ if (_LIB_FOLDER / "FemurUNetLib").is_dir() and str(_LIB_FOLDER) not in sys.path:
 
 CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
 RESULTS_NAME = "femurunet_results.csv"
-CSV_FIELDS = ("case", "input", "output", "femur_voxels", "volume_ml", "seconds", "status", "error")
+CSV_FIELDS = ("case", "input", "output", "femur_voxels", "volume_ml", "seconds", "status", "error", "warnings")
 
 
 def parse_args(argv):
@@ -128,7 +129,7 @@ def segment_files(inputs, output_dir, model=None, **options) -> list:
     for index, path in enumerate(inputs, 1):
         case = case_name(path)
         row = {"case": case, "input": str(path), "output": "", "femur_voxels": "", "volume_ml": "",
-               "seconds": "", "status": "failed", "error": ""}
+               "seconds": "", "status": "failed", "error": "", "warnings": ""}
         started = time.perf_counter()
         nodes_before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
         try:
@@ -137,7 +138,8 @@ def segment_files(inputs, output_dir, model=None, **options) -> list:
             out = save_segmentation(scene, node, output_dir / f"{case}.seg.nrrd")
             voxels = int(np.count_nonzero(result.labelmap))
             row.update(output=str(out), femur_voxels=voxels,
-                       volume_ml=f"{voxels * float(np.prod(result.geometry.spacing)) / 1000.0:.2f}", status="ok")
+                       volume_ml=f"{voxels * float(np.prod(result.geometry.spacing)) / 1000.0:.2f}", status="ok",
+                       warnings=" | ".join(result.plausibility.warnings))
         except Exception as exc:   # one bad case must not stop the batch
             row["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")
             print(f"[{index}/{len(inputs)}] {case}: FAILED: {row['error']}", file=sys.stderr)
@@ -152,6 +154,8 @@ def segment_files(inputs, output_dir, model=None, **options) -> list:
         if row["status"] == "ok":
             print(f"[{index}/{len(inputs)}] {case}: {row['femur_voxels']} femur voxels, {row['volume_ml']} ml, "
                 f"{row['seconds']} s -> {row['output']}")
+            for warning in row["warnings"].split(" | ") if row["warnings"] else []:
+                print(f"[{index}/{len(inputs)}] {case}: warning: {warning}", file=sys.stderr)
         rows.append(row)
     return rows
 

@@ -80,7 +80,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 progressDialog.maximum, progressDialog.value = total, done
                 slicer.app.processEvents()
 
-            mask, _ = mrml.segment_oriented_image(
+            mask, result = mrml.segment_oriented_image(
                 sourceImage, settings.modelPath or None, self.scriptedEffect.parameter("Side"),
                 device=settings.device, batch_size=settings.batchSize or None,
                 threshold=None if settings.useModelThreshold else settings.threshold,
@@ -95,3 +95,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.saveStateForUndo()
         self.scriptedEffect.modifySelectedSegmentByLabelmap(
             mask, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
+        warnings = result.plausibility.warnings if result.plausibility is not None else []
+        for warning in warnings:
+            logging.warning(f"Femur U-Net: {warning}")
+        if warnings:
+            slicer.util.warningDisplay("The femur segmentation looks implausible:\n\n" + "\n".join(warnings),
+                                       windowTitle="Femur U-Net: check the result")
