@@ -11,6 +11,7 @@ from FemurUNetLib.modelfile import load_model
 
 from .augment import AugmentConfig
 from .export import export_files
+from .intensity import IntensityConfig
 from .train import TrainConfig, TrainProgress, train
 
 
@@ -77,12 +78,26 @@ def _augment_config(args) -> AugmentConfig:
         raise FemurUNetError(f"augmentation: {exc}") from None
 
 
+INTENSITY_FLAGS = {"intensity_p": "p", "noise_sd_hu": "noise_sd_hu", "noise_corr": "noise_corr",
+                   "blur_sigma": "blur_sigma", "lowres_factor": "lowres_factor"}     # option -> IntensityConfig field
+
+
+def _intensity_config(args) -> IntensityConfig:
+    given = {flag: getattr(args, flag) for flag in INTENSITY_FLAGS if getattr(args, flag) is not None}
+    if given and not args.intensity_augment:
+        raise FemurUNetError(", ".join("--" + f.replace("_", "-") for f in given) + ": needs --intensity-augment")
+    try:
+        return IntensityConfig(enabled=args.intensity_augment, **{INTENSITY_FLAGS[f]: v for f, v in given.items()})
+    except ValueError as exc:
+        raise FemurUNetError(f"intensity augmentation: {exc}") from None
+
+
 def run_train(args) -> int:
     d = TrainConfig()
     if args.init and not args.resume:     # fine-tuning: width and input size follow the model unless given
         meta = load_model(args.init).metadata
         d = dataclasses.replace(d, base_filters=int(meta["base_filters"]), input_size=int(meta["input_size"]))
-    augment = _augment_config(args)
+    augment, intensity = _augment_config(args), _intensity_config(args)
     config = TrainConfig(
         data=args.data, val=args.val, out=args.out, resume=args.resume, device=args.device, amp=args.amp,
         epochs=d.epochs if args.epochs is None else args.epochs,
@@ -95,7 +110,7 @@ def run_train(args) -> int:
         lr_schedule=args.lr_schedule, lr_patience=args.lr_patience, lr_factor=args.lr_factor, min_lr=args.min_lr,
         warmup_epochs=args.warmup_epochs, bce_weight=args.bce_weight,
         early_stopping=args.early_stopping, threads=args.threads,
-        augment=augment)
+        augment=augment, intensity=intensity)
     main_process = int(os.environ.get("RANK", "0")) == 0          # torchrun: only process 0 reports
     result = train(config, progress=None if args.quiet or not main_process else TrainProgressBar())
     if not main_process:
@@ -166,6 +181,18 @@ def register_cli(subparsers) -> None:
     a.add_argument("--fill-mode", default="nearest", choices=("nearest", "constant", "reflect"),
                    help="outside pixels (default nearest: repeat the edge)")
     a.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    i = t.add_argument_group("intensity augmentation (domain randomisation; off by default, after the geometric one)")
+    i.add_argument("--intensity-augment", action="store_true",
+                   help="per sample, each with probability 0.3: blur sigma 0..1.5 px, low resolution 1..3x, noise sd "
+                        "0..40 HU, scale 0.9..1.1, shift +-50 HU, contrast 0.75..1.25 about the mean, gamma 0.7..1.5")
+    i.add_argument("--intensity-p", type=float, metavar="P", help="probability of each transform (default 0.3)")
+    i.add_argument("--noise-sd-hu", type=float, metavar="HU", help="largest noise sd (default 40; 0: no noise)")
+    i.add_argument("--noise-corr", type=float, metavar="PX",
+                   help="largest smoothing sigma of the noise (default 0: white noise; at most 10)")
+    i.add_argument("--blur-sigma", type=float, metavar="PX",
+                   help="largest blur sigma (default 1.5; 0: no blur; at most 10)")
+    i.add_argument("--lowres-factor", type=float, metavar="F",
+                   help="largest downsampling factor (default 3; 1: none; at most 8)")
     t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     t.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="mixed precision (default auto: bf16/fp16 on CUDA, bf16 on a CPU with native bf16, else off)")

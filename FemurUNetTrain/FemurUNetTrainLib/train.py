@@ -5,10 +5,12 @@ Seed recipe (the defaults): Adam lr 1e-5 (Keras' Adam: betas 0.9/0.999, epsilon 
 base_filters 64, the seed's ImageDataGenerator augmentation, and ModelCheckpoint(save_best_only): the
 model file is rewritten whenever the monitored loss (validation loss when --val is given, else the
 epoch's mean training loss) strictly improves. ``bce_weight`` > 0 adds that many times the mean binary
-cross-entropy to the loss that is minimised; the logged and monitored losses stay 1 - Dice.
+cross-entropy to the loss that is minimised; the logged and monitored losses stay 1 - Dice. ``intensity``
+(off by default) adds domain randomisation of the image intensities after the geometric augmentation.
 
-Randomness is a pure function of (seed, epoch): each epoch reseeds the batch sampler, the augmentation
-and dropout, so a run resumed from its last checkpoint continues exactly as the uninterrupted run would.
+Randomness is a pure function of (seed, epoch): each epoch reseeds the batch sampler, the augmentation, the
+intensity randomisation (a stream of its own) and dropout, so a run resumed from its last checkpoint continues
+exactly as the uninterrupted run would.
 Under torchrun (WORLD_SIZE > 1) every process draws the same global batch and augmentation, takes its
 share, and the Dice of the whole global batch is all-reduced: the gradient is the single-process one.
 """
@@ -38,6 +40,7 @@ from FemurUNetLib.preprocess import DEFAULT_INPUT_SIZE
 
 from .augment import AugmentConfig, apply_augmentation, draw_params, select
 from .dataset import SliceDataset, load_dataset
+from .intensity import IntensityConfig, apply_intensity, draw_intensity
 
 CHECKPOINT_FORMAT = "femurunet-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -47,7 +50,7 @@ BCE_CLAMP = 1e-6      # probabilities are clamped to [BCE_CLAMP, 1 - BCE_CLAMP] 
 # Recipe fields: on --resume they come from the checkpoint unless explicitly changed (then: error).
 RECIPE_FIELDS = ("epochs", "steps_per_epoch", "batch_size", "lr", "base_filters", "input_size", "seed", "amp",
                  "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout",
-                 "augment", "init", "bce_weight")
+                 "augment", "init", "bce_weight", "intensity")
 EXTENDABLE_FIELDS = ("epochs", "early_stopping")
 
 
@@ -81,10 +84,12 @@ class TrainConfig:
     threads: Optional[int] = None
     val_batch_size: Optional[int] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)     # off: the seed's recipe
 
     def recipe(self) -> dict:
         d = {k: getattr(self, k) for k in RECIPE_FIELDS}
         d["augment"] = self.augment.to_dict()
+        d["intensity"] = self.intensity.to_dict()
         return d
 
 
@@ -333,7 +338,7 @@ def _merge_resumed_config(config: TrainConfig, saved: dict, path: Path) -> Train
     mine = config.recipe()
     merged = {}
     for key in RECIPE_FIELDS:
-        value = saved.get(key, mine[key])
+        value = saved.get(key, defaults[key])     # a field the checkpoint predates: it trained with the default
         if mine[key] != value and mine[key] != defaults[key]:
             if key not in EXTENDABLE_FIELDS:
                 raise FemurUNetError(f"{path}: --resume with {key}={mine[key]!r}, but the checkpoint was trained with "
@@ -341,6 +346,7 @@ def _merge_resumed_config(config: TrainConfig, saved: dict, path: Path) -> Train
             value = mine[key]
         merged[key] = value
     merged["augment"] = AugmentConfig.from_dict(merged["augment"])
+    merged["intensity"] = IntensityConfig.from_dict(merged["intensity"])
     return dataclasses.replace(config, **merged)
 
 
@@ -513,7 +519,8 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
             "init_training": init_training,
             "loss_function": "1 - Dice (smooth 1, flattened batch)"
                              + (f" + {config.bce_weight:g} x mean binary cross-entropy" if config.bce_weight else ""),
-            "seed": config.seed, "augment": config.augment.to_dict(), "monitor": monitor_name,
+            "seed": config.seed, "augment": config.augment.to_dict(), "intensity": config.intensity.to_dict(),
+            "monitor": monitor_name,
             "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": ctx.world,
             "device": device.type, "torch": str(torch.__version__), "dropout": config.dropout,
         }
@@ -524,6 +531,7 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
                 break
             epoch_started = time.perf_counter()
             gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 0))
+            intensity_gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 2))
             torch.manual_seed(epoch_seed(config.seed, epoch, 1, ctx.rank))     # dropout
             order = epoch_indices(gen, n_train, config.steps_per_epoch * config.batch_size)
             model.train()
@@ -538,6 +546,9 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
                 x = train_data.images[batch[mine]].to(device, non_blocking=True)
                 y = train_data.masks[batch[mine]].to(device, non_blocking=True)
                 x, y = apply_augmentation(x, y, select(params, mine), config.augment)
+                if config.intensity.enabled:
+                    drawn = draw_intensity(config.batch_size, config.intensity, intensity_gen)
+                    x = apply_intensity(x, select(drawn, mine), float(window["width"]))
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device, amp):
