@@ -1,7 +1,9 @@
 """Femur U-Net: segment the femur in a CT with a 2D U-Net. The work is done in FemurUNetLib (mrml.py)."""
 import importlib.util
+import inspect
 import logging
 import os
+import re
 import tempfile
 from typing import Annotated, Optional
 
@@ -16,9 +18,10 @@ from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# the engine needs torch.OutOfMemoryError and torch.serialization.safe_globals, both new in PyTorch 2.5
+MIN_TORCH_VERSION = (2, 5)
 # import name -> pip requirement; packages Slicer ships (numpy, SimpleITK) are never installed or upgraded
-PIP_REQUIREMENTS = {"skimage": "scikit-image>=0.21", "h5py": "h5py>=3.8", "PIL": "Pillow",
-                    "matplotlib": "matplotlib>=3.6"}
+PIP_REQUIREMENTS = {"h5py": "h5py>=3.8", "PIL": "Pillow", "matplotlib": "matplotlib>=3.6"}
 PROTECTED_DISTRIBUTIONS = ("numpy", "SimpleITK", "torch")
 
 
@@ -54,19 +57,47 @@ def registerSegmentEditorEffect():
 #
 # Python requirements
 #
+def torchVersionProblem(version: str) -> str:
+    """Why this PyTorch version cannot run Femur U-Net (one line), or "" when it can."""
+    match = re.match(r"(\d+)\.(\d+)", version or "")
+    if match and (int(match.group(1)), int(match.group(2))) >= MIN_TORCH_VERSION:
+        return ""
+    minimum = ".".join(str(v) for v in MIN_TORCH_VERSION)
+    return (f"Femur U-Net needs PyTorch {minimum} or later, but PyTorch {version or '(unknown version)'} is "
+            "installed: update it in the PyTorch Utils module (uninstall, restart Slicer, install) and try again.")
+
+
 def ensureTorch():
-    """PyTorch from the PyTorch extension (asks before installing); raises RuntimeError if unavailable."""
-    if importlib.util.find_spec("torch") is not None:
-        return
+    """PyTorch >= MIN_TORCH_VERSION, from the PyTorch extension if missing (it asks before installing).
+
+    Raises RuntimeError (one line) when PyTorch is not installed, not wanted, or too old (for example installed by
+    another extension).
+    """
+    minimum = ".".join(str(v) for v in MIN_TORCH_VERSION)
+    if importlib.util.find_spec("torch") is None:
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError("Femur U-Net needs PyTorch: install the 'PyTorch' extension from the Extensions "
+                               "Manager, restart Slicer, and try again.") from None
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            options = {}
+            try:   # older PyTorchUtils have no version requirement; the version is checked below anyway
+                if "torchVersionRequirement" in inspect.signature(torchLogic.installTorch).parameters:
+                    options["torchVersionRequirement"] = f">={minimum}"
+            except (TypeError, ValueError):
+                pass
+            if torchLogic.installTorch(askConfirmation=True, **options) is None:
+                raise RuntimeError(f"Femur U-Net needs PyTorch {minimum} or later; it was not installed.")
     try:
-        import PyTorchUtils
-    except ModuleNotFoundError:
-        raise RuntimeError("Femur U-Net needs PyTorch: install the 'PyTorch' extension from the Extensions "
-                           "Manager, restart Slicer, and try again.") from None
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if not torchLogic.torchInstalled():
-        if torchLogic.installTorch(askConfirmation=True) is None:
-            raise RuntimeError("PyTorch is required; it was not installed.")
+        import torch
+    except ImportError as exc:
+        raise RuntimeError(f"PyTorch is installed but cannot be imported ({exc}): reinstall it in the PyTorch "
+                           "Utils module.") from None
+    problem = torchVersionProblem(str(getattr(torch, "__version__", "")))
+    if problem:
+        raise RuntimeError(problem)
 
 
 def protectedConstraintsFile() -> str:
@@ -100,13 +131,66 @@ def ensurePythonRequirements(importNames=("torch",)):
     constraints = protectedConstraintsFile()
     try:
         with slicer.util.WaitCursor():
-            try:
+            if pipInstallTakesConstraints():
                 slicer.util.pip_install(missing, constraints=constraints)
-            except TypeError:  # Slicer < 5.9: no constraints argument
-                slicer.util.pip_install(" ".join(missing) + f" -c {constraints}")
+            else:
+                # Slicer < 5.12: pip gets a list as it is; a string would be split with POSIX shell rules, which
+                # drop a Windows path's backslashes and break a path with spaces
+                slicer.util.pip_install(missing + ["-c", constraints])
     finally:
         os.unlink(constraints)
     importlib.invalidate_caches()
+
+
+def pipInstallTakesConstraints() -> bool:
+    """Whether slicer.util.pip_install has the ``constraints`` keyword (Slicer 5.12 and later)."""
+    try:
+        parameters = inspect.signature(slicer.util.pip_install).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "constraints" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def pathTextLineEdit(pathLineEdit):
+    """The QLineEdit inside a ctkPathLineEdit; connect to its ``textChanged(QString)``.
+
+    The ctkPathLineEdit's own ``currentPathChanged`` is emitted only for text its validator accepts (built from the
+    name filters; "" never passes), so clearing a field or typing a name without one of the suffixes would never
+    reach the module.
+    """
+    return pathLineEdit.comboBox().lineEdit()
+
+
+class ParameterNodeGui:
+    """Binds a module's .ui widgets that have a SlicerParameterName to one parameter node at a time.
+
+    Slicer 5.6/5.8's ``connectGui`` returns no tag, so ``disconnectGui`` cannot undo it and every ``enter()`` would
+    add another set of connections. ``connectParametersToGui`` returns its tag on every Slicer version, and binding
+    again to the parameter node already bound is skipped.
+    """
+
+    def __init__(self, ui) -> None:
+        self._widgets = {}
+        for widget in vars(ui).values():
+            name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+            if name:
+                self._widgets[name] = widget
+        self._wrapper = None
+        self._tag = None
+
+    def bind(self, wrapper) -> None:
+        """Bind the widgets to ``wrapper`` (a parameterNodeWrapper); None unbinds them."""
+        if wrapper is not None and self._wrapper is not None and wrapper.parameterNode is self._wrapper.parameterNode:
+            return
+        self.unbind()
+        if wrapper is not None:
+            self._tag = wrapper.connectParametersToGui(self._widgets)
+            self._wrapper = wrapper
+
+    def unbind(self) -> None:
+        if self._wrapper is not None:
+            self._wrapper.disconnectGui(self._tag)
+        self._wrapper, self._tag = None, None
 
 
 #
@@ -133,7 +217,7 @@ class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self._parameterNodeGui = None
         self._running = False
         self._cancelRequested = False
 
@@ -144,12 +228,13 @@ class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = FemurUNetLogic()
+        self._parameterNodeGui = ParameterNodeGui(self.ui)
         self.ui.progressBar.hide()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        pathTextLineEdit(self.ui.modelPathLineEdit).connect("textChanged(QString)", self.onModelPathChanged)
         self.ui.defaultModelButton.connect("clicked()", self.onDefaultModelButton)
         self.ui.importKerasButton.connect("clicked()", self.onImportKerasButton)
         self.initializeParameterNode()
@@ -181,12 +266,10 @@ class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setParameterNode(self, inputParameterNode: Optional[FemurUNetParameterNode]) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self._parameterNode = inputParameterNode
+        self._parameterNodeGui.bind(inputParameterNode)
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self.updateGUIFromParameterNode()
 
@@ -200,12 +283,14 @@ class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelPathLineEdit.blockSignals(wasBlocked)
         self.ui.modelInfoLabel.text = self.logic.describeModel(path)
         self.ui.thresholdSliderWidget.enabled = not self._parameterNode.useModelThreshold
-        self.ui.segmentButton.enabled = self._parameterNode.inputVolume is not None
-        self.ui.segmentButton.toolTip = ("Segment the femur in the input CT (click again to cancel)"
-                                         if self._parameterNode.inputVolume else "Select an input CT first")
+        problem = ("Select an input CT first" if self._parameterNode.inputVolume is None
+                   else self.logic.modelProblem(path))
+        self.ui.segmentButton.enabled = not problem
+        self.ui.segmentButton.toolTip = problem or "Segment the femur in the input CT (click again to cancel)"
 
     def onModelPathChanged(self, path) -> None:
-        if self._parameterNode:
+        """Every edit of the model field, clearing included (empty: the demo model)."""
+        if self._parameterNode and self._parameterNode.modelPath != path:
             self._parameterNode.modelPath = path
 
     def onDefaultModelButton(self) -> None:
@@ -261,6 +346,7 @@ class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(f"Femur segmentation failed:\n{exc}")
             return
         self._setRunning(False)
+        self.ui.modelPathLineEdit.addCurrentPathToHistory()   # its settingKey keeps the models that worked
         p.outputSegmentation = node   # later runs replace the femur segments in this node
         self.ui.statusLabel.text = self.logic.describeLastResult()
         self.logic.showResult(p.inputVolume, node)
@@ -313,12 +399,23 @@ class FemurUNetLogic(ScriptedLoadableModuleLogic):
         return convert_keras_file(path)
 
     @staticmethod
-    def describeModel(path: str) -> str:
-        if path:
-            return f"Model: {os.path.basename(path)}" if os.path.isfile(path) else f"Not found: {path}"
+    def demoModelPath() -> str:
         spec = importlib.util.find_spec("FemurUNetLib")
-        demo = os.path.join(os.path.dirname(spec.origin), "models", "femurunet_demo_b16.pt") if spec else ""
-        return "Model: the demo model" if os.path.isfile(demo) else "The demo model is not installed; choose a model"
+        return os.path.join(os.path.dirname(spec.origin), "models", "femurunet_demo_b16.pt") if spec else ""
+
+    @classmethod
+    def modelProblem(cls, path: str) -> str:
+        """Why the model field cannot be used (one line), or "" (empty field: the demo model)."""
+        if path:
+            return "" if os.path.isfile(path) else f"Model file not found: {path}"
+        return "" if os.path.isfile(cls.demoModelPath()) else "The demo model is not installed; choose a model file"
+
+    @classmethod
+    def describeModel(cls, path: str) -> str:
+        problem = cls.modelProblem(path)
+        if problem:
+            return problem
+        return f"Model: {os.path.basename(path)}" if path else "Model: the demo model"
 
     def describeLastResult(self) -> str:
         r = self.lastResult

@@ -14,7 +14,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-TRAINING_IMPORTS = ("torch", "PIL", "matplotlib", "skimage")
+EXPORT_IMPORTS = ("torch", "PIL")
+TRAINING_IMPORTS = ("torch", "PIL", "matplotlib")   # matplotlib: the training curve PNG
 POLL_MILLISECONDS = 1000
 
 
@@ -66,7 +67,7 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self._parameterNodeGui = None
         self._run = None
         self._chart = None
         self._pairs = []   # (volume node ID, segmentation node ID, [segment IDs], exported summary or None)
@@ -81,6 +82,8 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = FemurUNetTrainLogic()
+        import FemurUNet   # loaded before this module (a dependency); its helpers need no torch
+        self._parameterNodeGui = FemurUNet.ParameterNodeGui(self.ui)
         self.ui.pairsTableWidget.setColumnCount(4)
         self.ui.pairsTableWidget.setHorizontalHeaderLabels(["CT", "Segmentation", "Segments", "Exported"])
         self.ui.pairsTableWidget.horizontalHeader().setStretchLastSection(True)
@@ -93,8 +96,8 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainButton.connect("clicked()", self.onTrainButton)
         self.ui.useModelButton.connect("clicked()", self.onUseModel)
         for editName, parameterName in self.PATH_EDITS.items():
-            getattr(self.ui, editName).connect(
-                "currentPathChanged(QString)", lambda path, name=parameterName: self.onPathChanged(name, path))
+            FemurUNet.pathTextLineEdit(getattr(self.ui, editName)).connect(
+                "textChanged(QString)", lambda path, name=parameterName: self.onPathChanged(name, path))
         self.initializeParameterNode()
         self.updatePairsTable()
 
@@ -126,12 +129,10 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setParameterNode(self, inputParameterNode: Optional[FemurUNetTrainParameterNode]) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self._parameterNode = inputParameterNode
+        self._parameterNodeGui.bind(inputParameterNode)
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self.updateGUIFromParameterNode()
 
@@ -146,11 +147,21 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 edit.currentPath = value
                 edit.blockSignals(wasBlocked)
         running = self._run is not None and self._run.running
-        self.ui.exportButton.enabled = bool(self._pairs) and bool(p.datasetPath) and not running
-        self.ui.trainButton.enabled = running or (bool(p.datasetPath) and bool(p.outputModelPath))
+        exportProblem = ("Add a (CT, femur segments) pair first" if not self._pairs
+                         else self.logic.exportPathProblem(p.datasetPath))
+        self.ui.exportButton.enabled = not exportProblem and not running
+        self.ui.exportButton.toolTip = exportProblem or "Export the listed pairs as training slices"
+        trainProblem = self.logic.trainingPathsProblem(p.datasetPath, p.validationPath, p.outputModelPath)
+        self.ui.trainButton.enabled = running or not trainProblem
+        self.ui.trainButton.toolTip = ("Stop the training (the last finished epoch is kept)" if running else
+                                       trainProblem or "Train in a background process (click again to stop)")
+        out = self.logic.outputModelFile(p.outputModelPath)
+        self.ui.pathsStatusLabel.text = trainProblem or (f"The model will be written to {out}"
+                                                         if out != p.outputModelPath else "")
 
     def onPathChanged(self, parameterName: str, path: str) -> None:
-        if self._parameterNode:
+        """Every edit of a path field, clearing included; the paths are checked in updateGUIFromParameterNode."""
+        if self._parameterNode and getattr(self._parameterNode, parameterName) != path:
             setattr(self._parameterNode, parameterName, path)
 
     # --- training pairs -------------------------------------------------------------------------------------
@@ -202,6 +213,8 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 done.append(summary)
                 self.updatePairsTable()
                 slicer.app.processEvents()
+        if done:
+            self.ui.datasetPathLineEdit.addCurrentPathToHistory()
         slices = sum(s["slices"] for s in done)
         positive = sum(s["positive"] for s in done)
         self.ui.exportStatusLabel.text = (f"Exported {len(done)} pair(s): {slices} slices ({positive} with femur, "
@@ -221,6 +234,8 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._run is not None:
                 self._run.close()
             self._run = self.logic.startTraining(p)
+            for editName in self.PATH_EDITS:   # remember the folders and model of a run that started
+                getattr(self.ui, editName).addCurrentPathToHistory()
             self.ui.logTextEdit.clear()
             self.ui.useModelButton.enabled = False
             self.ui.trainButton.text = "Stop"
@@ -277,10 +292,45 @@ class FemurUNetTrainLogic(ScriptedLoadableModuleLogic):
         return FemurUNetTrainParameterNode(super().getParameterNode())
 
     @staticmethod
-    def exportPair(volumeNode, segmentationNode, segmentIds, datasetPath, emptyFraction=0.1):
+    def outputModelFile(path: str) -> str:
+        """The model file a training writes for the output field: '.pt' is added to a name without a suffix."""
+        return path + ".pt" if path and not os.path.splitext(path)[1] else path
+
+    @staticmethod
+    def exportPathProblem(datasetPath: str) -> str:
+        """Why pairs cannot be exported into this folder (one line), or "" (a missing folder is created)."""
+        if not datasetPath:
+            return "Choose the dataset folder to export into"
+        if os.path.exists(datasetPath) and not os.path.isdir(datasetPath):
+            return f"The dataset folder is a file: {datasetPath}"
+        return ""
+
+    @classmethod
+    def trainingPathsProblem(cls, datasetPath: str, validationPath: str, outputModelPath: str) -> str:
+        """Why these paths cannot start a training (one line), or "" when they can."""
+        if not datasetPath:
+            return "Choose the dataset folder (export pairs into it first)"
+        if not os.path.isdir(datasetPath):
+            return f"Dataset folder not found: {datasetPath}"
+        if validationPath and not os.path.isdir(validationPath):
+            return f"Validation folder not found: {validationPath}"
+        if not outputModelPath:
+            return "Choose the output model file (.pt)"
+        out = cls.outputModelFile(outputModelPath)
+        if not out.endswith(".pt"):
+            return f"The output model must be a .pt file: {outputModelPath}"
+        if os.path.isdir(out):
+            return f"The output model is a folder: {out}"
+        return ""
+
+    @classmethod
+    def exportPair(cls, volumeNode, segmentationNode, segmentIds, datasetPath, emptyFraction=0.1):
         """Export one (CT, femur segments) pair into the dataset folder; returns the summary dict."""
+        problem = cls.exportPathProblem(datasetPath)
+        if problem:
+            raise ValueError(problem)
         import FemurUNet
-        FemurUNet.ensurePythonRequirements(("torch", "PIL", "skimage"))
+        FemurUNet.ensurePythonRequirements(EXPORT_IMPORTS)
         from FemurUNetLib import mrml
         return mrml.export_training_slices(volumeNode, segmentationNode, segmentIds, datasetPath,
                                            empty_fraction=emptyFraction)
@@ -293,13 +343,14 @@ class FemurUNetTrainLogic(ScriptedLoadableModuleLogic):
 
     def startTraining(self, parameters):
         """Start ``femurunet train`` in the background with the module's settings; returns the TrainingRun."""
+        p = parameters
+        problem = self.trainingPathsProblem(p.datasetPath, p.validationPath, p.outputModelPath)
+        if problem:
+            raise ValueError(problem)
         import FemurUNet
         FemurUNet.ensurePythonRequirements(TRAINING_IMPORTS)
         from FemurUNetTrainLib.process import TrainingRun, TrainingSettings
-        p = parameters
-        if not p.datasetPath or not p.outputModelPath:
-            raise ValueError("Choose a dataset folder and an output model file.")
-        out = p.outputModelPath if p.outputModelPath.lower().endswith(".pt") else p.outputModelPath + ".pt"
+        out = self.outputModelFile(p.outputModelPath)
         settings = TrainingSettings(data=p.datasetPath, out=out, val=p.validationPath or None, epochs=p.epochs,
                                     steps_per_epoch=p.stepsPerEpoch, batch_size=p.batchSize, lr=p.learningRate,
                                     base_filters=p.baseFilters, seed=p.seed, resume=p.resume, device=p.device)
@@ -336,6 +387,8 @@ class FemurUNetTrainTest(ScriptedLoadableModuleTest):
     def test_export_and_short_training(self):
         import tempfile
         import time
+        import FemurUNet
+        FemurUNet.ensurePythonRequirements(TRAINING_IMPORTS)   # before any Lib import: their packages import torch
         from FemurUNetLib import mrml
         from FemurUNetLib.phantom import generate_case
         from FemurUNetTrainLib.process import TrainingSettings

@@ -103,6 +103,27 @@ def test_stop_kills_a_stubborn_process_and_its_children(tmp_path):
     p.close()
 
 
+def test_stop_goes_on_to_terminate_when_the_interrupt_cannot_be_sent(monkeypatch):
+    """Windows: a child started with CREATE_NO_WINDOW has no console, so send_signal(CTRL_BREAK_EVENT) raises OSError."""
+    p = BackgroundProcess(python("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+                                 "    raise SystemExit(130)")).start()
+    monkeypatch.setattr(process, "WINDOWS", True)
+    monkeypatch.setattr(signal, "CTRL_BREAK_EVENT", 1, raising=False)   # its value on Windows
+    send_signal, sent = p.process.send_signal, []
+
+    def no_console(sig):
+        sent.append(sig)
+        if sig == signal.CTRL_BREAK_EVENT:
+            raise OSError(6, "The handle is invalid")
+        send_signal(sig)
+    monkeypatch.setattr(p.process, "send_signal", no_console)
+    started = time.monotonic()
+    assert p.stop(grace_seconds=30) == -signal.SIGTERM                   # Popen.terminate()
+    assert time.monotonic() - started < 10                              # at once, not after the grace time
+    assert sent == [signal.CTRL_BREAK_EVENT, signal.SIGTERM] and p.stopped and not p.running
+    p.close()
+
+
 def test_read_log_records_skips_partial_and_bad_lines(tmp_path):
     log = tmp_path / "m.log.jsonl"
     assert process.read_log_records(log) == []

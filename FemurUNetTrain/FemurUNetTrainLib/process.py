@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 LIB_PACKAGES = ("FemurUNetLib", "FemurUNetTrainLib")
+WINDOWS = os.name == "nt"
 
 
 @dataclass
@@ -135,7 +136,7 @@ class BackgroundProcess:
             self.output_path = Path(name)
         self._output_file = open(self.output_path, "wb")
         kwargs = {}
-        if os.name == "nt":
+        if WINDOWS:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             kwargs["start_new_session"] = True   # its own process group: stop() reaches its children too
@@ -180,9 +181,12 @@ class BackgroundProcess:
             return f.read().decode("utf-8", errors="replace")
 
     def _signal(self, how: str) -> None:
-        if os.name == "nt":
+        """Send the interrupt, terminate or kill request; raises OSError when it cannot be sent."""
+        if WINDOWS:
             if how == "interrupt":
                 self.process.send_signal(signal.CTRL_BREAK_EVENT)
+            elif how == "terminate":
+                self.process.terminate()
             else:
                 self.process.kill()
             return
@@ -193,18 +197,31 @@ class BackgroundProcess:
             pass
 
     def stop(self, grace_seconds: float = 5.0) -> Optional[int]:
-        """Interrupt (like Ctrl+C), then terminate, then kill, each after ``grace_seconds``; returns the exit code."""
+        """Interrupt (like Ctrl+C), then terminate, then kill, each after ``grace_seconds``; returns the exit code.
+
+        A request that cannot be sent is followed by the next one at once: on Windows a child started without a
+        console (CREATE_NO_WINDOW) cannot get Ctrl+Break, and ``send_signal`` raises OSError. The training writes
+        its checkpoint atomically, so a terminated or killed run still resumes from its last finished epoch.
+        """
         if self.process is None or self.poll() is not None:
             return self.returncode
         self.stopped = True
         for how in ("interrupt", "terminate", "kill"):
-            self._signal(how)
+            try:
+                self._signal(how)
+            except OSError:
+                if self.poll() is not None:
+                    return self.returncode
+                continue
             deadline = time.monotonic() + grace_seconds
             while time.monotonic() < deadline:
                 if self.poll() is not None:
                     return self.returncode
                 time.sleep(0.02)
-        self.process.wait()
+        try:
+            self.process.wait(timeout=max(grace_seconds, 5.0))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"could not stop process {self.process.pid}") from None
         return self.poll()
 
     def close(self) -> None:
