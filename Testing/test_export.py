@@ -102,6 +102,26 @@ def test_append_second_case_and_window_disagreement(tmp_path):
     assert files(out) == before
 
 
+def test_negative_case_exports_label_free_slices_only_when_asked(tmp_path):
+    ct, label = synthetic_case()
+    out = tmp_path / "ds"
+    with pytest.raises(FemurUNetError, match="--negative"):
+        export_arrays(ct, np.zeros_like(label), None, out, "chest")
+    with pytest.raises(FemurUNetError, match="must have an empty label"):
+        export_arrays(ct, label, None, out, "chest", negative=True)
+    assert not out.exists()
+    summary = export_arrays(ct, np.zeros_like(label), None, out, "chest", empty_fraction=0.5, negative=True, seed=1)
+    assert summary["positive"] == 0 and summary["negative"] == round(0.5 * ct.shape[0])
+    masks = [np.asarray(Image.open(p)) for p in sorted((out / "label").glob("chest_*.png"))]
+    assert len(masks) == summary["negative"] and not any(m.any() for m in masks)
+    ct_path, label_path = tmp_path / "c.nii.gz", tmp_path / "l.nii.gz"
+    write_image(ct_path, ct.astype(np.int16), Geometry())
+    write_image(label_path, np.zeros_like(label, dtype=np.uint8), Geometry())
+    assert femurunet(["export", str(ct_path), str(label_path), str(tmp_path / "cli"), "--negative",
+                      "--empty-fraction", "1"]) == 0
+    assert len(list((tmp_path / "cli" / "image").glob("*.png"))) == ct.shape[0]
+
+
 def test_input_errors_are_clear_and_leave_nothing(tmp_path):
     ct, label = synthetic_case()
     out = tmp_path / "new"

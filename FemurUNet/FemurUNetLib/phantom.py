@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import FemurUNetError
 from .geometry import Geometry
+from .sdf import _PRIMITIVES, _box, _capsule, _ellipse_xy, _ellipsoid, _plane, _plate, _rotation, _smin, _sphere, _unit, _v
 from .volume_io import write_image
 
 LEFT, RIGHT = 1, 2
@@ -42,110 +43,8 @@ class PhantomCase:
     tissue: Optional[np.ndarray] = field(default=None, repr=False)  # uint8 TISSUE class at each voxel centre
     metal: bool = False
     arms: bool = False
-
-
-# --- signed-distance primitives on float32 coordinate arrays (q = (x, y, z)) --------------------------------
-def _v(p):
-    return [float(c) for c in p]
-
-
-def _sphere(q, c, r):
-    c = _v(c)
-    x, y, z = q[0] - c[0], q[1] - c[1], q[2] - c[2]
-    return np.sqrt(x * x + y * y + z * z) - float(r)
-
-
-def _capsule(q, a, b, r0, r1=None):
-    """Segment a-b thickened by a radius going linearly from r0 (at a) to r1 (at b)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ba = b - a
-    inv = 1.0 / float(ba @ ba)
-    (ax, ay, az), (bx, by, bz) = _v(a), _v(ba)
-    px, py, pz = q[0] - ax, q[1] - ay, q[2] - az
-    h = np.clip((px * bx + py * by + pz * bz) * inv, 0.0, 1.0)
-    px -= h * bx
-    py -= h * by
-    pz -= h * bz
-    d = np.sqrt(px * px + py * py + pz * pz)
-    if r1 is None or r1 == r0:
-        return d - float(r0)
-    return d - (float(r0) + float(r1 - r0) * h)
-
-
-def _ellipsoid(q, c, e):
-    c, e = _v(c), _v(e)
-    x, y, z = (q[0] - c[0]) / e[0], (q[1] - c[1]) / e[1], (q[2] - c[2]) / e[2]
-    k0 = np.sqrt(x * x + y * y + z * z)
-    x /= e[0]
-    y /= e[1]
-    z /= e[2]
-    k1 = np.sqrt(x * x + y * y + z * z)
-    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
-
-
-def _ellipse_xy(q, c, e):
-    """Elliptic cylinder along z."""
-    c, e = _v(c), _v(e)
-    x, y = (q[0] - c[0]) / e[0], (q[1] - c[1]) / e[1]
-    k0 = np.sqrt(x * x + y * y)
-    x /= e[0]
-    y /= e[1]
-    k1 = np.sqrt(x * x + y * y)
-    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
-
-
-def _box(q, c, axes, half, rounding=0.0):
-    """Oriented box: ``axes`` rows are its unit axes, ``half`` its half extents; edges rounded by ``rounding``."""
-    c = _v(c)
-    x, y, z = q[0] - c[0], q[1] - c[1], q[2] - c[2]
-    out = None
-    inside = None
-    for axis, h in zip(np.asarray(axes, float), half):
-        ax, ay, az = _v(axis)
-        a = np.abs(x * ax + y * ay + z * az) - float(h - rounding)
-        pos = np.maximum(a, 0.0)
-        out = pos * pos if out is None else out + pos * pos
-        inside = a if inside is None else np.maximum(inside, a)
-    return np.sqrt(out) + np.minimum(inside, 0.0) - float(rounding)
-
-
-def _plane(q, p, n):
-    """Half-space (q - p) . n < 0."""
-    p, n = _v(p), _v(n)
-    return (q[0] - p[0]) * n[0] + (q[1] - p[1]) * n[1] + (q[2] - p[2]) * n[2]
-
-
-def _smin(a, b, k):
-    """Smooth union (polynomial smooth minimum) with blend radius k mm."""
-    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
-    return b + (a - b) * h - k * h * (1.0 - h)
-
-
-_PRIMITIVES = {"box": _box, "capsule": _capsule, "ellipsoid": _ellipsoid}
-
-
-def _unit(v):
-    v = np.asarray(v, float)
-    return v / np.linalg.norm(v)
-
-
-def _rotation(rx, ry, rz):
-    cx, sx, cy, sy, cz, sz = math.cos(rx), math.sin(rx), math.cos(ry), math.sin(ry), math.cos(rz), math.sin(rz)
-    mx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    my = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    mz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return mz @ my @ mx
-
-
-def _plate(p0, p1, up, height, thickness):
-    """Rounded thin plate whose bottom edge is p0-p1, rising ``height`` along ``up`` (box parameters)."""
-    p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
-    u = _unit(p1 - p0)
-    v = _unit(up - (up @ u) * u)
-    n = np.cross(u, v)
-    centre = (p0 + p1) / 2 + v * height / 2
-    half = (np.linalg.norm(p1 - p0) / 2 + thickness / 2, height / 2, thickness / 2)
-    return centre, np.stack([u, v, n]), half, thickness / 2
+    coverage: str = ""      # phantom v2: scan range (phantom2.COVERAGES)
+    body: str = ""          # phantom v2: atlas body the individual was made from
 
 
 # --- anatomy ------------------------------------------------------------------------------------------------
@@ -766,21 +665,35 @@ def run_sample(args) -> int:
         raise FemurUNetError(f"--cases must be at least 1, got {args.cases}")
     if args.seed < 0:
         raise FemurUNetError(f"--seed must be >= 0, got {args.seed}")
+    if args.coverage and args.phantom != 2:
+        raise FemurUNetError("--coverage needs --phantom 2")
+    if args.phantom == 2:
+        from .phantom2 import generate_case as generate
+    else:
+        generate = generate_case
     for n in range(args.cases):
-        case = generate_case(args.seed + n)
+        case = generate(args.seed + n, **({"coverage": args.coverage} if args.coverage else {}))
         ct_path, label_path = write_case(case, args.outdir)
         nk, nj, ni = case.ct.shape
         sp = case.geometry.spacing
+        extra = [getattr(case, "coverage", ""), getattr(case, "body", ""), "metal" if case.metal else "",
+                 "arms" if case.arms else ""]
         print(f"{case.name}: {ni}x{nj}x{nk} voxels, {sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:.2f} mm"
-              f"{', metal' if case.metal else ''}{', arms' if case.arms else ''} -> {ct_path} {label_path.name}")
+              f"{''.join(', ' + e for e in extra if e)} -> {ct_path} {label_path.name}")
     return 0
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("sample", help="write synthetic hip CT phantoms with exact femur labels",
-                              description="Write synthetic hip CT phantoms (<name>_ct.nii.gz, <name>_femur.nii.gz; "
+    from .phantom2 import COVERAGES
+    p = subparsers.add_parser("sample", help="write synthetic CT phantoms with exact femur labels",
+                              description="Write synthetic CT phantoms (<name>_ct.nii.gz, <name>_femur.nii.gz; "
                                           "label 1 = left femur, 2 = right femur).")
     p.add_argument("outdir", metavar="OUTDIR", help="output folder (created if missing)")
     p.add_argument("--cases", type=int, default=1, help="number of cases (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed S+i (default 0)")
+    p.add_argument("--phantom", type=int, choices=(1, 2), default=2,
+                   help="2 (default): real bone shapes, CT-like tissue and scanner physics, any coverage; "
+                        "1: the analytic hip phantom of the first demo models")
+    p.add_argument("--coverage", choices=tuple(COVERAGES),
+                   help="phantom 2 only: scan range (default: drawn per case)")
     p.set_defaults(func=run_sample)

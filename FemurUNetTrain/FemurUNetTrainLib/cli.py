@@ -28,7 +28,8 @@ def _window_arg(text):
 def run_export(args) -> int:
     summary = export_files(args.ct, args.label, args.outdir, case=args.case, labels=args.labels,
                            segments=args.segments, empty_fraction=args.empty_fraction,
-                           resample_label=args.resample_label, window=_window_arg(args.window), seed=args.seed)
+                           resample_label=args.resample_label, window=_window_arg(args.window), seed=args.seed,
+                           negative=args.negative)
     print(f"{summary['case']}: {summary['slices']} slices ({summary['positive']} with femur, "
           f"{summary['negative']} without), {summary['slice_shape'][1]}x{summary['slice_shape'][0]} pixels "
           f"-> {args.outdir}")
@@ -138,6 +139,8 @@ def register_cli(subparsers) -> None:
                    help="resample a label on another grid onto the CT grid (nearest neighbour)")
     p.add_argument("--window", metavar="CENTER,WIDTH", help="HU window (default: the engine's 400,2000)")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing the label-free slices (default 0)")
+    p.add_argument("--negative", action="store_true",
+                   help="the scan has no femur (its LABEL is empty): export --empty-fraction of its slices as negatives")
     p.set_defaults(func=run_export)
 
     t = subparsers.add_parser("train", help="train the U-Net on exported PNG pairs (the seed's recipe)",

@@ -103,12 +103,15 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *, window=None,
-                  empty_fraction: float = 0.1, seed: int = 0, source: Optional[dict] = None) -> dict:
+                  empty_fraction: float = 0.1, seed: int = 0, source: Optional[dict] = None,
+                  negative: bool = False) -> dict:
     """Export one case (numpy (k, j, i) HU + same-shape label, nonzero = femur) into OUTDIR.
 
     Writes ``image/<case>_<k:04d>.png`` (8-bit window) and ``label/<case>_<k:04d>.png`` (0/255) for every
     canonical axial slice k holding label, plus ``round(empty_fraction * label-free slices)`` label-free
     slices drawn with ``seed``; adds the case to ``dataset.json``. Touches nothing outside OUTDIR.
+    ``negative``: the scan holds no femur (e.g. a chest CT); its label must be empty and only the label-free
+    slices are exported (``empty_fraction`` of them), to teach the network what is not femur.
     Returns a summary dict: case, slices, positive, negative, slice_shape, spacing, outdir.
     """
     if not isinstance(case, str) or not CASE_PATTERN.match(case):
@@ -121,8 +124,10 @@ def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *,
     if not 0.0 <= float(empty_fraction) <= 1.0:
         raise FemurUNetError(f"empty fraction must be within [0, 1], got {empty_fraction}")
     mask = label != 0
-    if not mask.any():
-        raise FemurUNetError(f"{case}: the label is empty (no femur voxels); nothing to export")
+    if mask.any() == negative:
+        raise FemurUNetError(f"{case}: a negative case must have an empty label" if negative else
+                             f"{case}: the label is empty (no femur voxels); nothing to export "
+                             f"(a scan without femur is exported with --negative)")
     geometry = geometry or Geometry()
     win = window_dict(window)
     reorient = Reorientation.for_geometry(geometry)
@@ -316,16 +321,18 @@ def _fmt(values) -> str:
 
 
 def export_files(ct_path, label_path, outdir, case=None, labels=None, segments=None, empty_fraction: float = 0.1,
-                 resample_label: bool = False, window=None, seed: int = 0) -> dict:
+                 resample_label: bool = False, window=None, seed: int = 0, negative: bool = False) -> dict:
     """Export a CT file/DICOM folder + a labelmap or .seg.nrrd (segments chosen by name) into OUTDIR."""
     ct, ct_geometry = read_volume(ct_path)
     mask, label_geometry, description = read_label_mask(label_path, labels=labels, segments=segments)
     mask, placement = align_label(mask, label_geometry, ct.shape, ct_geometry, resample=resample_label,
                                   label_path=label_path)
-    if not mask.any():
-        raise FemurUNetError(f"{label_path}: the label is empty on the CT grid (no femur voxels); nothing to export")
+    if mask.any() == negative:
+        raise FemurUNetError(f"{label_path}: --negative needs an empty label, this one has femur voxels" if negative
+                             else f"{label_path}: the label is empty on the CT grid (no femur voxels); nothing to "
+                                  f"export (a scan without femur is exported with --negative)")
     case = case or case_name_from_path(ct_path)
     source = {"ct": str(ct_path), "label": str(label_path), **{k: v for k, v in description.items() if k != "label_file"},
               "label_placement": placement}
     return export_arrays(ct, mask, ct_geometry, outdir, case, window=window, empty_fraction=empty_fraction,
-                         seed=seed, source=source)
+                         seed=seed, source=source, negative=negative)

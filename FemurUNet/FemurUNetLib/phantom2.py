@@ -1,0 +1,322 @@
+"""Phantom v2: CT-like synthetic cases on real bone shapes, with exact femur labels (``femurunet sample``).
+
+A case is a new individual (``phantom2_anatomy``) in a scene of soft tissue, organs, vessels, spine, ribs,
+arms and implants (``phantom2_scene``), scanned over a random coverage (pelvis, hip to knee, whole leg,
+knee to ankle, abdomen to thigh, abdomen, chest) on a random grid, then put through scanner physics:
+partial volume (a ramp as wide as the voxel across each surface), in-plane PSF and slice profile, soft or
+sharp kernel, correlated noise, cupping, metal streaks, field-of-view cut-off and table.
+The label is exact on any grid: ``label = femur signed distance < 0`` at each voxel centre, the same
+function whatever the spacing, flips, permutation or obliquity (``femur_truth`` evaluates it anywhere).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import FemurUNetError
+from .geometry import Geometry
+from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
+from .phantom2_anatomy import LABEL, Individual, make_individual
+from .phantom2_body import cavity_distance, fat_thickness, septa_distance, skin_distance
+from .phantom2_scene import build_scene
+from .sdf import _rotation
+
+COVERAGES = {"pelvis": 0.24, "hip_to_knee": 0.14, "whole_leg": 0.08, "knee_to_ankle": 0.12,
+             "abdomen_to_thigh": 0.18, "abdomen": 0.12, "chest": 0.12}
+FEMUR_FREE = ("abdomen", "chest")
+MAX_SLICES = 320
+SLAB_VOXELS = 1_500_000
+CAVITY_ONLY = ("bowel",)
+
+
+def coverage_range(rng, ind: Individual, scene, coverage) -> tuple:
+    """Cranio-caudal range (anatomical z, mm) of a coverage; the ends are jittered so any cut can occur."""
+    m, body = ind.marks, scene.body
+    knee = 0.5 * (m["knee_left"][2] + m["knee_right"][2])
+    ankle = 0.5 * (m["ankle_left"][2] + m["ankle_right"][2])
+    j = lambda a, b: float(rng.uniform(a, b))
+    ranges = {"pelvis": (j(-140, -60), j(80, 200)), "hip_to_knee": (knee - j(20, 90), j(-10, 140)),
+              "whole_leg": (ankle - j(0, 30), j(0, 150)), "knee_to_ankle": (ankle - j(0, 30), knee + j(20, 140)),
+              "abdomen_to_thigh": (j(-300, -120), j(250, 380)),
+              "abdomen": (body["crest"] + j(20, 60), body["diaphragm"] + j(0, 80)),
+              "chest": (body["diaphragm"] - j(20, 60), body["diaphragm"] + j(200, 300))}
+    return ranges[coverage]
+
+
+def make_grid(rng, scene, coverage, spacing=None, direction=None) -> tuple:
+    """(Geometry, numpy shape, scanner rotation, scanner centre) of an axial scan over the coverage."""
+    lo, hi = coverage_range(rng, scene.ind, scene, coverage)
+    body = scene.body
+    legs_only = coverage in ("knee_to_ankle",) or (coverage == "whole_leg" and rng.random() < 0.5)
+    fov = float(rng.uniform(250, 420) if legs_only else max(rng.uniform(330, 500), 2 * body["sx"][1] + 20))
+    fov = min(fov, 500.0)
+    centre = np.array([rng.uniform(-30, 30), body["cy"] + rng.uniform(-25, 25), 0.5 * (lo + hi)])
+    if legs_only and rng.random() < 0.35:       # one leg, small field of view
+        side = "left" if rng.random() < 0.5 else "right"
+        fov = float(rng.uniform(160, 260))
+        centre[:2] = 0.5 * (scene.ind.marks[f"knee_{side}"][:2] + scene.ind.marks[f"ankle_{side}"][:2])
+    n_xy = int(rng.choice([192, 256, 320, 384, 512], p=[0.1, 0.3, 0.2, 0.15, 0.25]))
+    s_xy = fov / n_xy
+    s_z = float(rng.choice([0.625, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0], p=[0.1, 0.2, 0.1, 0.15, 0.15, 0.2, 0.1]))
+    s_z = max(s_z, (hi - lo) / MAX_SLICES)
+    n_z = max(1, int(round((hi - lo) / s_z)))
+    rotation = _rotation(*np.radians(rng.uniform(-5, 5, 3)))
+    use_random = rng.random() < 0.3
+    random_direction = _random_direction(rng)
+    if direction is None:
+        direction = random_direction if use_random else np.eye(3)
+    direction = np.asarray(direction, float)
+    if direction.shape != (3, 3) or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise FemurUNetError("direction must be an orthonormal 3x3 matrix (columns: i, j, k axes in LPS)")
+    world_n, world_s = np.array([n_xy, n_xy, n_z]), np.array([s_xy, s_xy, s_z])
+    axis_world = np.abs(direction).argmax(axis=0)
+    if spacing is None:
+        spacing = tuple(float(world_s[axis_world[a]]) for a in range(3))
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise FemurUNetError(f"spacing must be three positive numbers (i, j, k) in mm, got {spacing}")
+    n_ijk = [max(1, int(round(world_n[axis_world[a]] * world_s[axis_world[a]] / spacing[a]))) for a in range(3)]
+    half = direction @ (np.asarray(spacing) * (np.asarray(n_ijk) - 1) / 2)
+    geometry = Geometry(spacing, tuple(np.array([0.0, 0.0, 0.0]) + centre - half), direction)
+    return geometry, (n_ijk[2], n_ijk[1], n_ijk[0]), rotation, fov
+
+
+class Renderer:
+    """Paints one slab of rows at a time: HU (float32) and the femur label."""
+
+    def __init__(self, scene, geometry: Geometry, shape, rotation, tex_rng):
+        self.s, self.g, self.shape, self.rotation = scene, geometry, shape, rotation
+        self.index_to_lps = geometry.direction @ np.diag(geometry.spacing)
+        self.lps_to_index = np.linalg.inv(self.index_to_lps)
+        self.index_to_anat = rotation.T @ self.index_to_lps
+        self.origin_anat = rotation.T @ np.asarray(geometry.origin)
+        self.tex_rng = tex_rng
+        self.blur = 0.5 * min(geometry.spacing)
+
+    def coords(self, box) -> tuple:
+        (k0, k1), (j0, j1), (i0, i1) = box
+        m, o = self.index_to_anat, self.origin_anat
+        k = np.arange(k0, k1, dtype=np.float64)[:, None, None]
+        j = np.arange(j0, j1, dtype=np.float64)[None, :, None]
+        i = np.arange(i0, i1, dtype=np.float64)[None, None, :]
+        return tuple(((o[w] + m[w, 2] * k) + m[w, 1] * j + m[w, 0] * i).astype(np.float32) for w in range(3))
+
+    def box_for(self, lo, hi, rows, margin=3.0):
+        lo, hi = np.asarray(lo, float) - margin, np.asarray(hi, float) + margin
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        ijk = (corners @ self.rotation.T - np.asarray(self.g.origin)) @ self.lps_to_index.T
+        first, last = np.floor(ijk.min(0)).astype(int), np.ceil(ijk.max(0)).astype(int) + 1
+        nk, nj, ni = self.shape
+        box = ((max(first[2], rows[0]), min(last[2], rows[1])), (max(first[1], 0), min(last[1], nj)),
+               (max(first[0], 0), min(last[0], ni)))
+        return None if any(b <= a for a, b in box) else box
+
+    def ramp(self, d) -> np.ndarray:
+        w = np.full(d.shape, self.blur, np.float32)
+        for axis in range(3):
+            if d.shape[axis] > 1:
+                w += np.abs(np.gradient(d, axis=axis))
+            else:
+                w += 0.5 * self.g.spacing[2 - axis]
+        return w
+
+    @staticmethod
+    def paint(hu, d, w, value) -> None:
+        occ = np.clip(0.5 - d / w, 0.0, 1.0)
+        hu += occ * (value - hu)
+
+    def slab(self, k0, k1) -> tuple:
+        nk, nj, ni = self.shape
+        rows = (max(k0 - 1, 0), min(k1 + 1, nk))
+        core = slice(k0 - rows[0], k0 - rows[0] + (k1 - k0))
+        hu = np.full((k1 - k0, nj, ni), self.s.hu["air"], np.float32)
+        label = np.zeros(hu.shape, np.uint8)
+        tex = self._texture(hu.shape)
+        self._body_wall(rows, core, hu, tex)
+        for item in self.s.items:
+            self._item(item, rows, k0, hu, label, tex)
+        return hu, label
+
+    def _texture(self, shape) -> np.ndarray:
+        sigma = 0.7 / self.g.spacing[0]
+        t = ndimage.gaussian_filter(self.tex_rng.standard_normal(shape, dtype=np.float32), (0, sigma, sigma))
+        return t / max(float(t.std()), 1e-6)
+
+    def _body_wall(self, rows, core, hu, tex) -> None:
+        h, body, ind = self.s.hu, self.s.body, self.s.ind
+        q = self.coords((rows, (0, self.shape[1]), (0, self.shape[2])))
+        d = skin_distance(q, ind, body)
+        self.paint(hu, d[core], self.ramp(d)[core], h["skin"])
+        self.paint(hu, d[core] + 1.8, self.ramp(d)[core], h["fat"])
+        d_m = d + fat_thickness(q, body)
+        w = self.ramp(d_m)[core]
+        self.paint(hu, d_m[core], w, h["muscle"] + 6.0 * tex)
+        if float(q[2].min()) < body["crotch"] + 60.0:
+            for side in LABEL:
+                d_s = np.maximum(septa_distance(q, ind, body, side), d_m + 3.0)
+                self.paint(hu, d_s[core], self.ramp(d_s)[core], h["fat"])
+        d_c = np.maximum(cavity_distance(q, body), d_m + 8.0)
+        self.paint(hu, d_c[core], self.ramp(d_c)[core], h["visceral"] + 8.0 * tex)
+        table = self.s.body["table"]
+        if table is not None:
+            d_t = np.maximum(np.abs(q[1] - table) - 9.0, np.abs(q[0]) - 230.0)
+            self.paint(hu, d_t[core], self.ramp(d_t)[core], h["table_shell"])
+            self.paint(hu, d_t[core] + 2.0, self.ramp(d_t)[core], h["table_core"])
+
+    def _item(self, item, rows, k0, hu, label, tex) -> None:
+        box = self.box_for(item.lo, item.hi, rows)
+        if box is None:
+            return
+        (b0, b1), (j0, j1), (i0, i1) = box
+        c0, c1 = max(b0, k0), min(b1, k0 + hu.shape[0])
+        if c1 <= c0:
+            return
+        view = (slice(c0 - k0, c1 - k0), slice(j0, j1), slice(i0, i1))
+        inner = slice(c0 - b0, c1 - b0)
+        q = self.coords(box)
+        d = item.distance(q)
+        if item.name.startswith(CAVITY_ONLY):
+            d = np.maximum(d, cavity_distance(q, self.s.body))
+        w = self.ramp(d)[inner]
+        qi = tuple(c[inner] for c in q)
+        if item.material.startswith("bone:"):
+            self._bone(item, d[inner], w, qi, hu[view], tex[view])
+        else:
+            self.paint(hu[view], d[inner], w, self._value(item.material, tex[view]))
+        if item.label:
+            label[view][d[inner] < 0] = item.label
+
+    def _value(self, material, tex):
+        h = self.s.hu
+        if material == "stool":
+            return h["stool"] + 120.0 * tex * (tex > 0.8) - 600.0 * (tex < -1.6)
+        if material == "lung":
+            return h["lung"] + 25.0 * tex + 500.0 * (tex > 2.2)
+        return h[material] + {"organ": 8.0, "urine": 3.0}.get(material, 4.0) * tex
+
+    def _bone(self, item, d, w, q, hu, tex) -> None:
+        h, m = self.s.hu, self.s.ind.marks
+        kind = item.material[5:]
+        trabecular = h["trabecular"] * (1.0 + 0.35 * tex)
+        thickness, interior = np.float32(1.2), trabecular
+        long_bone = kind.split("_")[0] in ("femur", "tibia")
+        if long_bone:
+            side = kind.split("_")[1]
+            top, bottom = (m[f"head_{side}"], m[f"knee_{side}"]) if kind.startswith("femur") else \
+                (m[f"knee_{side}"], m[f"ankle_{side}"])
+            t = (q[2] - bottom[2]) / max(top[2] - bottom[2], 1.0)
+            shaft = np.clip(np.minimum((t - 0.12) / 0.15, (0.82 - t) / 0.12), 0.0, 1.0)
+            thickness = np.float32(1.2) + shaft * np.float32(self.s.body.get("shaft_cortex", 5.0))
+            interior = trabecular + shaft * (h["canal"] + 15.0 * tex - trabecular)
+        elif kind in ("arm", "rib"):
+            thickness = np.float32(2.5 if kind == "arm" else 1.0)
+        self.paint(hu, d, w, h["cortex"] + 40.0 * tex)
+        self.paint(hu, d + thickness, w, interior)
+
+
+# --- scanner physics ------------------------------------------------------------------------------------------
+def draw_scanner(rng) -> dict:
+    sharp = rng.random() < 0.35
+    return {"psf_mm": float(rng.uniform(0.3, 0.8)), "profile": float(rng.uniform(0.3, 0.6)),
+            "sharpen": float(rng.uniform(0.3, 1.0)) if sharp else 0.0,
+            "noise": float(rng.uniform(15, 60) if sharp else rng.uniform(4, 30)),
+            "noise_grain_mm": float(rng.uniform(0.4, 1.0)), "cupping": float(rng.uniform(0, 35)),
+            "streak_amp": float(rng.uniform(300, 1200))}
+
+
+def metal_streaks(renderer: Renderer, hu, rng, scanner) -> None:
+    """In-plane bright/dark lines radiating from each metal object, fading with distance and height."""
+    nk, nj, ni = hu.shape
+    for point in renderer.s.metal_points:
+        angles = rng.uniform(0, math.pi, int(rng.integers(6, 14)))
+        amps = rng.uniform(-1.0, 1.0, angles.size) * scanner["streak_amp"]
+        widths, decay = rng.uniform(1.5, 4.0, angles.size), float(rng.uniform(40, 120))
+        box = renderer.box_for(point - (1e4, 1e4, 60.0), point + (1e4, 1e4, 60.0), (0, nk), margin=0.0)
+        if box is None:
+            continue
+        p = renderer.coords(box)
+        dx, dy, dz = p[0] - point[0], p[1] - point[1], p[2] - point[2]
+        weight = np.exp(-(dz / 30.0) ** 2)
+        r = np.sqrt(dx * dx + dy * dy)
+        fade = np.exp(-r / decay) * weight
+        total = -200.0 * np.exp(-r / 15.0) * weight
+        for angle, amp, width in zip(angles, amps, widths):
+            perp = (dy * math.cos(angle) - dx * math.sin(angle)) / float(width)
+            total += amp * np.exp(-perp * perp) * fade
+        view = hu[tuple(slice(a, b) for a, b in box)]
+        view += total * (view > -500)
+
+
+def scanner_physics(hu, geometry: Geometry, rng, scanner, fov) -> np.ndarray:
+    """PSF and slice profile, kernel, cupping, correlated noise, field-of-view cut-off (in place)."""
+    sp = geometry.spacing
+    sigma = (scanner["profile"] * sp[2] / max(sp[2], 1e-6), scanner["psf_mm"] / sp[1], scanner["psf_mm"] / sp[0])
+    ndimage.gaussian_filter(hu, sigma, output=hu)
+    if scanner["sharpen"]:
+        hu += scanner["sharpen"] * (hu - ndimage.gaussian_filter(hu, (0, 1.2, 1.2)))
+    nk, nj, ni = hu.shape
+    y, x = np.mgrid[0:nj, 0:ni].astype(np.float32)
+    rr = ((x - (ni - 1) / 2) * sp[0]) ** 2 + ((y - (nj - 1) / 2) * sp[1]) ** 2
+    hu -= (scanner["cupping"] * np.clip(1.0 - rr / (fov / 2) ** 2, 0, 1))[None] * (hu > -500)
+    grain = scanner["noise_grain_mm"] / sp[0]
+    for k0 in range(0, nk, 32):
+        noise = ndimage.gaussian_filter(rng.standard_normal((min(32, nk - k0), nj, ni), dtype=np.float32),
+                                        (0, grain, grain))
+        hu[k0:k0 + 32] += noise * np.float32(scanner["noise"] / max(float(noise.std()), 1e-6))
+    hu[:, rr > (fov / 2) ** 2] = HU_MIN
+    return hu
+
+
+# --- cases ----------------------------------------------------------------------------------------------------
+def _streams(seed):
+    seed = int(seed)
+    if seed < 0:
+        raise FemurUNetError(f"seed must be >= 0, got {seed}")
+    return np.random.default_rng([seed, 2]).spawn(5)
+
+
+def make_scene(seed: int):
+    anatomy_rng = _streams(seed)[0]
+    ind = make_individual(anatomy_rng)
+    return build_scene(anatomy_rng, ind)
+
+
+def femur_truth(seed: int, points_anat) -> np.ndarray:
+    """uint8 label (1 left, 2 right, 0 none) of a seed's individual at anatomical-frame points (x, y, z)."""
+    ind = make_scene(seed).ind
+    label = np.zeros(np.shape(points_anat[0]), np.uint8)
+    for side, value in LABEL.items():
+        label[ind.bone_distance(f"femur_{side}", points_anat) < 0] = value
+    return label
+
+
+def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None) -> PhantomCase:
+    """One phantom v2 case, deterministic per seed (the individual depends on the seed only, so every grid of
+    a seed shows the same patient). ``coverage``: one of COVERAGES (drawn when None); ``spacing`` (i, j, k) mm
+    and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape`` is not supported."""
+    if shape is not None:
+        raise FemurUNetError("phantom v2 draws its own shape: give spacing and/or direction instead")
+    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng = _streams(seed)
+    scene = build_scene(anatomy_rng, make_individual(anatomy_rng))
+    if coverage is None:
+        coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
+    if coverage not in COVERAGES:
+        raise FemurUNetError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
+    geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction)
+    renderer = Renderer(scene, geometry, shape, rotation, tex_rng)
+    hu = np.empty(shape, np.float32)
+    label = np.empty(shape, np.uint8)
+    step = max(1, SLAB_VOXELS // (shape[1] * shape[2]))
+    for k0 in range(0, shape[0], step):
+        k1 = min(k0 + step, shape[0])
+        hu[k0:k1], label[k0:k1] = renderer.slab(k0, k1)
+    scanner = draw_scanner(noise_rng)
+    metal_streaks(renderer, hu, noise_rng, scanner)
+    scanner_physics(hu, geometry, noise_rng, scanner, fov)
+    ct = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
+    label[ct == HU_MIN] = 0      # outside the reconstructed field of view (bone is never that dark inside it)
+    return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}",
+                       metal=bool(scene.metal_points), arms=any(i.name.startswith("arm") for i in scene.items),
+                       coverage=coverage, body=scene.ind.body)

@@ -1,0 +1,178 @@
+"""Phantom v2 soft tissue, organs, vessels, spine, ribs, arms and implants: the scene around the real bones.
+
+Everything is a signed-distance function (mm, negative inside) of anatomical-frame points (see
+``phantom2_anatomy``), drawn per case from physiological ranges. ``Scene.objects`` lists the compact
+structures as ``Item``s (bounds, distance function, material), painted in order after the body wall.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .phantom2_anatomy import SIDES, Individual
+from .sdf import _capsule, _ellipsoid, _sphere
+
+
+@dataclass
+class Item:
+    name: str
+    lo: np.ndarray
+    hi: np.ndarray
+    distance: Callable          # q -> d
+    material: str               # key of Scene.hu, or "bone:<name>" / "metal"
+    label: int = 0              # femur label value painted where d < 0
+    streaks: bool = False
+
+
+@dataclass
+class Scene:
+    ind: Individual
+    hu: dict
+    body: dict
+    items: list = field(default_factory=list)
+    metal_points: list = field(default_factory=list)   # anatomical points that emit streaks
+    flags: dict = field(default_factory=dict)
+
+
+def _u(rng, a, b):
+    return float(rng.uniform(a, b))
+
+
+def _knots(z, zs, vs):
+    return np.interp(z, zs, vs).astype(np.float32)
+
+
+def ellipse_distance(dx, dy, a, b):
+    """Approximate distance to an axis-aligned ellipse (a, b may be arrays)."""
+    x, y = dx / a, dy / b
+    k0 = np.sqrt(x * x + y * y)
+    k1 = np.sqrt((x / a) ** 2 + (y / b) ** 2)
+    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
+
+
+def _polyline(points, radii):
+    """Distance to a chain of tapered capsules through ``points``."""
+    def distance(q):
+        d = None
+        for p0, p1, r0, r1 in zip(points[:-1], points[1:], radii[:-1], radii[1:]):
+            part = _capsule(q, p0, p1, r0, r1)
+            d = part if d is None else np.minimum(d, part)
+        return d
+    return distance
+
+
+def _box_of(points, radius):
+    p = np.asarray(points, float)
+    return p.min(0) - radius, p.max(0) + radius
+
+
+# --- tissue values ------------------------------------------------------------------------------------------
+def draw_hu(rng) -> dict:
+    phase = rng.choice(["none", "arterial", "venous"], p=[0.4, 0.3, 0.3])
+    artery = {"none": _u(rng, 35, 55), "arterial": _u(rng, 220, 450), "venous": _u(rng, 130, 200)}[phase]
+    vein = {"none": _u(rng, 35, 55), "arterial": _u(rng, 60, 140), "venous": _u(rng, 130, 210)}[phase]
+    porotic = rng.random() < 0.25
+    return {"phase": phase, "air": -1000.0, "fat": _u(rng, -125, -80), "muscle": _u(rng, 30, 65),
+            "skin": _u(rng, 20, 60), "visceral": _u(rng, -115, -70), "artery": artery, "vein": vein,
+            "urine": _u(rng, 0, 20) if rng.random() < 0.7 else _u(rng, 150, 900),
+            "organ": _u(rng, 40, 70) if phase == "none" else _u(rng, 80, 140),
+            "kidney": _u(rng, 30, 45) if phase == "none" else _u(rng, 150, 260),
+            "bowel_wall": _u(rng, 30, 60), "fluid": _u(rng, 0, 25), "oral": _u(rng, 150, 450),
+            "stool": _u(rng, -60, 40), "lung": _u(rng, -900, -780), "disc": _u(rng, 70, 110),
+            "cartilage": _u(rng, 90, 220), "csf": _u(rng, 0, 20), "metal": _u(rng, 2500, 3071),
+            "cortex": _u(rng, 850, 1200) if porotic else _u(rng, 1150, 1850),
+            "trabecular": _u(rng, 60, 150) if porotic else _u(rng, 150, 350),
+            "canal": _u(rng, -90, 30), "porotic": porotic,
+            "table_shell": _u(rng, 100, 400), "table_core": _u(rng, -950, -750)}
+
+
+# --- body wall --------------------------------------------------------------------------------------------
+def draw_body(rng, ind: Individual) -> dict:
+    m = ind.marks
+    hw = m["pelvis_halfwidth"]
+    crest = 0.95 * float(ind.bone_bounds("hip_left")[1][2])
+    fat = _u(rng, 4, 45) if rng.random() < 0.8 else _u(rng, 45, 75)
+    zs = [-110.0, 0.0, crest, crest + 180.0, crest + 450.0]
+    sx = [hw + _u(rng, 25, 45), hw + _u(rng, 30, 55), hw + _u(rng, 0, 30), hw * _u(rng, 0.85, 1.05),
+          _u(rng, 140, 185)]
+    sy = [_u(rng, 95, 125), _u(rng, 105, 135), _u(rng, 90, 130), _u(rng, 85, 130), _u(rng, 95, 125)]
+    grow = 0.6 * fat
+    back = max(sy) + grow + _u(rng, 8, 25)
+    return {"fat": fat, "leg_fat": fat * _u(rng, 0.4, 0.9), "crotch": _u(rng, -95, -65),
+            "zs": zs, "sx": [s + grow for s in sx], "sy": [s + grow for s in sy],
+            "table": back + 9.0 if rng.random() < 0.85 else None, "cx": _u(rng, -5, 5), "shaft_cortex": _u(rng, 3.5, 7.0), "cy": _u(rng, 5, 25), "wall": _u(rng, 8, 18), "crest": crest,
+            "thigh_r": (_u(rng, 70, 95) + 0.6 * fat, _u(rng, 45, 58) + 0.3 * fat),
+            "calf_r": (_u(rng, 45, 55), _u(rng, 50, 68), _u(rng, 28, 36)),
+            "diaphragm": crest + _u(rng, 130, 190), "septa": {s: rng.uniform(0, 2 * math.pi, 4) for s in SIDES}}
+
+
+def trunk_distance(q, body) -> np.ndarray:
+    z = q[2]
+    a, b = _knots(z, body["zs"], body["sx"]), _knots(z, body["zs"], body["sy"])
+    d = ellipse_distance(q[0] - body["cx"], q[1] - body["cy"], a, b)
+    d = np.maximum(d, q[1] - (body["cy"] + 0.85 * b))          # flat back
+    return np.maximum(d, body["crotch"] - z)
+
+
+def _leg_axis(z, top, bottom):
+    t = np.clip((top[2] - z) / max(top[2] - bottom[2], 1.0), 0.0, 1.0)
+    return top[0] + t * (bottom[0] - top[0]), top[1] + t * (bottom[1] - top[1]), t
+
+
+def leg_distance(q, ind: Individual, body, side) -> np.ndarray:
+    """Thigh and calf around the posed femur and tibia axes (a tube per segment, radius along the leg)."""
+    m, sign = ind.marks, SIDES[side]
+    top, knee, ankle = m[f"thigh_top_{side}"], m[f"knee_{side}"], m[f"ankle_{side}"]
+    x, y, t = _leg_axis(q[2], top, knee)
+    r = body["thigh_r"][0] + t * (body["thigh_r"][1] - body["thigh_r"][0])
+    thigh = np.hypot(q[0] - (x - sign * 12.0 * (1 - t)), q[1] - (y + 18.0 * (1 - t) + 8.0)) - r
+    thigh = np.maximum(thigh, np.maximum(knee[2] - 20.0 - q[2], q[2] - top[2] - 50.0))
+    x, y, t = _leg_axis(q[2], knee, ankle)
+    calf_r = body["calf_r"]
+    r = np.where(t < 0.3, calf_r[0] + (calf_r[1] - calf_r[0]) * t / 0.3,
+                 calf_r[1] + (calf_r[2] - calf_r[1]) * (t - 0.3) / 0.7)
+    calf = np.hypot(q[0] - x, (q[1] - (y + 0.45 * r)) * 0.9) - r
+    calf = np.maximum(calf, np.maximum(q[2] - knee[2] - 20.0, ankle[2] - 15.0 - q[2]))
+    return np.minimum(thigh, calf)
+
+
+def skin_distance(q, ind, body) -> np.ndarray:
+    from .sdf import _smin
+    d = trunk_distance(q, body)
+    if float(q[2].min()) > max(ind.marks[f"thigh_top_{s}"][2] for s in SIDES) + 80.0:
+        return d
+    for side in SIDES:
+        d = _smin(d, leg_distance(q, ind, body, side), 25.0)
+    return d
+
+
+def fat_thickness(q, body) -> np.ndarray:
+    """Subcutaneous fat: the trunk's above the crotch, the legs' below, thicker over the buttocks."""
+    leg = np.clip((body["crotch"] + 40.0 - q[2]) / 80.0, 0.0, 1.0)
+    back = 1.0 + 0.5 * np.clip((q[1] - body["cy"]) / 80.0, 0.0, 1.0)
+    return (body["fat"] * (1 - leg) + body["leg_fat"] * leg) * back
+
+
+def septa_distance(q, ind, body, side) -> np.ndarray:
+    """Intermuscular fat planes radiating from the femoral shaft."""
+    m = ind.marks
+    x, y, _ = _leg_axis(q[2], m[f"thigh_top_{side}"], m[f"knee_{side}"])
+    dx, dy = q[0] - x, q[1] - y
+    d = None
+    for angle in body["septa"][side]:
+        c, s = math.cos(angle), math.sin(angle)
+        part = np.maximum(np.abs(dx * c + dy * s) - 1.5, -(dy * c - dx * s) + 25.0)
+        d = part if d is None else np.minimum(d, part)
+    return d
+
+
+def cavity_distance(q, body) -> np.ndarray:
+    """Abdominopelvic cavity inside the muscle wall (visceral fat background for the organs)."""
+    z = q[2]
+    a = _knots(z, body["zs"], body["sx"]) - body["fat"] - body["wall"] - np.where(z < body["crest"], 55.0, 25.0)
+    b = _knots(z, body["zs"], body["sy"]) - body["fat"] - body["wall"] - 30.0
+    d = ellipse_distance(q[0] - body["cx"], q[1] - body["cy"] + 15.0, np.maximum(a, 20.0), np.maximum(b, 20.0))
+    return np.maximum(np.maximum(d, -40.0 - z), z - body["diaphragm"])

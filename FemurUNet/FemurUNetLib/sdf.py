@@ -1,0 +1,112 @@
+"""Signed-distance primitives (negative inside, mm) on float32 coordinate arrays ``q = (x, y, z)``, shared by
+the phantom generators."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# --------------------------------
+def _v(p):
+    return [float(c) for c in p]
+
+
+def _sphere(q, c, r):
+    c = _v(c)
+    x, y, z = q[0] - c[0], q[1] - c[1], q[2] - c[2]
+    return np.sqrt(x * x + y * y + z * z) - float(r)
+
+
+def _capsule(q, a, b, r0, r1=None):
+    """Segment a-b thickened by a radius going linearly from r0 (at a) to r1 (at b)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ba = b - a
+    inv = 1.0 / float(ba @ ba)
+    (ax, ay, az), (bx, by, bz) = _v(a), _v(ba)
+    px, py, pz = q[0] - ax, q[1] - ay, q[2] - az
+    h = np.clip((px * bx + py * by + pz * bz) * inv, 0.0, 1.0)
+    px -= h * bx
+    py -= h * by
+    pz -= h * bz
+    d = np.sqrt(px * px + py * py + pz * pz)
+    if r1 is None or r1 == r0:
+        return d - float(r0)
+    return d - (float(r0) + float(r1 - r0) * h)
+
+
+def _ellipsoid(q, c, e):
+    c, e = _v(c), _v(e)
+    x, y, z = (q[0] - c[0]) / e[0], (q[1] - c[1]) / e[1], (q[2] - c[2]) / e[2]
+    k0 = np.sqrt(x * x + y * y + z * z)
+    x /= e[0]
+    y /= e[1]
+    z /= e[2]
+    k1 = np.sqrt(x * x + y * y + z * z)
+    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
+
+
+def _ellipse_xy(q, c, e):
+    """Elliptic cylinder along z."""
+    c, e = _v(c), _v(e)
+    x, y = (q[0] - c[0]) / e[0], (q[1] - c[1]) / e[1]
+    k0 = np.sqrt(x * x + y * y)
+    x /= e[0]
+    y /= e[1]
+    k1 = np.sqrt(x * x + y * y)
+    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
+
+
+def _box(q, c, axes, half, rounding=0.0):
+    """Oriented box: ``axes`` rows are its unit axes, ``half`` its half extents; edges rounded by ``rounding``."""
+    c = _v(c)
+    x, y, z = q[0] - c[0], q[1] - c[1], q[2] - c[2]
+    out = None
+    inside = None
+    for axis, h in zip(np.asarray(axes, float), half):
+        ax, ay, az = _v(axis)
+        a = np.abs(x * ax + y * ay + z * az) - float(h - rounding)
+        pos = np.maximum(a, 0.0)
+        out = pos * pos if out is None else out + pos * pos
+        inside = a if inside is None else np.maximum(inside, a)
+    return np.sqrt(out) + np.minimum(inside, 0.0) - float(rounding)
+
+
+def _plane(q, p, n):
+    """Half-space (q - p) . n < 0."""
+    p, n = _v(p), _v(n)
+    return (q[0] - p[0]) * n[0] + (q[1] - p[1]) * n[1] + (q[2] - p[2]) * n[2]
+
+
+def _smin(a, b, k):
+    """Smooth union (polynomial smooth minimum) with blend radius k mm."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b + (a - b) * h - k * h * (1.0 - h)
+
+
+_PRIMITIVES = {"box": _box, "capsule": _capsule, "ellipsoid": _ellipsoid}
+
+
+def _unit(v):
+    v = np.asarray(v, float)
+    return v / np.linalg.norm(v)
+
+
+def _rotation(rx, ry, rz):
+    cx, sx, cy, sy, cz, sz = math.cos(rx), math.sin(rx), math.cos(ry), math.sin(ry), math.cos(rz), math.sin(rz)
+    mx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    my = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    mz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return mz @ my @ mx
+
+
+def _plate(p0, p1, up, height, thickness):
+    """Rounded thin plate whose bottom edge is p0-p1, rising ``height`` along ``up`` (box parameters)."""
+    p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
+    u = _unit(p1 - p0)
+    v = _unit(up - (up @ u) * u)
+    n = np.cross(u, v)
+    centre = (p0 + p1) / 2 + v * height / 2
+    half = (np.linalg.norm(p1 - p0) / 2 + thickness / 2, height / 2, thickness / 2)
+    return centre, np.stack([u, v, n]), half, thickness / 2
+
+

@@ -1,0 +1,527 @@
+"""Phantom v2: exact labels on any grid, anatomy in place, tissue HU, coverages, determinism and ``sample``.
+
+Cases are rendered on coarse grids (spacing override) so each takes about a second. The grid of a case is
+drawn again from the seed's grid stream (``make_grid``) to know each voxel centre in the scanner (LPS) and
+anatomical frames: ``scanner = R @ anatomical`` with R the scanner rotation ``make_grid`` returns.
+"""
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import sys
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+
+from FemurUNetLib import cli, phantom2
+from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.geometry import Geometry, Reorientation
+from FemurUNetLib.phantom import HU_MAX, HU_MIN
+from FemurUNetLib.phantom2 import COVERAGES, FEMUR_FREE, femur_truth, generate_case, make_grid, make_scene
+from FemurUNetLib.phantom2_anatomy import BODIES, SIDES, load_body
+from FemurUNetLib.phantom2_body import draw_hu, fat_thickness, skin_distance
+
+COARSE = (4.0, 4.0, 4.0)
+VERY_COARSE = (5.0, 5.0, 5.0)
+SEEDS = tuple(range(20))
+
+
+def _rotation(rx, ry, rz):
+    rx, ry, rz = np.radians([rx, ry, rz])
+    mx = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
+    my = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
+    mz = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
+    return mz @ my @ mx
+
+
+def _signed_permutations():
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            yield np.eye(3)[:, list(perm)] * np.array(signs)
+
+
+SIGNED_PERMUTATIONS = list(_signed_permutations())
+
+
+@lru_cache(maxsize=None)
+def _scene(seed):
+    """The seed's scene (read only: shared between tests)."""
+    return make_scene(seed)
+
+
+@lru_cache(maxsize=12)
+def _case(seed, coverage, spacing=COARSE, direction=None):
+    """A coarse case, shared between tests (read only); ``direction`` as a flat tuple so it can be cached."""
+    d = None if direction is None else np.reshape(direction, (3, 3))
+    return generate_case(seed, spacing=spacing, coverage=coverage, direction=d)
+
+
+def _grid(seed, coverage, spacing=None, direction=None):
+    """(geometry, shape, scanner rotation, fov) of the seed's case, drawn again from its grid stream."""
+    return make_grid(phantom2._streams(seed)[1], make_scene(seed), coverage, spacing, direction)
+
+
+def _centres(geometry, shape, rotation):
+    """Scanner (LPS) and anatomical coordinates (mm, float64, (k, j, i, 3)) of every voxel centre."""
+    lps = geometry.physical_points(shape)
+    return lps, lps @ rotation            # anatomical = R^T scanner, row vectors
+
+
+def _q(points):
+    """(x, y, z) float32 arrays of an (..., 3) point array, the form the distance functions take."""
+    p = np.asarray(points, np.float64)
+    return tuple(np.ascontiguousarray(p[..., a], dtype=np.float32) for a in range(3))
+
+
+def _in_fov(geometry, shape, lps, fov, margin=0.0):
+    """Voxel centres within ``fov / 2 - margin`` of the scan axis (scanner z through the grid centre)."""
+    centre = geometry.ijk_to_lps()[:3, :3] @ ((np.asarray(shape[::-1], float) - 1) / 2) + np.asarray(geometry.origin)
+    rr = (lps[..., 0] - centre[0]) ** 2 + (lps[..., 1] - centre[1]) ** 2
+    return rr <= (fov / 2 - margin) ** 2
+
+
+def _point(p):
+    return _q(np.asarray(p, float)[None])
+
+
+def _box(centre, half, step):
+    axes = [np.arange(c - half, c + half + 1e-6, step) for c in centre]
+    return _q(np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3))
+
+
+def _ray(ind, bone, centre, direction, r):
+    """Distances of ``bone`` along the ray centre + r * direction."""
+    return ind.bone_distance(bone, _q(np.asarray(centre) + r[:, None] * np.asarray(direction)))
+
+
+# --- 1. the label is exact on any grid ---------------------------------------------------------------------
+@st.composite
+def _grids(draw):
+    seed = draw(st.sampled_from([3, 11, 24]))
+    coverage = draw(st.sampled_from(["pelvis", "knee_to_ankle"]))
+    spacing = tuple(draw(st.floats(2.5, 6.0)) for _ in range(3))
+    direction = SIGNED_PERMUTATIONS[draw(st.integers(0, len(SIGNED_PERMUTATIONS) - 1))]
+    if draw(st.booleans()):
+        direction = _rotation(*draw(st.tuples(*[st.floats(-20.0, 20.0)] * 3))) @ direction
+    return seed, coverage, spacing, direction
+
+
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
+          phases=[Phase.explicit, Phase.generate])   # seconds per example: report it, do not shrink
+@given(_grids())
+def test_label_is_the_femur_truth_at_every_voxel_centre_of_any_grid(grid):
+    """label == femur_truth(seed, anatomical voxel centres) on random spacings, flips, permutations, obliquity."""
+    seed, coverage, spacing, direction = grid
+    case = generate_case(seed, spacing=spacing, direction=direction, coverage=coverage)
+    geometry, shape, rotation, fov = _grid(seed, coverage, spacing, direction)
+    assert case.geometry == geometry and case.label.shape == shape and case.ct.shape == shape
+    assert np.allclose(case.geometry.spacing, spacing) and np.allclose(case.geometry.direction, direction)
+    lps, anat = _centres(geometry, shape, rotation)
+    q = _q(anat)
+    truth = femur_truth(seed, q)
+    inside = _in_fov(geometry, shape, lps, fov, margin=2 * max(spacing))  # whatever happens outside the FOV
+    assert truth[inside].any(), "no femur in the scan: the check would be empty"
+    wrong = (case.label != truth) & inside
+    if wrong.any():   # only a voxel centre on the surface itself (float rounding) may differ
+        ind = _scene(seed).ind
+        d = np.minimum(*(np.abs(ind.bone_distance(f"femur_{s}", tuple(c[wrong] for c in q))) for s in SIDES))
+        assert d.max() < 1e-3, f"{int(wrong.sum())} voxels differ from the truth, up to {d.max():.2f} mm inside"
+    assert set(np.unique(case.label[inside])) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("direction", [np.diag([-1.0, -1.0, 1.0]), np.eye(3)[:, [1, 2, 0]] * [1, -1, -1]],
+                         ids=["flipped", "permuted"])
+def test_the_same_voxel_centre_gets_the_same_label_in_two_grids(direction):
+    reference = _case(24, "pelvis", VERY_COARSE, tuple(np.eye(3).ravel()))
+    case = _case(24, "pelvis", VERY_COARSE, tuple(direction.ravel()))
+    r = Reorientation.for_geometry(case.geometry)
+    assert not r.is_identity
+    pts = case.geometry.physical_points(case.label.shape)
+    pts = np.stack([r.to_canonical(pts[..., a]) for a in range(3)], axis=-1)
+    assert np.allclose(pts, reference.geometry.physical_points(reference.label.shape), atol=1e-6)
+    label = r.to_canonical(case.label)
+    assert np.array_equal(label, reference.label)
+    assert set(np.unique(label)) == {0, 1, 2}
+
+
+def test_femur_volume_is_the_same_at_two_spacings():
+    """The individual depends on the seed only: partial-volume-free labels give the same femur volumes."""
+    a, b = _case(24, "pelvis", COARSE), _case(24, "pelvis", (3.0, 5.0, 2.5))
+    assert a.label.shape != b.label.shape
+    for value in (1, 2):
+        va = (a.label == value).sum() * np.prod(a.geometry.spacing) / 1000
+        vb = (b.label == value).sum() * np.prod(b.geometry.spacing) / 1000
+        assert va > 50, va                               # ml: head, neck and upper shaft
+        assert abs(va - vb) < 0.05 * va, (value, va, vb)
+
+
+# --- 2. anatomy in position --------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", SEEDS)
+def test_femoral_head_sits_in_the_acetabulum_with_a_joint_space(seed):
+    ind = _scene(seed).ind
+    for side, sign in SIDES.items():
+        centre = ind.marks[f"head_{side}"]
+        femur, hip = f"femur_{side}", f"hip_{side}"
+        assert ind.bone_distance(femur, _point(centre))[0] < -15.0          # deep inside the head
+        assert ind.bone_distance(hip, _point(centre))[0] > 10.0             # the acetabulum is carved out
+        assert ind.bone_distance(f"femur_{'right' if side == 'left' else 'left'}", _point(centre))[0] > 30.0
+        # toward the acetabular roof (superomedial): femur, then a joint space, then the hip bone
+        u = np.array([-sign * 0.5, 0.0, 0.86])
+        u /= np.linalg.norm(u)
+        r = np.arange(0.0, 50.0, 0.25)
+        f, h = _ray(ind, femur, centre, u, r), _ray(ind, hip, centre, u, r)
+        end = int(np.argmax(f >= 0))                     # first sample out of the femur
+        assert end > 0 and (f[:end] < 0).all() and (h[:end] > 0).all()
+        assert abs(r[end] - ind.head_radius) < 6.0, (side, r[end], ind.head_radius)
+        assert (h < 0).any(), "no acetabular roof above the head"
+        start = int(np.argmax(h < 0))                    # first sample in the hip bone
+        assert start > end and (f[end:start] > 0).all() and (h[end:start] > 0).all()
+        assert 0.5 <= r[start] - r[end] <= 10.0, (side, r[end], r[start])   # the joint space, mm
+
+
+@pytest.mark.parametrize("seed", SEEDS[:6])
+def test_hip_and_knee_bones_never_overlap_and_meet_at_thin_joints(seed):
+    ind = _scene(seed).ind
+    for side in SIDES:
+        q = _box(ind.marks[f"head_{side}"], 45.0, 2.0)
+        f, h = ind.bone_distance(f"femur_{side}", q), ind.bone_distance(f"hip_{side}", q)
+        both = np.maximum(f, h)
+        assert both.min() > -0.5, f"femoral head and hip bone overlap by {-both.min():.2f} mm"
+        assert both.min() < 4.0                                             # the hip joint is thin
+        q = _box(ind.marks[f"knee_{side}"], 60.0, 2.0)
+        f, t = ind.bone_distance(f"femur_{side}", q), ind.bone_distance(f"tibia_{side}", q)
+        assert not ((f < 0) & (t < 0)).any(), "femur and tibia overlap"
+        assert np.maximum(f, t).min() < 10.0                                 # they come close at the knee
+        zf, zt = q[2][f < 0], q[2][t < 0]
+        assert zf.size > 1000 and zt.size > 1000
+        assert np.median(zt) < ind.marks[f"knee_{side}"][2] < np.median(zf)  # tibia below, femur above
+        assert np.median(zt) < np.median(zf) - 30.0
+
+
+@pytest.mark.parametrize("seed", SEEDS[:5])
+def test_left_is_plus_x_and_the_sacrum_sits_between_the_hips(seed):
+    ind = _scene(seed).ind
+    m = ind.marks
+    assert m["head_left"][0] > 40.0 and m["head_right"][0] < -40.0          # LPS: patient left is +x
+    assert m["knee_left"][0] > m["knee_right"][0] and m["ankle_left"][0] > m["ankle_right"][0]
+    for side in SIDES:
+        other = "right" if side == "left" else "left"
+        assert ind.bone_distance(f"femur_{side}", _point(m[f"head_{side}"]))[0] < 0
+        assert ind.bone_distance(f"hip_{side}", _point(m[f"head_{other}"]))[0] > 0
+    q = _box((0.0, 40.0, 70.0), 150.0, 4.0)
+    sacrum = ind.bone_distance("sacrum", q) < 0
+    x, y, z = (c[sacrum] for c in q)
+    assert x.size > 500
+    assert m["head_right"][0] < x.min() and x.max() < m["head_left"][0]
+    assert abs(np.median(x) - 0.5 * (m["head_left"][0] + m["head_right"][0])) < 20.0
+    assert np.median(y) > m["head_left"][1] + 20.0                            # posterior to the hip joints
+    assert np.median(z) > m["head_left"][2]                                   # above them
+    for side in SIDES:                                                        # the hip bones flank it
+        xh = q[0][ind.bone_distance(f"hip_{side}", q) < 0]
+        assert np.sign(np.median(xh)) == SIDES[side]
+
+
+def test_poses_vary_within_sane_ranges():
+    rows = []
+    for seed in SEEDS:
+        ind = _scene(seed).ind
+        m = ind.marks
+        for side, sign in SIDES.items():
+            head, knee, ankle = m[f"head_{side}"], m[f"knee_{side}"], m[f"ankle_{side}"]
+            rows.append((np.linalg.norm(knee - head), head[2] - knee[2], knee[2] - ankle[2],
+                         np.linalg.norm(ankle - knee), sign * (knee[0] - head[0]), knee[1] - head[1]))
+        assert 150.0 < m["head_left"][0] - m["head_right"][0] < 260.0          # head centres apart, mm
+    femur, drop, shin_drop, shin, lateral, forward = np.array(rows).T
+    assert ((femur > 300) & (femur < 560)).all(), femur                        # femur length (head-knee)
+    assert (drop > 250).all() and np.median(drop) > 340, drop                   # knee below head (flexion)
+    assert ((shin > 270) & (shin < 470)).all() and (shin_drop > 250).all(), shin
+    assert ((lateral > -80) & (lateral < 170)).all(), lateral                  # abduction/adduction
+    assert ((forward > -320) & (forward < 80)).all(), forward                  # hip flexion
+    assert forward.std() > 20 and lateral.std() > 15                           # the poses vary
+    assert (forward < -10).mean() > 0.4                                        # mostly some flexion
+    assert {_scene(s).ind.body for s in SEEDS} == set(BODIES)
+
+
+@pytest.mark.xfail(strict=True, reason="generator bug: ind.marks are posed but not moved by the individual's "
+                                       "deformation, so landmarks sit up to Deformation.max_shift off the bones")
+def test_landmarks_follow_the_deformed_bones():
+    """The head and knee marks are where the atlas landmarks end up: same bone distance as in the atlas."""
+    worst = 0.0
+    for seed in SEEDS[:10]:
+        ind = _scene(seed).ind
+        bones, atlas_marks = load_body(ind.body)
+        for side in SIDES:
+            for mark in ("head", "knee"):
+                expected = bones[f"femur_{side}"].distance(_point(atlas_marks[f"{mark}_{side}"]))[0]
+                got = ind.bone_distance(f"femur_{side}", _point(ind.marks[f"{mark}_{side}"]))[0]
+                worst = max(worst, abs(got - expected))
+    assert worst < 0.5, f"a landmark is {worst:.1f} mm (in bone distance) off its bone"
+
+
+# --- 3. tissue HU ------------------------------------------------------------------------------------------
+def test_drawn_tissue_values_are_physiological():
+    rng = np.random.default_rng(0)
+    draws = [draw_hu(rng) for _ in range(3000)]
+
+    def values(key, where=lambda h: True):
+        return np.array([h[key] for h in draws if where(h)])
+
+    assert (values("air") == -1000).all()
+    for key, lo, hi in [("fat", -125, -80), ("muscle", 30, 65), ("skin", 20, 60), ("visceral", -115, -70),
+                        ("lung", -900, -780), ("canal", -90, 30), ("cortex", 850, 1850), ("trabecular", 60, 350),
+                        ("metal", 2500, HU_MAX), ("disc", 70, 110), ("csf", 0, 20), ("fluid", 0, 25),
+                        ("stool", -60, 40), ("urine", 0, 900), ("table_core", -950, -750)]:
+        v = values(key)
+        assert v.min() >= lo and v.max() <= hi, key
+        assert v.max() - v.min() > 0.8 * (hi - lo) * (0.5 if key == "urine" else 1.0), key   # spans its range
+    normal, porotic = (lambda h: not h["porotic"]), (lambda h: h["porotic"])
+    assert values("cortex", normal).min() >= 1150 and values("cortex", porotic).max() <= 1200
+    assert values("trabecular", normal).min() >= 150 and values("trabecular", porotic).max() <= 150
+    assert 0.2 < len(values("cortex", porotic)) / len(draws) < 0.3
+    assert all(h["cortex"] > h["trabecular"] + 500 and min(h["trabecular"], h["muscle"]) > h["fat"] + 100
+               and h["metal"] > h["cortex"] + 600 for h in draws)
+    phases = np.array([h["phase"] for h in draws])
+    for phase, p in (("none", 0.4), ("arterial", 0.3), ("venous", 0.3)):
+        assert abs(np.mean(phases == phase) - p) < 0.04, phase
+    assert (values("artery", lambda h: h["phase"] == "arterial") > 219).all()
+    assert all(h["artery"] > h["vein"] for h in draws if h["phase"] == "arterial")
+    plain = [h for h in draws if h["phase"] == "none"]
+    assert all(35 <= h["artery"] <= 55 and 35 <= h["vein"] <= 55 and h["kidney"] <= 45 for h in plain)
+
+
+@pytest.mark.slow
+def test_measured_ct_values_of_bone_fat_and_air():
+    """Median HU deep in the shaft cortex, in the marrow canal, in subcutaneous fat and in the air around."""
+    seed, coverage, spacing = 2, "hip_to_knee", (3.0, 3.0, 4.0)
+    case = _case(seed, coverage, spacing)
+    assert case.ct.dtype == np.int16 and case.label.dtype == np.uint8
+    assert HU_MIN <= case.ct.min() and case.ct.max() <= HU_MAX
+    geometry, shape, rotation, fov = _grid(seed, coverage, spacing)
+    assert geometry == case.geometry
+    lps, anat = _centres(geometry, shape, rotation)
+    q = _q(anat)
+    scene = _scene(seed)
+    ind, m, hu, body = scene.ind, scene.ind.marks, scene.hu, scene.body
+    in_fov = _in_fov(geometry, shape, lps, fov, margin=10.0)
+    thickness = 1.2 + body["shaft_cortex"]
+    for side in SIDES:
+        d = ind.bone_distance(f"femur_{side}", q)
+        top, bottom = m[f"head_{side}"], m[f"knee_{side}"]
+        t = (q[2] - bottom[2]) / (top[2] - bottom[2])
+        middle = (t > 0.35) & (t < 0.6) & in_fov
+        cortex = middle & (d <= -1.5) & (d >= -(thickness - 1.5))
+        canal = middle & (d < -(thickness + 3.0))
+        assert cortex.sum() > 200 and canal.sum() > 50
+        c = float(np.median(case.ct[cortex]))
+        assert c > 700 and 0.7 * hu["cortex"] < c < 1.3 * hu["cortex"], (side, c, hu["cortex"])
+        assert float(np.median(case.ct[canal])) < 0.25 * c                 # fatty marrow, dark
+    d_skin = skin_distance(q, ind, body)
+    assert body["fat"] > 30                                                 # a thick fat layer to sample
+    fat = (d_skin < -6.0) & (d_skin > -(fat_thickness(q, body) - 6.0)) & (q[2] > body["crotch"] + 50) & in_fov
+    assert fat.sum() > 1000
+    f = float(np.median(case.ct[fat]))
+    assert hu["fat"] - 45 < f < hu["fat"] + 15 and -170 < f < -60, (f, hu["fat"])   # cupping lowers it a little
+    air = (d_skin > 15.0) & in_fov
+    if body["table"] is not None:
+        air &= np.abs(q[1] - body["table"]) > 25.0
+    for item in scene.items:
+        if item.name.startswith("arm"):
+            air &= item.distance(q) > 15.0
+    assert air.sum() > 10000
+    assert abs(float(np.median(case.ct[air])) + 1000) <= 10
+    assert np.percentile(case.ct[air], 99) < -800
+
+
+# --- 4. coverages ------------------------------------------------------------------------------------------
+def _scanner_z(rotation, point):
+    return float((rotation @ np.asarray(point, float))[2])
+
+
+@pytest.mark.parametrize("coverage", list(COVERAGES))
+def test_each_coverage_scans_its_range(coverage):
+    seed = 3
+    case = _case(seed, coverage, VERY_COARSE)
+    assert case.coverage == coverage and case.body in BODIES
+    geometry, shape, rotation, fov = _grid(seed, coverage, VERY_COARSE)
+    assert geometry == case.geometry
+    lps, _ = _centres(geometry, shape, rotation)
+    z0, z1 = float(lps[..., 2].min()), float(lps[..., 2].max())
+    m = _scene(seed).ind.marks
+    head = max(_scanner_z(rotation, m[f"head_{s}"]) for s in SIDES)
+    knee = min(_scanner_z(rotation, m[f"knee_{s}"]) for s in SIDES)
+    ankle = min(_scanner_z(rotation, m[f"ankle_{s}"]) for s in SIDES)
+
+    def scanned(z, tolerance=25.0):
+        return z0 - tolerance <= z <= z1 + tolerance
+    values = set(np.unique(case.label))
+    if coverage in FEMUR_FREE:
+        assert values == {0} and z0 > head + 100
+    elif coverage == "knee_to_ankle":
+        assert values in ({0, 1}, {0, 2}, {0, 1, 2}) and z1 < head - 100
+        assert scanned(knee) and scanned(ankle)
+        z_label = lps[..., 2][case.label > 0]
+        assert z_label.min() > 0.5 * (z0 + z1)                 # the distal femur only, at the top
+        assert z1 - z_label.max() < 2 * VERY_COARSE[2] + 140   # up to the top of the scan
+    else:
+        assert values == {0, 1, 2} and scanned(head)
+        assert scanned(knee) == (coverage in ("hip_to_knee", "whole_leg"))
+        assert scanned(ankle) == (coverage == "whole_leg")
+        if coverage == "pelvis":
+            assert z1 > head + 60                              # iliac crests above the heads
+
+
+def test_drawn_coverages_follow_the_coverage_probabilities(monkeypatch):
+    """generate_case's own coverage draw, stopped before any rendering (anatomy and grid stubbed out)."""
+    class Drawn(Exception):
+        pass
+
+    def stop(rng, scene, coverage, spacing, direction):
+        raise Drawn(coverage)
+    monkeypatch.setattr(phantom2, "make_individual", lambda rng: None)
+    monkeypatch.setattr(phantom2, "build_scene", lambda rng, ind: None)
+    monkeypatch.setattr(phantom2, "make_grid", stop)
+    n, drawn = 4000, []
+    for seed in range(n):
+        with pytest.raises(Drawn) as info:
+            generate_case(seed)
+        drawn.append(info.value.args[0])
+    assert abs(sum(COVERAGES.values()) - 1.0) < 1e-9
+    assert set(drawn) == set(COVERAGES)
+    for coverage, p in COVERAGES.items():
+        f = drawn.count(coverage) / n
+        assert abs(f - p) < 4.5 * np.sqrt(p * (1 - p) / n), (coverage, f, p)
+
+
+def test_no_femur_label_outside_the_field_of_view():
+    seed, coverage = 3, "whole_leg"
+    case = _case(seed, coverage, COARSE)
+    geometry, shape, rotation, fov = _grid(seed, coverage, COARSE)
+    lps, _ = _centres(geometry, shape, rotation)
+    outside = ~_in_fov(geometry, shape, lps, fov)
+    assert (case.ct[outside] == HU_MIN).all()                  # the cut-off itself
+    assert (case.label > 0).sum() > 1000
+    assert not (case.label[outside] > 0).any(), f"{int((case.label[outside] > 0).sum())} femur voxels in the cut"
+
+
+@pytest.mark.xfail(strict=True, reason="generator bug: make_grid centres the field of view in the anatomical "
+                                       "frame but places it in the scanner frame (rotation ignored), and a "
+                                       "two-leg field of view ignores how far apart the legs are")
+def test_leg_scans_hold_the_legs_they_aim_at():
+    """knee_to_ankle: a one-leg (small) field of view holds that leg's tibia; a two-leg one half of each."""
+    failures = []
+    for seed in range(30):
+        scene = _scene(seed)
+        geometry, shape, rotation, fov = _grid(seed, "knee_to_ankle", VERY_COARSE)
+        centre = geometry.ijk_to_lps()[:3, :3] @ ((np.asarray(shape[::-1], float) - 1) / 2) + np.asarray(geometry.origin)
+        z = [geometry.origin[2], (geometry.ijk_to_lps() @ np.append(np.asarray(shape[::-1], float) - 1, 1))[2]]
+        shares = []
+        for side in SIDES:
+            lo, hi = scene.ind.bone_bounds(f"tibia_{side}")
+            axes = [np.arange(a, b, 4.0) for a, b in zip(lo, hi)]
+            pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+            tibia = pts[scene.ind.bone_distance(f"tibia_{side}", _q(pts)) < 0] @ rotation.T   # scanner frame
+            tibia = tibia[(tibia[:, 2] >= min(z)) & (tibia[:, 2] <= max(z))]
+            shares.append(np.mean((tibia[:, 0] - centre[0]) ** 2 + (tibia[:, 1] - centre[1]) ** 2 <= (fov / 2) ** 2))
+        one_leg = fov <= 260.0
+        if (one_leg and max(shares) < 0.95) or (not one_leg and min(shares) < 0.5):
+            failures.append((seed, round(fov), [round(float(s), 2) for s in shares]))
+    assert not failures, failures
+
+
+@pytest.mark.xfail(strict=True, reason="generator bug: scanner_physics works in array index axes, so a grid whose "
+                                       "k axis is not the scanner z gets its field-of-view disc (and slice "
+                                       "profile) in the wrong plane")
+def test_field_of_view_is_a_scanner_axial_disc_on_a_permuted_grid():
+    seed, coverage = 3, "hip_to_knee"
+    direction = np.eye(3)[:, [1, 2, 0]]                            # k along x: sagittal slices
+    case = _case(seed, coverage, VERY_COARSE, tuple(direction.ravel()))
+    geometry, shape, rotation, fov = _grid(seed, coverage, VERY_COARSE, direction)
+    lps, _ = _centres(geometry, shape, rotation)
+    inside = _in_fov(geometry, shape, lps, fov, margin=10.0)
+    femur = (case.label > 0) & inside
+    assert femur.sum() > 1000
+    assert not (case.ct[femur] == HU_MIN).any(), f"{int((case.ct[femur] == HU_MIN).sum())} femur voxels cut away"
+    assert (case.ct[~_in_fov(geometry, shape, lps, fov)] == HU_MIN).all()
+
+
+# --- 5. determinism ----------------------------------------------------------------------------------------
+def test_same_seed_same_case_other_seed_other_case():
+    a = generate_case(5, spacing=VERY_COARSE, coverage="pelvis")
+    b = generate_case(5, spacing=VERY_COARSE, coverage="pelvis")
+    assert np.array_equal(a.ct, b.ct) and np.array_equal(a.label, b.label) and a.geometry == b.geometry
+    assert (a.name, a.coverage, a.body, a.metal, a.arms) == (b.name, b.coverage, b.body, b.metal, b.arms)
+    assert a.name == "phantom0005" and a.label.any()
+    c = generate_case(6, spacing=VERY_COARSE, coverage="pelvis")
+    assert a.ct.shape != c.ct.shape or not np.array_equal(a.ct, c.ct)
+    assert a.label.shape != c.label.shape or not np.array_equal(a.label, c.label)
+    d, e = generate_case(7, spacing=VERY_COARSE), generate_case(7, spacing=VERY_COARSE)   # drawn coverage too
+    assert d.coverage == e.coverage and np.array_equal(d.ct, e.ct) and np.array_equal(d.label, e.label)
+
+
+def test_the_individual_depends_on_the_seed_only():
+    points = _box((0.0, 0.0, -150.0), 150.0, 10.0)
+    a = femur_truth(9, points)
+    assert np.array_equal(a, femur_truth(9, points)) and set(np.unique(a)) == {0, 1, 2}
+    assert not np.array_equal(a, femur_truth(10, points))
+    s, t = make_scene(9), make_scene(9)
+    assert s.ind.body == t.ind.body and s.hu == t.hu
+    assert all(np.array_equal(s.ind.marks[k], t.ind.marks[k]) for k in s.ind.marks)
+    assert not np.allclose(s.ind.marks["knee_left"], make_scene(10).ind.marks["knee_left"])
+
+
+def test_bad_arguments_are_one_line_errors():
+    for kwargs, words in [({"coverage": "feet"}, "coverage"), ({"shape": (10, 10, 10)}, "shape"),
+                          ({"spacing": (1.0, 0.0, 1.0)}, "spacing"), ({"direction": np.ones((3, 3))}, "direction")]:
+        with pytest.raises(FemurUNetError, match=words):
+            generate_case(1, **kwargs)
+    with pytest.raises(FemurUNetError, match="seed"):
+        generate_case(-1)
+
+
+# --- 6. the sample command ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sample_command_writes_a_pelvis_case(tmp_path):
+    out = tmp_path / "phantoms"
+    exe = shutil.which("femurunet")
+    command = [exe] if exe else [sys.executable, "-m", "FemurUNetLib.cli"]
+    run = subprocess.run(command + ["sample", str(out), "--phantom", "2", "--coverage", "pelvis", "--seed", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("phantom0003") and "pelvis" in run.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["phantom0003_ct.nii.gz", "phantom0003_femur.nii.gz"]
+    ct_image = sitk.ReadImage(str(out / "phantom0003_ct.nii.gz"))
+    label_image = sitk.ReadImage(str(out / "phantom0003_femur.nii.gz"))
+    assert ct_image.GetPixelID() == sitk.sitkInt16 and label_image.GetPixelID() == sitk.sitkUInt8
+    geometry = Geometry.from_sitk(label_image)
+    assert Geometry.from_sitk(ct_image) == geometry and ct_image.GetSize() == label_image.GetSize()
+    expected, shape, rotation, _ = _grid(3, "pelvis")                    # the drawn full-resolution grid
+    assert geometry == expected
+    label = sitk.GetArrayFromImage(label_image)
+    ct = sitk.GetArrayFromImage(ct_image)
+    assert label.shape == shape == ct.shape
+    assert set(np.unique(label)) == {0, 1, 2}
+    assert HU_MIN <= ct.min() and ct.max() <= HU_MAX
+    k = np.arange(0, shape[0], 7)                                        # every 7th slice: exact truth there
+    kk, jj, ii = np.meshgrid(k, np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+    lps = np.stack([ii, jj, kk], axis=-1) @ geometry.ijk_to_lps()[:3, :3].T + np.asarray(geometry.origin)
+    assert np.array_equal(label[k], femur_truth(3, _q(lps @ rotation)))
+
+
+def test_sample_rejects_an_unknown_coverage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["sample", str(tmp_path / "x"), "--phantom", "2", "--coverage", "feet"])
+    assert info.value.code == 2
+    assert "--coverage" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_sample_rejects_a_coverage_for_phantom_v1(tmp_path, capsys):
+    assert cli.main(["sample", str(tmp_path / "x"), "--phantom", "1", "--coverage", "pelvis"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--coverage" in err
+    assert not (tmp_path / "x").exists()
