@@ -11,12 +11,15 @@ function whatever the spacing, flips, permutation or obliquity (``femur_truth`` 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import FemurUNetError
-from .geometry import Geometry
+from .geometry import Geometry, Reorientation
 from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
 from .phantom2_anatomy import LABEL, Individual, make_individual
 from .phantom2_body import cavity_distance, fat_thickness, septa_distance, skin_distance
@@ -45,42 +48,60 @@ def coverage_range(rng, ind: Individual, scene, coverage) -> tuple:
     return ranges[coverage]
 
 
-def make_grid(rng, scene, coverage, spacing=None, direction=None) -> tuple:
-    """(Geometry, numpy shape, scanner rotation, scanner centre) of an axial scan over the coverage."""
+def _draw_scan(rng, scene, coverage) -> dict:
+    """Field of view (mm), its centre in the scanner frame, matrix, slice spacing and the patient's rotation."""
     lo, hi = coverage_range(rng, scene.ind, scene, coverage)
-    body = scene.body
+    body, marks = scene.body, scene.ind.marks
     legs_only = coverage in ("knee_to_ankle",) or (coverage == "whole_leg" and rng.random() < 0.5)
     fov = float(rng.uniform(250, 420) if legs_only else max(rng.uniform(330, 500), 2 * body["sx"][1] + 20))
     fov = min(fov, 500.0)
     centre = np.array([rng.uniform(-30, 30), body["cy"] + rng.uniform(-25, 25), 0.5 * (lo + hi)])
+    sides = ("left", "right")
     if legs_only and rng.random() < 0.35:       # one leg, small field of view
-        side = "left" if rng.random() < 0.5 else "right"
+        sides = ("left" if rng.random() < 0.5 else "right",)
         fov = float(rng.uniform(160, 260))
-        centre[:2] = 0.5 * (scene.ind.marks[f"knee_{side}"][:2] + scene.ind.marks[f"ankle_{side}"][:2])
     n_xy = int(rng.choice([192, 256, 320, 384, 512], p=[0.1, 0.3, 0.2, 0.15, 0.25]))
-    s_xy = fov / n_xy
     s_z = float(rng.choice([0.625, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0], p=[0.1, 0.2, 0.1, 0.15, 0.15, 0.2, 0.1]))
     s_z = max(s_z, (hi - lo) / MAX_SLICES)
-    n_z = max(1, int(round((hi - lo) / s_z)))
     rotation = _rotation(*np.radians(rng.uniform(-5, 5, 3)))
+    jitter = centre[:2] - (0.0, body["cy"])
+    centre = rotation @ centre
+    if legs_only:               # aim at the legs as posed and rotated on the table
+        legs = np.array([rotation @ marks[f"{j}_{s}"] for j in ("knee", "ankle") for s in sides])[:, :2]
+        centre[:2] = 0.5 * (legs.min(0) + legs.max(0)) + (jitter if len(sides) == 2 else 0.0)
+        if len(sides) == 2:
+            fov = min(500.0, max(fov, float(np.ptp(legs, axis=0).max()) + 180.0))
+    return {"fov": fov, "centre": centre, "n_xy": n_xy, "s_z": s_z, "n_z": max(1, int(round((hi - lo) / s_z))),
+            "rotation": rotation}
+
+
+def make_grid(rng, scene, coverage, spacing=None, direction=None, shape=None) -> tuple:
+    """(Geometry, numpy shape, patient rotation, field of view) of an axial scan over the coverage. ``spacing``
+    (i, j, k), ``direction`` and ``shape`` (numpy k, j, i) override the drawn ones; a shape alone keeps the
+    drawn extent and derives the spacing."""
+    scan = _draw_scan(rng, scene, coverage)
     use_random = rng.random() < 0.3
     random_direction = _random_direction(rng)
-    if direction is None:
-        direction = random_direction if use_random else np.eye(3)
-    direction = np.asarray(direction, float)
+    direction = np.asarray((random_direction if use_random else np.eye(3)) if direction is None else direction, float)
     if direction.shape != (3, 3) or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
         raise FemurUNetError("direction must be an orthonormal 3x3 matrix (columns: i, j, k axes in LPS)")
-    world_n, world_s = np.array([n_xy, n_xy, n_z]), np.array([s_xy, s_xy, s_z])
+    if shape is not None and (len(shape) != 3 or min(int(n) for n in shape) < 1):
+        raise FemurUNetError(f"shape must be three positive voxel counts (k, j, i), got {tuple(shape)}")
+    if spacing is not None and (len(spacing) != 3 or min(float(v) for v in spacing) <= 0):
+        raise FemurUNetError(f"spacing must be three positive numbers (i, j, k) in mm, got {tuple(spacing)}")
     axis_world = np.abs(direction).argmax(axis=0)
-    if spacing is None:
-        spacing = tuple(float(world_s[axis_world[a]]) for a in range(3))
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise FemurUNetError(f"spacing must be three positive numbers (i, j, k) in mm, got {spacing}")
-    n_ijk = [max(1, int(round(world_n[axis_world[a]] * world_s[axis_world[a]] / spacing[a]))) for a in range(3)]
-    half = direction @ (np.asarray(spacing) * (np.asarray(n_ijk) - 1) / 2)
-    geometry = Geometry(spacing, tuple(np.array([0.0, 0.0, 0.0]) + centre - half), direction)
-    return geometry, (n_ijk[2], n_ijk[1], n_ijk[0]), rotation, fov
+    s_xy = scan["fov"] / scan["n_xy"]
+    extent = np.array([scan["fov"], scan["fov"], scan["n_z"] * scan["s_z"]])[axis_world]   # per index axis
+    world_s = np.array([s_xy, s_xy, scan["s_z"]])[axis_world]
+    if shape is not None:
+        n_ijk = np.array([int(n) for n in shape[::-1]])
+        spacing = extent / n_ijk if spacing is None else np.asarray(spacing, float)
+    else:
+        spacing = world_s if spacing is None else np.asarray(spacing, float)
+        n_ijk = np.maximum(1, np.rint(extent / spacing)).astype(int)
+    half = direction @ (spacing * (n_ijk - 1) / 2)
+    geometry = Geometry(tuple(float(v) for v in spacing), tuple(scan["centre"] - half), direction)
+    return geometry, (int(n_ijk[2]), int(n_ijk[1]), int(n_ijk[0])), scan["rotation"], scan["fov"]
 
 
 class Renderer:
@@ -127,19 +148,18 @@ class Renderer:
         occ = np.clip(0.5 - d / w, 0.0, 1.0)
         hu += occ * (value - hu)
 
-    def slab(self, k0, k1) -> tuple:
+    def slab(self, k0, k1, tex) -> tuple:
         nk, nj, ni = self.shape
         rows = (max(k0 - 1, 0), min(k1 + 1, nk))
         core = slice(k0 - rows[0], k0 - rows[0] + (k1 - k0))
         hu = np.full((k1 - k0, nj, ni), self.s.hu["air"], np.float32)
         label = np.zeros(hu.shape, np.uint8)
-        tex = self._texture(hu.shape)
         self._body_wall(rows, core, hu, tex)
         for item in self.s.items:
             self._item(item, rows, k0, hu, label, tex)
         return hu, label
 
-    def _texture(self, shape) -> np.ndarray:
+    def texture(self, shape) -> np.ndarray:
         sigma = 0.7 / self.g.spacing[0]
         t = ndimage.gaussian_filter(self.tex_rng.standard_normal(shape, dtype=np.float32), (0, sigma, sigma))
         return t / max(float(t.std()), 1e-6)
@@ -270,6 +290,39 @@ def scanner_physics(hu, geometry: Geometry, rng, scanner, fov) -> np.ndarray:
 
 
 # --- cases ----------------------------------------------------------------------------------------------------
+_ACTIVE = None     # the renderer a forked worker paints with
+
+
+def _slab_job(k0, k1, tex):
+    return _ACTIVE.slab(k0, k1, tex)
+
+
+def default_jobs() -> int:
+    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def render(renderer: Renderer, shape, jobs: int) -> tuple:
+    """HU and label of every slab; textures are drawn here in slab order, so any ``jobs`` gives the same bits."""
+    global _ACTIVE
+    step = max(1, SLAB_VOXELS // (shape[1] * shape[2]))
+    slabs = [(k0, min(k0 + step, shape[0])) for k0 in range(0, shape[0], step)]
+    hu, label = np.empty(shape, np.float32), np.empty(shape, np.uint8)
+    if jobs > 1 and len(slabs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _ACTIVE = renderer
+        try:
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_slab_job, k0, k1, renderer.texture((k1 - k0,) + tuple(shape[1:])))
+                           for k0, k1 in slabs]
+                for (k0, k1), future in zip(slabs, futures):
+                    hu[k0:k1], label[k0:k1] = future.result()
+        finally:
+            _ACTIVE = None
+        return hu, label
+    for k0, k1 in slabs:
+        hu[k0:k1], label[k0:k1] = renderer.slab(k0, k1, renderer.texture((k1 - k0,) + tuple(shape[1:])))
+    return hu, label
+
+
 def _streams(seed):
     seed = int(seed)
     if seed < 0:
@@ -292,29 +345,25 @@ def femur_truth(seed: int, points_anat) -> np.ndarray:
     return label
 
 
-def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None) -> PhantomCase:
+def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None, jobs=None) -> PhantomCase:
     """One phantom v2 case, deterministic per seed (the individual depends on the seed only, so every grid of
     a seed shows the same patient). ``coverage``: one of COVERAGES (drawn when None); ``spacing`` (i, j, k) mm
-    and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape`` is not supported."""
-    if shape is not None:
-        raise FemurUNetError("phantom v2 draws its own shape: give spacing and/or direction instead")
+    and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape`` (numpy k, j, i) keeps the
+    drawn field of view and coverage and derives the spacing. ``jobs``: processes painting slabs (default: up
+    to 2 CPUs); the result does not depend on it."""
     anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng = _streams(seed)
     scene = build_scene(anatomy_rng, make_individual(anatomy_rng))
     if coverage is None:
         coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
     if coverage not in COVERAGES:
         raise FemurUNetError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
-    geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction)
+    geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction, shape)
     renderer = Renderer(scene, geometry, shape, rotation, tex_rng)
-    hu = np.empty(shape, np.float32)
-    label = np.empty(shape, np.uint8)
-    step = max(1, SLAB_VOXELS // (shape[1] * shape[2]))
-    for k0 in range(0, shape[0], step):
-        k1 = min(k0 + step, shape[0])
-        hu[k0:k1], label[k0:k1] = renderer.slab(k0, k1)
+    hu, label = render(renderer, shape, default_jobs() if jobs is None else int(jobs))
     scanner = draw_scanner(noise_rng)
     metal_streaks(renderer, hu, noise_rng, scanner)
-    scanner_physics(hu, geometry, noise_rng, scanner, fov)
+    axial = Reorientation.for_geometry(geometry)          # views: physics runs in the scanner's axial frame
+    scanner_physics(axial.to_canonical(hu), Geometry(axial.canonical_spacing(geometry)), noise_rng, scanner, fov)
     ct = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
     label[ct == HU_MIN] = 0      # outside the reconstructed field of view (bone is never that dark inside it)
     return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}",

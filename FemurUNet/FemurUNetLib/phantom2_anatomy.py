@@ -8,8 +8,8 @@ centres, spine) follow the posed bones.
 
 Frames: the atlas frame of a body is LPS mm with the origin midway between its femoral head centres. The
 anatomical frame ``x`` is the posed, scaled individual in the same orientation; the scanner frame is the
-anatomical frame rotated and shifted by the patient's position on the table (``Individual.rotation``,
-``Individual.centre``).
+anatomical frame rotated by the patient's position on the table (``phantom2.make_grid``). Landmarks
+(``Individual.marks``) are where the posed atlas landmarks land after the deformation.
 """
 from __future__ import annotations
 
@@ -158,15 +158,27 @@ def make_individual(rng, body=None) -> Individual:
                                       * scale[0])
     marks["scale"] = scale
     to_atlas = {b: np.linalg.inv(m) for b, m in forward.items()}
-    return Individual(body, bones, to_atlas, Deformation.draw(rng), marks, head_r * float(np.mean(scale)),
-                      hip_gap, hip_carve)
+    deformation = Deformation.draw(rng)
+    for key, value in marks.items():
+        if isinstance(value, np.ndarray) and key != "scale":
+            marks[key] = _undeform(deformation, value)
+    return Individual(body, bones, to_atlas, deformation, marks, head_r * float(np.mean(scale)), hip_gap, hip_carve)
+
+
+def _undeform(deformation: Deformation, target) -> np.ndarray:
+    """The anatomical point x with x + d(x) = target (fixed-point iteration; |grad d| <= 0.4 makes it converge)."""
+    x = np.array(target, float)
+    for _ in range(30):
+        moved = np.array([c[0] for c in deformation(tuple(np.array([c]) for c in x))])
+        x -= moved - target
+    return x
 
 
 def _pose_leg(rng, side, sign, atlas_marks, g, forward, marks) -> None:
     """Hip flexion/abduction/rotation about the head centre, knee flexion about the knee centre, joint spaces."""
     head, knee, ankle = (atlas_marks[f"{m}_{side}"] for m in ("head", "knee", "ankle"))
     flexion = math.radians(rng.uniform(-5, 20) if rng.random() < 0.9 else rng.uniform(20, 35))
-    abduction = math.radians(rng.uniform(-6, 15))
+    abduction = math.radians(rng.uniform(-4, 8))
     rotation = math.radians(rng.uniform(-20, 20))
     r_hip = _rotation(-flexion, -sign * abduction, sign * rotation)
     femur = g @ _about(head, r_hip * rng.uniform(0.96, 1.04))
