@@ -200,7 +200,7 @@ def test_written_files_read_back_identically(tmp_path):
 
 def test_sample_subcommand_writes_the_cases(tmp_path, capsys):
     out = tmp_path / "phantoms"
-    assert cli.main(["sample", str(out), "--cases", "2", "--seed", "12"]) == 0
+    assert cli.main(["sample", str(out), "--cases", "2", "--seed", "12", "--phantom", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("phantom0012") and lines[1].startswith("phantom0013")
     assert sorted(p.name for p in out.iterdir()) == ["phantom0012_ct.nii.gz", "phantom0012_femur.nii.gz",

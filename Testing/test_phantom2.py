@@ -24,6 +24,7 @@ from FemurUNetLib.phantom import HU_MAX, HU_MIN
 from FemurUNetLib.phantom2 import COVERAGES, FEMUR_FREE, femur_truth, generate_case, make_grid, make_scene
 from FemurUNetLib.phantom2_anatomy import BODIES, SIDES, load_body
 from FemurUNetLib.phantom2_body import draw_hu, fat_thickness, skin_distance
+from FemurUNetLib.sdf import _rotation as sdf_rotation
 
 COARSE = (4.0, 4.0, 4.0)
 VERY_COARSE = (5.0, 5.0, 5.0)
@@ -31,11 +32,8 @@ SEEDS = tuple(range(20))
 
 
 def _rotation(rx, ry, rz):
-    rx, ry, rz = np.radians([rx, ry, rz])
-    mx = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
-    my = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
-    mz = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
-    return mz @ my @ mx
+    """Rotation from angles in degrees."""
+    return sdf_rotation(*np.radians([rx, ry, rz]))
 
 
 def _signed_permutations():

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import FemurUNetError
 from .geometry import Geometry
-from .sdf import _PRIMITIVES, _box, _capsule, _ellipse_xy, _ellipsoid, _plane, _plate, _rotation, _smin, _sphere, _unit, _v
+from .sdf import _PRIMITIVES, grid_points, ramp_width, _box, _capsule, _ellipse_xy, _ellipsoid, _plane, _plate, _rotation, _smin, _sphere, _unit, _v
 from .volume_io import write_image
 
 LEFT, RIGHT = 1, 2
@@ -384,15 +384,9 @@ class _Renderer:
 
     def coords(self, box, anatomical=True):
         """float32 (x, y, z) arrays over an index box ((k0, k1), (j0, j1), (i0, i1)), computed in float64."""
-        (k0, k1), (j0, j1), (i0, i1) = box
         if anatomical:
-            m, o = self.index_to_anat, self.origin_anat
-        else:
-            m, o = self.index_to_lps, np.asarray(self.g.origin)
-        k = np.arange(k0, k1, dtype=np.float64)[:, None, None]
-        j = np.arange(j0, j1, dtype=np.float64)[None, :, None]
-        i = np.arange(i0, i1, dtype=np.float64)[None, None, :]
-        return tuple(((o[w] + m[w, 2] * k) + m[w, 1] * j + m[w, 0] * i).astype(np.float32) for w in range(3))
+            return grid_points(self.index_to_anat, self.origin_anat, box)
+        return grid_points(self.index_to_lps, np.asarray(self.g.origin), box)
 
     def box_for(self, lo, hi, rows, margin=12.0):
         """Index box (within ``rows`` of k) holding every voxel centre inside an anatomical-frame box."""
@@ -408,13 +402,7 @@ class _Renderer:
 
     def ramp(self, d):
         """Partial-volume ramp width (mm): the voxel's extent across the iso-surface, plus the scanner blur."""
-        w = np.full(d.shape, self.a.blur, np.float32)
-        for axis in range(3):
-            if d.shape[axis] > 1:
-                w += np.abs(np.gradient(d, axis=axis))
-            else:
-                w += 0.5 * self.g.spacing[2 - axis]
-        return w
+        return ramp_width(d, self.a.blur, self.g.spacing)
 
     @staticmethod
     def paint(hu, tissue, d, w, value, cls):

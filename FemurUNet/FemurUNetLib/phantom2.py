@@ -24,7 +24,7 @@ from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
 from .phantom2_anatomy import LABEL, Individual, make_individual
 from .phantom2_body import cavity_distance, fat_thickness, septa_distance, skin_distance
 from .phantom2_scene import build_scene
-from .sdf import _rotation
+from .sdf import _rotation, grid_points, ramp_width
 
 COVERAGES = {"pelvis": 0.24, "hip_to_knee": 0.14, "whole_leg": 0.08, "knee_to_ankle": 0.12,
              "abdomen_to_thigh": 0.18, "abdomen": 0.12, "chest": 0.12}
@@ -117,12 +117,7 @@ class Renderer:
         self.blur = 0.5 * min(geometry.spacing)
 
     def coords(self, box) -> tuple:
-        (k0, k1), (j0, j1), (i0, i1) = box
-        m, o = self.index_to_anat, self.origin_anat
-        k = np.arange(k0, k1, dtype=np.float64)[:, None, None]
-        j = np.arange(j0, j1, dtype=np.float64)[None, :, None]
-        i = np.arange(i0, i1, dtype=np.float64)[None, None, :]
-        return tuple(((o[w] + m[w, 2] * k) + m[w, 1] * j + m[w, 0] * i).astype(np.float32) for w in range(3))
+        return grid_points(self.index_to_anat, self.origin_anat, box)
 
     def box_for(self, lo, hi, rows, margin=3.0):
         lo, hi = np.asarray(lo, float) - margin, np.asarray(hi, float) + margin
@@ -135,13 +130,7 @@ class Renderer:
         return None if any(b <= a for a, b in box) else box
 
     def ramp(self, d) -> np.ndarray:
-        w = np.full(d.shape, self.blur, np.float32)
-        for axis in range(3):
-            if d.shape[axis] > 1:
-                w += np.abs(np.gradient(d, axis=axis))
-            else:
-                w += 0.5 * self.g.spacing[2 - axis]
-        return w
+        return ramp_width(d, self.blur, self.g.spacing)
 
     @staticmethod
     def paint(hu, d, w, value) -> None:

@@ -110,3 +110,27 @@ def _plate(p0, p1, up, height, thickness):
     return centre, np.stack([u, v, n]), half, thickness / 2
 
 
+
+
+# --- rendering helpers shared by the phantoms ---------------------------------------------------------------
+def grid_points(index_to_frame, origin, box) -> tuple:
+    """float32 (x, y, z) arrays of the voxel centres over an index box ((k0, k1), (j0, j1), (i0, i1)), computed in
+    float64 from a 3x3 index-to-frame matrix (columns i, j, k) and the frame position of voxel (0, 0, 0)."""
+    (k0, k1), (j0, j1), (i0, i1) = box
+    m, o = index_to_frame, origin
+    k = np.arange(k0, k1, dtype=np.float64)[:, None, None]
+    j = np.arange(j0, j1, dtype=np.float64)[None, :, None]
+    i = np.arange(i0, i1, dtype=np.float64)[None, None, :]
+    return tuple(((o[w] + m[w, 2] * k) + m[w, 1] * j + m[w, 0] * i).astype(np.float32) for w in range(3))
+
+
+def ramp_width(d, blur, spacing) -> np.ndarray:
+    """Partial-volume ramp width (mm): the voxel's extent across the iso-surface of ``d``, plus the scanner blur;
+    ``spacing`` (i, j, k) serves axes of length 1."""
+    w = np.full(d.shape, blur, np.float32)
+    for axis in range(3):
+        if d.shape[axis] > 1:
+            w += np.abs(np.gradient(d, axis=axis))
+        else:
+            w += 0.5 * spacing[2 - axis]
+    return w
