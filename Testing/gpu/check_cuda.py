@@ -91,6 +91,17 @@ def check_out_of_memory(case) -> None:
         torch.cuda.empty_cache()
 
 
+def check_intensity(case) -> None:
+    """Domain randomisation on the GPU draws the same transforms as on the CPU (noise aside)."""
+    from FemurUNetTrainLib.intensity import IntensityConfig, apply_intensity, draw_intensity
+    width = 2000.0
+    images = torch.rand(32, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    params = draw_intensity(32, IntensityConfig(enabled=True, p=0.6, noise_sd_hu=0), torch.Generator().manual_seed(1))
+    gpu = apply_intensity(images.cuda(), params, width)
+    diff = float((gpu.cpu() - apply_intensity(images, params, width)).abs().max())
+    check("intensity randomisation on cuda = on cpu", gpu.device.type == "cuda" and diff <= 2e-5, max_abs_diff=diff)
+
+
 def run_cli(*args, torchrun: int = 0) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun)] if torchrun else [sys.executable]
     return subprocess.run([*launcher, "-m", "FemurUNetLib.cli", *args], capture_output=True, text=True, timeout=600)
@@ -129,7 +140,7 @@ def main(argv=None) -> int:
         print("no CUDA device: this script checks the CUDA paths and needs an NVIDIA GPU", file=sys.stderr)
         return 2
     case = generate_case(9000)
-    for step in (check_inference, check_out_of_memory):
+    for step in (check_inference, check_out_of_memory, check_intensity):
         try:
             step(case)
         except Exception as exc:  # report and go on to the next group
