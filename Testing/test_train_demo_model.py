@@ -1,4 +1,5 @@
-"""Regression test of the shipped demo model: its Dice on fresh phantoms (seeds never used in training)."""
+"""Regression test of the shipped demo model v3: fresh phantom v2 cases (seeds never used in training or in
+README's evaluation), the real CTs in ../shared/data, and its provenance against the reproduction script."""
 from __future__ import annotations
 
 import re
@@ -8,61 +9,93 @@ import numpy as np
 import pytest
 
 from FemurUNetLib import segment_volume
-from FemurUNetLib.evaluate import dice
+from FemurUNetLib.evaluate import dice, femur_rows, read_femur_reference
 from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH, load_model
-from FemurUNetLib.phantom import generate_case
+from FemurUNetLib.phantom2 import generate_case
 from FemurUNetLib.volume_io import read_volume
 
-TRAINING_SEEDS = range(1000, 1044)          # train 1000-1039, validation 1040-1043
-FRESH_SEEDS = (9100, 9102, 9109)            # outside training and README's 9000-9009; 9109 has arms beside the trunk
-MIN_DICE = 0.975                            # bce-3 model: 0.983, 0.985, 0.980 (README: 0.986 on 9000-9009)
-MAX_FEMUR_FREE_FRACTION = 0.0005            # issue #3's goal (< 0.05 % of the voxels); measured 0.0045 %
+TRAIN_SEEDS, VAL_SEEDS = range(20000, 20090), range(20090, 20098)
+EVAL_SEEDS = range(90000, 90040)                   # README's held-out evaluation
+FRESH = ((91000, "pelvis"), (91001, "hip_to_knee"))   # outside both; fixed moderate grid to keep the suite fast
+FRESH_SPACING = (1.5, 1.5, 2.5)
+MIN_DICE = 0.94                                    # measured 0.958 (91000), 0.969 (91001)
+MIN_PELVIS_DICE = 0.40                             # measured 0.46 / 0.75 (issue 13 goal 0.90: not met)
+MAX_FEMUR_FREE_FRACTION = 0.0005                   # issue 13's goal (< 0.05 % of the voxels)
+MAX_SHIN_ML = 250.0       # regression bound: measured 189 ml on 91002; issue 13's goal (2 ml) is not met
 
 
-def test_demo_model_file_is_the_documented_one():
-    assert DEFAULT_MODEL_PATH.is_file(), f"{DEFAULT_MODEL_PATH} is missing (see FemurUNetTrain/Scripts/train_demo_model.sh)"
+@pytest.fixture(scope="module")
+def model():
+    return load_model(DEFAULT_MODEL_PATH)
+
+
+def _segment(model, ct, geometry):
+    return segment_volume(ct, geometry, model, device="cpu").labelmap
+
+
+def test_demo_model_file_is_the_documented_one(model):
     assert DEFAULT_MODEL_PATH.stat().st_size < 35e6
-    meta = load_model(DEFAULT_MODEL_PATH).metadata
+    meta = model.metadata
     assert meta["base_filters"] == 16 and meta["input_size"] == 256 and meta["orientation"] == "LPS"
     assert meta["window"] == {"center": 400.0, "width": 2000.0}
-    t = meta["training"]
-    assert t["cases"] == [f"phantom{s}" for s in range(1000, 1040)]
-    assert t["val_cases"] == [f"phantom{s}" for s in range(1040, 1044)]
-    assert t["init_training"]["cases"] == t["cases"] and t["init_training"]["val_cases"] == t["val_cases"]
-    assert not set(FRESH_SEEDS) & set(TRAINING_SEEDS)
+    stage2 = meta["training"]
+    stage1 = stage2["init_training"]
+    for t in (stage1, stage2):
+        assert t["cases"] == [f"phantom{s}" for s in TRAIN_SEEDS]
+        assert t["val_cases"] == [f"phantom{s}" for s in VAL_SEEDS]
+    assert stage1["init_training"]["cases"] == [f"phantom{s}" for s in range(1000, 1040)]   # v2, the start
+    used = set(TRAIN_SEEDS) | set(VAL_SEEDS)
+    assert not used & set(EVAL_SEEDS) and not used & {seed for seed, _ in FRESH}
 
 
 def _check_run(t: dict, flags: dict) -> None:
-    assert t["epochs"] == int(flags["epochs"]) and 1 <= t["epoch"] <= t["epochs"]   # the best epoch of that run
+    assert t["epochs"] == int(flags["epochs"]) and 1 <= t["epoch"] <= t["epochs"]     # the best epoch of that run
     assert t["steps_per_epoch"] == int(flags["steps-per-epoch"]) and t["batch_size"] == int(flags["batch-size"])
     assert t["lr"] == float(flags["lr"]) and t["lr_schedule"] == flags["lr-schedule"]
-    assert t.get("warmup_epochs", 0) == int(flags.get("warmup-epochs", 0))
-    assert t["seed"] == int(flags["seed"]) and t["amp"] == {"bf16": "bfloat16"}[flags["amp"]]
-    bce = f" + {float(flags['bce-weight']):g} x mean binary cross-entropy" if "bce-weight" in flags else ""
-    assert t["loss_function"] == "1 - Dice (smooth 1, flattened batch)" + bce
+    assert t["warmup_epochs"] == int(flags["warmup-epochs"]) and t["seed"] == int(flags["seed"])
+    assert t["loss_function"].endswith(f"{float(flags['bce-weight']):g} x mean binary cross-entropy")
+    assert t["intensity"]["enabled"]
 
 
-def test_demo_model_was_trained_with_the_reproduction_scripts_two_stages():
+def test_demo_model_was_trained_by_the_reproduction_scripts_two_stages(model):
     script = (Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts" / "train_demo_model.sh").read_text()
     stage1, stage2 = (dict(re.findall(r"--([a-z-]+) ([0-9.e-]+|[a-z0-9]+)\b", part))
                       for part in script.split("femurunet train")[1:])
-    meta = load_model(DEFAULT_MODEL_PATH).metadata
-    t = meta["training"]
-    _check_run(t, stage2)                                   # the shipped file: stage 2, fine-tuned from stage 1
-    assert t["init"].endswith("femurunet_demo_b16_stage1.pt")
+    assert all("--intensity-augment" in part for part in script.split("femurunet train")[1:])
+    t = model.metadata["training"]
+    _check_run(t, stage2)
     _check_run(t["init_training"], stage1)
-    assert meta["base_filters"] == int(stage1["base-filters"])
+    assert t["init"].endswith("femurunet_demo_b16_stage1.pt")
+    assert t["init_training"]["init"].endswith("femurunet_demo_b16_v2.pt")
 
 
-@pytest.mark.parametrize("seed", FRESH_SEEDS)
-def test_demo_model_dice_on_fresh_phantoms(seed):
-    case = generate_case(seed)
-    pred = segment_volume(case.ct, case.geometry, None, device="cpu").labelmap
+@pytest.mark.slow
+@pytest.mark.parametrize("seed, coverage", FRESH)
+def test_demo_model_dice_on_fresh_phantoms(model, seed, coverage):
+    case = generate_case(seed, coverage=coverage, spacing=FRESH_SPACING)
+    pred = _segment(model, case.ct, case.geometry)
     assert set(np.unique(pred)) <= {0, 1}
     assert dice(pred > 0, case.label > 0) >= MIN_DICE
 
 
-def test_demo_model_predicts_almost_no_femur_in_a_femur_free_real_ct(real_ct):
+@pytest.mark.slow
+def test_demo_model_labels_no_shin_bone_in_a_lower_leg_phantom(model):
+    case = generate_case(91002, coverage="knee_to_ankle", spacing=FRESH_SPACING)
+    pred = _segment(model, case.ct, case.geometry) > 0
+    false_ml = np.count_nonzero(pred & (case.label == 0)) * np.prod(case.geometry.spacing) / 1000
+    assert false_ml <= MAX_SHIN_ML
+
+
+@pytest.mark.slow
+def test_demo_model_on_the_real_pelvis(model, real_ct):
+    pelvis = real_ct / "pelvis_3mm"
+    ct, geometry = read_volume(pelvis / "ct.nii.gz")
+    left, right, _ = read_femur_reference(pelvis / "femur_left.nii.gz", pelvis / "femur_right.nii.gz")
+    rows = {r["label"]: r for r in femur_rows(_segment(model, ct, geometry), left, right, geometry).rows}
+    assert min(rows["left"]["dice"], rows["right"]["dice"]) >= MIN_PELVIS_DICE
+
+
+def test_demo_model_predicts_almost_no_femur_in_a_femur_free_real_ct(model, real_ct):
     ct, geometry = read_volume(real_ct / "abdomen_dicom")           # upper abdomen: spine, ribs, both upper arms
-    pred = segment_volume(ct, geometry, None, device="cpu").labelmap
+    pred = _segment(model, ct, geometry)
     assert np.count_nonzero(pred) / pred.size < MAX_FEMUR_FREE_FRACTION

@@ -38,12 +38,13 @@ from .preprocess import from_model_output, labels_from_probabilities, to_model_i
 BENCHMARK_VERSION = 1
 SLICE_SIZE = 512
 GOALS = {"forward_fp32_peak_ratio": 0.85, "overhead_ratio": 1.10, "seed_speedup": 3.0,
-         "memory_growth_ratio": 1.10, "train_input_share": 0.10, "autocast_dice": 0.999}
+         "memory_growth_ratio": 1.10, "train_input_share": 0.10, "autocast_dice": 0.999, "phantom_seconds": 20.0}
 FORWARD_MAX_BATCH = 32               # accelerators: enough to fill them, small enough for fp32 at base 64
 MEMORY_SLACK_BYTES = 16 << 20        # allocator noise allowed on top of the input + labelmap growth
 # glibc: a fixed mmap threshold returns every large block to the OS when freed, so RSS tracks live memory
 MEMORY_PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 ACCURACY_SEED = 9000                 # the demo's phantom seed, never used in training
+PHANTOM_SEED = 9000
 
 
 @dataclass
@@ -622,6 +623,10 @@ def goal_summary(report: dict) -> list:
     for r in report.get("training", {}).get("rows", []):
         goals.append({"goal": f"data + augmentation share of a training step ({r['amp']})", "value": r["input_share"],
                       "target": f"< {r['goal']}", "met": r["met"]})
+    for r in report.get("phantom", {}).get("rows", []):
+        if r["goal_seconds"]:
+            goals.append({"goal": "phantom v2 case, 512 x 512 x 200, seconds", "value": r["seconds"],
+                          "target": f"<= {r['goal_seconds']}", "met": r["seconds"] <= r["goal_seconds"]})
     acc = report.get("accuracy", {})
     for r in acc.get("rows", []):
         if r["mode"] in ("bf16", "fp16"):
@@ -629,6 +634,19 @@ def goal_summary(report: dict) -> list:
                           "value": r["dice_vs_fp32"], "target": f">= {acc['goal']}",
                           "met": r["dice_vs_fp32"] >= acc["goal"]})
     return goals
+
+
+def bench_phantom(quick: bool) -> dict:
+    """Phantom v2 generation time for one pelvis case on a 512 x 512 x 200 grid (32 slices when quick)."""
+    from .phantom2 import generate_case
+    shape = (32 if quick else 200, 512, 512)
+    t0 = time.perf_counter()
+    case = generate_case(PHANTOM_SEED, shape=shape, coverage="pelvis")
+    seconds = time.perf_counter() - t0
+    row = {"shape": list(case.ct.shape), "spacing": list(case.geometry.spacing), "seconds": seconds,
+           "goal_seconds": GOALS["phantom_seconds"] if not quick else None}
+    _print_row(row, ("shape", "seconds"))
+    return {"rows": [row]}
 
 
 def _section(title: str) -> None:
@@ -655,7 +673,7 @@ def run_benchmark(device_name: str = "auto", quick: bool = False, depth: Optiona
         print(f"note: 1-minute load average {load:.1f} on {m['usable_cpus']} CPUs: other work is running, so absolute "
               f"figures are low and noisy (ratios within this run still compare like with like)", flush=True)
     case = None
-    if wanted - {"gemm", "forward"}:
+    if wanted - {"gemm", "forward", "phantom"}:
         from .phantom import generate_case
         t0 = time.perf_counter()
         case = generate_case(ACCURACY_SEED, shape=(s.depth, SLICE_SIZE, SLICE_SIZE), direction=np.eye(3))
@@ -676,6 +694,7 @@ def run_benchmark(device_name: str = "auto", quick: bool = False, depth: Optiona
              lambda: bench_training(device, s, case, workdir)),
             ("accuracy", "accuracy cost of autocast, --fast and --mirror",
              lambda: bench_accuracy(device, s, case, model)),
+            ("phantom", "phantom v2 generation (pelvis, 512 x 512 grid)", lambda: bench_phantom(quick)),
         ]
         for name, title, fn in plan:
             if name not in wanted:
@@ -698,7 +717,7 @@ def run_benchmark(device_name: str = "auto", quick: bool = False, depth: Optiona
     return report
 
 
-SECTIONS = ("gemm", "forward", "end_to_end", "seed_baseline", "memory", "training", "accuracy")
+SECTIONS = ("gemm", "forward", "end_to_end", "seed_baseline", "memory", "training", "accuracy", "phantom")
 
 
 def run_cli(args) -> int:

@@ -67,10 +67,11 @@ def run_demo(args) -> int:
     from pathlib import Path
 
     from .evaluate import dice, hd95
-    from .phantom import generate_case, write_case
+    from .phantom import write_case
+    from .phantom2 import generate_case
 
     out = Path(args.out)
-    case = generate_case(args.seed)
+    case = generate_case(args.seed, coverage="pelvis")
     ct_path, truth_path = write_case(case, out)
     result = segment_volume(case.ct, case.geometry, args.model, device=args.device,
                             progress=None if args.quiet else ProgressBar("segment"))
@@ -85,7 +86,7 @@ def run_demo(args) -> int:
 
 def register_cli(subparsers) -> None:
     d = subparsers.add_parser("demo", help="segment a generated phantom CT with the demo model and score it",
-                              description="Generate a synthetic hip CT with known truth, segment it, print Dice.")
+                              description="Generate a synthetic pelvis CT (phantom v2) with known truth, segment it, print Dice.")
     d.add_argument("--out", default="femurunet_demo", help="output folder (default: ./femurunet_demo)")
     d.add_argument("--seed", type=int, default=9000, help="phantom seed (default 9000, never used in training)")
     d.add_argument("--model", help="model .pt (default: the shipped demo model)")

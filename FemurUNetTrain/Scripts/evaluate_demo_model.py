@@ -1,7 +1,7 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
-usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt] [--seeds 9000-9009] [--json OUT.json]
-       [--device cpu] [--mirror]
+usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt] [--seeds 90000-90039] [--phantom 2]
+       [--no-real] [--json OUT.json] [--device cpu] [--mirror]
 
 The real-CT numbers come from the functions behind ``femurunet evaluate`` (``read_femur_reference``,
 ``femur_rows``, ``false_positives``); the CLI commands that reproduce each one are printed beside it.
@@ -23,6 +23,7 @@ from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midli
     split_at_midline
 from FemurUNetLib.modelfile import resolve_model
 from FemurUNetLib.phantom import generate_case
+from FemurUNetLib.phantom2 import generate_case as generate_case_v2
 from FemurUNetLib.volume_io import read_volume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,49 +47,46 @@ def print_reproduce(lines) -> None:
     print("  reproduce with:  " + "\n                   ".join(lines), flush=True)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", nargs="?", default=None, help="model .pt (default: the shipped demo model)")
-    parser.add_argument("--seeds", default="9000-9009", help="held-out phantom seeds, A-B (default 9000-9009)")
-    parser.add_argument("--json", help="write the numbers here")
-    parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
-    parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation (segment --mirror)")
-    args = parser.parse_args(argv)
-    lo, hi = (int(v) for v in args.seeds.split("-"))
-    results = {"model": args.model or "default", "phantoms": []}
-    net = resolve_model(args.model)          # loaded once for every volume below
-
-    def segment(ct, geometry) -> np.ndarray:
-        return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror).labelmap
-
-    def predict(ct, geometry) -> np.ndarray:
-        return segment(ct, geometry) > 0
-
-    def segment_command(source, output):    # the flags that make `femurunet segment` predict as segment() does
-        return ["femurunet", "segment", source, output, "--device", args.device,
-                *(["--model", args.model] if args.model else []), *(["--mirror"] if args.mirror else [])]
-
-    for seed in range(lo, hi + 1):
+def phantom_row(seed, args, predict) -> dict:
+    """One held-out phantom: Dice/HD95 against the exact truth, or false positives (ml) when it has no femur."""
+    if args.phantom == 2:
+        case = generate_case_v2(seed)
+    else:
         case = generate_case(seed)
-        t = time.perf_counter()
-        pred = predict(case.ct, case.geometry)
-        seconds = time.perf_counter() - t
-        truth = case.label > 0
-        sp = case.geometry.spacing[::-1]
+    t = time.perf_counter()
+    pred = predict(case.ct, case.geometry)
+    seconds = time.perf_counter() - t
+    truth = case.label > 0
+    sp = case.geometry.spacing[::-1]
+    row = {"seed": seed, "coverage": case.coverage or "hip", "body": case.body, "shape": list(case.ct.shape),
+           "spacing": [round(v, 3) for v in case.geometry.spacing], "metal": case.metal, "arms": case.arms,
+           "seconds": round(seconds, 2), "false_positive_ml": float((pred & ~truth).sum() * np.prod(sp) / 1000)}
+    if truth.any():
         left, right = split_sides(pred, case.label == 1, case.label == 2, case.geometry)
-        row = {"seed": seed, "shape": list(case.ct.shape), "spacing": list(case.geometry.spacing),
-               "metal": case.metal, "arms": case.arms, "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, sp),
-               "dice_left": dice(left, case.label == 1), "dice_right": dice(right, case.label == 2),
-               "seconds": round(seconds, 2)}
-        results["phantoms"].append(row)
-        print(json.dumps(row), flush=True)
-    d = np.array([r["dice"] for r in results["phantoms"]])
-    h = np.array([r["hd95_mm"] for r in results["phantoms"]])
-    results["phantom_summary"] = {"cases": len(d), "dice_mean": float(d.mean()), "dice_std": float(d.std()),
-                                  "dice_min": float(d.min()), "hd95_mean_mm": float(h.mean()),
-                                  "hd95_max_mm": float(h.max())}
-    print(json.dumps(results["phantom_summary"]), flush=True)
+        row.update(dice=dice(pred, truth), hd95_mm=hd95(pred, truth, sp), truth_ml=float(truth.sum() * np.prod(sp) / 1000),
+                   dice_left=dice(left, case.label == 1) if (case.label == 1).any() else None,
+                   dice_right=dice(right, case.label == 2) if (case.label == 2).any() else None)
+    return row
 
+
+def phantom_summary(rows) -> dict:
+    with_femur = [r for r in rows if "dice" in r]
+    free = [r for r in rows if "dice" not in r]
+    d = np.array([r["dice"] for r in with_femur])
+    h = np.array([r["hd95_mm"] for r in with_femur])
+    summary = {"cases": len(rows), "cases_with_femur": len(with_femur), "dice_mean": float(d.mean()),
+               "dice_std": float(d.std()), "dice_min": float(d.min()), "hd95_mean_mm": float(np.mean(h[np.isfinite(h)])),
+               "femur_free_cases": len(free),
+               "femur_free_false_positive_ml_max": max([r["false_positive_ml"] for r in free], default=0.0)}
+    for coverage in sorted({r["coverage"] for r in rows}):
+        part = [r for r in with_femur if r["coverage"] == coverage]
+        if part:
+            summary[f"dice_mean_{coverage}"] = float(np.mean([r["dice"] for r in part]))
+    return summary
+
+
+def real_ct(args, segment, segment_command) -> dict:
+    results = {}
     pelvis = REAL_CT / "pelvis_3mm"
     if pelvis.is_dir():
         refs = (pelvis / "femur_left.nii.gz", pelvis / "femur_right.nii.gz")
@@ -117,6 +115,37 @@ def main(argv=None) -> int:
                                     "fraction_percent": fp["percent"], "reproduce": lines}
         print(json.dumps({"abdomen_dicom": results["abdomen_dicom"]}), flush=True)
         print_reproduce(lines)
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", nargs="?", default=None, help="model .pt (default: the shipped demo model)")
+    parser.add_argument("--seeds", default="90000-90039", help="held-out phantom seeds, A-B (default 90000-90039)")
+    parser.add_argument("--phantom", type=int, choices=(1, 2), default=2, help="phantom generator (default 2)")
+    parser.add_argument("--no-real", action="store_true", help="phantoms only (model selection never looks at real CT)")
+    parser.add_argument("--json", help="write the numbers here")
+    parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
+    parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation (segment --mirror)")
+    args = parser.parse_args(argv)
+    lo, hi = (int(v) for v in args.seeds.split("-"))
+    results = {"model": args.model or "default", "phantom": args.phantom, "phantoms": []}
+    net = resolve_model(args.model)          # loaded once for every volume below
+
+    def segment(ct, geometry) -> np.ndarray:
+        return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror).labelmap
+
+    def segment_command(source, output):    # the flags that make `femurunet segment` predict as segment() does
+        return ["femurunet", "segment", source, output, "--device", args.device,
+                *(["--model", args.model] if args.model else []), *(["--mirror"] if args.mirror else [])]
+
+    for seed in range(lo, hi + 1):
+        results["phantoms"].append(phantom_row(seed, args, lambda ct, g: segment(ct, g) > 0))
+        print(json.dumps(results["phantoms"][-1]), flush=True)
+    results["phantom_summary"] = phantom_summary(results["phantoms"])
+    print(json.dumps(results["phantom_summary"]), flush=True)
+    if not args.no_real:
+        results.update(real_ct(args, segment, segment_command))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
