@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
 from .phantom2_anatomy import SIDES, Individual
-from .sdf import _capsule, _ellipsoid, _sphere
+from .sdf import _capsule, _smin
 
 
 @dataclass
@@ -140,7 +140,6 @@ def leg_distance(q, ind: Individual, body, side) -> np.ndarray:
 
 
 def skin_distance(q, ind, body) -> np.ndarray:
-    from .sdf import _smin
     d = trunk_distance(q, body)
     if float(q[2].min()) > max(ind.marks[f"thigh_top_{s}"][2] for s in SIDES) + 80.0:
         return d

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .phantom2_anatomy import LABEL, SIDES, Individual
-from .phantom2_body import Item, Scene, _box_of, _polyline, _u, draw_body, draw_hu
+from .phantom2_body import Item, Scene, _box_of, _polyline, _u, draw_body, draw_hu, ellipse_distance
 from .sdf import _capsule, _ellipsoid, _sphere
 
 IMPLANT_P = {"hip": 0.12, "knee": 0.06, "screws": 0.06, "spine": 0.05, "valve": 0.15}
@@ -46,7 +46,7 @@ def _organ(name, centre, semi, material):
 
 
 def _pelvic_organs(rng, scene) -> None:
-    m, body = scene.ind.marks, scene.body
+    m = scene.ind.marks
     pubis_y = float(scene.ind.bone_bounds("hip_left")[0][1]) + 30.0
     semi = (_u(rng, 30, 60), _u(rng, 25, 45), _u(rng, 20, 45))
     scene.items.append(_organ("bladder", (0.0, pubis_y + semi[1] + 5, _u(rng, -5, 25) + semi[2] * 0.5), semi,
@@ -142,7 +142,7 @@ def _vertebra(scene, level, c, w, dep, h, lumbar) -> None:
 
 
 def _chest(rng, scene) -> None:
-    body, s1 = scene.body, scene.ind.marks["s1"]
+    body = scene.body
     dia = body["diaphragm"]
     for sign in (-1, 1):
         c = np.array([sign * _u(rng, 55, 80), _u(rng, -10, 20), dia + 120.0])
@@ -157,7 +157,6 @@ def _chest(rng, scene) -> None:
     cy, bx, by = body["cy"], body["sx"][-1] - body["fat"] - 18.0, body["sy"][-1] - body["fat"] - 15.0
 
     def ribs(q):
-        from .phantom2_body import ellipse_distance
         shell = np.abs(ellipse_distance(q[0], q[1] - cy, bx, by)) - 4.0
         zz = q[2] - first + slope * (q[1] - cy - by)
         phase = np.mod(zz, pitch)
