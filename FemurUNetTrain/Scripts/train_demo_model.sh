@@ -13,7 +13,7 @@
 # base_filters 16: on the 2-core CPU a base-32 step costs ~4x more (README).
 # Bit-for-bit on: torch 2.13.0+cpu, 2 threads, an x86-64 CPU with AVX512-BF16; other CPUs give a model of the
 # same quality, not the same bits.
-# Usage: train_demo_model.sh [WORKDIR] [extra train options]   (default out/demo; ~65 min on a quiet 2-core CPU)
+# Usage: train_demo_model.sh [WORKDIR] [extra train options]   (default out/demo; ~30 min of data, then ~60 min of training on a 2-core CPU)
 set -euo pipefail
 WORK=${1:-out/demo}
 HERE=$(cd "$(dirname "$0")" && pwd)
