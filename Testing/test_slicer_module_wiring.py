@@ -206,8 +206,9 @@ def test_self_test_without_torch_reaches_the_installer(name, tmp_path):
 
 
 # --- FemurUNet widget -----------------------------------------------------------------------------------------------
-def femurunet_widget(femurunet):
-    widget = femurunet.FemurUNetWidget()
+def open_widget(widget_class):
+    """A module widget as Slicer shows it: set up, then entered."""
+    widget = widget_class()
     widget.setup()
     widget.enter()
     return widget
@@ -215,7 +216,7 @@ def femurunet_widget(femurunet):
 
 def test_model_field_every_edit_reaches_the_parameter_node(app, femurunet, tmp_path):
     phantom_volume(app.mrmlScene)
-    widget = femurunet_widget(femurunet)
+    widget = open_widget(femurunet.FemurUNetWidget)
     field, p = widget.ui.modelPathLineEdit, widget._parameterNode
     assert p.modelPath == "" and widget.ui.modelInfoLabel.text == "Model: the demo model"
     assert widget.ui.segmentButton.enabled
@@ -246,7 +247,7 @@ def test_model_field_every_edit_reaches_the_parameter_node(app, femurunet, tmp_p
 def test_a_successful_segmentation_adds_the_model_to_the_history(app, femurunet, tmp_path):
     from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH
     phantom_volume(app.mrmlScene, shape=(12, 48, 48))
-    widget = femurunet_widget(femurunet)
+    widget = open_widget(femurunet.FemurUNetWidget)
     field = widget.ui.modelPathLineEdit
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a model")
@@ -293,15 +294,8 @@ def test_entering_the_module_again_keeps_one_connection_per_widget(app, femurune
 
 
 # --- FemurUNetTrain widget ------------------------------------------------------------------------------------
-def train_widget(module):
-    widget = module.FemurUNetTrainWidget()
-    widget.setup()
-    widget.enter()
-    return widget
-
-
 def test_training_path_fields_every_edit_reaches_the_parameter_node(app, femurunet_train, tmp_path):
-    widget = train_widget(femurunet_train)
+    widget = open_widget(femurunet_train.FemurUNetTrainWidget)
     ui, p = widget.ui, widget._parameterNode
     data, val = tmp_path / "data", tmp_path / "val"
     data.mkdir()
@@ -359,7 +353,7 @@ def test_export_and_training_from_the_widget_need_no_scikit_image(app, femurunet
     labels = [{"value": 1, "name": "Femur left", "side": "left"}, {"value": 2, "name": "Femur right", "side": "right"}]
     segmentation, segment_ids = mrml.import_labelmap(volume, case.label, labels)
 
-    widget = train_widget(femurunet_train)
+    widget = open_widget(femurunet_train.FemurUNetTrainWidget)
     ui, p = widget.ui, widget._parameterNode
     ui.pairVolumeSelector.setCurrentNode(volume)
     ui.pairSegmentSelector.setCurrentNode(segmentation)
