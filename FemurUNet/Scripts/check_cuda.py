@@ -1,6 +1,6 @@
 """Exercise FemurUNet's CUDA paths on a machine with an NVIDIA GPU (opt-in: CI has no GPU).
 
-usage: python Testing/gpu/check_cuda.py [--json OUT.json]     (exit 1 when a check fails)
+usage: python FemurUNet/Scripts/check_cuda.py [--json OUT.json]     (exit 1 when a check fails)
 
 Checks, each printed as one JSON line: the auto device; the demo model on a phantom on CUDA vs the CPU
 (labels, Dice vs truth, output grid); auto batch size; real out-of-memory back-off (a memory cap makes the big
