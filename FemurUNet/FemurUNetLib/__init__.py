@@ -1,16 +1,39 @@
-"""FemurUNet engine: femur segmentation in CT with the seed's 2D U-Net (pure Python, no Slicer imports)."""
-from .errors import Cancelled, FemurUNetError
-from .geometry import Geometry, Reorientation
-from .inference import SegmentationResult, segment_volume
-from .model import UNet2D, count_parameters, dice_coefficient, dice_loss
-from .modelfile import DEFAULT_MODEL_PATH, load_model, save_model
-from .preprocess import DEFAULT_INPUT_SIZE, DEFAULT_WINDOW
-from .volume_io import read_volume, write_labelmap
+"""FemurUNet engine: femur segmentation in CT with the seed's 2D U-Net (pure Python, no Slicer imports).
+
+Importing the package is light: the public names below are loaded on first use, so ``import FemurUNetLib`` (and
+``FemurUNetLib.errors``, ``FemurUNetLib.paths``) work without PyTorch, as Slicer's module files need at startup.
+"""
+import importlib
 
 __version__ = "0.1.0"
+
+# public name -> the submodule that defines it (imported when the name is first used)
+_LAZY = {
+    "Cancelled": "errors", "FemurUNetError": "errors",
+    "Geometry": "geometry", "Reorientation": "geometry",
+    "SegmentationResult": "inference", "segment_volume": "inference",
+    "UNet2D": "model", "count_parameters": "model", "dice_coefficient": "model", "dice_loss": "model",
+    "DEFAULT_MODEL_PATH": "paths", "load_model": "modelfile", "save_model": "modelfile",
+    "DEFAULT_INPUT_SIZE": "preprocess", "DEFAULT_WINDOW": "preprocess",
+    "read_volume": "volume_io", "write_labelmap": "volume_io",
+}
+
 __all__ = ["Cancelled", "FemurUNetError", "Geometry", "Reorientation", "SegmentationResult", "segment_volume",
            "UNet2D", "count_parameters", "dice_coefficient", "dice_loss", "DEFAULT_MODEL_PATH", "load_model",
            "save_model", "DEFAULT_INPUT_SIZE", "DEFAULT_WINDOW", "read_volume", "write_labelmap", "import_keras"]
+
+
+def __getattr__(name):
+    submodule = _LAZY.get(name)
+    if submodule is None:   # AttributeError, so that `from FemurUNetLib import mrml` imports the submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 def import_keras(path, window=None, threshold=None):

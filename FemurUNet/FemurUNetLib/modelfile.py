@@ -13,12 +13,12 @@ import torch
 from .errors import FemurUNetError
 from .geometry import CANONICAL_ORIENTATION
 from .model import ARCHITECTURE, UNet2D
+from .paths import DEFAULT_MODEL_PATH  # noqa: F401  (re-exported; defined torch-free in paths.py)
 from .preprocess import DEFAULT_INPUT_SIZE, DEFAULT_WINDOW
 
 FORMAT_NAME = "femurunet-model"
 FORMAT_VERSION = 1
 BONE_COLOR = [0.945, 0.839, 0.569]          # Slicer's "bone" colour (241, 214, 145)
-DEFAULT_MODEL_PATH = Path(__file__).with_name("models") / "femurunet_demo_b16.pt"
 
 REQUIRED_KEYS = ("architecture", "base_filters", "in_channels", "out_channels", "input_size", "window",
                  "orientation", "threshold", "labels")
