@@ -11,6 +11,9 @@ real (slicer-core). What is imitated follows the Slicer, CTK and PythonQt source
   tag in Slicer 5.6/5.8 (``CONNECT_GUI_RETURNS_TAG = False``), ``connectParametersToGui`` returns one, and
   ``disconnectGui(tag)`` removes only the connections of that tag.
 - PythonQt calls a slot with as many of the signal's arguments as the slot takes.
+- Slicer puts each scripted module's folder on ``sys.path`` (FemurUNet/: FemurUNetLib, FemurUNetSlicerLib) and makes
+  a Segment Editor effect from its file with a ``qSlicerSegmentEditorScriptedEffect`` (``ScriptedEffect`` here:
+  its parameters, source image, undo states and the labelmaps written into the selected segment).
 
 Not a test file: the tests import it (``fake_slicer.install(monkeypatch)``); a subprocess can call ``install()``.
 """
@@ -29,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODULE_FILES = {"FemurUNet": REPO / "FemurUNet" / "FemurUNet.py",
                 "FemurUNetTrain": REPO / "FemurUNetTrain" / "FemurUNetTrain.py"}
+MODULE_FOLDER = REPO / "FemurUNet"   # on sys.path in Slicer: FemurUNetLib and FemurUNetSlicerLib import from it
+EFFECT_FILE = MODULE_FOLDER / "SegmentEditorFemurUNetLib" / "SegmentEditorEffect.py"
 PARAMETER_NAME_PROPERTY = "SlicerParameterName"
 
 
@@ -510,6 +515,53 @@ class ScriptedLoadableModuleTest(unittest.TestCase):
         print(message)
 
 
+# --- Segment Editor -----------------------------------------------------------------------------------------------
+class AbstractScriptedSegmentEditorEffect:
+    """SegmentEditorEffects.AbstractScriptedSegmentEditorEffect: keeps the scripted effect."""
+
+    def __init__(self, scriptedEffect):
+        self.scriptedEffect = scriptedEffect
+
+
+class ScriptedEffect:
+    """The qSlicerSegmentEditorScriptedEffect an effect is given, with what the tests look at."""
+
+    def __init__(self):
+        self.parameters: dict = {}
+        self.sourceImage = None          # what sourceVolumeImageData() returns
+        self.undoStates = 0
+        self.modifications: list = []    # (mask, mode) of each modifySelectedSegmentByLabelmap call
+
+    def parameter(self, name):
+        return self.parameters.get(name, "")
+
+    def setParameter(self, name, value):
+        self.parameters[name] = value
+
+    def setParameterDefault(self, name, value):
+        self.parameters.setdefault(name, value)
+
+    def sourceVolumeImageData(self):
+        return self.sourceImage
+
+    def saveStateForUndo(self):
+        self.undoStates += 1
+
+    def modifySelectedSegmentByLabelmap(self, mask, mode):
+        self.modifications.append((mask, mode))
+
+
+class ProgressDialog:
+    """What slicer.util.createProgressDialog returns (a QProgressDialog)."""
+
+    def __init__(self, parent=None, value=0, maximum=100, labelText="", windowTitle="Processing...", **kwargs):
+        self.value, self.maximum, self.labelText = value, maximum, labelText
+        self.wasCanceled, self.closed = False, False
+
+    def close(self):
+        self.closed = True
+
+
 # --- the application ----------------------------------------------------------------------------------------------
 class FakeApp:
     """``slicer.app`` plus what the tests look at: message boxes shown, pip calls, settings (QSettings)."""
@@ -524,6 +576,7 @@ class FakeApp:
         self.errors: list = []
         self.warnings: list = []
         self.charts_shown: list = []
+        self.progress_dialogs: list = []
         self.qt = FakeQt(self)
 
     # slicer.app
@@ -585,6 +638,10 @@ class FakeApp:
     def pip_install(requirements):
         raise AssertionError(f"unexpected pip install of {requirements!r}")
 
+    def createProgressDialog(self, *args, **kwargs):
+        self.progress_dialogs.append(ProgressDialog(*args, **kwargs))
+        return self.progress_dialogs[-1]
+
     def load_module(self, name: str):
         """Import a module file (FemurUNet or FemurUNetTrain) the way Slicer does: by its file, as ``name``."""
         spec = importlib.util.spec_from_file_location(name, MODULE_FILES[name])
@@ -593,9 +650,23 @@ class FakeApp:
         spec.loader.exec_module(module)
         return module
 
+    def load_effect(self):
+        """The Segment Editor effect as Slicer makes it: its file's SegmentEditorEffect class on a scripted effect
+        (``effect.scriptedEffect`` is a ScriptedEffect), with its parameter defaults set."""
+        spec = importlib.util.spec_from_file_location("SegmentEditorEffect", EFFECT_FILE)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        effect = module.SegmentEditorEffect(ScriptedEffect())
+        effect.setMRMLDefaults()
+        return effect
+
 
 class _Patcher:
-    """monkeypatch's setitem/setattr without the undo, for a process of its own."""
+    """monkeypatch's setitem/setattr/syspath_prepend without the undo, for a process of its own."""
+
+    @staticmethod
+    def syspath_prepend(path):
+        sys.path.insert(0, str(path))
 
     @staticmethod
     def setitem(mapping, key, value):
@@ -615,7 +686,12 @@ def install(patch=None) -> FakeApp:
     for name in MODULE_FILES:   # loaded afresh by app.load_module; sys.modules is restored after the test
         patch.setitem(sys.modules, name, sys.modules.get(name))
         del sys.modules[name]
+    if str(MODULE_FOLDER) not in sys.path:
+        patch.syspath_prepend(str(MODULE_FOLDER))
     patch.setitem(sys.modules, "qt", app.qt)
+    effects = types.ModuleType("SegmentEditorEffects")
+    effects.AbstractScriptedSegmentEditorEffect = AbstractScriptedSegmentEditorEffect
+    patch.setitem(sys.modules, "SegmentEditorEffects", effects)
     patch.setitem(sys.modules, "ctk", types.ModuleType("ctk"))
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
     for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
@@ -631,8 +707,11 @@ def install(patch=None) -> FakeApp:
     patch.setattr(slicer, "mrmlScene", app.mrmlScene, raising=False)
     plots = types.SimpleNamespace(logic=lambda: types.SimpleNamespace(ShowChartInLayout=app.charts_shown.append))
     patch.setattr(slicer, "modules", types.SimpleNamespace(plots=plots), raising=False)
+    patch.setattr(slicer, "qSlicerSegmentEditorAbstractEffect",
+                  types.SimpleNamespace(ModificationModeSet=0, ModificationModeAdd=1, ModificationModeRemove=2),
+                  raising=False)
     for name in ("loadUI", "childWidgetVariables", "confirmOkCancelDisplay", "errorDisplay", "warningDisplay",
-                 "pip_install"):
+                 "pip_install", "createProgressDialog"):
         patch.setattr(slicer.util, name, getattr(app, name))
     patch.setattr(slicer.util, "mainWindow", lambda: None)
     patch.setattr(slicer.util, "delayDisplay", lambda *args, **kwargs: None)
@@ -641,4 +720,4 @@ def install(patch=None) -> FakeApp:
     return app
 
 
-__all__ = ["install", "FakeApp", "parameter_node_connections", "name_filters_to_regexp"]
+__all__ = ["install", "FakeApp", "ScriptedEffect", "parameter_node_connections", "name_filters_to_regexp"]
