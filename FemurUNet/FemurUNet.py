@@ -1,10 +1,6 @@
 """Femur U-Net: segment the femur in a CT with a 2D U-Net. The work is done in FemurUNetLib (mrml.py)."""
-import importlib.util
-import inspect
 import logging
 import os
-import re
-import tempfile
 from typing import Annotated, Optional
 
 import qt
@@ -17,12 +13,14 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
+# torch-free imports (Slicer loads this file at startup, before PyTorch may be installed)
+from FemurUNetLib.errors import Cancelled
+from FemurUNetLib.paths import DEFAULT_MODEL_PATH
+from FemurUNetSlicerLib.gui import ParameterNodeGui, pathTextLineEdit
+from FemurUNetSlicerLib.install import ensurePythonRequirements, modelImports
+from FemurUNetSlicerLib.options import segmentOptions
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
-# the engine needs torch.OutOfMemoryError and torch.serialization.safe_globals, both new in PyTorch 2.5
-MIN_TORCH_VERSION = (2, 5)
-# import name -> pip requirement; packages Slicer ships (numpy, SimpleITK) are never installed or upgraded
-PIP_REQUIREMENTS = {"h5py": "h5py>=3.8", "PIL": "Pillow", "matplotlib": "matplotlib>=3.6"}
-PROTECTED_DISTRIBUTIONS = ("numpy", "SimpleITK", "torch")
 
 
 #
@@ -52,145 +50,6 @@ def registerSegmentEditorEffect():
     instance = effects.qSlicerSegmentEditorScriptedEffect(None)
     instance.setPythonSource(effectPath.replace("\\", "/"))
     instance.self().register()
-
-
-#
-# Python requirements
-#
-def torchVersionProblem(version: str) -> str:
-    """Why this PyTorch version cannot run Femur U-Net (one line), or "" when it can."""
-    match = re.match(r"(\d+)\.(\d+)", version or "")
-    if match and (int(match.group(1)), int(match.group(2))) >= MIN_TORCH_VERSION:
-        return ""
-    minimum = ".".join(str(v) for v in MIN_TORCH_VERSION)
-    return (f"Femur U-Net needs PyTorch {minimum} or later, but PyTorch {version or '(unknown version)'} is "
-            "installed: update it in the PyTorch Utils module (uninstall, restart Slicer, install) and try again.")
-
-
-def ensureTorch():
-    """PyTorch >= MIN_TORCH_VERSION, from the PyTorch extension if missing (it asks before installing).
-
-    Raises RuntimeError (one line) when PyTorch is not installed, not wanted, or too old (for example installed by
-    another extension).
-    """
-    minimum = ".".join(str(v) for v in MIN_TORCH_VERSION)
-    if importlib.util.find_spec("torch") is None:
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError("Femur U-Net needs PyTorch: install the 'PyTorch' extension from the Extensions "
-                               "Manager, restart Slicer, and try again.") from None
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            options = {}
-            try:   # older PyTorchUtils have no version requirement; the version is checked below anyway
-                if "torchVersionRequirement" in inspect.signature(torchLogic.installTorch).parameters:
-                    options["torchVersionRequirement"] = f">={minimum}"
-            except (TypeError, ValueError):
-                pass
-            if torchLogic.installTorch(askConfirmation=True, **options) is None:
-                raise RuntimeError(f"Femur U-Net needs PyTorch {minimum} or later; it was not installed.")
-    try:
-        import torch
-    except ImportError as exc:
-        raise RuntimeError(f"PyTorch is installed but cannot be imported ({exc}): reinstall it in the PyTorch "
-                           "Utils module.") from None
-    problem = torchVersionProblem(str(getattr(torch, "__version__", "")))
-    if problem:
-        raise RuntimeError(problem)
-
-
-def protectedConstraintsFile() -> str:
-    """A pip constraints file pinning Slicer's own numpy/SimpleITK (and the installed torch) to their versions."""
-    from importlib.metadata import PackageNotFoundError, version
-    lines = []
-    for name in PROTECTED_DISTRIBUTIONS:
-        try:
-            lines.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pass
-    fd, path = tempfile.mkstemp(prefix="FemurUNet-constraints-", suffix=".txt")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
-
-
-def ensurePythonRequirements(importNames=("torch",)):
-    """Make the named imports available: torch via PyTorchUtils, others via pip after a confirmation."""
-    if "torch" in importNames:
-        ensureTorch()
-    missing = [PIP_REQUIREMENTS[name] for name in importNames
-               if name != "torch" and importlib.util.find_spec(name) is None]
-    if not missing:
-        return
-    if not slicer.util.confirmOkCancelDisplay(
-            "Femur U-Net needs these Python packages:\n\n" + "\n".join(missing) +
-            "\n\nInstall them now? (Slicer's own numpy and SimpleITK are kept as they are.)",
-            "Femur U-Net - install Python packages"):
-        raise RuntimeError(f"missing Python packages: {', '.join(missing)}")
-    constraints = protectedConstraintsFile()
-    try:
-        with slicer.util.WaitCursor():
-            if pipInstallTakesConstraints():
-                slicer.util.pip_install(missing, constraints=constraints)
-            else:
-                # Slicer < 5.12: pip gets a list as it is; a string would be split with POSIX shell rules, which
-                # drop a Windows path's backslashes and break a path with spaces
-                slicer.util.pip_install(missing + ["-c", constraints])
-    finally:
-        os.unlink(constraints)
-    importlib.invalidate_caches()
-
-
-def pipInstallTakesConstraints() -> bool:
-    """Whether slicer.util.pip_install has the ``constraints`` keyword (Slicer 5.12 and later)."""
-    try:
-        parameters = inspect.signature(slicer.util.pip_install).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "constraints" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
-def pathTextLineEdit(pathLineEdit):
-    """The QLineEdit inside a ctkPathLineEdit; connect to its ``textChanged(QString)``.
-
-    The ctkPathLineEdit's own ``currentPathChanged`` is emitted only for text its validator accepts (built from the
-    name filters; "" never passes), so clearing a field or typing a name without one of the suffixes would never
-    reach the module.
-    """
-    return pathLineEdit.comboBox().lineEdit()
-
-
-class ParameterNodeGui:
-    """Binds a module's .ui widgets that have a SlicerParameterName to one parameter node at a time.
-
-    Slicer 5.6/5.8's ``connectGui`` returns no tag, so ``disconnectGui`` cannot undo it and every ``enter()`` would
-    add another set of connections. ``connectParametersToGui`` returns its tag on every Slicer version, and binding
-    again to the parameter node already bound is skipped.
-    """
-
-    def __init__(self, ui) -> None:
-        self._widgets = {}
-        for widget in vars(ui).values():
-            name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
-            if name:
-                self._widgets[name] = widget
-        self._wrapper = None
-        self._tag = None
-
-    def bind(self, wrapper) -> None:
-        """Bind the widgets to ``wrapper`` (a parameterNodeWrapper); None unbinds them."""
-        if wrapper is not None and self._wrapper is not None and wrapper.parameterNode is self._wrapper.parameterNode:
-            return
-        self.unbind()
-        if wrapper is not None:
-            self._tag = wrapper.connectParametersToGui(self._widgets)
-            self._wrapper = wrapper
-
-    def unbind(self) -> None:
-        if self._wrapper is not None:
-            self._wrapper.disconnectGui(self._tag)
-        self._wrapper, self._tag = None, None
 
 
 #
@@ -332,15 +191,14 @@ class FemurUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "Segmenting..."
         slicer.app.processEvents()
         try:
-            node = self.logic.segment(p.inputVolume, p.modelPath or None, p.outputSegmentation, device=p.device,
-                                      batchSize=p.batchSize or None,
-                                      threshold=None if p.useModelThreshold else p.threshold, mirror=p.mirror,
-                                      progress=self.onProgress, cancel=lambda: self._cancelRequested)
+            node = self.logic.segmentWithParameterNode(p, progress=self.onProgress,
+                                                       cancel=lambda: self._cancelRequested)
+        except Cancelled:
+            self._setRunning(False)
+            self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
+            return
         except Exception as exc:
             self._setRunning(False)
-            if type(exc).__name__ == "Cancelled":   # FemurUNetLib.Cancelled (its import needs torch)
-                self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
-                return
             self.ui.statusLabel.text = f"Failed: {exc}"
             logging.exception("Femur U-Net segmentation failed")
             slicer.util.errorDisplay(f"Femur segmentation failed:\n{exc}")
@@ -377,12 +235,23 @@ class FemurUNetLogic(ScriptedLoadableModuleLogic):
         FemurUNetLib.Cancelled (scene unchanged) when ``cancel()`` returns True. ``mirror``: also run each slice
         mirrored left-right and average the probabilities (about 2x slower, slightly more accurate).
         """
-        isKeras = str(model or "").lower().endswith((".h5", ".hdf5", ".keras"))
-        ensurePythonRequirements(("torch", "h5py") if isKeras else ("torch",))
+        options = {"model": model, "device": device, "batch_size": batchSize, "threshold": threshold,
+                   "mirror": mirror}
+        return self.segmentWithOptions(volumeNode, segmentationNode, options, progress, cancel, closedSurface)
+
+    def segmentWithParameterNode(self, parameterNode, progress=None, cancel=None):
+        """The Segment button: the module's input volume and settings, into its output segmentation (or a new one)."""
+        return self.segmentWithOptions(parameterNode.inputVolume, parameterNode.outputSegmentation,
+                                       segmentOptions(parameterNode), progress, cancel)
+
+    def segmentWithOptions(self, volumeNode, segmentationNode, options, progress=None, cancel=None,
+                           closedSurface=True):
+        """``segment`` with the engine's options (``FemurUNetSlicerLib.options.segmentOptions``)."""
+        ensurePythonRequirements(modelImports(options.get("model")))
         from FemurUNetLib import mrml
         node, self.lastResult, _ = mrml.segment_and_import(
-            volumeNode, model, segmentationNode, device=device, batch_size=batchSize, threshold=threshold,
-            progress=progress, cancel=cancel, closed_surface=closedSurface, mirror=mirror)
+            volumeNode, segmentation_node=segmentationNode, progress=progress, cancel=cancel,
+            closed_surface=closedSurface, **options)
         for warning in self.lastWarnings():
             logging.warning(f"Femur U-Net: {warning}")
         return node
@@ -400,8 +269,7 @@ class FemurUNetLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def demoModelPath() -> str:
-        spec = importlib.util.find_spec("FemurUNetLib")
-        return os.path.join(os.path.dirname(spec.origin), "models", "femurunet_demo_b16.pt") if spec else ""
+        return str(DEFAULT_MODEL_PATH)
 
     @classmethod
     def modelProblem(cls, path: str) -> str:

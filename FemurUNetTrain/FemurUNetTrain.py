@@ -14,6 +14,10 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
+# torch-free Slicer-side helpers (beside FemurUNetLib in the FemurUNet module's folder)
+from FemurUNetSlicerLib.gui import ParameterNodeGui, pathTextLineEdit
+from FemurUNetSlicerLib.install import ensurePythonRequirements
+
 EXPORT_IMPORTS = ("torch", "PIL")
 TRAINING_IMPORTS = ("torch", "PIL", "matplotlib")   # matplotlib: the training curve PNG
 POLL_MILLISECONDS = 1000
@@ -82,8 +86,7 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = FemurUNetTrainLogic()
-        import FemurUNet   # loaded before this module (a dependency); its helpers need no torch
-        self._parameterNodeGui = FemurUNet.ParameterNodeGui(self.ui)
+        self._parameterNodeGui = ParameterNodeGui(self.ui)
         self.ui.pairsTableWidget.setColumnCount(4)
         self.ui.pairsTableWidget.setHorizontalHeaderLabels(["CT", "Segmentation", "Segments", "Exported"])
         self.ui.pairsTableWidget.horizontalHeader().setStretchLastSection(True)
@@ -96,7 +99,7 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainButton.connect("clicked()", self.onTrainButton)
         self.ui.useModelButton.connect("clicked()", self.onUseModel)
         for editName, parameterName in self.PATH_EDITS.items():
-            FemurUNet.pathTextLineEdit(getattr(self.ui, editName)).connect(
+            pathTextLineEdit(getattr(self.ui, editName)).connect(
                 "textChanged(QString)", lambda path, name=parameterName: self.onPathChanged(name, path))
         self.initializeParameterNode()
         self.updatePairsTable()
@@ -329,8 +332,7 @@ class FemurUNetTrainLogic(ScriptedLoadableModuleLogic):
         problem = cls.exportPathProblem(datasetPath)
         if problem:
             raise ValueError(problem)
-        import FemurUNet
-        FemurUNet.ensurePythonRequirements(EXPORT_IMPORTS)
+        ensurePythonRequirements(EXPORT_IMPORTS)
         from FemurUNetLib import mrml
         return mrml.export_training_slices(volumeNode, segmentationNode, segmentIds, datasetPath,
                                            empty_fraction=emptyFraction)
@@ -347,8 +349,7 @@ class FemurUNetTrainLogic(ScriptedLoadableModuleLogic):
         problem = self.trainingPathsProblem(p.datasetPath, p.validationPath, p.outputModelPath)
         if problem:
             raise ValueError(problem)
-        import FemurUNet
-        FemurUNet.ensurePythonRequirements(TRAINING_IMPORTS)
+        ensurePythonRequirements(TRAINING_IMPORTS)
         from FemurUNetTrainLib.process import TrainingRun, TrainingSettings
         out = self.outputModelFile(p.outputModelPath)
         settings = TrainingSettings(data=p.datasetPath, out=out, val=p.validationPath or None, epochs=p.epochs,
@@ -387,8 +388,7 @@ class FemurUNetTrainTest(ScriptedLoadableModuleTest):
     def test_export_and_short_training(self):
         import tempfile
         import time
-        import FemurUNet
-        FemurUNet.ensurePythonRequirements(TRAINING_IMPORTS)   # before any Lib import: their packages import torch
+        ensurePythonRequirements(TRAINING_IMPORTS)   # before any Lib import: their packages import torch
         from FemurUNetLib import mrml
         from FemurUNetLib.phantom import generate_case
         from FemurUNetTrainLib.process import TrainingSettings

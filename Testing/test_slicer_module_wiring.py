@@ -36,6 +36,13 @@ def femurunet_train(app, femurunet):
     return app.load_module("FemurUNetTrain")
 
 
+@pytest.fixture
+def installer(app):
+    """FemurUNetSlicerLib.install: PyTorch and pip requirements, shared by both modules and the effect."""
+    import FemurUNetSlicerLib.install
+    return FemurUNetSlicerLib.install
+
+
 def phantom_volume(scene, seed=3, shape=(24, 64, 64)):
     """A small CT (soft tissue, two bone rods) and its label (1 left, 2 right) as a volume node in ``scene``."""
     from FemurUNetLib import mrml
@@ -62,7 +69,7 @@ def windows_like_temp(monkeypatch, tmp_path):
     return folder
 
 
-def test_pip_install_before_slicer_5_12_gets_the_constraints_file_path_intact(app, femurunet, monkeypatch,
+def test_pip_install_before_slicer_5_12_gets_the_constraints_file_path_intact(app, installer, monkeypatch,
                                                                                windows_like_temp):
     calls = []
 
@@ -75,7 +82,7 @@ def test_pip_install_before_slicer_5_12_gets_the_constraints_file_path_intact(ap
     monkeypatch.setattr(slicer.util, "pip_install", pip_install)
     monkeypatch.setitem(sys.modules, "h5py", None)      # not installed
     app.confirm_answer = True
-    femurunet.ensurePythonRequirements(("h5py",))
+    installer.ensurePythonRequirements(("h5py",))
     [(args, constraints_text)] = calls
     path = Path(args[2])
     assert args[:2] == ["h5py>=3.8", "-c"] and len(args) == 3
@@ -85,7 +92,7 @@ def test_pip_install_before_slicer_5_12_gets_the_constraints_file_path_intact(ap
     assert len(app.confirmations) == 1 and "h5py>=3.8" in app.confirmations[0]
 
 
-def test_pip_install_from_slicer_5_12_gets_the_constraints_keyword(app, femurunet, monkeypatch, windows_like_temp):
+def test_pip_install_from_slicer_5_12_gets_the_constraints_keyword(app, installer, monkeypatch, windows_like_temp):
     calls = []
 
     def pip_install(requirements, **kwargs):
@@ -94,17 +101,17 @@ def test_pip_install_from_slicer_5_12_gets_the_constraints_keyword(app, femurune
     monkeypatch.setattr(slicer.util, "pip_install", pip_install)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     app.confirm_answer = True
-    femurunet.ensurePythonRequirements(("matplotlib",))
+    installer.ensurePythonRequirements(("matplotlib",))
     [(requirements, kwargs, constraints_text)] = calls
     assert requirements == ["matplotlib>=3.6"] and Path(kwargs["constraints"]).parent == windows_like_temp
     assert "SimpleITK==" in constraints_text
 
 
-def test_declined_pip_install_is_a_one_line_error(app, femurunet, monkeypatch):
+def test_declined_pip_install_is_a_one_line_error(app, installer, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)
     app.confirm_answer = False
     with pytest.raises(RuntimeError, match=r"^missing Python packages: h5py>=3\.8$"):
-        femurunet.ensurePythonRequirements(("torch", "h5py"))
+        installer.ensurePythonRequirements(("torch", "h5py"))
 
 
 def fake_torch(version):
@@ -117,19 +124,19 @@ def fake_torch(version):
 @pytest.mark.parametrize("version, ok", [("2.5.0", True), ("2.5.1+cu121", True), ("2.10.0", True),
                                          ("2.13.0+cpu", True), ("3.0.0", True), ("2.4.1+cu118", False),
                                          ("1.13.1", False), ("", False), ("nightly", False)])
-def test_torch_version_check(femurunet, version, ok):
-    problem = femurunet.torchVersionProblem(version)
+def test_torch_version_check(installer, version, ok):
+    problem = installer.torchVersionProblem(version)
     assert (problem == "") == ok
     if not ok:
         assert "\n" not in problem and "PyTorch 2.5 or later" in problem
 
 
-def test_an_old_torch_already_installed_is_refused(app, femurunet, monkeypatch):
+def test_an_old_torch_already_installed_is_refused(app, installer, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", fake_torch("2.1.2+cu121"))   # e.g. installed by another extension
     with pytest.raises(RuntimeError, match=r"needs PyTorch 2\.5 or later, but PyTorch 2\.1\.2\+cu121 is installed"):
-        femurunet.ensureTorch()
+        installer.ensureTorch()
     monkeypatch.setitem(sys.modules, "torch", fake_torch("2.6.0"))
-    femurunet.ensureTorch()
+    installer.ensureTorch()
 
 
 class PyTorchUtilsLogic:
@@ -154,18 +161,18 @@ class OldPyTorchUtilsLogic(PyTorchUtilsLogic):
 
 
 @pytest.mark.parametrize("logic", [PyTorchUtilsLogic, OldPyTorchUtilsLogic])
-def test_torch_is_installed_with_the_minimum_version(app, femurunet, monkeypatch, logic):
+def test_torch_is_installed_with_the_minimum_version(app, installer, monkeypatch, logic):
     monkeypatch.setitem(sys.modules, "torch", None)      # not installed
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=logic))
     monkeypatch.setattr(PyTorchUtilsLogic, "installs", [])
-    femurunet.ensureTorch()
+    installer.ensureTorch()
     expected = ">=2.5" if logic is PyTorchUtilsLogic else None
     assert PyTorchUtilsLogic.installs == [{"askConfirmation": True, "torchVersionRequirement": expected}]
     # an old PyTorchUtils may install a torch that is too old: refused with a one-line error
     monkeypatch.setitem(sys.modules, "torch", None)
     monkeypatch.setattr(PyTorchUtilsLogic, "installs_version", "2.3.1")
     with pytest.raises(RuntimeError, match=r"^Femur U-Net needs PyTorch 2\.5 or later, but PyTorch 2\.3\.1 is"):
-        femurunet.ensureTorch()
+        installer.ensureTorch()
 
 
 @pytest.mark.parametrize("name", ["FemurUNet", "FemurUNetTrain"])
@@ -266,6 +273,121 @@ def test_a_successful_segmentation_adds_the_model_to_the_history(app, femurunet,
     warnings = widget.logic.lastWarnings()
     assert all(w in widget.ui.statusLabel.text for w in warnings)
     assert (len(app.warnings) == 1) == bool(warnings)
+
+
+def test_the_demo_model_is_the_engines(femurunet):
+    from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH
+    assert femurunet.FemurUNetLogic.demoModelPath() == str(DEFAULT_MODEL_PATH)
+    assert femurunet.FemurUNetLogic.modelProblem("") == ""        # shipped: the empty field is usable
+
+
+def test_module_files_and_effect_load_without_torch(tmp_path):
+    """Slicer loads the module files (and registers the effect) at startup, before PyTorch may be installed."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(TESTING)!r})
+        import fake_slicer
+        app = fake_slicer.install()
+        app.load_module("FemurUNet")
+        app.load_module("FemurUNetTrain")
+        app.load_effect()
+        print("torch loaded:", sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
+        """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "torch loaded: []"
+
+
+# --- the module's settings in the widget, the console API and the Segment Editor effect ------------------------------
+def engine_calls(monkeypatch, result=None):
+    """Record the keyword arguments of the engine calls from Slicer (mrml.segment_and_import for the module,
+    mrml.segment_oriented_image for the effect); each call raises Cancelled after recording."""
+    from FemurUNetLib import mrml
+    from FemurUNetLib.errors import Cancelled
+    calls = []
+
+    def recorder(name):
+        def call(*args, **kwargs):
+            calls.append((name, kwargs))
+            raise Cancelled("stopped by the test")
+        return call
+
+    monkeypatch.setattr(mrml, "segment_and_import", recorder("module"))
+    monkeypatch.setattr(mrml, "segment_oriented_image", recorder("effect"))
+    return calls
+
+
+def test_widget_logic_and_effect_give_the_engine_the_same_options(app, femurunet, monkeypatch, tmp_path):
+    from FemurUNetSlicerLib.options import SEGMENT_OPTION_NAMES
+    calls = engine_calls(monkeypatch)
+    _, volume = phantom_volume(app.mrmlScene, shape=(8, 32, 32))
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"")
+    widget = open_widget(femurunet.FemurUNetWidget)
+    p = widget._parameterNode
+    p.modelPath, p.device, p.batchSize, p.useModelThreshold, p.threshold, p.mirror = \
+        str(model), "cpu", 3, False, 0.3, True
+
+    widget.ui.segmentButton.click()
+    assert widget.ui.statusLabel.text == "Cancelled; the scene is unchanged." and not app.errors   # caught by class
+    effect = app.load_effect()
+    effect.scriptedEffect.sourceImage = object()      # the recorder does not look at it
+    effect.onApply()
+    assert not app.errors and effect.scriptedEffect.modifications == [] and app.progress_dialogs[-1].closed
+    with pytest.raises(Exception) as raised:         # the console API, same settings as arguments
+        widget.logic.segment(volume, str(model), device="cpu", batchSize=3, threshold=0.3, mirror=True)
+    assert type(raised.value).__name__ == "Cancelled"
+
+    expected = {"model": str(model), "device": "cpu", "batch_size": 3, "threshold": 0.3, "mirror": True}
+    assert [name for name, _ in calls] == ["module", "effect", "module"]
+    for _, kwargs in calls:
+        assert {name: kwargs[name] for name in SEGMENT_OPTION_NAMES} == expected
+    assert calls[1][1]["side"] == "both"
+
+    p.modelPath, p.batchSize, p.useModelThreshold, p.mirror = "", 0, True, False    # the defaults
+    widget.ui.segmentButton.click()
+    effect.onApply()
+    defaults = {"model": None, "device": "cpu", "batch_size": None, "threshold": None, "mirror": False}
+    assert [{name: kwargs[name] for name in SEGMENT_OPTION_NAMES} for _, kwargs in calls[3:]] == [defaults] * 2
+
+
+def ct_image(ct, ijk_to_ras):
+    """The Segment Editor's source image (a vtkOrientedImageData of shorts) of a CT array."""
+    import vtk
+    from vtk.util import numpy_support
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(0, ct.shape[2] - 1, 0, ct.shape[1] - 1, 0, ct.shape[0] - 1)
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(ct.shape)[...] = ct
+    return image
+
+
+def test_the_effect_honours_the_modules_mirror_setting(app, femurunet, tmp_path):
+    """The effect segments the source image with the module's settings: mirror on gives the engine's mirrored
+    result, mirror off the plain one (a model with random weights, on which the two differ)."""
+    import torch
+    from FemurUNetLib import UNet2D, mrml, segment_volume
+    from FemurUNetLib.modelfile import save_model
+    case, _ = phantom_volume(app.mrmlScene, seed=6, shape=(12, 48, 48))
+    torch.manual_seed(1)
+    model = save_model(UNet2D(base_filters=4), tmp_path / "random.pt", input_size=48)
+    expected = {mirror: segment_volume(case.ct, case.geometry, model, device="cpu", mirror=mirror).labelmap > 0
+                for mirror in (False, True)}
+    assert not np.array_equal(expected[False], expected[True])
+
+    p = femurunet.FemurUNetLogic().getParameterNode()
+    p.modelPath, p.device = str(model), "cpu"
+    effect = app.load_effect()
+    effect.scriptedEffect.sourceImage = ct_image(case.ct, case.geometry.ijk_to_ras())
+    for mirror in (True, False):
+        p.mirror = mirror
+        effect.onApply()
+        assert not app.errors, app.errors
+        mask, mode = effect.scriptedEffect.modifications[-1]
+        assert mode == slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet
+        assert np.array_equal(mrml.oriented_image_to_array(mask)[0] > 0, expected[mirror]), f"mirror={mirror}"
+    assert effect.scriptedEffect.undoStates == 2
 
 
 # --- GUI connections --------------------------------------------------------------------------------------------

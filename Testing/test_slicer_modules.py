@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = {"FemurUNet": REPO / "FemurUNet", "FemurUNetTrain": REPO / "FemurUNetTrain"}
+SLICER_LIB = REPO / "FemurUNet" / "FemurUNetSlicerLib"
 LISTED_SUFFIXES = (".py", ".ui", ".png", ".pt", ".npz")
 
 # what a `self.ui.<name>.<member>` use needs from the widget class
@@ -172,14 +173,34 @@ def test_module_has_slicer_classes_and_category(name):
     assert "getParameterNode" in methods(found[f"{name}Logic"])
 
 
-@pytest.mark.parametrize("name", MODULES)
-def test_module_files_load_without_torch_or_the_lib(name):
-    """Slicer imports the module file at startup, before PyTorch may be installed: the Lib is imported lazily."""
-    tree = parse(module_file(name))
-    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-           for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
-    assert top <= {"importlib", "inspect", "logging", "os", "re", "shutil", "sys", "tempfile", "typing", "qt", "vtk",
-                   "ctk", "slicer"}
+def top_level_imports(path):
+    """Module names a file imports at its top level (``from package import submodule``: the submodule)."""
+    names = set()
+    for node in parse(path).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names |= {f"{module}.{alias.name}" if module in PROJECT_PACKAGES else module for alias in node.names}
+    return names
+
+
+PROJECT_PACKAGES = {"FemurUNetLib", "FemurUNetTrainLib", "FemurUNetSlicerLib"}
+# what a module file, the effect or FemurUNetSlicerLib may import when Slicer loads it (before PyTorch may be
+# installed): the standard library, Slicer, the Slicer-side helpers and the Lib packages' torch-free modules
+STARTUP_IMPORTS = {"importlib", "importlib.util", "inspect", "logging", "os", "re", "shutil", "sys", "tempfile",
+                   "typing", "qt", "vtk", "ctk", "slicer", "slicer.ScriptedLoadableModule",
+                   "slicer.parameterNodeWrapper", "slicer.util", "SegmentEditorEffects",
+                   "FemurUNetLib.errors", "FemurUNetLib.paths", "FemurUNetTrainLib.options"}
+
+
+@pytest.mark.parametrize("path", [module_file(name) for name in MODULES] + sorted(SLICER_LIB.glob("*.py")) +
+                         [MODULES["FemurUNet"] / "SegmentEditorFemurUNetLib" / "SegmentEditorEffect.py"],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_module_files_load_without_torch_or_the_lib(path):
+    """Slicer imports the module files at startup, before PyTorch may be installed: the Lib is imported lazily."""
+    imported = {name for name in top_level_imports(path) if not name.startswith("FemurUNetSlicerLib.")}
+    assert imported <= STARTUP_IMPORTS, imported - STARTUP_IMPORTS
 
 
 # --- UI ------------------------------------------------------------------------------------------------------
@@ -324,7 +345,7 @@ def test_top_level_cmake_is_a_slicer_extension():
     # the Extensions Manager shows the description: the supported Slicer versions and the PyTorch the module checks
     description = values["EXTENSION_DESCRIPTION"]
     assert "Slicer 5.6 and later" in description and "Python 3.9" in description and "Python 3.12" in description
-    min_torch = next(ast.literal_eval(n.value) for n in parse(module_file("FemurUNet")).body
+    min_torch = next(ast.literal_eval(n.value) for n in parse(SLICER_LIB / "install.py").body
                      if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "MIN_TORCH_VERSION")
     assert f"PyTorch {'.'.join(map(str, min_torch))} or later" in description
     assert "find_package(Slicer REQUIRED)" in text and "include(${Slicer_USE_FILE})" in text
@@ -360,7 +381,7 @@ def test_effect_is_registered_from_its_own_package_and_is_undoable():
 
 
 def test_requirements_never_touch_slicers_numpy_or_simpleitk():
-    tree = parse(module_file("FemurUNet"))
+    tree = parse(SLICER_LIB / "install.py")
     constants = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
                  for t in n.targets if isinstance(t, ast.Name) and t.id.isupper()}
     requirements = " ".join(constants["PIP_REQUIREMENTS"].values()).lower()
@@ -369,13 +390,13 @@ def test_requirements_never_touch_slicers_numpy_or_simpleitk():
     for call in calls_named(tree, "pip_install"):
         source = ast.unparse(call)
         assert "constraints" in source, f"line {call.lineno}: pip_install without the constraints file"
-    assert "PyTorchUtils" in module_file("FemurUNet").read_text()
+    assert "PyTorchUtils" in (SLICER_LIB / "install.py").read_text()
 
 
-def test_demo_model_name_in_the_module_matches_the_engine():
-    from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH
-    assert f'"{DEFAULT_MODEL_PATH.name}"' in module_file("FemurUNet").read_text()
-    assert DEFAULT_MODEL_PATH.parent.name == "models" and DEFAULT_MODEL_PATH.parent.parent.name == "FemurUNetLib"
+def test_the_extension_ships_the_engines_demo_model():
+    from FemurUNetLib.paths import DEFAULT_MODEL_PATH
+    _, listed, _ = cmake_listed(MODULES["FemurUNet"])
+    assert str(DEFAULT_MODEL_PATH.relative_to(MODULES["FemurUNet"])) in listed
 
 
 def test_only_mrml_imports_slicer_among_lib_modules():
@@ -394,9 +415,10 @@ def test_only_mrml_imports_slicer_among_lib_modules():
                 assert not gui, f"{path.relative_to(REPO)} imports {gui}"
 
 
-def test_effect_reads_only_existing_module_settings():
+def test_every_module_setting_reaches_the_engine_options():
+    """segmentOptions (shared by the module and the effect) reads every setting but the input and output nodes."""
     fields = parameter_fields(parse(module_file("FemurUNet")))
-    tree = parse(MODULES["FemurUNet"] / "SegmentEditorFemurUNetLib" / "SegmentEditorEffect.py")
+    tree = parse(SLICER_LIB / "options.py")
     used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
-            and n.value.id == "settings"}
-    assert used and used <= set(fields), used - set(fields)
+            and n.value.id == "p"}
+    assert used == set(fields) - {"inputVolume", "outputSegmentation"}

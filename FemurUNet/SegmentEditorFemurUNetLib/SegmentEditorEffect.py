@@ -7,6 +7,10 @@ import qt
 import slicer
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+from FemurUNetLib.errors import Cancelled
+from FemurUNetSlicerLib.install import ensurePythonRequirements, modelImports
+from FemurUNetSlicerLib.options import segmentOptions
+
 SIDES = ("both", "left", "right")
 
 
@@ -29,7 +33,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def helpText(self):
         return ("<html>Replace the selected segment with the femur found by the 2D U-Net in the source volume."
-                "<p>Uses the model, device and threshold chosen in the <b>Femur U-Net</b> module. "
+                "<p>Uses the model and settings (device, batch size, threshold, mirror) chosen in the "
+                "<b>Femur U-Net</b> module. "
                 "Side: with a left/right model, which femur to take. Undo restores the segment.</html>")
 
     def setupOptionsFrame(self):
@@ -70,10 +75,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if sourceImage is None:
             slicer.util.errorDisplay("Select a source volume first.")
             return
-        settings = FemurUNet.FemurUNetLogic().getParameterNode()
+        options = segmentOptions(FemurUNet.FemurUNetLogic().getParameterNode())   # the module's settings
         progressDialog = slicer.util.createProgressDialog(labelText="Femur U-Net: segmenting...", maximum=0)
         try:
-            FemurUNet.ensurePythonRequirements(("torch",))
+            ensurePythonRequirements(modelImports(options["model"]))
             from FemurUNetLib import mrml
 
             def progress(done, total):
@@ -81,14 +86,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 slicer.app.processEvents()
 
             mask, result = mrml.segment_oriented_image(
-                sourceImage, settings.modelPath or None, self.scriptedEffect.parameter("Side"),
-                device=settings.device, batch_size=settings.batchSize or None,
-                threshold=None if settings.useModelThreshold else settings.threshold,
-                progress=progress, cancel=lambda: progressDialog.wasCanceled)
+                sourceImage, side=self.scriptedEffect.parameter("Side"), progress=progress,
+                cancel=lambda: progressDialog.wasCanceled, **options)
+        except Cancelled:
+            return
         except Exception as exc:
-            if type(exc).__name__ != "Cancelled":
-                logging.exception("Femur U-Net effect failed")
-                slicer.util.errorDisplay(f"Femur U-Net failed:\n{exc}")
+            logging.exception("Femur U-Net effect failed")
+            slicer.util.errorDisplay(f"Femur U-Net failed:\n{exc}")
             return
         finally:
             progressDialog.close()
