@@ -17,6 +17,7 @@ from slicer.util import VTKObservationMixin
 # torch-free Slicer-side helpers (beside FemurUNetLib in the FemurUNet module's folder)
 from FemurUNetSlicerLib.gui import ParameterNodeGui, pathTextLineEdit
 from FemurUNetSlicerLib.install import ensurePythonRequirements
+from FemurUNetTrainLib import options as trainOptions   # torch-free
 
 EXPORT_IMPORTS = ("torch", "PIL")
 TRAINING_IMPORTS = ("torch", "PIL", "matplotlib")   # matplotlib: the training curve PNG
@@ -43,20 +44,19 @@ class FemurUNetTrain(ScriptedLoadableModule):
 #
 # FemurUNetTrainParameterNode
 #
-@parameterNodeWrapper
-class FemurUNetTrainParameterNode:
-    datasetPath: str = ""
-    validationPath: str = ""
-    outputModelPath: str = ""
-    emptyFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.1
-    epochs: Annotated[int, WithinRange(1, 100000)] = 300
-    stepsPerEpoch: Annotated[int, WithinRange(1, 100000)] = 100
-    batchSize: Annotated[int, WithinRange(1, 1024)] = 20
-    learningRate: Annotated[float, WithinRange(1e-7, 1.0)] = 1e-5
-    baseFilters: Annotated[int, WithinRange(1, 128)] = 64
-    seed: Annotated[int, WithinRange(0, 2147483647)] = 1
-    device: Annotated[str, Choice(("auto", "cpu", "cuda", "mps"))] = "auto"
-    resume: bool = False
+def _trainingParameterNodeClass():
+    """The module's parameters: the export's negative share, then the training options of
+    FemurUNetTrainLib.options (names, defaults and ranges defined there once)."""
+    annotations = {"emptyFraction": Annotated[float, WithinRange(0.0, 1.0)]}
+    defaults = {"emptyFraction": trainOptions.EMPTY_FRACTION}
+    for name, _, kind, default, bounds, choices in trainOptions.gui_parameters():
+        annotations[name] = (Annotated[kind, WithinRange(*bounds)] if bounds else
+                             Annotated[kind, Choice(choices)] if choices else kind)
+        defaults[name] = default
+    return parameterNodeWrapper(type("FemurUNetTrainParameterNode", (), {"__annotations__": annotations, **defaults}))
+
+
+FemurUNetTrainParameterNode = _trainingParameterNodeClass()
 
 
 #
@@ -252,17 +252,13 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         from FemurUNetTrainLib import process
         status = self._run.poll()
-        if status.output:
-            text = status.output.replace("\r", "\n")
-            lines = [line for line in text.split("\n") if line.strip() and not process.last_step_progress(line)]
-            if lines:
-                self.ui.logTextEdit.appendPlainText("\n".join(lines))
-        step = process.last_step_progress(status.output)
+        step, lines = process.split_progress(status.output)
+        if lines:
+            self.ui.logTextEdit.appendPlainText("\n".join(lines))
         if step:
-            epoch, epochs, done, steps = step
-            self.ui.trainProgressBar.maximum = epochs * steps
-            self.ui.trainProgressBar.value = (epoch - 1) * steps + done
-            self.ui.trainStatusLabel.text = process.last_line(status.output)
+            self.ui.trainProgressBar.maximum = step.epochs * step.steps
+            self.ui.trainProgressBar.value = (step.epoch - 1) * step.steps + step.step
+            self.ui.trainStatusLabel.text = step.describe()
         if status.new_records or (status.records and self._chart is None):
             self._chart = self.logic.showTrainingCurve(status.records, self._chart)
         if status.finished:
@@ -270,7 +266,7 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.trainButton.text = "Train"
             if self._run.succeeded:
                 last = status.records[-1] if status.records else {}
-                self.ui.trainStatusLabel.text = (f"Done: {len(status.records)} epochs; model {self._run.settings.out}"
+                self.ui.trainStatusLabel.text = (f"Done: {len(status.records)} epochs; model {self._run.config.out}"
                                                  + (f" (last val Dice {last['val_dice']:.3f})"
                                                     if last.get("val_dice") is not None else ""))
                 self.ui.useModelButton.enabled = True
@@ -283,7 +279,7 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onUseModel(self) -> None:
         if self._run is not None:
-            self.logic.useModelInFemurUNet(self._run.settings.out)
+            self.logic.useModelInFemurUNet(self._run.config.out)
             slicer.util.selectModule("FemurUNet")
 
 
@@ -327,14 +323,14 @@ class FemurUNetTrainLogic(ScriptedLoadableModuleLogic):
         return ""
 
     @classmethod
-    def exportPair(cls, volumeNode, segmentationNode, segmentIds, datasetPath, emptyFraction=0.1):
+    def exportPair(cls, volumeNode, segmentationNode, segmentIds, datasetPath, emptyFraction=trainOptions.EMPTY_FRACTION):
         """Export one (CT, femur segments) pair into the dataset folder; returns the summary dict."""
         problem = cls.exportPathProblem(datasetPath)
         if problem:
             raise ValueError(problem)
         ensurePythonRequirements(EXPORT_IMPORTS)
-        from FemurUNetLib import mrml
-        return mrml.export_training_slices(volumeNode, segmentationNode, segmentIds, datasetPath,
+        from FemurUNetTrainLib import mrml as training_mrml
+        return training_mrml.export_training_slices(volumeNode, segmentationNode, segmentIds, datasetPath,
                                            empty_fraction=emptyFraction)
 
     @staticmethod
@@ -343,6 +339,12 @@ class FemurUNetTrainLogic(ScriptedLoadableModuleLogic):
         found = shutil.which("PythonSlicer", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
         return found or sys.executable
 
+    @classmethod
+    def trainingConfig(cls, parameters):
+        """The TrainConfig of the module's parameters (the output name gets '.pt' when it has no suffix)."""
+        values = {name: getattr(parameters, name) for name, *_ in trainOptions.gui_parameters()}
+        return trainOptions.config_from_gui(values, out=cls.outputModelFile(parameters.outputModelPath))
+
     def startTraining(self, parameters):
         """Start ``femurunet train`` in the background with the module's settings; returns the TrainingRun."""
         p = parameters
@@ -350,20 +352,16 @@ class FemurUNetTrainLogic(ScriptedLoadableModuleLogic):
         if problem:
             raise ValueError(problem)
         ensurePythonRequirements(TRAINING_IMPORTS)
-        from FemurUNetTrainLib.process import TrainingRun, TrainingSettings
-        out = self.outputModelFile(p.outputModelPath)
-        settings = TrainingSettings(data=p.datasetPath, out=out, val=p.validationPath or None, epochs=p.epochs,
-                                    steps_per_epoch=p.stepsPerEpoch, batch_size=p.batchSize, lr=p.learningRate,
-                                    base_filters=p.baseFilters, seed=p.seed, resume=p.resume, device=p.device)
-        run = TrainingRun(settings, python=self.pythonExecutable())
+        from FemurUNetTrainLib.process import TrainingRun
+        run = TrainingRun(self.trainingConfig(p), python=self.pythonExecutable())
         logging.info("Femur U-Net training: %s", " ".join(run.process.command))
         return run.start()
 
     @staticmethod
     def showTrainingCurve(records, chartNode=None):
-        from FemurUNetLib import mrml
+        from FemurUNetTrainLib import mrml as training_mrml
         created = chartNode is None
-        chartNode = mrml.update_training_curve(slicer.mrmlScene, records, chartNode)
+        chartNode = training_mrml.update_training_curve(slicer.mrmlScene, records, chartNode)
         if created:
             slicer.modules.plots.logic().ShowChartInLayout(chartNode)
         return chartNode
@@ -391,7 +389,6 @@ class FemurUNetTrainTest(ScriptedLoadableModuleTest):
         ensurePythonRequirements(TRAINING_IMPORTS)   # before any Lib import: their packages import torch
         from FemurUNetLib import mrml
         from FemurUNetLib.phantom import generate_case
-        from FemurUNetTrainLib.process import TrainingSettings
         self.delayDisplay("Exporting a phantom pair and training two tiny epochs in the background")
         case = generate_case(3, shape=(24, 64, 64))
         volume = mrml.array_to_volume_node(slicer.mrmlScene, case.ct, case.geometry, "TrainTest CT")
@@ -401,9 +398,9 @@ class FemurUNetTrainTest(ScriptedLoadableModuleTest):
         summary = FemurUNetTrainLogic.exportPair(volume, segmentation, segmentIds, os.path.join(work, "data"))
         self.assertGreater(summary["positive"], 0)
         from FemurUNetTrainLib.process import TrainingRun
-        run = TrainingRun(TrainingSettings(data=os.path.join(work, "data"), out=os.path.join(work, "m.pt"), epochs=2,
-                                           steps_per_epoch=2, batch_size=2, base_filters=4,
-                                           extra_args=["--input-size", "64"]),
+        config = trainOptions.TrainConfig(data=os.path.join(work, "data"), out=os.path.join(work, "m.pt"), epochs=2,
+                                          steps_per_epoch=2, batch_size=2, base_filters=4, input_size=64)
+        run = TrainingRun(config,
                           python=FemurUNetTrainLogic.pythonExecutable()).start()
         while run.running:
             slicer.app.processEvents()

@@ -531,6 +531,7 @@ class ScriptedEffect:
         self.sourceImage = None          # what sourceVolumeImageData() returns
         self.undoStates = 0
         self.modifications: list = []    # (mask, mode) of each modifySelectedSegmentByLabelmap call
+        self.events: list = []           # "undo" and "modify", in the order the effect called them
 
     def parameter(self, name):
         return self.parameters.get(name, "")
@@ -546,9 +547,11 @@ class ScriptedEffect:
 
     def saveStateForUndo(self):
         self.undoStates += 1
+        self.events.append("undo")
 
     def modifySelectedSegmentByLabelmap(self, mask, mode):
         self.modifications.append((mask, mode))
+        self.events.append("modify")
 
 
 class ProgressDialog:

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from FemurUNetLib import UNet2D, segment_volume
-from FemurUNetLib.benchmark import SECTIONS, SLICE_SIZE
-from FemurUNetLib.cli import main
+from FemurUNetLib.benchmark import SLICE_SIZE
+from FemurUNetTrainLib.cli.benchmark import SECTIONS
+from FemurUNetTrainLib.cli import main
 from FemurUNetLib.inference import autocast_dtype, cpu_supports_bf16
 from FemurUNetLib.model import forward_macs
 
@@ -28,7 +29,7 @@ def close(a, b, rel=1e-9):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "FemurUNetLib.cli", "benchmark", "--quick", "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "FemurUNetTrainLib.cli", "benchmark", "--quick", "--device", "cpu",
                            "--json", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FemurUNetLib.cli import main
+from FemurUNetTrainLib.cli import main
 from FemurUNetLib.geometry import Geometry
 from FemurUNetLib.volume_io import read_volume, terminology_string
 from conftest import expected_threshold_labels

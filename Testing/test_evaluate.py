@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from FemurUNetLib import cli
+from FemurUNetTrainLib import cli
 from FemurUNetLib.evaluate import (dice, evaluate_labels, false_positives, femur_rows, hd95, midline, seed_dice,
                                    split_at_midline, volume_ml)
 from FemurUNetLib.geometry import Geometry

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from FemurUNetLib.cli import main as femurunet
+from FemurUNetTrainLib.cli import main as femurunet
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import Geometry, Reorientation
 from FemurUNetLib.preprocess import window_to_uint8

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FemurUNetLib.cli import main as femurunet
+from FemurUNetTrainLib.cli import main as femurunet
 from FemurUNetLib.geometry import Geometry
 from FemurUNetLib.modelfile import save_model
 from conftest import expected_threshold_labels, threshold_unet

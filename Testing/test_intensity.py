@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from FemurUNetLib.cli import main as femurunet
+from FemurUNetTrainLib.cli import main as femurunet
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.modelfile import load_model
 from FemurUNetLib.phantom import generate_case
@@ -20,7 +20,7 @@ from FemurUNetTrainLib.intensity import (IntensityConfig, apply_intensity, draw_
                                          low_resolution)
 from FemurUNetTrainLib.train import TrainConfig, checkpoint_path, train
 
-train_module = importlib.import_module("FemurUNetTrainLib.train")   # the package's 'train' is the function
+step_module = importlib.import_module("FemurUNetTrainLib.step")     # where the training step calls them
 intensity_module = importlib.import_module("FemurUNetTrainLib.intensity")
 
 WIDTH = 2000.0                     # window width: HU per image unit
@@ -246,7 +246,7 @@ def test_training_changes_only_the_images_and_leaves_the_geometric_stream(data, 
         return wrapped
 
     for name in ("apply_augmentation", "apply_intensity", "training_loss"):
-        monkeypatch.setattr(train_module, name, recorder(name, getattr(train_module, name)))
+        monkeypatch.setattr(step_module, name, recorder(name, getattr(step_module, name)))
     runs = []
     for intensity in (IntensityConfig(enabled=True), IntensityConfig()):
         seen = {}

@@ -12,7 +12,7 @@ import torch
 
 import FemurUNetLib
 from FemurUNetLib import UNet2D, count_parameters
-from FemurUNetLib.cli import main as cli_main
+from FemurUNetTrainLib.cli import main as cli_main
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.keras_import import convert_keras_file, import_keras, read_keras_weights
 from FemurUNetLib.modelfile import load_model
@@ -253,17 +253,25 @@ def test_bad_window_and_threshold_are_refused():
 
 # ---------------------------------------------------------------- CLI and cached conversion
 
-def test_cli_writes_a_model_file_that_load_model_reads(tmp_path, capsys):
+@pytest.mark.parametrize("window", [["40,400"], ["40", "400"]])     # C,W as export spells it; C W still read
+def test_cli_writes_a_model_file_that_load_model_reads(tmp_path, capsys, window):
     out = tmp_path / "imported.pt"
     rc = cli_main(["import-keras", str(FIXTURES / "keras2_b4_full.hdf5"), str(out),
-                   "--window", "40", "400", "--threshold", "0.4"])
-    assert rc == 0 and "base_filters=4" in capsys.readouterr().out
+                   "--window", *window, "--threshold", "0.4"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "base_filters=4" in captured.out
+    assert ("deprecated" in captured.err) == (len(window) == 2)
     model = load_model(out)
     assert model.metadata["window"] == {"center": 40.0, "width": 400.0}
     assert model.metadata["threshold"] == 0.4
     assert model.metadata["training"]["source"] == "keras-import"
     assert_matches_keras(model, "keras2_b4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imported.pt"]
+
+
+def test_cli_rejects_a_bad_window(tmp_path, capsys):
+    rc = cli_main(["import-keras", str(FIXTURES / "keras2_b4_full.hdf5"), str(tmp_path / "m.pt"), "--window", "40"])
+    assert rc == 2 and "expected CENTER,WIDTH" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 def test_cli_default_output_is_beside_the_source(tmp_path, capsys):

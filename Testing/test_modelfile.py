@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from FemurUNetLib import FemurUNetError, UNet2D, load_model, save_model
-from FemurUNetLib.modelfile import FORMAT_NAME, resolve_model
+from FemurUNetLib.modelfile import FORMAT_NAME
+from FemurUNetLib.resolve import resolve_model
 
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path):

@@ -10,6 +10,7 @@ import vtk
 from vtk.util import numpy_support
 
 from FemurUNetLib import Cancelled, FemurUNetError, UNet2D, mrml, segment_volume
+from FemurUNetTrainLib import mrml as training_mrml
 from FemurUNetLib.geometry import Geometry
 from FemurUNetLib.modelfile import model_metadata
 from FemurUNetLib.volume_io import read_volume, terminology_string
@@ -327,7 +328,7 @@ def test_export_from_nodes_equals_export_from_files(scene, real_ct, tmp_path):
     labelmap = mrml.array_to_volume_node(scene, (mask > 0).astype(np.uint8), geometry, "mask", labelmap=True)
     node = mrml.new_segmentation_node(volume)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
-    by_nodes = mrml.export_training_slices(volume, node, segment_ids(node), tmp_path / "nodes", case="pelvis", seed=3)
+    by_nodes = training_mrml.export_training_slices(volume, node, segment_ids(node), tmp_path / "nodes", case="pelvis", seed=3)
 
     for key in ("case", "slices", "positive", "negative", "slice_shape", "spacing"):
         assert by_nodes[key] == by_files[key], key
@@ -344,8 +345,8 @@ def test_export_from_nodes_equals_export_from_files(scene, real_ct, tmp_path):
 
     # default case names come from the volume name, numbered when the dataset has them already
     volume.SetName("Pelvis CT (3 mm)")
-    first = mrml.export_training_slices(volume, node, segment_ids(node), tmp_path / "nodes", seed=3)
-    second = mrml.export_training_slices(volume, node, segment_ids(node), tmp_path / "nodes", seed=3)
+    first = training_mrml.export_training_slices(volume, node, segment_ids(node), tmp_path / "nodes", seed=3)
+    second = training_mrml.export_training_slices(volume, node, segment_ids(node), tmp_path / "nodes", seed=3)
     assert (first["case"], second["case"]) == ("Pelvis_CT_3_mm", "Pelvis_CT_3_mm_2")
 
 
@@ -388,9 +389,9 @@ def test_self_test_case_with_the_demo_model(scene):
 def test_training_curve_table_and_series(scene):
     records = [{"epoch": 1, "loss": 0.9, "dice": 0.1, "val_loss": 0.8, "val_dice": 0.2, "lr": 1e-5},
                {"epoch": 2, "loss": 0.5, "dice": 0.5, "val_loss": None, "val_dice": None, "lr": 1e-5}]
-    chart = mrml.update_training_curve(scene, records[:1])
+    chart = training_mrml.update_training_curve(scene, records[:1])
     assert chart.GetNumberOfPlotSeriesNodes() == 4
-    chart = mrml.update_training_curve(scene, records, chart)
+    chart = training_mrml.update_training_curve(scene, records, chart)
     assert chart.GetNumberOfPlotSeriesNodes() == 4
     assert scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 1
     table = chart.GetNodeReference("femurunetTable").GetTable()

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from FemurUNetLib import cli
+from FemurUNetTrainLib import cli
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import Geometry, Reorientation
 from FemurUNetLib.phantom import LEFT, RIGHT, SLICE_SPACINGS, TISSUE, generate_case, write_case

@@ -17,7 +17,8 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from FemurUNetLib import cli, phantom2
+from FemurUNetLib import phantom2
+from FemurUNetTrainLib import cli
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import Geometry, Reorientation
 from FemurUNetLib.phantom import HU_MAX, HU_MIN
@@ -478,7 +479,7 @@ def test_bad_arguments_are_one_line_errors():
 def test_sample_command_writes_a_pelvis_case(tmp_path):
     out = tmp_path / "phantoms"
     exe = shutil.which("femurunet")
-    command = [exe] if exe else [sys.executable, "-m", "FemurUNetLib.cli"]
+    command = [exe] if exe else [sys.executable, "-m", "FemurUNetTrainLib.cli"]
     run = subprocess.run(command + ["sample", str(out), "--phantom", "2", "--coverage", "pelvis", "--seed", "3"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from FemurUNetTrainLib import process
-from FemurUNetTrainLib.process import BackgroundProcess, TrainingRun, TrainingSettings
+from FemurUNetTrainLib.options import TrainConfig, config_from_args
+from FemurUNetTrainLib.process import BackgroundProcess, TrainingRun
 
 
 def wait_for(condition, timeout=60.0, step=0.05):
@@ -25,24 +26,21 @@ def python(code):
     return [sys.executable, "-c", code]
 
 
-def test_train_command_passes_only_given_options():
-    s = TrainingSettings(data="/d", out="/m.pt", val="/v", epochs=3, lr=1e-5, seed=0, resume=True,
-                         extra_args=["--input-size", 64])
-    cmd = process.train_command(s, python="/py")
-    assert cmd[:6] == ["/py", "-m", "FemurUNetLib.cli", "train", "/d", "--out"]
-    assert cmd[cmd.index("--epochs") + 1] == "3" and cmd[cmd.index("--lr") + 1] == "1e-05"
-    assert cmd[cmd.index("--seed") + 1] == "0" and cmd[cmd.index("--val") + 1] == "/v"
-    assert "--resume" in cmd and cmd[-2:] == ["--input-size", "64"]
-    assert "--batch-size" not in cmd and "--base-filters" not in cmd and "--device" not in cmd
-    from FemurUNetLib.cli import build_parser   # the real CLI accepts it
-    args = build_parser().parse_args(cmd[3:])
-    assert (args.epochs, args.lr, args.seed, args.resume, args.input_size) == (3, 1e-5, 0, True, 64)
+def test_train_command_passes_only_given_options_and_round_trips():
+    config = TrainConfig(data="/d", out="/m.pt", val="/v", epochs=3, lr=1e-5, seed=0, resume=True, input_size=64)
+    cmd = process.train_command(config, python="/py")
+    assert cmd[:5] == ["/py", "-m", "FemurUNetTrainLib.cli", "train", "/d"] and cmd[-2:] == ["--progress", "json"]
+    assert cmd[cmd.index("--epochs") + 1] == "3" and cmd[cmd.index("--seed") + 1] == "0"
+    assert cmd[cmd.index("--out") + 1] == "/m.pt" and cmd[cmd.index("--val") + 1] == "/v" and "--resume" in cmd
+    assert "--lr" not in cmd and "--batch-size" not in cmd and "--device" not in cmd    # at their defaults
+    from FemurUNetTrainLib.cli import build_parser   # the real CLI parses it back into the same config
+    assert config_from_args(build_parser().parse_args(cmd[3:])) == config
 
 
-@pytest.mark.parametrize("out", ["m.pt", "runs/model", "a.b.pt", "x.model"])
-def test_log_path_is_the_trainers(out):
-    from FemurUNetTrainLib.train import log_path
-    assert process.log_path(out) == log_path(out)
+@pytest.mark.parametrize("out, log", [("m.pt", "m.log.jsonl"), ("runs/model", "runs/model.log.jsonl"),
+                                      ("a.b.pt", "a.b.log.jsonl"), ("x.model", "x.model.log.jsonl")])
+def test_log_path_beside_the_model(out, log):
+    assert process.log_path(out) == Path(log)
 
 
 def test_library_environment_puts_the_lib_folders_first(tmp_path):
@@ -135,7 +133,7 @@ def test_training_run_polls_new_records_and_a_rewritten_log(tmp_path):
     out = tmp_path / "m.pt"
     log = process.log_path(out)
     log.write_text('{"epoch": 9, "loss": 0.1}\n')            # an old run's log: a fresh start drops it
-    run = TrainingRun(TrainingSettings(data=str(tmp_path), out=str(out)))
+    run = TrainingRun(TrainConfig(data=str(tmp_path), out=str(out)))
     writer = ("import json, sys, time\n"
               "path = sys.argv[1]\n"
               "for e in (1, 2):\n"
@@ -160,16 +158,19 @@ def test_training_run_polls_new_records_and_a_rewritten_log(tmp_path):
     run.close()
 
 
-def test_progress_line_parsing_matches_the_training_cli(capsys):
-    from FemurUNetTrainLib.cli import TrainProgressBar
+def test_json_progress_lines_parse_back(capsys):
+    from FemurUNetTrainLib.cli.train import JsonProgress
     from FemurUNetTrainLib.train import TrainProgress
-    bar = TrainProgressBar(stream=sys.stdout)
-    bar(TrainProgress(epoch=3, epochs=300, step=1, steps=100, loss=0.5))
-    bar(TrainProgress(epoch=3, epochs=300, step=46, steps=100, loss=0.4))
-    text = capsys.readouterr().out
-    assert process.last_step_progress(text) == (3, 300, 46, 100)
-    assert process.last_line(text).startswith("epoch 3/300 [") and "46/100" in process.last_line(text)
-    assert process.last_step_progress("no progress here") is None
+    progress = JsonProgress(stream=sys.stdout)
+    progress(TrainProgress(epoch=3, epochs=300, step=1, steps=100, loss=0.5))
+    progress(TrainProgress(epoch=3, epochs=300, step=46, steps=100, loss=0.4))
+    progress(TrainProgress(epoch=3, epochs=300, step=100, steps=100, loss=0.3, record={"epoch": 3, "loss": 0.3}))
+    text = capsys.readouterr().out + "warning: something else\n"
+    step, others = process.split_progress(text)
+    assert (step.epoch, step.epochs, step.step, step.steps, step.loss) == (3, 300, 46, 100, 0.4)
+    assert step.fraction == (2 * 100 + 46) / (300 * 100)
+    assert others == ["warning: something else"]
+    assert process.split_progress("no progress here") == (None, ["no progress here"])
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +187,8 @@ def tiny_dataset(tmp_path_factory):
 def stopped_training(tiny_dataset, tmp_path_factory):
     """A real background training stopped after its first epoch(s): (settings, epochs done, final status)."""
     out = tmp_path_factory.mktemp("run") / "tiny.pt"
-    settings = TrainingSettings(data=str(tiny_dataset), out=str(out), epochs=500, steps_per_epoch=1, batch_size=2,
-                                base_filters=2, seed=0, device="cpu", extra_args=["--input-size", "32"])
+    settings = TrainConfig(data=str(tiny_dataset), out=str(out), epochs=500, steps_per_epoch=1, batch_size=2,
+                           base_filters=2, seed=0, device="cpu", input_size=32)
     run = TrainingRun(settings).start()
     reached = wait_for(lambda: len(run.poll().records) >= 1 or not run.running, timeout=90)
     running = run.running

@@ -19,14 +19,16 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from FemurUNetLib import UNet2D, dice_loss, segment_volume
-from FemurUNetLib.cli import main as femurunet
+from FemurUNetTrainLib.cli import main as femurunet
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.inference import cpu_supports_bf16
 from FemurUNetTrainLib.export import export_arrays
-from FemurUNetTrainLib.train import (TrainConfig, _Dist, _amp_dtype, batch_dice_loss, checkpoint_path, collapsed,
-                                   train, training_loss, warmup_factor)
+from FemurUNetTrainLib.distributed import Dist
+from FemurUNetTrainLib.loss import batch_dice_loss, training_loss
+from FemurUNetTrainLib.step import amp_dtype
+from FemurUNetTrainLib.train import TrainConfig, checkpoint_path, collapsed, train, warmup_factor
 
 SIZE = 64
 WINDOW = (350.0, 1800.0)          # not the engine default: the model file must carry it
@@ -100,7 +102,7 @@ def test_distributed_linearised_loss_gives_the_full_batch_gradient():
         p = torch.sigmoid(w[s]).detach()
         return torch.stack([(y[s] * p).sum(), y[s].sum() + p.sum()]).double()
 
-    class FakeDist(_Dist):
+    class FakeDist(Dist):
         def __init__(self, other):
             super().__init__(rank=0, world=2)
             self.other = other
@@ -122,9 +124,9 @@ def test_bce_weight_adds_the_mean_cross_entropy_and_keeps_the_dice_value():
     y = (torch.rand(4, 1, 8, 8, generator=g) > 0.7).float()
     w = (torch.randn(4, 1, 8, 8, generator=g) * 3).requires_grad_()
     p = torch.sigmoid(w)
-    seed_loss, seed_value = training_loss(y, p, _Dist())
-    assert torch.equal(seed_loss, batch_dice_loss(y, p, _Dist())[0])              # weight 0: the seed's loss
-    loss, value = training_loss(y, p, _Dist(), bce_weight=0.5)
+    seed_loss, seed_value = training_loss(y, p, Dist())
+    assert torch.equal(seed_loss, batch_dice_loss(y, p, Dist())[0])              # weight 0: the seed's loss
+    loss, value = training_loss(y, p, Dist(), bce_weight=0.5)
     bce = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
     torch.testing.assert_close(loss, dice_loss(y, p) + 0.5 * bce)
     assert value == seed_value == pytest.approx(float(dice_loss(y, p).detach()))    # what is logged: 1 - Dice
@@ -132,8 +134,8 @@ def test_bce_weight_adds_the_mean_cross_entropy_and_keeps_the_dice_value():
     x = torch.full((1, 1, 4, 4), -12.0, requires_grad=True)
     t = torch.zeros(1, 1, 4, 4)
     t[0, 0, 0, 0] = 1
-    dice_only = torch.autograd.grad(training_loss(t, torch.sigmoid(x), _Dist())[0], x)[0][0, 0, 0, 0]
-    with_bce = torch.autograd.grad(training_loss(t, torch.sigmoid(x), _Dist(), 1.0)[0], x)[0][0, 0, 0, 0]
+    dice_only = torch.autograd.grad(training_loss(t, torch.sigmoid(x), Dist())[0], x)[0][0, 0, 0, 0]
+    with_bce = torch.autograd.grad(training_loss(t, torch.sigmoid(x), Dist(), 1.0)[0], x)[0][0, 0, 0, 0]
     assert abs(float(dice_only)) < 1e-4 and float(with_bce) < -1 / 16 + 1e-3
 
 
@@ -141,9 +143,9 @@ def test_bce_weight_under_ddp_gives_the_full_batch_gradient():
     g = torch.Generator().manual_seed(3)
     y = (torch.rand(4, 1, 8, 8, generator=g) > 0.7).float()
     w = torch.randn(4, 1, 8, 8, generator=g, requires_grad=True)
-    (full,) = torch.autograd.grad(training_loss(y, torch.sigmoid(w), _Dist(), 2.0)[0], w)
+    (full,) = torch.autograd.grad(training_loss(y, torch.sigmoid(w), Dist(), 2.0)[0], w)
 
-    class FakeDist(_Dist):
+    class FakeDist(Dist):
         def __init__(self, other):
             super().__init__(rank=0, world=2)
             self.other = other
@@ -259,7 +261,7 @@ def test_resume_after_sigkill_of_the_cli(phantom_data, tmp_path):
             "--base-filters", "4", "--input-size", str(SIZE), "--seed", "7", "--threads", "1", "--quiet"]
     assert femurunet(args + ["--out", str(tmp_path / "a.pt")]) == 0
     killed_out = tmp_path / "b.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "FemurUNetLib.cli", *args, "--out", str(killed_out)],
+    proc = subprocess.Popen([sys.executable, "-m", "FemurUNetTrainLib.cli", *args, "--out", str(killed_out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "b.log.jsonl"
     deadline = time.time() + 120
@@ -289,10 +291,10 @@ def test_early_stopping_and_plateau_schedule(phantom_data, tmp_path):
 
 def test_amp_auto_is_bf16_on_a_cpu_with_native_bf16_else_off():
     cpu = torch.device("cpu")
-    assert _amp_dtype("auto", cpu) == (torch.bfloat16 if cpu_supports_bf16() else None)
-    assert _amp_dtype("off", cpu) is None and _amp_dtype("bf16", cpu) == torch.bfloat16
+    assert amp_dtype("auto", cpu) == (torch.bfloat16 if cpu_supports_bf16() else None)
+    assert amp_dtype("off", cpu) is None and amp_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(FemurUNetError, match="fp16 needs CUDA"):
-        _amp_dtype("fp16", cpu)
+        amp_dtype("fp16", cpu)
 
 
 def test_warmup_scales_the_first_steps_and_leaves_the_schedule_alone(phantom_data, tmp_path):
@@ -427,7 +429,7 @@ def test_torchrun_cli_two_processes(phantom_data, tmp_path):
     train_dir, val_dir, _ = phantom_data
     out = tmp_path / "m.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "FemurUNetLib.cli", "train", str(train_dir), "--val", str(val_dir), "--out", str(out), "--epochs", "2",
+           "-m", "FemurUNetTrainLib.cli", "train", str(train_dir), "--val", str(val_dir), "--out", str(out), "--epochs", "2",
            "--steps-per-epoch", "2", "--batch-size", "4", "--base-filters", "4", "--input-size", str(SIZE), "--quiet"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

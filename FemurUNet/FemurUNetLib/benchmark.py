@@ -28,11 +28,14 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .device import autocast
 from .errors import FemurUNetError
+from .evaluate import dice
 from .inference import (SliceSegmenter, auto_batch_size, autocast_dtype, cpu_supports_bf16, pick_device,
                         segment_volume)
 from .model import UNet2D, forward_macs
-from .modelfile import DEFAULT_MODEL_PATH, model_metadata, resolve_model
+from .modelfile import DEFAULT_MODEL_PATH, model_metadata
+from .resolve import resolve_model
 from .preprocess import from_model_output, labels_from_probabilities, to_model_input, window_hu, window_to_uint8
 
 BENCHMARK_VERSION = 1
@@ -104,16 +107,6 @@ def best_time(fn: Callable[[], object], sync: Callable[[], None], min_seconds: f
 
 def _dtype_name(dtype: Optional[torch.dtype]) -> str:
     return "fp32" if dtype in (None, torch.float32) else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-def _amp(device: torch.device, dtype: Optional[torch.dtype]):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
 def _model(base_filters: int, seed: int = 0) -> UNet2D:
@@ -205,13 +198,13 @@ def bench_forward(device: torch.device, s: Settings, gemm: dict) -> dict:
             if compiled:
                 fn = torch.compile(net, dynamic=False)
                 t0 = time.perf_counter()
-                with torch.inference_mode(), _amp(device, amp):
+                with torch.inference_mode(), autocast(device, amp):
                     fn(x)
                 sync()
                 compile_s = time.perf_counter() - t0
 
             def step():
-                with torch.inference_mode(), _amp(device, amp):
+                with torch.inference_mode(), autocast(device, amp):
                     fn(x)
 
             t = best_time(step, sync, s.min_seconds, s.repeats)
@@ -242,7 +235,7 @@ def bench_threads(device: torch.device, s: Settings) -> list:
     rows = []
 
     def step():
-        with torch.inference_mode(), _amp(device, amp):
+        with torch.inference_mode(), autocast(device, amp):
             net(x)
 
     try:
@@ -275,14 +268,14 @@ def bench_end_to_end(device: torch.device, s: Settings, case) -> dict:
         starts = range(0, volume.shape[0], batch)
 
         def bare_forward():
-            with torch.inference_mode(), _amp(device, runner.amp_dtype):
+            with torch.inference_mode(), autocast(device, runner.amp_dtype):
                 for b0 in starts:
                     runner.model(x_all[b0:b0 + batch])
 
         def end_to_end():
             return segment_volume(volume, geometry, net, device=str(device), batch_size=batch)
 
-        with torch.inference_mode(), _amp(device, runner.amp_dtype):
+        with torch.inference_mode(), autocast(device, runner.amp_dtype):
             runner.model(x_all[:batch])
         sync()
         e2e, fwd = [], []
@@ -462,84 +455,6 @@ def bench_memory(device: torch.device, s: Settings, case, workdir: Path) -> dict
     return out
 
 
-def bench_training(device: torch.device, s: Settings, case, workdir: Path) -> dict:
-    """Samples/s of the real training loop (train(), step times from its progress callback), and the share of
-    data loading and augmentation in a step, from an instrumented copy of the same step."""
-    try:
-        from FemurUNetTrainLib.augment import AugmentConfig, apply_augmentation, draw_params
-        from FemurUNetTrainLib.dataset import load_dataset
-        from FemurUNetTrainLib.export import export_arrays
-        from FemurUNetTrainLib.train import TrainConfig, train
-    except ImportError as exc:
-        return {"skipped": f"training engine not importable ({exc})"}
-    from .model import dice_coefficient
-
-    sync = _synchronizer(device)
-    data_dir = workdir / "train_data"
-    export_arrays(case.ct, case.label, case.geometry, data_dir, "bench", empty_fraction=0.1)
-    t0 = time.perf_counter()
-    data = load_dataset(data_dir, s.size)
-    load_s = time.perf_counter() - t0
-    amps = [None] + ([autocast_dtype(device)] if autocast_dtype(device) is not None and not s.quick else [])
-    rows = []
-    for amp in amps:
-        stamps = []
-        config = TrainConfig(data=str(data_dir), out=str(workdir / "bench_model.pt"), epochs=1,
-                             steps_per_epoch=s.train_steps + 1, batch_size=s.train_batch, base_filters=s.train_filters,
-                             input_size=s.size, device=str(device), amp=_dtype_name(amp) if amp else "off")
-        train(config, progress=lambda p: stamps.append(time.perf_counter()) if p.record is None else None)
-        step_times = list(np.diff(stamps))
-
-        # instrumented copy of train()'s step (same calls, same order)
-        aug = AugmentConfig()
-        torch.manual_seed(0)
-        net = UNet2D(1, 1, s.train_filters).to(device).to(memory_format=torch.channels_last).train()
-        opt = torch.optim.Adam(net.parameters(), lr=1e-5, eps=1e-7)
-        gen = torch.Generator().manual_seed(0)
-        phases = {"data": [], "augment": [], "compute": []}
-        for step in range(s.train_steps + 1):
-            t0 = time.perf_counter()
-            idx = torch.randint(len(data), (s.train_batch,), generator=gen)
-            x = data.images[idx].to(device, non_blocking=True)
-            y = data.masks[idx].to(device, non_blocking=True)
-            sync()
-            t1 = time.perf_counter()
-            params = draw_params(s.train_batch, s.size, s.size, aug, gen)
-            x, y = apply_augmentation(x, y, params, aug)
-            x = x.contiguous(memory_format=torch.channels_last)
-            sync()
-            t2 = time.perf_counter()
-            with _amp(device, amp):
-                p = net(x)
-            loss = 1.0 - dice_coefficient(y, p.float(), 1.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sync()
-            t3 = time.perf_counter()
-            if step:        # the first step warms up
-                phases["data"].append(t1 - t0)
-                phases["augment"].append(t2 - t1)
-                phases["compute"].append(t3 - t2)
-        totals = {k: sum(v) for k, v in phases.items()}
-        step_total = sum(totals.values())
-        best_step = min(step_times)
-        row = {"base_filters": s.train_filters, "batch": s.train_batch, "input_size": s.size,
-               "amp": _dtype_name(amp), "steps": len(step_times), "train_step_seconds": step_times,
-               "train_samples_per_s": s.train_batch / best_step,
-               "instrumented_step_seconds": step_total / len(phases["compute"]),
-               "instrumented_samples_per_s": s.train_batch * len(phases["compute"]) / step_total,
-               "phase_seconds": totals, "data_share": totals["data"] / step_total,
-               "augment_share": totals["augment"] / step_total,
-               "input_share": (totals["data"] + totals["augment"]) / step_total, "goal": GOALS["train_input_share"]}
-        row["met"] = row["input_share"] < row["goal"]
-        rows.append(row)
-        _print_row(row, ("base_filters", "batch", "amp", "train_samples_per_s", "instrumented_samples_per_s",
-                         "data_share", "augment_share", "input_share"))
-    return {"dataset_slices": len(data), "load_dataset_seconds": load_s,
-            "load_seconds_per_sample": load_s / len(data), "rows": rows}
-
-
 def _accuracy_model(model_arg) -> tuple:
     if model_arg is not None or DEFAULT_MODEL_PATH.is_file():
         path = model_arg or DEFAULT_MODEL_PATH
@@ -561,10 +476,10 @@ def bench_accuracy(device: torch.device, s: Settings, case, model_arg=None) -> d
     modes += [("fast", True, {"fast": True}), ("mirror", True, {"mirror": True})]
     truth = case.label > 0
     rows, reference = [], None
-    for mode, autocast, options in modes:
-        segment_volume(case.ct[:2], case.geometry, net, device=str(device), autocast=autocast, **options)   # warm-up
+    for mode, precision, options in modes:
+        segment_volume(case.ct[:2], case.geometry, net, device=str(device), autocast=precision, **options)   # warm-up
         t0 = time.perf_counter()
-        result = segment_volume(case.ct, case.geometry, net, device=str(device), autocast=autocast, **options)
+        result = segment_volume(case.ct, case.geometry, net, device=str(device), autocast=precision, **options)
         seconds = time.perf_counter() - t0
         if reference is None:
             reference = result.labelmap
@@ -654,11 +569,13 @@ def _section(title: str) -> None:
 
 
 def run_benchmark(device_name: str = "auto", quick: bool = False, depth: Optional[int] = None, model=None,
-                  compile: bool = False, sections: Optional[list] = None) -> dict:
+                  compile: bool = False, sections: Optional[list] = None, extra_sections=()) -> dict:
+    """Run the wanted sections (default: all, with ``extra_sections``: (name, title, fn(device, settings, case,
+    workdir)) from packages above the engine, e.g. the training step) and return the report."""
     started = time.perf_counter()
     device = pick_device(device_name)
     s = Settings.make(quick, depth, compile)
-    wanted = set(sections or SECTIONS)
+    wanted = set(sections or SECTIONS + tuple(name for name, _, _ in extra_sections))
     if "forward" in wanted:
         wanted.add("gemm")
     report = {"benchmark_version": BENCHMARK_VERSION, "quick": quick, "settings": asdict(s),
@@ -690,12 +607,10 @@ def run_benchmark(device_name: str = "auto", quick: bool = False, depth: Optiona
              lambda: bench_seed_baseline(device, s, case, workdir)),
             ("memory", f"peak memory at depth {s.depth} and {4 * s.depth} (subprocesses)",
              lambda: bench_memory(device, s, case, workdir)),
-            ("training", f"training step (base {s.train_filters}, batch {s.train_batch})",
-             lambda: bench_training(device, s, case, workdir)),
             ("accuracy", "accuracy cost of autocast, --fast and --mirror",
              lambda: bench_accuracy(device, s, case, model)),
             ("phantom", "phantom v2 generation (pelvis, 512 x 512 grid)", lambda: bench_phantom(quick)),
-        ]
+        ] + [(name, title.format(s=s), lambda fn=fn: fn(device, s, case, workdir)) for name, title, fn in extra_sections]
         for name, title, fn in plan:
             if name not in wanted:
                 continue
@@ -717,34 +632,4 @@ def run_benchmark(device_name: str = "auto", quick: bool = False, depth: Optiona
     return report
 
 
-SECTIONS = ("gemm", "forward", "end_to_end", "seed_baseline", "memory", "training", "accuracy", "phantom")
-
-
-def run_cli(args) -> int:
-    sections = None
-    if args.sections:
-        sections = [x.strip() for x in args.sections.split(",") if x.strip()]
-        unknown = sorted(set(sections) - set(SECTIONS))
-        if unknown:
-            raise FemurUNetError(f"unknown section(s) {', '.join(unknown)} (choose from {', '.join(SECTIONS)})")
-    report = run_benchmark(args.device, args.quick, args.depth, args.model, args.compile, sections)
-    if args.json:
-        from .modelfile import atomic_write
-        text = json.dumps(report, indent=1)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
-        print(f"results -> {args.json}")
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("benchmark", help="measure speed and accuracy ratios of the engine on this machine",
-                              description="GEMM peak, U-Net throughput, end-to-end overhead, seed-style baseline, "
-                                          "memory growth, training step and autocast accuracy, in one process.")
-    p.add_argument("--json", metavar="OUT", help="write every figure to this JSON file")
-    p.add_argument("--quick", action="store_true", help="small depth, base 16 only, short timing loops (~1 min)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--depth", type=int, help="phantom slices N (default 64; --quick 8); memory also runs 4N")
-    p.add_argument("--model", help="model .pt for the accuracy section (default: the shipped demo model)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile'd forward rows")
-    p.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
-    p.set_defaults(func=run_cli)
+SECTIONS = ("gemm", "forward", "end_to_end", "seed_baseline", "memory", "accuracy", "phantom")   # the engine's

@@ -1,7 +1,6 @@
 """Segment a CT volume slice by slice: canonical frame, window, resize, batched U-Net, labelmap on the input grid."""
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -10,9 +9,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .device import autocast, autocast_dtype, cpu_supports_bf16, pick_device  # noqa: F401  (cpu_supports_bf16: re-exported)
 from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
-from .modelfile import resolve_model
+from .resolve import resolve_model
 from .preprocess import from_model_output, labels_from_probabilities, to_model_input, window_hu
 
 CPU_BATCH_SIZE = 8
@@ -29,56 +29,6 @@ class SegmentationResult:
     seconds: float = 0.0
     stats: dict = field(default_factory=dict)
     plausibility: Optional[object] = None     # a plausibility.PlausibilityReport, once a caller checked it
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FemurUNetError(f"device {name!r}: CUDA is not available to this PyTorch ({torch.__version__})")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FemurUNetError("device 'mps': Apple Metal is not available to this PyTorch")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise FemurUNetError(f"device {name!r}: unknown (use auto, cpu, cuda, cuda:N or mps)") from None
-
-
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 dot products (AVX512-BF16 / AMX): there bf16 autocast is a speed-up."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and _cpu_flags() & {"avx512_bf16", "amx_bf16"} != set()
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def autocast_dtype(device: torch.device, enabled=True) -> Optional[torch.dtype]:
-    """``enabled``: False (fp32), True (the device's best half precision) or a ``torch.dtype`` to force."""
-    if isinstance(enabled, torch.dtype):
-        return None if enabled == torch.float32 else enabled
-    if not enabled:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else None
 
 
 def auto_batch_size(device: torch.device, base_filters: int, input_size: int) -> int:
@@ -139,9 +89,7 @@ class SliceSegmenter:
             return self.model(x[:n])
 
     def _amp(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     @torch.inference_mode()
     def __call__(self, hu: torch.Tensor, want_probabilities: bool = False, pad_to: int = 0):

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
+from .defaults import BONE_COLOR
 from .errors import FemurUNetError
+from .fileio import atomic_write
 from .geometry import CANONICAL_ORIENTATION
 from .model import ARCHITECTURE, UNet2D
 from .paths import DEFAULT_MODEL_PATH  # noqa: F401  (re-exported; defined torch-free in paths.py)
@@ -18,7 +18,6 @@ from .preprocess import DEFAULT_INPUT_SIZE, DEFAULT_WINDOW
 
 FORMAT_NAME = "femurunet-model"
 FORMAT_VERSION = 1
-BONE_COLOR = [0.945, 0.839, 0.569]          # Slicer's "bone" colour (241, 214, 145)
 
 REQUIRED_KEYS = ("architecture", "base_filters", "in_channels", "out_channels", "input_size", "window",
                  "orientation", "threshold", "labels")
@@ -48,25 +47,6 @@ def model_metadata(model: UNet2D) -> dict:
     meta = default_metadata(model.base_filters, model.in_channels, model.out_channels)
     meta.update(copy.deepcopy(getattr(model, "metadata", None) or {}))
     return meta
-
-
-def atomic_write(path, write_fn, suffix: str = "") -> Path:
-    """Call ``write_fn(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; the result should be an ordinary file
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_model(model: UNet2D, path, **metadata) -> Path:
@@ -133,20 +113,3 @@ def load_model(path, map_location="cpu") -> UNet2D:
                              f"{meta['base_filters']}: {first}") from None
     model.metadata = meta
     return model.eval()
-
-
-def resolve_model(model=None, map_location="cpu") -> UNet2D:
-    """A UNet2D from a module, a path, or None (the shipped demo model)."""
-    if isinstance(model, UNet2D):
-        if not hasattr(model, "metadata"):
-            model.metadata = model_metadata(model)
-        return model
-    if model is None:
-        if not DEFAULT_MODEL_PATH.is_file():
-            raise FemurUNetError(f"{DEFAULT_MODEL_PATH}: the default demo model is not installed; pass a model file")
-        model = DEFAULT_MODEL_PATH
-    path = Path(model)
-    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
-        from .keras_import import convert_keras_file
-        path = convert_keras_file(path)
-    return load_model(path, map_location)

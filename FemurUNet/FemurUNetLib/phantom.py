@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import FemurUNetError
 from .geometry import Geometry
-from .sdf import _PRIMITIVES, grid_points, ramp_width, _box, _capsule, _ellipse_xy, _ellipsoid, _plane, _plate, _rotation, _smin, _sphere, _unit, _v
+from .sdf import _PRIMITIVES, grid_points, ramp_width, _box, _capsule, _ellipse_xy, _ellipsoid, _plane, _plate, _rotation, _smin, _sphere, _unit
 from .volume_io import write_image
 
 LEFT, RIGHT = 1, 2
@@ -646,42 +646,3 @@ def write_case(case: PhantomCase, outdir) -> tuple:
         reason = (str(exc).strip().splitlines() or ["write failed"])[-1][:160]
         raise FemurUNetError(f"{outdir}: cannot write the phantom files ({reason})") from None
     return ct_path, label_path
-
-
-def run_sample(args) -> int:
-    if args.cases < 1:
-        raise FemurUNetError(f"--cases must be at least 1, got {args.cases}")
-    if args.seed < 0:
-        raise FemurUNetError(f"--seed must be >= 0, got {args.seed}")
-    if args.coverage and args.phantom != 2:
-        raise FemurUNetError("--coverage needs --phantom 2")
-    if args.phantom == 2:
-        from .phantom2 import generate_case as generate
-    else:
-        generate = generate_case
-    for n in range(args.cases):
-        case = generate(args.seed + n, **({"coverage": args.coverage} if args.coverage else {}))
-        ct_path, label_path = write_case(case, args.outdir)
-        nk, nj, ni = case.ct.shape
-        sp = case.geometry.spacing
-        extra = [getattr(case, "coverage", ""), getattr(case, "body", ""), "metal" if case.metal else "",
-                 "arms" if case.arms else ""]
-        print(f"{case.name}: {ni}x{nj}x{nk} voxels, {sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:.2f} mm"
-              f"{''.join(', ' + e for e in extra if e)} -> {ct_path} {label_path.name}")
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    from .phantom2 import COVERAGES
-    p = subparsers.add_parser("sample", help="write synthetic CT phantoms with exact femur labels",
-                              description="Write synthetic CT phantoms (<name>_ct.nii.gz, <name>_femur.nii.gz; "
-                                          "label 1 = left femur, 2 = right femur).")
-    p.add_argument("outdir", metavar="OUTDIR", help="output folder (created if missing)")
-    p.add_argument("--cases", type=int, default=1, help="number of cases (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed S+i (default 0)")
-    p.add_argument("--phantom", type=int, choices=(1, 2), default=2,
-                   help="2 (default): real bone shapes, CT-like tissue and scanner physics, any coverage; "
-                        "1: the analytic hip phantom of the first demo models")
-    p.add_argument("--coverage", choices=tuple(COVERAGES),
-                   help="phantom 2 only: scan range (default: drawn per case)")
-    p.set_defaults(func=run_sample)

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULT_WINDOW = (400.0, 2000.0)   # centre, width in HU: bone window with soft tissue still visible
-DEFAULT_INPUT_SIZE = 256
+from .defaults import DEFAULT_INPUT_SIZE, DEFAULT_WINDOW  # noqa: F401  (re-exported)
 
 
 def window_hu(hu: torch.Tensor, center: float, width: float) -> torch.Tensor:

@@ -104,7 +104,7 @@ def check_intensity(case) -> None:
 
 def run_cli(*args, torchrun: int = 0) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun)] if torchrun else [sys.executable]
-    return subprocess.run([*launcher, "-m", "FemurUNetLib.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([*launcher, "-m", "FemurUNetTrainLib.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def check_training(work: Path) -> None:

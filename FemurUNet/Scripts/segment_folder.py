@@ -119,7 +119,7 @@ def segment_files(inputs, output_dir, model=None, **options) -> list:
     import numpy as np
     import slicer
     from FemurUNetLib import mrml
-    from FemurUNetLib.modelfile import resolve_model
+    from FemurUNetLib.resolve import resolve_model
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -13,49 +13,10 @@ true centre; this uses the true centre (a sub-pixel difference at these ranges).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
-FILL_MODES = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
-
-
-@dataclass
-class AugmentConfig:
-    """Defaults are the seed's ``data_gen_args``."""
-    rotation_range: float = 0.2          # degrees
-    width_shift_range: float = 0.05      # fraction of the width (pixels if >= 1)
-    height_shift_range: float = 0.05     # fraction of the height (pixels if >= 1)
-    shear_range: float = 0.05            # degrees
-    zoom_range: tuple = (0.95, 1.05)     # per-axis factor bounds (Keras zoom_range=0.05)
-    horizontal_flip: bool = True         # p = 0.5
-    vertical_flip: bool = False
-    fill_mode: str = "nearest"           # nearest (edge), constant (0), reflect
-    mask_threshold: float = 0.5
-    enabled: bool = True
-
-    def __post_init__(self):
-        z = self.zoom_range
-        if isinstance(z, (int, float)):
-            z = (1.0 - float(z), 1.0 + float(z))
-        self.zoom_range = (float(z[0]), float(z[1]))
-        if self.fill_mode not in FILL_MODES:
-            raise ValueError(f"fill_mode must be one of {', '.join(FILL_MODES)}, got {self.fill_mode!r}")
-        if min(self.rotation_range, self.width_shift_range, self.height_shift_range, self.shear_range) < 0:
-            raise ValueError("augmentation ranges must not be negative")
-        if not 0 < self.zoom_range[0] <= self.zoom_range[1]:
-            raise ValueError(f"zoom range must be 0 < low <= high, got {self.zoom_range}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["zoom_range"] = list(self.zoom_range)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Optional[dict]) -> "AugmentConfig":
-        return cls(**(d or {}))
+from .options import FILL_MODES, AugmentConfig  # noqa: F401  (AugmentConfig: importable from here too)
 
 
 def draw_params(n: int, height: int, width: int, config: AugmentConfig, generator: torch.Generator) -> dict:

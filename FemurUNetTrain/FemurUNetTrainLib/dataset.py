@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.preprocess import DEFAULT_INPUT_SIZE, to_model_input
 
-from .export import IMAGE_DIR, LABEL_DIR, MANIFEST_NAME, read_manifest
+from .manifest import IMAGE_DIR, LABEL_DIR, MANIFEST_NAME, read_manifest
 
 MAX_LISTED = 8
 GREY_MODES = ("L", "P", "RGB", "RGBA", "LA", "1")

@@ -21,40 +21,15 @@ from PIL import Image
 
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import CANONICAL_ORIENTATION, Geometry, Reorientation
-from FemurUNetLib.modelfile import atomic_write
-from FemurUNetLib.preprocess import DEFAULT_WINDOW, window_to_uint8
+from FemurUNetLib.fileio import atomic_write
+from FemurUNetLib.preprocess import window_to_uint8
 from FemurUNetLib.volume_io import read_label_image, read_volume
 
-MANIFEST_NAME = "dataset.json"
-MANIFEST_FORMAT = "femurunet-dataset"
-MANIFEST_VERSION = 1
-IMAGE_DIR, LABEL_DIR = "image", "label"
-CASE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+from .manifest import (CASE_PATTERN, IMAGE_DIR, LABEL_DIR, MANIFEST_NAME, new_manifest, read_manifest,  # noqa: F401
+                       slice_name, window_dict)
+from .options import EMPTY_FRACTION
+
 VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-def window_dict(window=None) -> dict:
-    """``None`` (engine default), ``(center, width)`` or ``{"center", "width"}`` -> ``{"center", "width"}`` floats."""
-    if window is None:
-        window = DEFAULT_WINDOW
-    if isinstance(window, dict):
-        center, width = window.get("center"), window.get("width")
-    else:
-        try:
-            center, width = window
-        except (TypeError, ValueError):
-            raise FemurUNetError(f"window must be (center, width), got {window!r}") from None
-    try:
-        center, width = float(center), float(width)
-    except (TypeError, ValueError):
-        raise FemurUNetError(f"window must be two numbers (center, width), got {window!r}") from None
-    if not width > 0:
-        raise FemurUNetError(f"window width must be positive, got {width}")
-    return {"center": center, "width": width}
-
-
-def slice_name(case: str, k: int) -> str:
-    return f"{case}_{k:04d}.png"
 
 
 def case_name_from_path(path) -> str:
@@ -65,28 +40,6 @@ def case_name_from_path(path) -> str:
             break
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._-")
     return name or "case"
-
-
-def read_manifest(outdir) -> Optional[dict]:
-    """The folder's ``dataset.json``, or None when there is none."""
-    path = Path(outdir) / MANIFEST_NAME
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FemurUNetError(f"{path}: unreadable dataset manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise FemurUNetError(f"{path}: not a FemurUNet dataset manifest (no '{MANIFEST_FORMAT}' format)")
-    if manifest.get("format_version") != MANIFEST_VERSION:
-        raise FemurUNetError(f"{path}: dataset manifest version {manifest.get('format_version')} is not supported")
-    return manifest
-
-
-def _new_manifest(window: dict) -> dict:
-    return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "window": window,
-            "orientation": CANONICAL_ORIENTATION, "image_folder": IMAGE_DIR, "label_folder": LABEL_DIR,
-            "cases": {}}
 
 
 def _choose_slices(mask_c: np.ndarray, empty_fraction: float, seed: int):
@@ -102,8 +55,43 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(pixels), mode="L").save(path, compress_level=3)
 
 
+def _checked_arrays(ct, label, case, empty_fraction, negative: bool) -> tuple:
+    """(ct, label) as arrays after checking the case name, shapes, fraction and that the label fits ``negative``."""
+    if not isinstance(case, str) or not CASE_PATTERN.match(case):
+        raise FemurUNetError(f"case name {case!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    ct, label = np.asarray(ct), np.asarray(label)
+    if ct.ndim != 3:
+        raise FemurUNetError(f"{case}: expected a 3-D CT, got an array of shape {ct.shape}")
+    if label.shape != ct.shape:
+        raise FemurUNetError(f"{case}: label shape {label.shape} differs from the CT shape {ct.shape}")
+    if not 0.0 <= float(empty_fraction) <= 1.0:
+        raise FemurUNetError(f"empty fraction must be within [0, 1], got {empty_fraction}")
+    if np.any(label != 0) == negative:
+        raise FemurUNetError(f"{case}: a negative case must have an empty label" if negative else
+                             f"{case}: the label is empty (no femur voxels); nothing to export "
+                             f"(a scan without femur is exported with --negative)")
+    return ct, label
+
+
+def _manifest_for(outdir: Path, win: dict, case: str) -> dict:
+    """The folder's manifest (a new one for a new folder), checked to accept ``case`` with window ``win``."""
+    manifest = read_manifest(outdir) if outdir.is_dir() else None
+    if manifest is None:
+        manifest = new_manifest(win)
+    elif manifest["window"] != win:
+        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: window center {win['center']:g} / width {win['width']:g} "
+                             f"disagrees with the dataset's center {manifest['window']['center']:g} / "
+                             f"width {manifest['window']['width']:g}")
+    if manifest.get("orientation") != CANONICAL_ORIENTATION:
+        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: orientation {manifest.get('orientation')!r} is not "
+                             f"{CANONICAL_ORIENTATION}")
+    if case in manifest["cases"]:
+        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: case {case!r} is already in this dataset; choose another --case")
+    return manifest
+
+
 def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *, window=None,
-                  empty_fraction: float = 0.1, seed: int = 0, source: Optional[dict] = None,
+                  empty_fraction: float = EMPTY_FRACTION, seed: int = 0, source: Optional[dict] = None,
                   negative: bool = False) -> dict:
     """Export one case (numpy (k, j, i) HU + same-shape label, nonzero = femur) into OUTDIR.
 
@@ -114,20 +102,8 @@ def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *,
     slices are exported (``empty_fraction`` of them), to teach the network what is not femur.
     Returns a summary dict: case, slices, positive, negative, slice_shape, spacing, outdir.
     """
-    if not isinstance(case, str) or not CASE_PATTERN.match(case):
-        raise FemurUNetError(f"case name {case!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
-    ct, label = np.asarray(ct), np.asarray(label)
-    if ct.ndim != 3:
-        raise FemurUNetError(f"{case}: expected a 3-D CT, got an array of shape {ct.shape}")
-    if label.shape != ct.shape:
-        raise FemurUNetError(f"{case}: label shape {label.shape} differs from the CT shape {ct.shape}")
-    if not 0.0 <= float(empty_fraction) <= 1.0:
-        raise FemurUNetError(f"empty fraction must be within [0, 1], got {empty_fraction}")
+    ct, label = _checked_arrays(ct, label, case, empty_fraction, negative)
     mask = label != 0
-    if mask.any() == negative:
-        raise FemurUNetError(f"{case}: a negative case must have an empty label" if negative else
-                             f"{case}: the label is empty (no femur voxels); nothing to export "
-                             f"(a scan without femur is exported with --negative)")
     geometry = geometry or Geometry()
     win = window_dict(window)
     reorient = Reorientation.for_geometry(geometry)
@@ -136,18 +112,7 @@ def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *,
     chosen = np.union1d(positive, negative)
 
     outdir = Path(outdir)
-    manifest = read_manifest(outdir) if outdir.is_dir() else None
-    if manifest is None:
-        manifest = _new_manifest(win)
-    elif manifest["window"] != win:
-        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: window center {win['center']:g} / width {win['width']:g} "
-                             f"disagrees with the dataset's center {manifest['window']['center']:g} / "
-                             f"width {manifest['window']['width']:g}")
-    if manifest.get("orientation") != CANONICAL_ORIENTATION:
-        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: orientation {manifest.get('orientation')!r} is not "
-                             f"{CANONICAL_ORIENTATION}")
-    if case in manifest["cases"]:
-        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: case {case!r} is already in this dataset; choose another --case")
+    manifest = _manifest_for(outdir, win, case)
     names = [slice_name(case, int(k)) for k in chosen]
     clashes = [n for n in names if (outdir / IMAGE_DIR / n).exists() or (outdir / LABEL_DIR / n).exists()]
     if clashes:
@@ -320,8 +285,8 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
-def export_files(ct_path, label_path, outdir, case=None, labels=None, segments=None, empty_fraction: float = 0.1,
-                 resample_label: bool = False, window=None, seed: int = 0, negative: bool = False) -> dict:
+def export_files(ct_path, label_path, outdir, case=None, labels=None, segments=None,
+                 empty_fraction: float = EMPTY_FRACTION, resample_label: bool = False, window=None, seed: int = 0, negative: bool = False) -> dict:
     """Export a CT file/DICOM folder + a labelmap or .seg.nrrd (segments chosen by name) into OUTDIR."""
     ct, ct_geometry = read_volume(ct_path)
     mask, label_geometry, description = read_label_mask(label_path, labels=labels, segments=segments)

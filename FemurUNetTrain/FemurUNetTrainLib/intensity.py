@@ -11,56 +11,11 @@ A transform whose range is the identity (scale (1, 1), 0 HU, ...) never changes 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-RANGE_FIELDS = ("scale", "contrast", "gamma")                  # (low, high), both > 0
-MAX_SIGMA_PX, MAX_LOWRES = 10.0, 8.0
-
-
-@dataclass
-class IntensityConfig:
-    """Off by default; ``enabled=True`` with the other defaults is the documented set (``--intensity-augment``)."""
-    enabled: bool = False
-    p: float = 0.3                  # probability of each transform, per sample
-    scale: tuple = (0.9, 1.1)       # image x U(low, high)
-    shift_hu: float = 50.0          # image + U(-shift, shift) HU
-    contrast: tuple = (0.75, 1.25)  # (image - mean) x U(low, high) + mean
-    gamma: tuple = (0.7, 1.5)       # image ** U(low, high)
-    blur_sigma: float = 1.5         # Gaussian blur, sigma U(0, max) px
-    lowres_factor: float = 3.0      # low resolution, factor U(1, max)
-    noise_sd_hu: float = 40.0       # Gaussian noise, sd U(0, max) HU
-    noise_corr: float = 0.0         # noise smoothed with sigma U(0, max) px; 0: white
-
-    def __post_init__(self):
-        self.enabled = bool(self.enabled)
-        for name in RANGE_FIELDS:
-            low, high = (float(v) for v in getattr(self, name))
-            if not 0 < low <= high < math.inf:
-                raise ValueError(f"{name} range must be 0 < low <= high, got {low:g},{high:g}")
-            setattr(self, name, (low, high))
-        checks = {"p": (0.0, 1.0), "shift_hu": (0.0, math.inf), "noise_sd_hu": (0.0, math.inf),
-                  "blur_sigma": (0.0, MAX_SIGMA_PX), "noise_corr": (0.0, MAX_SIGMA_PX),
-                  "lowres_factor": (1.0, MAX_LOWRES)}
-        for name, (low, high) in checks.items():
-            value = float(getattr(self, name))
-            if not low <= value <= high or math.isinf(value):
-                bounds = f"{low:g} or more" if math.isinf(high) else f"in [{low:g}, {high:g}]"
-                raise ValueError(f"{name} must be {bounds}, got {value:g}")
-            setattr(self, name, value)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for name in RANGE_FIELDS:
-            d[name] = list(d[name])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Optional[dict]) -> "IntensityConfig":
-        return cls(**(d or {}))
+from .options import IntensityConfig  # noqa: F401  (importable from here too)
 
 
 def draw_intensity(n: int, config: IntensityConfig, generator: torch.Generator) -> dict:

@@ -1,4 +1,4 @@
-"""Training as a background process (``python -m FemurUNetLib.cli train ...``), polled from a GUI timer.
+"""Training as a background process (``python -m FemurUNetTrainLib.cli train ...``), polled from a GUI timer.
 
 Pure Python (subprocess, no Qt, no torch): a crash of the training cannot take the caller down, and the
 caller stays responsive because nothing here blocks. Output goes to a file (no pipe to fill up); the epoch
@@ -15,50 +15,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from .history import log_path, read_log_records
+from .options import TrainConfig, train_arguments
 
 LIB_PACKAGES = ("FemurUNetLib", "FemurUNetTrainLib")
 WINDOWS = os.name == "nt"
 
 
-@dataclass
-class TrainingSettings:
-    """The ``femurunet train`` options; None leaves the CLI default (the seed's recipe)."""
-    data: str
-    out: str
-    val: Optional[str] = None
-    epochs: Optional[int] = None
-    steps_per_epoch: Optional[int] = None
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    base_filters: Optional[int] = None
-    seed: Optional[int] = None
-    resume: bool = False
-    device: Optional[str] = None
-    extra_args: list = field(default_factory=list)
-
-
-def train_command(settings: TrainingSettings, python: Optional[str] = None) -> list:
-    """The argument list that runs ``femurunet train`` with this Python (Slicer's, inside Slicer)."""
-    cmd = [python or sys.executable, "-m", "FemurUNetLib.cli", "train", str(settings.data), "--out", str(settings.out)]
-    for flag, value in (("--val", settings.val), ("--epochs", settings.epochs),
-                        ("--steps-per-epoch", settings.steps_per_epoch), ("--batch-size", settings.batch_size),
-                        ("--lr", settings.lr), ("--base-filters", settings.base_filters), ("--seed", settings.seed),
-                        ("--device", settings.device)):
-        if value is not None and value != "":
-            cmd += [flag, repr(value) if isinstance(value, float) else str(value)]
-    if settings.resume:
-        cmd.append("--resume")
-    return cmd + [str(a) for a in settings.extra_args]
-
-
-def log_path(out) -> Path:
-    """``<out stem>.log.jsonl``, where the training writes one JSON line per epoch."""
-    out = Path(out)
-    stem = out.with_suffix("") if out.suffix == ".pt" else out
-    return stem.with_name(stem.name + ".log.jsonl")
+def train_command(config: TrainConfig, python: Optional[str] = None) -> list:
+    """The argument list that runs ``femurunet train`` for ``config`` with this Python (Slicer's, inside Slicer),
+    reporting progress as JSON lines."""
+    return [python or sys.executable, "-m", "FemurUNetTrainLib.cli", "train", *train_arguments(config),
+            "--progress", "json"]
 
 
 def library_environment(base: Optional[dict] = None) -> dict:
@@ -79,36 +51,41 @@ def library_environment(base: Optional[dict] = None) -> dict:
     return env
 
 
-def read_log_records(path) -> list:
-    """Every complete JSON line of a JSONL log (a line still being written, or a bad line, is skipped)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    records = []
-    for line in text.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
+@dataclass
+class StepProgress:
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+
+    @property
+    def fraction(self) -> float:
+        return ((self.epoch - 1) * self.steps + self.step) / max(self.epochs * self.steps, 1)
+
+    def describe(self) -> str:
+        return f"epoch {self.epoch}/{self.epochs}, step {self.step}/{self.steps}, loss {self.loss:.4f}"
+
+
+def split_progress(text: str) -> tuple:
+    """(last StepProgress or None, the other lines) of output from ``femurunet train --progress json``: step
+    lines become the progress, epoch lines are dropped (the epoch log has them), anything else is kept."""
+    last, others = None, []
+    for line in text.splitlines():
         try:
-            record = json.loads(line)
+            item = json.loads(line)
         except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-_STEP_PATTERN = re.compile(r"epoch (\d+)/(\d+) \[[#.]*\] (\d+)/(\d+)")
-
-
-def last_step_progress(text: str) -> Optional[tuple]:
-    """(epoch, epochs, step, steps) of the last step-progress line the training CLI printed, or None."""
-    matches = _STEP_PATTERN.findall(text)
-    return tuple(int(v) for v in matches[-1]) if matches else None
+            item = None
+        if not isinstance(item, dict):
+            if line.strip():
+                others.append(line.rstrip())
+        elif "step" in item:
+            last = StepProgress(*(item[k] for k in ("epoch", "epochs", "step", "steps", "loss")))
+    return last, others
 
 
 def last_line(text: str) -> str:
-    """The last non-empty line of terminal output (progress lines redraw with carriage returns)."""
+    """The last non-empty line of output, without terminal control sequences."""
     lines = [l.strip() for l in re.split(r"[\r\n]", text) if l.strip()]
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", lines[-1]) if lines else ""
 
@@ -253,15 +230,15 @@ class TrainingRun:
     A stopped run keeps its last checkpoint: start again with ``resume=True`` to continue.
     """
 
-    def __init__(self, settings: TrainingSettings, python: Optional[str] = None, env: Optional[dict] = None):
-        self.settings = settings
-        self.log_path = log_path(settings.out)
-        self.process = BackgroundProcess(train_command(settings, python), env=library_environment(env))
+    def __init__(self, config: TrainConfig, python: Optional[str] = None, env: Optional[dict] = None):
+        self.config = config
+        self.log_path = log_path(config.out)
+        self.process = BackgroundProcess(train_command(config, python), env=library_environment(env))
         self.records: list = []
         self._log_state = None
 
     def start(self) -> "TrainingRun":
-        if not self.settings.resume:
+        if not self.config.resume:
             self.log_path.unlink(missing_ok=True)   # a fresh run must not show the old curve
         self.process.start()
         return self
@@ -287,7 +264,7 @@ class TrainingRun:
 
     @property
     def succeeded(self) -> bool:
-        return self.process.poll() == 0 and not self.process.stopped and Path(self.settings.out).is_file()
+        return self.process.poll() == 0 and not self.process.stopped and Path(self.config.out).is_file()
 
     def close(self) -> None:
         self.process.close()

@@ -17,80 +17,36 @@ share, and the Dice of the whole global batch is all-reduced: the gradient is th
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch.torch_version import TorchVersion
 
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.inference import cpu_supports_bf16, pick_device
-from FemurUNetLib.model import UNet2D, dice_coefficient
-from FemurUNetLib.modelfile import atomic_write, load_model, save_model
-from FemurUNetLib.preprocess import DEFAULT_INPUT_SIZE
+from FemurUNetLib.model import UNet2D
+from FemurUNetLib.modelfile import load_model, save_model
 
-from .augment import AugmentConfig, apply_augmentation, draw_params, select
+from .augment import draw_params, select
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, merge_resumed_config, save_checkpoint
 from .dataset import SliceDataset, load_dataset
-from .intensity import IntensityConfig, apply_intensity, draw_intensity
+from .distributed import Dist, init_distributed
+from .history import COLLAPSE_DICE, COLLAPSE_EPOCHS, append_log, checkpoint_path, collapsed, curve_path, log_path, \
+    plot_curve, write_log
+from .intensity import draw_intensity
+from .loss import evaluate
+from .options import TrainConfig
+from .step import ADAM_EPSILON, amp_dtype, augment, load_batch, make_optimizer, optimise
 
-CHECKPOINT_FORMAT = "femurunet-train-checkpoint"
-CHECKPOINT_VERSION = 1
-ADAM_EPSILON = 1e-7   # Keras' default (PyTorch's is 1e-8)
-SMOOTH = 1.0
-BCE_CLAMP = 1e-6      # probabilities are clamped to [BCE_CLAMP, 1 - BCE_CLAMP] inside the cross-entropy
-# Recipe fields: on --resume they come from the checkpoint unless explicitly changed (then: error).
-RECIPE_FIELDS = ("epochs", "steps_per_epoch", "batch_size", "lr", "base_filters", "input_size", "seed", "amp",
-                 "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout",
-                 "augment", "init", "bce_weight", "intensity")
-EXTENDABLE_FIELDS = ("epochs", "early_stopping")
-
-
-@dataclass
-class TrainConfig:
-    """Training options (the CLI mirrors them). Defaults are the seed's recipe."""
-    data: str = ""
-    out: str = "femurunet.pt"
-    val: Optional[str] = None
-    epochs: int = 300
-    steps_per_epoch: int = 100
-    batch_size: int = 20              # global batch (split across DDP processes)
-    lr: float = 1e-5
-    base_filters: int = 64
-    input_size: int = DEFAULT_INPUT_SIZE
-    seed: int = 1                     # the seed's trainGenerator(seed=1)
-    init: Optional[str] = None        # start from this model's weights (fine-tuning) instead of random ones
-    resume: bool = False
-    device: str = "auto"
-    amp: str = "auto"                 # auto (CUDA, or a CPU with native bf16: on), bf16, fp16, off
-    channels_last: bool = True
-    lr_schedule: str = "none"         # none, plateau (ReduceLROnPlateau on the monitor), cosine
-    lr_patience: int = 10
-    lr_factor: float = 0.5
-    min_lr: float = 0.0
-    warmup_epochs: int = 0            # linear per-step warm-up of the rate over the first N epochs; 0 = off
-    early_stopping: int = 0           # patience in epochs without improvement; 0 = off
-    bce_weight: float = 0.0           # loss = 1 - Dice + bce_weight * mean BCE; 0 = the seed's loss
-    dropout: bool = True              # the seed's dropout layers (False only for equivalence tests/ablations)
-    deterministic: bool = True
-    threads: Optional[int] = None
-    val_batch_size: Optional[int] = None
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    intensity: IntensityConfig = field(default_factory=IntensityConfig)     # off: the seed's recipe
-
-    def recipe(self) -> dict:
-        d = {k: getattr(self, k) for k in RECIPE_FIELDS}
-        d["augment"] = self.augment.to_dict()
-        d["intensity"] = self.intensity.to_dict()
-        return d
+# names other modules and scripts import from here
+__all__ = ["TrainConfig", "TrainProgress", "TrainResult", "train", "checkpoint_path", "log_path", "curve_path",
+           "collapsed", "warmup_factor", "epoch_seed", "epoch_indices", "initial_model", "evaluate", "Dist",
+           "amp_dtype"]
 
 
 @dataclass
@@ -121,23 +77,6 @@ class TrainResult:
     model: Optional[UNet2D] = None   # the final (last-epoch) weights, in memory
 
 
-def _stem(out) -> Path:
-    out = Path(out)
-    return out.with_suffix("") if out.suffix == ".pt" else out
-
-
-def checkpoint_path(out) -> Path:
-    return _stem(out).with_name(_stem(out).name + ".checkpoint.pt")
-
-
-def log_path(out) -> Path:
-    return _stem(out).with_name(_stem(out).name + ".log.jsonl")
-
-
-def curve_path(out) -> Path:
-    return _stem(out).with_name(_stem(out).name + ".curve.png")
-
-
 def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch), int(stream), int(rank)]).generate_state(1, np.uint64)[0])
 
@@ -146,208 +85,6 @@ def epoch_indices(generator: torch.Generator, n: int, count: int) -> torch.Tenso
     """``count`` sample indices: shuffled passes over the data, concatenated (every batch is full)."""
     passes = [torch.randperm(n, generator=generator) for _ in range(math.ceil(count / n))]
     return torch.cat(passes)[:count]
-
-
-# --- distributed ---------------------------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(tensor)
-        return tensor
-
-    def any(self, flag: bool, device) -> bool:
-        if self.world == 1:
-            return bool(flag)
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(t)
-        return bool(t.item() > 0)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def _init_distributed(device_name: str) -> tuple:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist(), pick_device(device_name)
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(rank, world, local_rank, owns), device
-
-
-# --- loss and evaluation ---------------------------------------------------------------------------------------
-def batch_dice_loss(y_true: torch.Tensor, y_pred: torch.Tensor, ctx: _Dist) -> tuple:
-    """(loss to backpropagate, Dice loss value of the global batch).
-
-    One process: the engine's ``1 - dice_coefficient``. DDP: each process holds part of the batch; the loss
-    is linearised at the all-reduced sums so that DDP's gradient averaging yields the global batch's gradient.
-    """
-    if ctx.world == 1:
-        loss = 1.0 - dice_coefficient(y_true, y_pred, SMOOTH)
-        return loss, float(loss.detach())
-    t, p = y_true.reshape(-1).to(y_pred.dtype), y_pred.reshape(-1)
-    inter, total = (t * p).sum(), t.sum() + p.sum()
-    sums = ctx.all_reduce(torch.stack([inter.detach(), total.detach()]).double())
-    big_i, big_s = sums[0], sums[1]
-    d_inter = -2.0 / (big_s + SMOOTH)
-    d_total = (2.0 * big_i + SMOOTH) / (big_s + SMOOTH) ** 2
-    surrogate = ctx.world * (d_inter.float() * inter + d_total.float() * total)
-    return surrogate, float(1.0 - (2.0 * big_i + SMOOTH) / (big_s + SMOOTH))
-
-
-def training_loss(y_true: torch.Tensor, y_pred: torch.Tensor, ctx: _Dist, bce_weight: float = 0.0) -> tuple:
-    """(loss to backpropagate, Dice loss value of the global batch): 1 - Dice, plus ``bce_weight`` x the mean
-    binary cross-entropy (per process: DDP's gradient averaging makes it the global batch's mean)."""
-    loss, dice_value = batch_dice_loss(y_true, y_pred, ctx)
-    if bce_weight:
-        bce = F.binary_cross_entropy(y_pred.clamp(BCE_CLAMP, 1.0 - BCE_CLAMP), y_true.to(y_pred.dtype))
-        loss = loss + bce_weight * bce
-    return loss, dice_value
-
-
-def _amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    mode = (mode or "auto").lower()
-    if mode == "off":
-        return None
-    if mode == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
-    if mode in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    if mode in ("fp16", "float16"):
-        if device.type == "cpu":
-            raise FemurUNetError("amp fp16 needs CUDA; use bf16 or off on the CPU")
-        return torch.float16
-    raise FemurUNetError(f"amp {mode!r}: use auto, bf16, fp16 or off")
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: SliceDataset, device: torch.device, amp: Optional[torch.dtype] = None,
-             batch_size: int = 16, ctx: Optional[_Dist] = None, channels_last: bool = True) -> tuple:
-    """(val_loss, val_dice) over the whole set: 1 - soft Dice (smooth 1), and the Dice of predictions > 0.5."""
-    ctx = ctx or _Dist()
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)
-    mine = torch.arange(ctx.rank, len(data), ctx.world)
-    for start in range(0, len(mine), batch_size):
-        idx = mine[start:start + batch_size]
-        x = data.images[idx].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = data.masks[idx].to(device, torch.float32)
-        with _autocast(device, amp):
-            p = model(x)
-        p = p.float()
-        hard = (p > 0.5).float()
-        sums += torch.stack([(y * p).sum(), y.sum() + p.sum(), (y * hard).sum(), y.sum() + hard.sum()]).double().cpu()
-    sums = ctx.all_reduce(sums.to(device)).cpu() if ctx.world > 1 else sums
-    model.train(was_training)
-    val_loss = 1.0 - (2.0 * sums[0] + SMOOTH) / (sums[1] + SMOOTH)
-    val_dice = 2.0 * sums[2] / sums[3] if sums[3] > 0 else torch.tensor(1.0)
-    return float(val_loss), float(val_dice)
-
-
-# --- files -----------------------------------------------------------------------------------------------------
-def _write_log(path: Path, history: list) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in history)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def _append_log(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-
-
-def plot_curve(history: list, path) -> Path:
-    """Loss (train, val) and validation Dice per epoch, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.add_subplot(111)
-    epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["loss"] for r in history], label="loss (train)", color="tab:blue")
-    if any(r.get("val_loss") is not None for r in history):
-        ax.plot(epochs, [r.get("val_loss") for r in history], label="loss (val)", color="tab:orange")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("1 - Dice")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if any(r.get("val_dice") is not None for r in history):
-        ax2 = ax.twinx()
-        ax2.plot(epochs, [r.get("val_dice") for r in history], label="Dice (val)", color="tab:green")
-        ax2.set_ylabel("validation Dice")
-        ax2.set_ylim(0, 1)
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="center right")
-    fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), ".png")
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp), ".pt")
-
-
-def _load_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise FemurUNetError(f"{path}: no checkpoint to resume from (train without --resume first)")
-    try:
-        with torch.serialization.safe_globals([TorchVersion]):     # written by an earlier FemurUNet
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FemurUNetError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise FemurUNetError(f"{path}: not a FemurUNet training checkpoint")
-    if state.get("format_version") != CHECKPOINT_VERSION:
-        raise FemurUNetError(f"{path}: checkpoint version {state.get('format_version')} is not supported")
-    return state
-
-
-def _merge_resumed_config(config: TrainConfig, saved: dict, path: Path) -> TrainConfig:
-    """The checkpoint's recipe, except fields the caller changed on purpose (epochs/early stopping only)."""
-    defaults = TrainConfig().recipe()
-    mine = config.recipe()
-    merged = {}
-    for key in RECIPE_FIELDS:
-        value = saved.get(key, defaults[key])     # a field the checkpoint predates: it trained with the default
-        if mine[key] != value and mine[key] != defaults[key]:
-            if key not in EXTENDABLE_FIELDS:
-                raise FemurUNetError(f"{path}: --resume with {key}={mine[key]!r}, but the checkpoint was trained with "
-                                     f"{key}={value!r} (only epochs and early stopping can change)")
-            value = mine[key]
-        merged[key] = value
-    merged["augment"] = AugmentConfig.from_dict(merged["augment"])
-    merged["intensity"] = IntensityConfig.from_dict(merged["intensity"])
-    return dataclasses.replace(config, **merged)
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -400,40 +137,40 @@ def warmup_factor(config: TrainConfig, epoch: int, step: int) -> float:
     return 1.0 if done >= total else done / total
 
 
-COLLAPSE_EPOCHS, COLLAPSE_DICE = 3, 0.01
+@dataclass
+class _Run:
+    """Everything one training run holds between its epochs."""
+    config: TrainConfig
+    ctx: Dist
+    device: torch.device
+    train_data: SliceDataset
+    val_data: Optional[SliceDataset]
+    amp: Optional[torch.dtype]
+    scaler: object
+    net: UNet2D
+    model: torch.nn.Module          # net, or net in DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    init_training: Optional[dict]
+    provenance: dict
+    history: list
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    start_epoch: int = 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def window(self) -> dict:
+        return self.train_data.manifest["window"]
 
 
-def collapsed(history: list) -> bool:
-    """Learned (training Dice > 0.5), then empty output for COLLAPSE_EPOCHS epochs: sigmoid saturated, dead ReLUs.
-
-    Seen with Adam at lr 1e-3 (no normalisation layers in the seed's U-Net); nothing brings such a net back.
-    """
-    if len(history) <= COLLAPSE_EPOCHS:
-        return False
-    learned = max(r["dice"] for r in history[:-COLLAPSE_EPOCHS]) > 0.5
-    return learned and all(r["dice"] < COLLAPSE_DICE for r in history[-COLLAPSE_EPOCHS:])
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-# --- training --------------------------------------------------------------------------------------------------
-def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None]] = None,
-          should_stop: Optional[Callable[[], bool]] = None) -> TrainResult:
-    """Train (or resume) per ``config``; returns when the epochs are done, early stopping fires, or
-    ``should_stop()`` returns True (checked every step; the unfinished epoch is discarded, as if killed).
-
-    Writes (process 0 only): the best model ``config.out`` (engine model file carrying the data's window,
-    orientation and the training provenance), ``<out stem>.checkpoint.pt`` after every epoch (atomic),
-    ``<out stem>.log.jsonl`` (one JSON line per epoch: epoch, loss, dice, val_loss, val_dice, lr, seconds,
-    best) and ``<out stem>.curve.png``.
-    """
-    started = time.perf_counter()
-    _check_config(config)
-    out = Path(config.out)
-    ckpt_path, jsonl_path, png_path = checkpoint_path(out), log_path(out), curve_path(out)
-    ctx, device = _init_distributed(config.device)
+@contextlib.contextmanager
+def _process_settings(config: TrainConfig, ctx: Dist, device: torch.device):
+    """Threads and determinism for the run; restored afterwards (and the process group of torchrun closed)."""
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -446,189 +183,235 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.backends.cudnn.benchmark = False
             torch.use_deterministic_algorithms(True, warn_only=True)
-
-        saved = None
-        if config.resume:
-            saved = _load_checkpoint(ckpt_path)
-            config = _merge_resumed_config(config, saved["config"], ckpt_path)
-        _check_config(config)
-        if config.batch_size % ctx.world:
-            raise FemurUNetError(f"batch size {config.batch_size} is not divisible by the {ctx.world} processes")
-
-        train_data = load_dataset(config.data, config.input_size)
-        val_data = load_dataset(config.val, config.input_size) if config.val else None
-        window, orientation = train_data.manifest["window"], train_data.manifest["orientation"]
-        if val_data is not None and (val_data.window != window or val_data.manifest["orientation"] != orientation):
-            raise FemurUNetError(f"{config.val}: validation window/orientation {val_data.window} differs from the "
-                                 f"training data's {window}")
-        amp = _amp_dtype(config.amp, device)
-        scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-
-        torch.manual_seed(config.seed)
-        net = UNet2D(1, 1, config.base_filters)
-        if not config.dropout:
-            net.drop4.p = net.drop5.p = 0.0
-        init_training = None            # the --init model's own provenance, kept so a chain of runs stays traceable
-        if saved is not None:
-            net.load_state_dict(saved["model"])
-            init_training = saved.get("init_training")
-        elif config.init:
-            start = initial_model(config, window)
-            net.load_state_dict(start.state_dict())
-            init_training = start.metadata.get("training") or None
-        net.to(device)
-        if config.channels_last:
-            net.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=ADAM_EPSILON)
-        scheduler = _make_scheduler(config, optimizer)
-        history, best, best_epoch, bad_epochs, start_epoch = [], math.inf, 0, 0, 0
-        if saved is not None:
-            optimizer.load_state_dict(saved["optimizer"])
-            if scheduler is not None and saved.get("scheduler"):
-                scheduler.load_state_dict(saved["scheduler"])
-            if scheduler is not None and config.lr_schedule == "cosine":
-                scheduler.T_max = config.epochs
-            if scaler is not None and saved.get("scaler"):
-                scaler.load_state_dict(saved["scaler"])
-            history = list(saved["history"])
-            best, best_epoch, bad_epochs = float(saved["best"]), int(saved["best_epoch"]), int(saved["bad_epochs"])
-            start_epoch = int(saved["epoch"])
-            torch.set_rng_state(saved["torch_rng"])
-            if ctx.main:
-                _write_log(jsonl_path, history)       # drop lines of an epoch that never reached its checkpoint
-        elif ctx.main:
-            for stale in (jsonl_path, ckpt_path):
-                stale.unlink(missing_ok=True)
-        model = net
-        if ctx.world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None)
-
-        monitor_name = "val_loss" if val_data is not None else "loss"
-        local = config.batch_size // ctx.world
-        n_train = len(train_data)
-        provenance_base = {
-            "recipe": "seed (Keras U-Net, 1 - Dice, Adam, ImageDataGenerator)",
-            "data": str(config.data), "val": str(config.val) if config.val else None,
-            "cases": train_data.cases, "train_slices": n_train,
-            "val_cases": val_data.cases if val_data is not None else [],
-            "val_slices": len(val_data) if val_data is not None else 0,
-            "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
-            "lr": config.lr, "optimizer": f"Adam(betas=(0.9, 0.999), eps={ADAM_EPSILON:g})",
-            "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs, "init": config.init,
-            "init_training": init_training,
-            "loss_function": "1 - Dice (smooth 1, flattened batch)"
-                             + (f" + {config.bce_weight:g} x mean binary cross-entropy" if config.bce_weight else ""),
-            "seed": config.seed, "augment": config.augment.to_dict(), "intensity": config.intensity.to_dict(),
-            "monitor": monitor_name,
-            "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": ctx.world,
-            "device": device.type, "torch": str(torch.__version__), "dropout": config.dropout,
-        }
-        stopped = early_stopped = False
-        for epoch in range(start_epoch, config.epochs):
-            if config.early_stopping and bad_epochs >= config.early_stopping:
-                early_stopped = True
-                break
-            epoch_started = time.perf_counter()
-            gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 0))
-            intensity_gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 2))
-            torch.manual_seed(epoch_seed(config.seed, epoch, 1, ctx.rank))     # dropout
-            order = epoch_indices(gen, n_train, config.steps_per_epoch * config.batch_size)
-            model.train()
-            loss_sum, dice_sum = 0.0, 0.0
-            for step in range(config.steps_per_epoch):
-                if ctx.any(should_stop is not None and ctx.main and bool(should_stop()), device):
-                    stopped = True
-                    break
-                batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-                params = draw_params(config.batch_size, config.input_size, config.input_size, config.augment, gen)
-                mine = slice(ctx.rank * local, (ctx.rank + 1) * local)
-                x = train_data.images[batch[mine]].to(device, non_blocking=True)
-                y = train_data.masks[batch[mine]].to(device, non_blocking=True)
-                x, y = apply_augmentation(x, y, select(params, mine), config.augment)
-                if config.intensity.enabled:
-                    drawn = draw_intensity(config.batch_size, config.intensity, intensity_gen)
-                    x = apply_intensity(x, select(drawn, mine), float(window["width"]))
-                if config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, amp):
-                    p = model(x)
-                loss, loss_value = training_loss(y, p.float(), ctx, config.bce_weight)
-                optimizer.zero_grad(set_to_none=True)
-                scheduled = [group["lr"] for group in optimizer.param_groups]
-                for group in optimizer.param_groups:     # the scheduler keeps seeing the unscaled rate
-                    group["lr"] *= warmup_factor(config, epoch, step)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                for group, lr in zip(optimizer.param_groups, scheduled):
-                    group["lr"] = lr
-                loss_sum += loss_value
-                dice_sum += 1.0 - loss_value
-                if progress is not None and ctx.main:
-                    progress(TrainProgress(epoch + 1, config.epochs, step + 1, config.steps_per_epoch,
-                                           loss_sum / (step + 1)))
-            if stopped:
-                break
-            train_loss = loss_sum / config.steps_per_epoch
-            val_loss = val_dice = None
-            if val_data is not None:
-                val_loss, val_dice = evaluate(net, val_data, device, amp, config.val_batch_size or local, ctx,
-                                              config.channels_last)
-            current = val_loss if val_data is not None else train_loss
-            improved = current < best
-            lr_now = optimizer.param_groups[0]["lr"]
-            if improved:
-                best, best_epoch, bad_epochs = current, epoch + 1, 0
-            else:
-                bad_epochs += 1
-            if scheduler is not None:
-                scheduler.step(current) if config.lr_schedule == "plateau" else scheduler.step()
-            record = {"epoch": epoch + 1, "loss": train_loss, "dice": dice_sum / config.steps_per_epoch,
-                      "val_loss": val_loss, "val_dice": val_dice, "lr": lr_now,
-                      "seconds": round(time.perf_counter() - epoch_started, 3), "best": improved}
-            history.append(record)
-            if ctx.main:
-                if improved:
-                    provenance = dict(provenance_base, epoch=epoch + 1, best_monitor=current,
-                                      loss=train_loss, val_loss=val_loss, val_dice=val_dice)
-                    save_model(net, out, window=window, orientation=orientation, input_size=config.input_size,
-                               training=provenance)
-                _save_checkpoint(ckpt_path, {
-                    "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "epoch": epoch + 1,
-                    "config": config.recipe(), "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "history": history, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                    "torch_rng": torch.get_rng_state(), "torch_version": str(torch.__version__),
-                    "init_training": init_training,
-                })
-                _append_log(jsonl_path, record)
-                plot_curve(history, png_path)
-            if collapsed(history):
-                raise FemurUNetError(
-                    f"training collapsed at epoch {epoch + 1}: the network predicts no femur anywhere (training Dice "
-                    f"< {COLLAPSE_DICE} for {COLLAPSE_EPOCHS} epochs); {out} keeps epoch {best_epoch}; "
-                    f"start again with a lower --lr or more --warmup-epochs")
-            ctx.barrier()
-            if progress is not None and ctx.main:
-                progress(TrainProgress(epoch + 1, config.epochs, config.steps_per_epoch, config.steps_per_epoch,
-                                       train_loss, record))
-            if config.early_stopping and bad_epochs >= config.early_stopping and epoch + 1 < config.epochs:
-                early_stopped = True
-                break
-        net.to(memory_format=torch.contiguous_format)
-        return TrainResult(model_path=out, checkpoint_path=ckpt_path, log_path=jsonl_path, curve_path=png_path,
-                           history=history, best_epoch=best_epoch, best_monitor=best, monitor=monitor_name,
-                           epochs_completed=len(history), stopped=stopped, early_stopped=early_stopped,
-                           seconds=time.perf_counter() - started, model=net.cpu().eval())
+        yield
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)
         if ctx.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _load_data(config: TrainConfig) -> tuple:
+    train_data = load_dataset(config.data, config.input_size)
+    val_data = load_dataset(config.val, config.input_size) if config.val else None
+    window, orientation = train_data.manifest["window"], train_data.manifest["orientation"]
+    if val_data is not None and (val_data.window != window or val_data.manifest["orientation"] != orientation):
+        raise FemurUNetError(f"{config.val}: validation window/orientation {val_data.window} differs from the "
+                             f"training data's {window}")
+    return train_data, val_data
+
+
+def _build_net(config: TrainConfig, saved: Optional[dict], window: dict, device: torch.device) -> tuple:
+    """(net on the device, the provenance of the weights it starts from)."""
+    torch.manual_seed(config.seed)
+    net = UNet2D(1, 1, config.base_filters)
+    if not config.dropout:
+        net.drop4.p = net.drop5.p = 0.0
+    init_training = None            # the --init model's own provenance, kept so a chain of runs stays traceable
+    if saved is not None:
+        net.load_state_dict(saved["model"])
+        init_training = saved.get("init_training")
+    elif config.init:
+        start = initial_model(config, window)
+        net.load_state_dict(start.state_dict())
+        init_training = start.metadata.get("training") or None
+    net.to(device)
+    if config.channels_last:
+        net.to(memory_format=torch.channels_last)
+    return net, init_training
+
+
+def _provenance(run: _Run) -> dict:
+    """What the model file records about the training (besides the epoch's figures)."""
+    c, ctx, train_data, val_data = run.config, run.ctx, run.train_data, run.val_data
+    return {
+        "recipe": "seed (Keras U-Net, 1 - Dice, Adam, ImageDataGenerator)",
+        "data": str(c.data), "val": str(c.val) if c.val else None,
+        "cases": train_data.cases, "train_slices": len(train_data),
+        "val_cases": val_data.cases if val_data is not None else [],
+        "val_slices": len(val_data) if val_data is not None else 0,
+        "epochs": c.epochs, "steps_per_epoch": c.steps_per_epoch, "batch_size": c.batch_size,
+        "lr": c.lr, "optimizer": f"Adam(betas=(0.9, 0.999), eps={ADAM_EPSILON:g})",
+        "lr_schedule": c.lr_schedule, "warmup_epochs": c.warmup_epochs, "init": c.init,
+        "init_training": run.init_training,
+        "loss_function": "1 - Dice (smooth 1, flattened batch)"
+                         + (f" + {c.bce_weight:g} x mean binary cross-entropy" if c.bce_weight else ""),
+        "seed": c.seed, "augment": c.augment.to_dict(), "intensity": c.intensity.to_dict(),
+        "monitor": _monitor(run),
+        "amp": str(run.amp).replace("torch.", "") if run.amp else "off", "world_size": ctx.world,
+        "device": run.device.type, "torch": str(torch.__version__), "dropout": c.dropout,
+    }
+
+
+def _monitor(run: _Run) -> str:
+    return "val_loss" if run.val_data is not None else "loss"
+
+
+def _restore(run: _Run, saved: Optional[dict]) -> None:
+    """Continue the checkpoint's optimiser, schedule, history and RNG; or, for a fresh run, drop old files."""
+    jsonl_path, ckpt_path = log_path(run.out), checkpoint_path(run.out)
+    if saved is None:
+        if run.ctx.main:
+            for stale in (jsonl_path, ckpt_path):
+                stale.unlink(missing_ok=True)
+        return
+    run.optimizer.load_state_dict(saved["optimizer"])
+    if run.scheduler is not None and saved.get("scheduler"):
+        run.scheduler.load_state_dict(saved["scheduler"])
+    if run.scheduler is not None and run.config.lr_schedule == "cosine":
+        run.scheduler.T_max = run.config.epochs
+    if run.scaler is not None and saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    run.history = list(saved["history"])
+    run.best, run.best_epoch = float(saved["best"]), int(saved["best_epoch"])
+    run.bad_epochs, run.start_epoch = int(saved["bad_epochs"]), int(saved["epoch"])
+    torch.set_rng_state(saved["torch_rng"])
+    if run.ctx.main:
+        write_log(jsonl_path, run.history)       # drop lines of an epoch that never reached its checkpoint
+
+
+def _prepare(config: TrainConfig, ctx: Dist, device: torch.device) -> _Run:
+    saved = None
+    if config.resume:
+        saved = load_checkpoint(checkpoint_path(config.out))
+        config = merge_resumed_config(config, saved["config"], checkpoint_path(config.out))
+    _check_config(config)
+    if config.batch_size % ctx.world:
+        raise FemurUNetError(f"batch size {config.batch_size} is not divisible by the {ctx.world} processes")
+    train_data, val_data = _load_data(config)
+    amp = amp_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    net, init_training = _build_net(config, saved, train_data.manifest["window"], device)
+    optimizer = make_optimizer(net, config.lr)
+    run = _Run(config, ctx, device, train_data, val_data, amp, scaler, net, net, optimizer,
+               _make_scheduler(config, optimizer), init_training, {}, [])
+    _restore(run, saved)
+    if ctx.world > 1:
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    run.provenance = _provenance(run)
+    return run
+
+
+def _train_epoch(run: _Run, epoch: int, progress, should_stop) -> Optional[tuple]:
+    """(sum of the steps' Dice losses, sum of their Dice) of one epoch; None when ``should_stop()`` ended it."""
+    c, ctx = run.config, run.ctx
+    gen = torch.Generator().manual_seed(epoch_seed(c.seed, epoch, 0))
+    intensity_gen = torch.Generator().manual_seed(epoch_seed(c.seed, epoch, 2))
+    torch.manual_seed(epoch_seed(c.seed, epoch, 1, ctx.rank))     # dropout
+    order = epoch_indices(gen, len(run.train_data), c.steps_per_epoch * c.batch_size)
+    local = c.batch_size // ctx.world
+    mine = slice(ctx.rank * local, (ctx.rank + 1) * local)
+    run.model.train()
+    loss_sum, dice_sum = 0.0, 0.0
+    for step in range(c.steps_per_epoch):
+        if ctx.any(should_stop is not None and ctx.main and bool(should_stop()), run.device):
+            return None
+        batch = order[step * c.batch_size:(step + 1) * c.batch_size]
+        params = draw_params(c.batch_size, c.input_size, c.input_size, c.augment, gen)
+        x, y = load_batch(run.train_data, batch[mine], run.device)
+        drawn = select(draw_intensity(c.batch_size, c.intensity, intensity_gen), mine) if c.intensity.enabled else None
+        x, y = augment(x, y, select(params, mine), drawn, c, float(run.window["width"]))
+        loss_value = optimise(run.model, x, y, run.optimizer, run.scaler, ctx, run.amp, c.bce_weight,
+                              warmup_factor(c, epoch, step))
+        loss_sum += loss_value
+        dice_sum += 1.0 - loss_value
+        if progress is not None and ctx.main:
+            progress(TrainProgress(epoch + 1, c.epochs, step + 1, c.steps_per_epoch, loss_sum / (step + 1)))
+    return loss_sum, dice_sum
+
+
+def _end_epoch(run: _Run, epoch: int, loss_sum: float, dice_sum: float, started: float) -> dict:
+    """Validate, keep the best model, step the schedule, write checkpoint/log/curve; returns the epoch record."""
+    c = run.config
+    train_loss = loss_sum / c.steps_per_epoch
+    val_loss = val_dice = None
+    if run.val_data is not None:
+        val_loss, val_dice = evaluate(run.net, run.val_data, run.device, run.amp,
+                                      c.val_batch_size or c.batch_size // run.ctx.world, run.ctx, c.channels_last)
+    current = val_loss if run.val_data is not None else train_loss
+    improved = current < run.best
+    lr_now = run.optimizer.param_groups[0]["lr"]
+    if improved:
+        run.best, run.best_epoch, run.bad_epochs = current, epoch + 1, 0
+    else:
+        run.bad_epochs += 1
+    if run.scheduler is not None:
+        run.scheduler.step(current) if c.lr_schedule == "plateau" else run.scheduler.step()
+    record = {"epoch": epoch + 1, "loss": train_loss, "dice": dice_sum / c.steps_per_epoch,
+              "val_loss": val_loss, "val_dice": val_dice, "lr": lr_now,
+              "seconds": round(time.perf_counter() - started, 3), "best": improved}
+    run.history.append(record)
+    if run.ctx.main:
+        _write_epoch_files(run, epoch, record, current, improved)
+    return record
+
+
+def _write_epoch_files(run: _Run, epoch: int, record: dict, current: float, improved: bool) -> None:
+    c, net = run.config, run.net
+    if improved:
+        provenance = dict(run.provenance, epoch=epoch + 1, best_monitor=current, loss=record["loss"],
+                          val_loss=record["val_loss"], val_dice=record["val_dice"])
+        save_model(net, run.out, window=run.window, orientation=run.train_data.manifest["orientation"],
+                   input_size=c.input_size, training=provenance)
+    save_checkpoint(checkpoint_path(run.out), {
+        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "epoch": epoch + 1,
+        "config": c.recipe(), "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "history": run.history, "best": run.best, "best_epoch": run.best_epoch, "bad_epochs": run.bad_epochs,
+        "torch_rng": torch.get_rng_state(), "torch_version": str(torch.__version__),
+        "init_training": run.init_training,
+    })
+    append_log(log_path(run.out), record)
+    plot_curve(run.history, curve_path(run.out))
+
+
+def _epochs(run: _Run, progress, should_stop) -> tuple:
+    """Run the remaining epochs; returns (stopped, early_stopped)."""
+    c = run.config
+    for epoch in range(run.start_epoch, c.epochs):
+        if c.early_stopping and run.bad_epochs >= c.early_stopping:
+            return False, True
+        started = time.perf_counter()
+        sums = _train_epoch(run, epoch, progress, should_stop)
+        if sums is None:
+            return True, False
+        record = _end_epoch(run, epoch, *sums, started)
+        if collapsed(run.history):
+            raise FemurUNetError(
+                f"training collapsed at epoch {epoch + 1}: the network predicts no femur anywhere (training Dice "
+                f"< {COLLAPSE_DICE} for {COLLAPSE_EPOCHS} epochs); {run.out} keeps epoch {run.best_epoch}; "
+                f"start again with a lower --lr or more --warmup-epochs")
+        run.ctx.barrier()
+        if progress is not None and run.ctx.main:
+            progress(TrainProgress(epoch + 1, c.epochs, c.steps_per_epoch, c.steps_per_epoch, record["loss"], record))
+        if c.early_stopping and run.bad_epochs >= c.early_stopping and epoch + 1 < c.epochs:
+            return False, True
+    return False, False
+
+
+def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None]] = None,
+          should_stop: Optional[Callable[[], bool]] = None) -> TrainResult:
+    """Train (or resume) per ``config``; returns when the epochs are done, early stopping fires, or
+    ``should_stop()`` returns True (checked every step; the unfinished epoch is discarded, as if killed).
+
+    Writes (process 0 only): the best model ``config.out`` (engine model file carrying the data's window,
+    orientation and the training provenance), ``<out stem>.checkpoint.pt`` after every epoch (atomic),
+    ``<out stem>.log.jsonl`` (one JSON line per epoch: epoch, loss, dice, val_loss, val_dice, lr, seconds,
+    best) and ``<out stem>.curve.png``.
+    """
+    started = time.perf_counter()
+    _check_config(config)
+    ctx, device = init_distributed(config.device)
+    with _process_settings(config, ctx, device):
+        run = _prepare(config, ctx, device)
+        stopped, early_stopped = _epochs(run, progress, should_stop)
+        run.net.to(memory_format=torch.contiguous_format)
+        out = run.out
+        return TrainResult(model_path=out, checkpoint_path=checkpoint_path(out), log_path=log_path(out),
+                           curve_path=curve_path(out), history=run.history, best_epoch=run.best_epoch,
+                           best_monitor=run.best, monitor=_monitor(run), epochs_completed=len(run.history),
+                           stopped=stopped, early_stopped=early_stopped, seconds=time.perf_counter() - started,
+                           model=run.net.cpu().eval())

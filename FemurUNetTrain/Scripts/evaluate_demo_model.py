@@ -21,7 +21,7 @@ import numpy as np
 from FemurUNetLib import segment_volume
 from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midline, read_femur_reference, \
     split_at_midline
-from FemurUNetLib.modelfile import resolve_model
+from FemurUNetLib.resolve import resolve_model
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.phantom2 import generate_case as generate_case_v2
 from FemurUNetLib.volume_io import read_volume

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from .inference import segment_volume
-from .plausibility import check_result
-from .volume_io import output_kind, read_volume, write_image, write_labelmap
+from FemurUNetLib.evaluate import dice, hd95
+from FemurUNetLib.inference import segment_volume
+from FemurUNetLib.phantom import write_case
+from FemurUNetLib.phantom2 import generate_case
+from FemurUNetLib.plausibility import check_result
+from FemurUNetLib.volume_io import output_kind, read_volume, write_image, write_labelmap
 
 
 class ProgressBar:
@@ -64,12 +68,6 @@ def run_segment(args) -> int:
 
 def run_demo(args) -> int:
     """Generate a phantom CT with known truth, segment it with the (demo) model, report Dice against truth."""
-    from pathlib import Path
-
-    from .evaluate import dice, hd95
-    from .phantom import write_case
-    from .phantom2 import generate_case
-
     out = Path(args.out)
     case = generate_case(args.seed, coverage="pelvis")
     ct_path, truth_path = write_case(case, out)
@@ -84,7 +82,7 @@ def run_demo(args) -> int:
     return 0
 
 
-def register_cli(subparsers) -> None:
+def register(subparsers) -> None:
     d = subparsers.add_parser("demo", help="segment a generated phantom CT with the demo model and score it",
                               description="Generate a synthetic pelvis CT (phantom v2) with known truth, segment it, print Dice.")
     d.add_argument("--out", default="femurunet_demo", help="output folder (default: ./femurunet_demo)")

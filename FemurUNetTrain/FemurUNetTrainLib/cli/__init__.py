@@ -1,27 +1,24 @@
-"""``femurunet`` command: each subcommand lives in the module that owns the work (``register_cli``)."""
+"""The ``femurunet`` command: one module per subcommand, each with ``register(subparsers)``.
+
+It lives in the training package, the top of the import graph (it may import the engine and the training;
+the engine imports neither)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from .errors import FemurUNetError
+from FemurUNetLib.errors import FemurUNetError
 
-SUBCOMMAND_MODULES = (
-    "FemurUNetLib.cli_segment",      # segment
-    "FemurUNetLib.evaluate",         # evaluate
-    "FemurUNetLib.phantom",          # sample
-    "FemurUNetTrainLib.cli",         # export, train
-    "FemurUNetLib.keras_import",     # import-keras
-    "FemurUNetLib.benchmark",        # benchmark
-)
+from . import benchmark, evaluate, export, import_keras, sample, segment, train
+
+COMMANDS = (segment, evaluate, sample, export, train, import_keras, benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="femurunet", description="Femur segmentation in CT with a 2D U-Net.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register_cli(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 
@@ -35,7 +32,3 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"femurunet {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Which model a caller means: a module, a ``.pt`` file, a Keras file (converted once), or None (the demo model).
+
+Above both readers (``modelfile`` and ``keras_import``), so neither imports the other's caller."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import FemurUNetError
+from .keras_import import convert_keras_file
+from .model import UNet2D
+from .modelfile import DEFAULT_MODEL_PATH, load_model, model_metadata
+
+
+def resolve_model(model=None, map_location="cpu") -> UNet2D:
+    """A UNet2D from a module, a path, or None (the shipped demo model)."""
+    if isinstance(model, UNet2D):
+        if not hasattr(model, "metadata"):
+            model.metadata = model_metadata(model)
+        return model
+    if model is None:
+        if not DEFAULT_MODEL_PATH.is_file():
+            raise FemurUNetError(f"{DEFAULT_MODEL_PATH}: the default demo model is not installed; pass a model file")
+        model = DEFAULT_MODEL_PATH
+    path = Path(model)
+    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        path = convert_keras_file(path)
+    return load_model(path, map_location)
