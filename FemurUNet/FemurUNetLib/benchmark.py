@@ -382,47 +382,6 @@ def bench_seed_baseline(device: torch.device, s: Settings, case, workdir: Path) 
     return {"slices": int(slices.shape[0]), "slice_shape": list(slices.shape[1:]), "rows": rows}
 
 
-MEMORY_PROBE = r"""
-import json, resource, sys
-import numpy as np, torch
-from FemurUNetLib import UNet2D, segment_volume
-from FemurUNetLib.inference import auto_batch_size, pick_device
-path, base, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-scale = 1 if sys.platform == "darwin" else 1024
-
-def status(key):
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
-    except (OSError, StopIteration):
-        return None
-
-def reset_peak():  # Linux: restart the high-water mark from the current RSS
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-torch.manual_seed(0)
-net = UNet2D(base_filters=base)
-batch = auto_batch_size(pick_device(device), base, 256)
-segment_volume(np.zeros((batch, 512, 512), np.int16), None, net, device=device)      # warm up
-warm_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-reset = reset_peak() and status("VmHWM") is not None
-before = status("VmRSS") if reset else warm_peak
-volume = np.load(path)
-result = segment_volume(volume, None, net, device=device)
-peak = status("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-print(json.dumps({"slices": int(volume.shape[0]), "volume_bytes": volume.nbytes,
-                  "labelmap_bytes": result.labelmap.nbytes, "rss_before_bytes": before, "peak_rss_bytes": peak,
-                  "segment_peak_bytes": peak - before, "warmup_peak_rss_bytes": warm_peak,
-                  "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
-                  "peak_reset": reset}))
-"""
-
-
 def bench_memory(device: torch.device, s: Settings, case, workdir: Path) -> dict:
     """Peak RSS of fresh processes segmenting N and 4N slices (after a warm-up; on Linux the high-water mark is
     reset first): the peak above the RSS before loading the volume should grow by the input + labelmap only."""
@@ -430,7 +389,7 @@ def bench_memory(device: torch.device, s: Settings, case, workdir: Path) -> dict
     for factor in (1, 4):
         path = workdir / f"memory_{factor}.npy"
         np.save(path, np.concatenate([case.ct] * factor))
-        proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path), str(s.memory_filters), str(device)],
+        proc = subprocess.run([sys.executable, "-m", "FemurUNetLib.memory_probe", str(path), str(s.memory_filters), str(device)],
                               capture_output=True, text=True, env={**os.environ, **MEMORY_PROBE_ENV})
         path.unlink()
         if proc.returncode != 0:
