@@ -3,6 +3,7 @@
 No timing thresholds: only the arithmetic between reported figures, and the inference options it relies on.
 """
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -168,6 +169,10 @@ def test_goals_summarise_the_sections(quick):
     e2e = report["end_to_end"]["rows"][0]
     assert any(g["value"] == e2e["overhead_ratio"] and g["met"] == e2e["met"] for g in goals)
     assert stdout.count("[met]") + stdout.count("[NOT met]") == len(goals)
+    compare = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, ">": lambda a, b: a > b}
+    for g in goals:      # what a reader sees, "value [met] (goal <= X)", agrees: the printed target is the one tested
+        op, bound = re.match(r"(<=|>=|<|>) ([0-9.]+)", g["target"]).groups()
+        assert compare[op](g["value"], float(bound)) == g["met"], g
 
 
 def test_bad_options_are_one_line_errors(capsys):

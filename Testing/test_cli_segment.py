@@ -154,3 +154,38 @@ def test_segment_mirror_flag_averages_with_the_mirrored_slices(tmp_path, capsys,
                               return_probabilities=True).probabilities
     assert np.allclose(probs[("--mirror",)], expected, atol=1e-6)
     assert np.abs(probs[()] - expected).max() > 1e-4
+
+
+def test_version_names_the_installed_package(capsys):
+    from importlib.metadata import version
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"femurunet {version('femurunet')}"
+
+
+@pytest.mark.parametrize("flag, value, problem", [("--threshold", "2", "not between 0 and 1"),
+                                                  ("--threshold", "0", "not between 0 and 1"),
+                                                  ("--threshold", "nan", "not a finite number"),
+                                                  ("--batch-size", "0", "at least 1"),
+                                                  ("--batch-size", "2.5", "not a whole number")])
+def test_out_of_range_options_are_one_line_errors_before_any_work(tmp_path, capsys, flag, value, problem):
+    out = tmp_path / "out.nii.gz"
+    with pytest.raises(SystemExit) as done:
+        main(["segment", str(tmp_path / "missing.nii.gz"), str(out), flag, value])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and problem in err and flag in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_interrupt_starts_its_own_line_after_a_progress_bar(monkeypatch, capsys):
+    from FemurUNetTrainLib.cli import segment as segment_command
+
+    def interrupted(*args, **kwargs):
+        kwargs["progress"](3, 10)             # the bar has drawn a line without a newline
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segment_command, "segment_volume", interrupted)
+    monkeypatch.setattr(segment_command, "read_volume", lambda path: (np.zeros((10, 8, 8), np.int16), Geometry()))
+    assert main(["segment", "ct.nii.gz", "out.nii.gz"]) == 130
+    err = capsys.readouterr().err
+    assert "3/10 slices" in err and err.endswith("\nfemurunet segment: interrupted\n")

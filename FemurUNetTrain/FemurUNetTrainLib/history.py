@@ -38,9 +38,16 @@ def append_log(path: Path, record: dict) -> None:
 
 def plot_curve(history: list, path) -> Path:
     """Loss (train, val) and validation Dice per epoch, as a PNG."""
+    fig = curve_figure(history)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), ".png")
+
+
+def curve_figure(history: list):
+    """The matplotlib Figure of ``plot_curve``; the log-scale loss axis reads plain numbers (0.985, not 9.85x10^-1)."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(7, 4), dpi=100)
     ax = fig.add_subplot(111)
@@ -51,6 +58,9 @@ def plot_curve(history: list, path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("1 - Dice")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if any(r.get("val_dice") is not None for r in history):
@@ -62,7 +72,7 @@ def plot_curve(history: list, path) -> Path:
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="center right")
     fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), ".png")
+    return fig
 
 
 def read_log_records(path) -> list:

@@ -14,13 +14,19 @@ from FemurUNetLib.phantom2 import generate_case
 from FemurUNetLib.plausibility import check_result
 from FemurUNetLib.volume_io import output_kind, read_volume, write_image, write_labelmap
 
+from .common import TerminalLine, positive_int, probability
+
 
 class ProgressBar:
     """A one-line progress bar on stderr (only redrawn when the percentage changes)."""
 
-    def __init__(self, label: str, stream=sys.stderr, width: int = 30):
-        self.label, self.stream, self.width, self.last = label, stream, width, -1
+    def __init__(self, label: str, stream=None, width: int = 30):
+        self.label, self._stream, self.width, self.last = label, stream, width, -1
         self.started = time.perf_counter()
+
+    @property
+    def stream(self):
+        return self._stream or sys.stderr       # the stream at the time of writing (redirected or not)
 
     def __call__(self, done: int, total: int) -> None:
         percent = 100 * done // max(total, 1)
@@ -29,11 +35,8 @@ class ProgressBar:
         self.last = percent
         filled = self.width * done // max(total, 1)
         rate = done / max(time.perf_counter() - self.started, 1e-9)
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} slices"
-                          f" ({rate:.1f}/s)")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
+        TerminalLine.write(self.stream, f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
+                                        f"slices ({rate:.1f}/s)" + ("\n" if done >= total else ""))
 
 
 def summarize(result, report) -> list:
@@ -49,7 +52,7 @@ def run_segment(args) -> int:
     output_kind(args.output)  # fail on a bad output name before any work
     if args.probabilities:
         output_kind(args.probabilities)
-    volume, geometry = read_volume(args.input)
+    volume, geometry = read_volume(args.input, series_uid=args.series)
     result = segment_volume(volume, geometry, args.model, device=args.device, batch_size=args.batch_size,
                             threshold=args.threshold, autocast=not args.no_autocast,
                             return_probabilities=bool(args.probabilities), fast=args.fast, mirror=args.mirror,
@@ -97,9 +100,12 @@ def register(subparsers) -> None:
     p.add_argument("input", help="CT volume file or DICOM folder")
     p.add_argument("output", help="labelmap .nii.gz/.nrrd/.mha, or a Slicer segmentation .seg.nrrd")
     p.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
+    p.add_argument("--series", metavar="UID",
+                   help="the DICOM series to read when the input folder holds several (they are listed on error)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=int, help="slices per batch (default: 8 on CPU, from free memory on CUDA)")
-    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's, 0.5)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="slices per batch (default: 8 on CPU, from free memory on CUDA)")
+    p.add_argument("--threshold", type=probability, help="probability threshold, 0 < T < 1 (default: the model's, 0.5)")
     p.add_argument("--probabilities", metavar="P.nii.gz", help="also write the probability map")
     p.add_argument("--no-autocast", action="store_true", help="run in full fp32 precision")
     p.add_argument("--mirror", action="store_true",

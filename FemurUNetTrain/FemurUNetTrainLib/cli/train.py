@@ -15,13 +15,18 @@ from FemurUNetLib.modelfile import load_model
 
 from ..options import add_train_arguments, config_from_args
 from ..train import TrainProgress, train
+from .common import TerminalLine
 
 
 class TrainProgressBar:
     """One line per epoch on stderr, redrawn per step."""
 
-    def __init__(self, stream=sys.stderr, width: int = 24):
-        self.stream, self.width, self.started = stream, width, time.perf_counter()
+    def __init__(self, stream=None, width: int = 24):
+        self._stream, self.width, self.started = stream, width, time.perf_counter()
+
+    @property
+    def stream(self):
+        return self._stream or sys.stderr       # the stream at the time of writing (redirected or not)
 
     def __call__(self, p: TrainProgress) -> None:
         if p.record is None:
@@ -29,14 +34,13 @@ class TrainProgressBar:
                 self.started = time.perf_counter()
             filled = self.width * p.step // max(p.steps, 1)
             rate = f" ({(p.step - 1) / (time.perf_counter() - self.started):.2f} steps/s)" if p.step > 1 else ""
-            self.stream.write(f"\repoch {p.epoch}/{p.epochs} [{'#' * filled}{'.' * (self.width - filled)}] "
-                              f"{p.step}/{p.steps} loss {p.loss:.4f}{rate}")
+            TerminalLine.write(self.stream, f"\repoch {p.epoch}/{p.epochs} [{'#' * filled}{'.' * (self.width - filled)}] "
+                                            f"{p.step}/{p.steps} loss {p.loss:.4f}{rate}")
         else:
             r = p.record
             val = f" val_loss {r['val_loss']:.4f} val_dice {r['val_dice']:.4f}" if r.get("val_loss") is not None else ""
-            self.stream.write(f"\repoch {p.epoch}/{p.epochs} loss {r['loss']:.4f}{val} lr {r['lr']:.3g} "
-                              f"{r['seconds']:.1f} s{' *best*' if r['best'] else ''}\033[K\n")
-        self.stream.flush()
+            TerminalLine.write(self.stream, f"\repoch {p.epoch}/{p.epochs} loss {r['loss']:.4f}{val} lr {r['lr']:.3g} "
+                                            f"{r['seconds']:.1f} s{' *best*' if r['best'] else ''}\033[K\n")
 
 
 class JsonProgress:
@@ -75,7 +79,8 @@ def run_train(args) -> int:
     if not main_process:
         return 0
     how = "stopped" if result.stopped else "early stopping" if result.early_stopped else "done"
-    print(f"{how}: {result.epochs_completed} epochs in {result.seconds:.0f} s; best {result.monitor} "
+    epochs = f"{result.epochs_completed} epoch{'' if result.epochs_completed == 1 else 's'}"
+    print(f"{how}: {epochs} in {result.seconds:.0f} s; best {result.monitor} "
           f"{result.best_monitor:.4f} at epoch {result.best_epoch} -> {result.model_path} "
           f"(log {result.log_path.name}, curve {result.curve_path.name})")
     return 0
