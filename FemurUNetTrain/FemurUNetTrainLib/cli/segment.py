@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from FemurUNetLib.evaluate import dice, hd95
+from FemurUNetLib.fileio import atomic_outputs
 from FemurUNetLib.inference import segment_volume
 from FemurUNetLib.phantom import write_case
 from FemurUNetLib.phantom2 import generate_case
+from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.plausibility import check_result
+from FemurUNetLib.qc import write_qc
 from FemurUNetLib.volume_io import output_kind, read_volume, write_image, write_labelmap
 
 from .common import TerminalLine, positive_int, probability
@@ -48,19 +51,33 @@ def summarize(result, report) -> list:
     return lines + report.summary_lines()
 
 
+def _check_outputs(args) -> None:
+    """Output names the writers know, none of them the input or another output (no careless overwrite of the CT)."""
+    outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
+    for output in outputs:
+        output_kind(output)
+        if Path(output).resolve() == Path(args.input).resolve():
+            raise FemurUNetError(f"{output}: this is the input; choose another output name")
+    if len({Path(o).resolve() for o in outputs}) < len(outputs):
+        raise FemurUNetError(f"{args.probabilities}: --probabilities must differ from the output")
+
+
 def run_segment(args) -> int:
-    output_kind(args.output)  # fail on a bad output name before any work
-    if args.probabilities:
-        output_kind(args.probabilities)
+    _check_outputs(args)  # fail on a bad output name before any work
+    if args.qc and not args.qc.lower().endswith(".png"):
+        raise FemurUNetError(f"{args.qc}: the QC picture is a PNG; name it *.png")
     volume, geometry = read_volume(args.input, series_uid=args.series)
     result = segment_volume(volume, geometry, args.model, device=args.device, batch_size=args.batch_size,
                             threshold=args.threshold, autocast=not args.no_autocast,
                             return_probabilities=bool(args.probabilities), fast=args.fast, mirror=args.mirror,
                             progress=None if args.quiet else ProgressBar("segment"))
-    write_labelmap(args.output, result.labelmap, result.geometry, result.labels)
-    if args.probabilities:
-        write_image(args.probabilities, result.probabilities, result.geometry)
+    with atomic_outputs():   # the labelmap and the probability map appear together, or neither does
+        write_labelmap(args.output, result.labelmap, result.geometry, result.labels)
+        if args.probabilities:
+            write_image(args.probabilities, result.probabilities, result.geometry)
     report = check_result(result, volume)
+    if args.qc:
+        write_qc(args.qc, volume, result.labelmap, result.geometry, title=f"{Path(args.input).name}: femur by FemurUNet")
     print("\n".join(summarize(result, report)))
     for warning in report.warnings:   # an implausible result is still written; exit code stays 0
         print(f"warning: {warning}", file=sys.stderr)
@@ -107,6 +124,8 @@ def register(subparsers) -> None:
                    help="slices per batch (default: 8 on CPU, from free memory on CUDA)")
     p.add_argument("--threshold", type=probability, help="probability threshold, 0 < T < 1 (default: the model's, 0.5)")
     p.add_argument("--probabilities", metavar="P.nii.gz", help="also write the probability map")
+    p.add_argument("--qc", metavar="QC.png", help="also write a quality-control picture: axial, coronal and sagittal "
+                                                 "slices with the femur outline, and a 3D surface (1200 x 400 px)")
     p.add_argument("--no-autocast", action="store_true", help="run in full fp32 precision")
     p.add_argument("--mirror", action="store_true",
                    help="test-time augmentation: average each slice's output with its left-right mirror's (~2x time)")
