@@ -158,14 +158,14 @@ def test_failure_midway_rolls_back_everything(tmp_path, monkeypatch, fail_at):
         monkeypatch.setattr(export_mod, "_save_png", flaky_save)
     else:
         monkeypatch.setattr(export_mod, "atomic_write", failing_manifest)
-    with pytest.raises(OSError):
+    with pytest.raises(FemurUNetError, match="disk full; nothing was added"):
         export_arrays(ct, label, None, out, "second")
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     # into a folder that did not exist: it is not left behind
     monkeypatch.setattr(export_mod, "_save_png", flaky_save if fail_at == "png" else real_save)
     calls["n"] = 0
-    with pytest.raises(OSError):
+    with pytest.raises(FemurUNetError, match="disk full; nothing was added"):
         export_arrays(ct, label, None, tmp_path / "fresh", "c")
     assert not (tmp_path / "fresh").exists()
 

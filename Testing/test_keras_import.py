@@ -295,7 +295,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
         Path(f).write_bytes(b"half")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(FemurUNetError, match="out.pt: cannot write: disk full; nothing was written"):
         convert_keras_file(FIXTURES / "keras2_b4_weights.h5", tmp_path / "out.pt")
     assert list(tmp_path.iterdir()) == []
 

@@ -10,8 +10,9 @@ from .defaults import BONE_COLOR
 from .errors import FemurUNetError
 from .geometry import Geometry
 from .fileio import atomic_write
+from .outputcheck import sitk_writer
 
-LABELMAP_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+LABELMAP_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")   # .mhd: its data file cannot be swapped atomically
 FEMUR_CODE = "SCT^71341001^Femur"
 SIDE_CODES = {"left": "SCT^7771000^Left", "right": "SCT^24028007^Right"}
 
@@ -79,6 +80,8 @@ def _image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 def output_kind(path) -> str:
     name = str(path).lower()
+    if name.endswith(".mhd"):
+        raise FemurUNetError(f"{path}: a .mhd header and its data file cannot be replaced together safely; write .mha")
     for suffix in LABELMAP_SUFFIXES:
         if name.endswith(suffix):
             return suffix
@@ -87,7 +90,7 @@ def output_kind(path) -> str:
 
 def write_image(path, array: np.ndarray, geometry: Geometry) -> Path:
     suffix = output_kind(path)
-    return atomic_write(path, lambda tmp: sitk.WriteImage(_image(array, geometry), tmp, True), suffix)
+    return atomic_write(path, sitk_writer(_image(array, geometry)), suffix)
 
 
 def write_labelmap(path, labelmap: np.ndarray, geometry: Geometry, labels=None) -> Path:
@@ -112,4 +115,4 @@ def write_seg_nrrd(path, labelmap: np.ndarray, geometry: Geometry, labels) -> Pa
                            ("LabelValue", str(label["value"])), ("Layer", "0"), ("Extent", extent),
                            ("Tags", f"TerminologyEntry:{terminology_string(label.get('side'))}|")):
             image.SetMetaData(f"Segment{n}_{key}", value)
-    return atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, True), ".seg.nrrd")
+    return atomic_write(path, sitk_writer(image), ".seg.nrrd")

@@ -148,11 +148,13 @@ def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *,
         manifest["cases"][case] = entry
         text = json.dumps(manifest, indent=1)
         atomic_write(outdir / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
-    except BaseException:
+    except BaseException as exc:
         for path in moved:
             path.unlink(missing_ok=True)
         for folder in reversed(created):       # folders made here hold only this export's files
             shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, OSError):           # disk full, file too large, read-only folder: one line
+            raise FemurUNetError(f"{outdir}: cannot write: {exc.strerror or exc}; nothing was added") from None
         raise
     finally:
         if staging is not None:

@@ -47,6 +47,11 @@ def main(argv=None) -> int:
         TerminalLine.close(sys.stderr)
         print(f"femurunet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:                  # a file system failure outside the writers' own checks: still one line
+        TerminalLine.close(sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"femurunet {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         TerminalLine.close(sys.stderr)      # not on the progress bar's line
         print(f"femurunet {args.command}: interrupted", file=sys.stderr)
