@@ -1,6 +1,9 @@
 """FemurUNet/Scripts/segment_folder.py: the headless batch script (run here under slicer-core)."""
+import contextlib
 import csv
 import importlib.util
+import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +52,11 @@ def cases(tmp_path_factory):
     (folder / "broken.nii.gz").write_bytes(b"not a volume at all")
     (folder / "notes.txt").write_text("ignored")
     (folder / "old.seg.nrrd").write_bytes(b"ignored: a segmentation, not a CT")
+    hu, g = truth["alpha"]
+    label = sitk.GetImageFromArray(expected_threshold_labels(hu) * np.uint8(2))   # as femurunet sample writes them
+    g.apply_to_sitk(label)
+    sitk.WriteImage(label, str(folder / "alpha_femur.nii.gz"), True)
+    (folder / ".beta.seg.nrrd.x1y2.partial.seg.nrrd").write_bytes(b"left by a killed write")
     return folder, truth
 
 
@@ -80,6 +88,20 @@ def test_find_inputs(script, cases, real_ct, tmp_path):
     folder, _ = cases
     found = script.find_inputs([folder, real_ct / "abdomen_dicom"])
     assert [p.name for p in found] == ["alpha.nii.gz", "beta.nrrd", "broken.nii.gz", "abdomen_dicom"]
+    inputs, skipped = script.select_inputs([folder])
+    assert [p.name for p in inputs] == ["alpha.nii.gz", "beta.nrrd", "broken.nii.gz"]
+    reasons = {p.name: why for p, why in skipped}
+    assert sorted(reasons) == [".beta.seg.nrrd.x1y2.partial.seg.nrrd", "alpha_femur.nii.gz", "old.seg.nrrd"]
+    assert reasons["alpha_femur.nii.gz"].startswith("a label volume (8-bit unsigned integer, 2 distinct values: 0, 2)")
+    assert "Slicer segmentation" in reasons["old.seg.nrrd"] and "hidden" in reasons[".beta.seg.nrrd.x1y2.partial.seg.nrrd"]
+    inputs, skipped = script.select_inputs([folder], include=["*.nii.gz", "*.nrrd"], exclude=["b*"])
+    assert [p.name for p in inputs] == ["alpha.nii.gz"]
+    reasons = {p.name: why for p, why in skipped}
+    assert reasons["beta.nrrd"] == reasons["broken.nii.gz"] == "matched by --exclude b*"
+    inputs, skipped = script.select_inputs([folder], include=["a*"])
+    assert [p.name for p in inputs] == ["alpha.nii.gz"] and "not matched by --include a*" in dict(
+        (p.name, w) for p, w in skipped)["beta.nrrd"]
+    assert script.case_name(Path("x/old.seg.nrrd")) == "old"
     assert script.case_name(Path("x/alpha.nii.gz")) == "alpha" and script.case_name(Path("d/abdomen_dicom")) == "abdomen_dicom"
     with pytest.raises(FileNotFoundError):
         script.find_inputs([tmp_path / "missing"])
@@ -97,8 +119,12 @@ def test_batch_writes_segmentations_csv_and_fails_naming_the_bad_case(cases, mod
                            "--model", str(model_file), "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     assert "1 case(s) failed: broken" in done.stderr
+    assert "2/3 cases segmented, 3 file(s) skipped (not CTs)" in done.stdout
+    assert "skipped alpha_femur.nii.gz: a label volume" in done.stdout
     rows = read_rows(out / "femurunet_results.csv")
-    assert set(rows) == {"alpha", "beta", "broken"}
+    assert set(rows) == {"alpha", "beta", "broken", "old", "alpha_femur", ".beta.seg.nrrd.x1y2.partial"}
+    for case in ("old", "alpha_femur", ".beta.seg.nrrd.x1y2.partial"):
+        assert rows[case]["status"] == "skipped" and rows[case]["error"] and rows[case]["output"] == ""
     assert rows["broken"]["status"] == "failed" and rows["broken"]["error"] and rows["broken"]["output"] == ""
     assert not (out / "broken.seg.nrrd").exists()
     for case, (hu, g) in truth.items():
@@ -131,6 +157,56 @@ def test_same_result_as_femurunet_segment_and_exit_zero(script, cases, model_fil
     for key in ("Segment0_Name", "Segment0_Tags"):
         assert ours.GetMetaData(key) == cli.GetMetaData(key)
     assert "1/1 cases segmented" in capsys.readouterr().out
+
+
+def test_only_label_files_left_is_an_error_that_names_them(script, cases, tmp_path, capsys):
+    folder, _ = cases
+    assert script.main(["--input", str(folder), "--output", str(tmp_path / "out"), "--include", "*_femur.nii.gz",
+                        "*.seg.nrrd"]) == 2
+    out, err = capsys.readouterr()
+    assert "skipped alpha_femur.nii.gz: a label volume" in out and "skipped old.seg.nrrd: a Slicer segmentation" in out
+    assert err.count("\n") == 1 and "no CT files" in err and "alpha_femur.nii.gz: a label volume" in err
+    assert not (tmp_path / "out").exists()
+
+
+@contextlib.contextmanager
+def size_limit(limit):
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_full_disk_fails_the_case_and_leaves_no_partial_file(script, cases, model_file, tmp_path, capsys, monkeypatch):
+    """VTK's .seg.nrrd writer reports success on a short write: the file is checked before it gets its name."""
+    folder, _ = cases
+    out = tmp_path / "out"
+    real_save, real_csv = script.save_segmentation, script.write_csv
+
+    def limited(real, limit):
+        def call(*args):
+            with size_limit(limit):
+                return real(*args)
+        return call
+    monkeypatch.setattr(script, "save_segmentation", limited(real_save, 300))
+    argv = ["--input", str(folder / "alpha.nii.gz"), "--output", str(out), "--model", str(model_file), "--device",
+            "cpu", "--no-surface"]
+    assert script.main(argv) == 1
+    assert "alpha.seg.nrrd: cannot write: the file came out incomplete" in capsys.readouterr().err
+    assert os.listdir(out) == ["femurunet_results.csv"]
+    assert "cannot write" in read_rows(out / "femurunet_results.csv")["alpha"]["error"]
+    before = (out / "femurunet_results.csv").read_bytes()
+    monkeypatch.setattr(script, "save_segmentation", real_save)
+    monkeypatch.setattr(script, "write_csv", limited(real_csv, 0))
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "warning:" not in line]   # the case's plausibility warnings
+    assert len(errors) == 1 and errors[0].startswith("segment_folder: error: ")
+    assert "femurunet_results.csv: cannot write: File too large; the existing file is unchanged" in errors[0]
+    assert sorted(os.listdir(out)) == ["alpha.seg.nrrd", "femurunet_results.csv"]
+    assert (out / "femurunet_results.csv").read_bytes() == before
 
 
 def test_unusable_model_exits_2_before_any_work(script, cases, tmp_path, capsys):

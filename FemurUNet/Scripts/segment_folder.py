@@ -6,10 +6,18 @@ Writes ``<case>.seg.nrrd`` per CT and ``femurunet_results.csv`` (case, femur vox
 error, plausibility warnings joined by " | ") into the output folder and prints each warning on stderr; exits 1
 (naming the cases) if any case failed, 2 on bad arguments. Runs under Slicer or any Python with the slicer-core
 wheel; without Slicer use ``femurunet segment`` per file.
+
+Not every image in a folder is a CT: Slicer segmentations (``.seg.nrrd``), label volumes (an integer volume with
+at most 64 distinct non-negative values, e.g. ``*_femur.nii.gz`` from ``femurunet sample``) and hidden files (an
+unfinished write) are skipped, as are names outside ``--include`` / inside ``--exclude`` (glob patterns on the
+file or folder name). Each skipped file is printed and listed in the CSV with status ``skipped`` and the reason.
 """
 import argparse
 import csv
+import fnmatch
+import io
 import os
+import signal
 import sys
 import time
 import traceback
@@ -23,6 +31,8 @@ if (_LIB_FOLDER / "FemurUNetLib").is_dir() and str(_LIB_FOLDER) not in sys.path:
 CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
 RESULTS_NAME = "femurunet_results.csv"
 CSV_FIELDS = ("case", "input", "output", "femur_voxels", "volume_ml", "seconds", "status", "error", "warnings")
+LABEL_MAX_VALUES = 64        # an integer volume with this few distinct values >= 0 is a label, not a CT
+LABEL_SAMPLE = 2_000_000     # voxels looked at to count them (every n-th)
 
 
 def parse_args(argv):
@@ -37,6 +47,10 @@ def parse_args(argv):
     parser.add_argument("--no-surface", action="store_true", help="skip the closed-surface representation")
     parser.add_argument("--mirror", action="store_true",
                         help="also run each slice mirrored left-right and average (~2x time, a little more accurate)")
+    parser.add_argument("--include", nargs="+", default=[], metavar="PATTERN",
+                        help="segment only files/folders whose name matches one of these globs, e.g. '*_ct.nii.gz'")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                        help="skip files/folders whose name matches one of these globs, e.g. '*_femur.nii.gz'")
     return parser.parse_args(argv)
 
 
@@ -53,8 +67,13 @@ def _is_dicom_folder(path: Path) -> bool:
         return f.read(132)[128:132] == b"DICM"
 
 
-def find_inputs(paths) -> list:
+def find_inputs(paths, include=(), exclude=()) -> list:
     """CT files and DICOM series folders: files as given, folders searched one level deep, in name order."""
+    return select_inputs(paths, include, exclude)[0]
+
+
+def _candidates(paths) -> list:
+    """Image files and DICOM series folders: files as given, folders searched one level deep, in name order."""
     found = []
     for path in map(Path, paths):
         if path.is_file():
@@ -64,18 +83,73 @@ def find_inputs(paths) -> list:
                 found.append(path)
                 continue
             for child in sorted(path.iterdir()):
-                if child.is_file() and _is_ct_file(child) and not child.name.lower().endswith(".dcm"):
+                name = child.name.lower()
+                if child.is_file() and name.endswith(CT_SUFFIXES) and not name.endswith(".dcm"):
                     found.append(child)
-                elif child.is_dir() and _is_dicom_folder(child):
+                elif child.is_dir() and not child.name.startswith(".") and _is_dicom_folder(child):
                     found.append(child)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     return found
 
 
+def select_inputs(paths, include=(), exclude=()) -> tuple:
+    """(CTs to segment, [(path, why it is skipped)]): segmentations, label volumes, hidden files and names
+    outside ``include`` / inside ``exclude`` (glob patterns on the name) are skipped."""
+    inputs, skipped = [], []
+    for path in _candidates(paths):
+        why = _skip_reason(path, include, exclude)
+        if why:
+            skipped.append((path, why))
+        else:
+            inputs.append(path)
+    return inputs, skipped
+
+
+def _skip_reason(path: Path, include, exclude) -> str:
+    name = path.name
+    if name.startswith("."):
+        return "hidden file (an unfinished or temporary write?)"
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return f"not matched by --include {' '.join(include)}"
+    for pattern in exclude:
+        if fnmatch.fnmatchcase(name, pattern):
+            return f"matched by --exclude {pattern}"
+    if name.lower().endswith(".seg.nrrd"):
+        return "a Slicer segmentation (.seg.nrrd), not a CT"
+    return "" if path.is_dir() else label_reason(path)
+
+
+def label_reason(path: Path) -> str:
+    """'a label volume (...)' when ``path`` is an integer volume with only a few distinct values >= 0, else ''
+    (a CT, or a file that cannot be read: its failure is reported when it is segmented)."""
+    import numpy as np
+    import SimpleITK as sitk
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+        if "integer" not in kind or reader.GetNumberOfComponents() != 1:
+            return ""
+        image = reader.Execute()
+    except RuntimeError:
+        return ""
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    voxels = sitk.GetArrayViewFromImage(image).ravel()   # a view: ``image`` must live on meanwhile
+    values = np.unique(voxels[::max(1, voxels.size // LABEL_SAMPLE)])
+    if len(values) > LABEL_MAX_VALUES or values.min() < 0:
+        return ""
+    listed = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+    return f"a label volume ({kind}, {len(values)} distinct values: {listed}), not a CT"
+
+
 def case_name(path: Path) -> str:
     name = path.name
-    for suffix in CT_SUFFIXES:
+    for suffix in (".seg.nrrd",) + CT_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -99,19 +173,19 @@ def load_ct(scene, path: Path):
 
 
 def save_segmentation(scene, node, path: Path) -> Path:
-    """Write ``node`` as a .seg.nrrd, atomically (a partial file never has the final name)."""
+    """Write ``node`` as a .seg.nrrd, atomically and checked (a partial file never has the final name, a full disk
+    never leaves a truncated file: VTK's writer, like ITK's, reports success on a short write)."""
     import slicer
-    partial = path.with_name(f".{path.name[:-len('.seg.nrrd')]}.partial.seg.nrrd")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(partial))
-    try:
-        if not storage.WriteData(node) or not partial.is_file():
-            raise RuntimeError(f"{path}: could not write the segmentation")
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return path
+    from FemurUNetLib.fileio import WriteFailed, atomic_write
+    from FemurUNetLib.outputcheck import check_image_file
+
+    def write(tmp):
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(tmp))
+        if not storage.WriteData(node):
+            raise WriteFailed("the segmentation writer failed")
+        check_image_file(tmp)
+    return atomic_write(path, write, ".seg.nrrd")
 
 
 def segment_files(inputs, output_dir, model=None, **options) -> list:
@@ -161,28 +235,40 @@ def segment_files(inputs, output_dir, model=None, **options) -> list:
 
 
 def write_csv(rows, path: Path) -> Path:
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
-    return path
+    from FemurUNetLib.fileio import atomic_write
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text.getvalue(), newline=""), ".csv")
+
+
+def skipped_rows(skipped) -> list:
+    """CSV rows (status ``skipped``, the reason in ``error``) for the inputs that are not segmented."""
+    rows = []
+    for path, why in skipped:
+        rows.append({"case": case_name(path), "input": str(path), "output": "", "femur_voxels": "", "volume_ml": "",
+                     "seconds": "", "status": "skipped", "error": why, "warnings": ""})
+    return rows
 
 
 def main(argv=None) -> int:
+    if hasattr(signal, "SIGXFSZ"):   # past the file size limit: an error from the write, not a killed process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:   # argparse: usage error (2) or --help (0)
         return int(exc.code or 0)
     try:
-        inputs = find_inputs(args.input)
+        inputs, skipped = select_inputs(args.input, args.include, args.exclude)
     except OSError as exc:
         print(f"segment_folder: error: {exc}", file=sys.stderr)
         return 2
+    for path, why in skipped:
+        print(f"skipped {path.name}: {why}")
     if not inputs:
-        print(f"segment_folder: error: no CT files in {' '.join(args.input)}", file=sys.stderr)
+        note = f" ({len(skipped)} skipped: {'; '.join(f'{p.name}: {why}' for p, why in skipped)})" if skipped else ""
+        print(f"segment_folder: error: no CT files in {' '.join(args.input)}{note}", file=sys.stderr)
         return 2
     try:
         rows = segment_files(inputs, args.output, args.model, device=args.device, batch_size=args.batch_size,
@@ -190,9 +276,14 @@ def main(argv=None) -> int:
     except Exception as exc:   # no torch, unusable model or output folder: nothing was segmented
         print(f"segment_folder: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    csv_path = write_csv(rows, Path(args.output) / RESULTS_NAME)
+    try:
+        csv_path = write_csv(rows + skipped_rows(skipped), Path(args.output) / RESULTS_NAME)
+    except Exception as exc:   # disk full, read-only folder: the CSV is not there (no partial one either)
+        print(f"segment_folder: error: {exc}", file=sys.stderr)
+        return 2
     failed = [row["case"] for row in rows if row["status"] != "ok"]
-    print(f"{len(rows) - len(failed)}/{len(rows)} cases segmented; results in {csv_path}")
+    also = f", {len(skipped)} file(s) skipped (not CTs)" if skipped else ""
+    print(f"{len(rows) - len(failed)}/{len(rows)} cases segmented{also}; results in {csv_path}")
     if failed:
         print(f"segment_folder: {len(failed)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
