@@ -7,3 +7,7 @@ class FemurUNetError(Exception):
 
 class Cancelled(FemurUNetError):
     """The caller's cancel hook asked to stop; nothing was written."""
+
+
+class FemurUNetWarning(UserWarning):
+    """The input is usable but not as expected (e.g. uneven DICOM slice spacing); one line, naming the file."""

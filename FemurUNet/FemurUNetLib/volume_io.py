@@ -1,6 +1,7 @@
 """Read CT volumes (NIfTI, NRRD, MHA, DICOM folders) and write labelmaps / Slicer .seg.nrrd files atomically."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,10 +9,14 @@ import SimpleITK as sitk
 
 from .defaults import BONE_COLOR
 from .errors import FemurUNetError
-from .geometry import Geometry
+from .dicom_series import read_series
 from .fileio import atomic_write
 from .outputcheck import sitk_writer
+from .geometry import Geometry
+from .library_output import native_stderr
+from .volume_check import check_image_file
 
+MIN_SPACING, MAX_SPACING, MAX_ORIGIN = 1e-4, 1e3, 1e7   # mm: a CT's voxels and position, generously
 LABELMAP_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")   # .mhd: its data file cannot be swapped atomically
 FEMUR_CODE = "SCT^71341001^Femur"
 SIDE_CODES = {"left": "SCT^7771000^Left", "right": "SCT^24028007^Right"}
@@ -24,52 +29,95 @@ def terminology_string(side=None) -> str:
             f"{FEMUR_CODE}~{modifier}~Anatomic codes - DICOM master list~^^~^^")
 
 
-def _read_image(path: Path) -> sitk.Image:
+def _native(path, what: str, read):
+    """``read()`` with native stderr captured (see library_output); Python warnings re-issued after, since
+    they would otherwise be written into the capture; an ITK failure becomes one line naming the file."""
+    failure = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with native_stderr() as captured:
+            try:
+                image = read()
+            except RuntimeError as exc:
+                failure = exc
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if failure is not None:
+        raise FemurUNetError(f"{path}: cannot read {what} ({captured.reason() or _reason(failure)})")
+    return image
+
+
+def _read_file(path: Path, what: str) -> sitk.Image:
+    """One image file, checked for truncation first (see volume_check)."""
+    check_image_file(path)
+
+    def read():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        return reader.Execute()
+    return _native(path, what, read)
+
+
+def _read_image(path: Path, series_uid=None) -> sitk.Image:
     if not path.exists():
         raise FemurUNetError(f"{path}: no such file or folder")
-    try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise FemurUNetError(f"{path}: folder holds no DICOM series")
-            files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
-            reader.SetFileNames(files)
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise FemurUNetError(f"{path}: cannot read as an image ({_reason(exc)})") from None
-    return _check_3d(image, path, "volume")
+    if path.is_dir():
+        image = _native(path, "the DICOM series", lambda: read_series(path, series_uid))
+    elif series_uid is not None:
+        raise FemurUNetError(f"{path}: a series UID picks a series in a DICOM folder; this is a file")
+    else:
+        image = _read_file(path, "as an image")
+    return _check_image(image, path, "volume")
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[-1] if text else "unreadable")[:160]
+    lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
+    return (lines[-1] if lines else "unreadable")[:160]
 
 
-def _check_3d(image: sitk.Image, path, what: str) -> sitk.Image:
+def _check_image(image: sitk.Image, path, what: str) -> sitk.Image:
+    """A 3-D image with a usable grid: finite positive spacing, finite origin, orthonormal directions."""
     if image.GetDimension() != 3:
         raise FemurUNetError(f"{path}: expected a 3-D {what}, got {image.GetDimension()}-D")
+    spacing, origin = np.array(image.GetSpacing()), np.array(image.GetOrigin())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if not (np.isfinite(spacing).all() and (spacing >= MIN_SPACING).all() and (spacing <= MAX_SPACING).all()):
+        raise FemurUNetError(f"{path}: voxel spacing {tuple(float(s) for s in spacing)} mm is not three numbers "
+                             f"from {MIN_SPACING} to {MAX_SPACING} mm (damaged header?)")
+    if not (np.isfinite(origin).all() and np.isfinite(direction).all() and (np.abs(origin) <= MAX_ORIGIN).all()):
+        raise FemurUNetError(f"{path}: origin {tuple(float(o) for o in origin)} or direction is not finite or "
+                             f"beyond {MAX_ORIGIN:g} mm (damaged header?)")
+    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-4):
+        raise FemurUNetError(f"{path}: direction matrix is not orthonormal")
+    if min(image.GetSize()) < 1:
+        raise FemurUNetError(f"{path}: empty image (size {image.GetSize()})")
     return image
 
 
 def read_label_image(path) -> sitk.Image:
     """A 3-D label file (labelmap or .seg.nrrd, possibly multi-layer) as a SimpleITK image."""
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise FemurUNetError(f"{path}: cannot read as a label image ({_reason(exc)})") from None
-    return _check_3d(image, path, "label volume")
+    path = Path(path)
+    if not path.is_file():
+        raise FemurUNetError(f"{path}: no such file")
+    return _check_image(_read_file(path, "as a label image"), path, "label volume")
 
 
-def read_volume(path) -> tuple:
-    """(array (k, j, i), Geometry) from an image file or a folder holding one DICOM series."""
-    image = _read_image(Path(path))
+def read_volume(path, series_uid=None) -> tuple:
+    """(array (k, j, i), Geometry) from an image file or a folder holding one DICOM series.
+
+    Damaged input is refused with one line naming the file (truncated data, broken compression, a missing
+    data file, damaged/duplicated/missing DICOM slices, several series without ``series_uid``, non-finite
+    voxels or geometry); usable oddities (slightly uneven DICOM spacing) raise a ``FemurUNetWarning``."""
+    image = _read_image(Path(path), series_uid)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise FemurUNetError(f"{path}: expected a scalar (grey-level) volume, got "
                              f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
-    return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind not in "iuf":
+        raise FemurUNetError(f"{path}: voxel type {array.dtype} is not a grey-level number type")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise FemurUNetError(f"{path}: {int((~np.isfinite(array)).sum())} voxels are NaN or infinite")
+    return array, Geometry.from_sitk(image)
 
 
 def _image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
