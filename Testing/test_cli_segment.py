@@ -185,7 +185,7 @@ def test_an_interrupt_starts_its_own_line_after_a_progress_bar(monkeypatch, caps
         raise KeyboardInterrupt
 
     monkeypatch.setattr(segment_command, "segment_volume", interrupted)
-    monkeypatch.setattr(segment_command, "read_volume", lambda path: (np.zeros((10, 8, 8), np.int16), Geometry()))
+    monkeypatch.setattr(segment_command, "read_volume", lambda path, series_uid=None: (np.zeros((10, 8, 8), np.int16), Geometry()))
     assert main(["segment", "ct.nii.gz", "out.nii.gz"]) == 130
     err = capsys.readouterr().err
     assert "3/10 slices" in err and err.endswith("\nfemurunet segment: interrupted\n")

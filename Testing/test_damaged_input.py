@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from FemurUNetLib.errors import FemurUNetError, FemurUNetWarning
+from FemurUNetLib.library_output import kept_locale
 from FemurUNetLib.volume_io import read_volume
 from FemurUNetTrainLib.cli import main
 
@@ -52,7 +53,8 @@ def write_dicom_series(folder, positions, uid=UID, prefix="s", array=None):
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
         writer.SetFileName(str(folder / f"{prefix}{n:03d}.dcm"))
-        writer.Execute(image)
+        with kept_locale():              # GDCM's writer would leave the process in the "C" locale
+            writer.Execute(image)
     return folder
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import FemurUNetError, FemurUNetWarning
+from .library_output import kept_locale
 
 POSITION, ORIENTATION = "0020|0032", "0020|0037"
 MISSING_RATIO = 1.5      # largest gap / smallest gap above this: missing slices or variable spacing
@@ -120,11 +121,12 @@ def check_slice_positions(folder, files: list, positions: list, orientation: str
 
 
 def read_series(folder, series_uid=None) -> sitk.Image:
-    files = series_files(folder, series_uid)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    image = reader.Execute()
+    with kept_locale():
+        files = series_files(folder, series_uid)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()
+        image = reader.Execute()
 
     def tag(i, key):
         return reader.GetMetaData(i, key) if reader.HasMetaDataKey(i, key) else ""

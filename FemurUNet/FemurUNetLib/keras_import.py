@@ -28,6 +28,8 @@ from .model import UNet2D
 from .modelfile import default_metadata, load_model, save_model
 from .preprocess import DEFAULT_WINDOW
 
+DAMAGED_FILE_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError, AttributeError,
+                       EOFError, zipfile.BadZipFile, UnicodeDecodeError)
 SEED_INPUT_SIZE = 256
 SEED_CONV_COUNT = 23
 KERAS3_VAR_NAMES = {"0": "kernel", "1": "bias"}
@@ -179,15 +181,18 @@ def read_keras_weights(path) -> KerasWeights:
         raise FemurUNetError(f"{path}: no such file")
     if not path.is_file():
         raise FemurUNetError(f"{path}: not a file")
-    if zipfile.is_zipfile(path):
-        return _read_keras_archive(path)
-    if not h5py.is_hdf5(path):
-        raise FemurUNetError(f"{path}: not an HDF5 file (expected a Keras .hdf5/.h5 model or weights file)")
     try:
+        if zipfile.is_zipfile(path):
+            return _read_keras_archive(path)
+        if not h5py.is_hdf5(path):
+            raise FemurUNetError(f"{path}: not an HDF5 file (expected a Keras .hdf5/.h5 model or weights file)")
         with h5py.File(path, "r") as f:
             return _read_legacy_h5(path, f)
-    except OSError as exc:
-        raise FemurUNetError(f"{path}: unreadable HDF5 file ({exc})") from None
+    except FemurUNetError:
+        raise
+    except DAMAGED_FILE_ERRORS as exc:   # h5py/zipfile/json on a damaged file: KeyError, OSError, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise FemurUNetError(f"{path}: unreadable or damaged Keras file ({reason})") from None
 
 
 # ---------------------------------------------------------------- mapping

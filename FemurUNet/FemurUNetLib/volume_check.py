@@ -110,7 +110,7 @@ def check_nifti(path: Path, gz: bool) -> None:
         try:
             head = d.decompress(f.read(CHUNK), 540)
         except zlib.error as exc:
-            raise FemurUNetError(f"{path}: not a readable gzip file ({exc})") from None
+            raise FemurUNetError(f"{path}: cannot read as an image (not a gzip file: {exc})") from None
         expected, offset = _nifti_layout(path, head)
         _compare(path, _inflate(path, f, 31, expected + offset) - offset, expected)
 
@@ -237,6 +237,10 @@ def check_metaimage(path: Path) -> None:
     if fields.get("compresseddata", "false").lower() != "true":
         _compare(label, data_path.stat().st_size - offset, expected)
         return
+    stored = int(fields.get("compresseddatasize", "-1") or -1)
+    if stored >= 0 and stored != data_path.stat().st_size - offset:
+        raise FemurUNetError(f"{label}: file is truncated or damaged: CompressedDataSize is {stored} bytes, the "
+                             f"file holds {data_path.stat().st_size - offset}")
     with open(data_path, "rb") as f:
         _compare(label, _inflate(label, f, 47, expected, offset), expected)
 

@@ -13,7 +13,7 @@ from .dicom_series import read_series
 from .fileio import atomic_write
 from .outputcheck import sitk_writer
 from .geometry import Geometry
-from .library_output import native_stderr
+from .library_output import native_failure, native_stderr
 from .volume_check import check_image_file
 
 MIN_SPACING, MAX_SPACING, MAX_ORIGIN = 1e-4, 1e3, 1e7   # mm: a CT's voxels and position, generously
@@ -29,7 +29,7 @@ def terminology_string(side=None) -> str:
             f"{FEMUR_CODE}~{modifier}~Anatomic codes - DICOM master list~^^~^^")
 
 
-def _native(path, what: str, read):
+def _native(path, what: str, read, check_output: bool = True):
     """``read()`` with native stderr captured (see library_output); Python warnings re-issued after, since
     they would otherwise be written into the capture; an ITK failure becomes one line naming the file."""
     failure = None
@@ -44,6 +44,9 @@ def _native(path, what: str, read):
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if failure is not None:
         raise FemurUNetError(f"{path}: cannot read {what} ({captured.reason() or _reason(failure)})")
+    reported = native_failure(captured.text) if check_output else ""
+    if reported:
+        raise FemurUNetError(f"{path}: cannot read {what} (the reader reported: {reported})")
     return image
 
 
@@ -62,7 +65,7 @@ def _read_image(path: Path, series_uid=None) -> sitk.Image:
     if not path.exists():
         raise FemurUNetError(f"{path}: no such file or folder")
     if path.is_dir():
-        image = _native(path, "the DICOM series", lambda: read_series(path, series_uid))
+        image = _native(path, "the DICOM series", lambda: read_series(path, series_uid), check_output=False)
     elif series_uid is not None:
         raise FemurUNetError(f"{path}: a series UID picks a series in a DICOM folder; this is a file")
     else:
