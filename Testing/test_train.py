@@ -431,7 +431,9 @@ def test_torchrun_cli_two_processes(phantom_data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "FemurUNetTrainLib.cli", "train", str(train_dir), "--val", str(val_dir), "--out", str(out), "--epochs", "2",
            "--steps-per-epoch", "2", "--batch-size", "4", "--base-filters", "4", "--input-size", str(SIZE), "--quiet"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    scratch = tmp_path / "tmp"                                         # torchrun's own folders end up here
+    scratch.mkdir()
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(scratch)})
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("done: 2 epochs") == 1                    # only process 0 reports and writes
     meta = load_model(out).metadata["training"]
