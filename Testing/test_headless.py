@@ -159,6 +159,22 @@ def test_same_result_as_femurunet_segment_and_exit_zero(script, cases, model_fil
     assert "1/1 cases segmented" in capsys.readouterr().out
 
 
+def test_qc_pictures_and_a_contact_sheet_of_the_folder(script, cases, model_file, tmp_path, capsys):
+    from PIL import Image
+    from FemurUNetLib.qc import DPI, FIGURE_SIZE
+    folder, _ = cases
+    out = tmp_path / "out"
+    assert script.main(["--input", str(folder / "alpha.nii.gz"), str(folder / "broken.nii.gz"), "--output", str(out),
+                        "--model", str(model_file), "--device", "cpu", "--no-surface", "--qc"]) == 1
+    with Image.open(out / "alpha_qc.png") as im:
+        assert im.size == (int(FIGURE_SIZE[0] * DPI), int(FIGURE_SIZE[1] * DPI))
+    assert not (out / "broken_qc.png").exists()
+    page = (out / "index.html").read_text()
+    rows = read_rows(out / "femurunet_results.csv")
+    assert "<img src='alpha_qc.png'" in page and f"<td>{rows['alpha']['volume_ml']}</td>" in page
+    assert "<td>broken</td><td>failed</td>" in page and "contact sheet:" in capsys.readouterr().out
+
+
 def test_only_label_files_left_is_an_error_that_names_them(script, cases, tmp_path, capsys):
     folder, _ = cases
     assert script.main(["--input", str(folder), "--output", str(tmp_path / "out"), "--include", "*_femur.nii.gz",

@@ -3,7 +3,8 @@
     Slicer --no-main-window --python-script segment_folder.py --input DIR_OR_FILES... --output DIR [--model M.pt]
 
 Writes ``<case>.seg.nrrd`` per CT and ``femurunet_results.csv`` (case, femur voxels, volume ml, seconds, status,
-error, plausibility warnings joined by " | ") into the output folder and prints each warning on stderr; exits 1
+error, plausibility warnings joined by " | ") into the output folder and prints each warning on stderr; with
+``--qc`` also ``<case>_qc.png`` per case and ``index.html``, a contact sheet of all cases; exits 1
 (naming the cases) if any case failed, 2 on bad arguments. Runs under Slicer or any Python with the slicer-core
 wheel; without Slicer use ``femurunet segment`` per file.
 
@@ -47,6 +48,9 @@ def parse_args(argv):
     parser.add_argument("--no-surface", action="store_true", help="skip the closed-surface representation")
     parser.add_argument("--mirror", action="store_true",
                         help="also run each slice mirrored left-right and average (~2x time, a little more accurate)")
+    parser.add_argument("--qc", action="store_true",
+                        help="also write <case>_qc.png per case (slices with the outline, 3D surface) and index.html, "
+                             "a contact sheet of the folder with volumes and warnings")
     parser.add_argument("--include", nargs="+", default=[], metavar="PATTERN",
                         help="segment only files/folders whose name matches one of these globs, e.g. '*_ct.nii.gz'")
     parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
@@ -188,8 +192,9 @@ def save_segmentation(scene, node, path: Path) -> Path:
     return atomic_write(path, write, ".seg.nrrd")
 
 
-def segment_files(inputs, output_dir, model=None, **options) -> list:
-    """Segment each CT into ``output_dir``; returns one CSV row (dict) per case, failures included."""
+def segment_files(inputs, output_dir, model=None, qc: bool = False, **options) -> list:
+    """Segment each CT into ``output_dir``; returns one CSV row (dict) per case, failures included. ``qc``: also
+    write ``<case>_qc.png``."""
     import numpy as np
     import slicer
     from FemurUNetLib import mrml
@@ -210,6 +215,10 @@ def segment_files(inputs, output_dir, model=None, **options) -> list:
             volume = load_ct(scene, path)
             node, result, _ = mrml.segment_and_import(volume, net, **options)
             out = save_segmentation(scene, node, output_dir / f"{case}.seg.nrrd")
+            if qc:
+                from FemurUNetLib.qc import write_qc
+                ct, _ = mrml.volume_node_to_array(volume)
+                write_qc(output_dir / qc_name(case), ct, result.labelmap, result.geometry, f"{path.name}: femur")
             voxels = int(np.count_nonzero(result.labelmap))
             row.update(output=str(out), femur_voxels=voxels,
                        volume_ml=f"{voxels * float(np.prod(result.geometry.spacing)) / 1000.0:.2f}", status="ok",
@@ -232,6 +241,30 @@ def segment_files(inputs, output_dir, model=None, **options) -> list:
                 print(f"[{index}/{len(inputs)}] {case}: warning: {warning}", file=sys.stderr)
         rows.append(row)
     return rows
+
+
+def qc_name(case: str) -> str:
+    return f"{case}_qc.png"
+
+
+def write_index(rows, output_dir: Path) -> Path:
+    """index.html: one row per input (case, status, femur ml, warnings or error) with its QC picture."""
+    import html
+    from FemurUNetLib.fileio import atomic_write
+    lines = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>FemurUNet results</title>",
+             "<style>body{font-family:sans-serif}td{vertical-align:top;padding:4px}img{width:600px}</style></head>",
+             "<body><h1>FemurUNet results</h1><table><tr><th>case</th><th>status</th><th>femur ml</th>"
+             "<th>warnings / error</th><th>QC picture</th></tr>"]
+    for row in rows:
+        picture = output_dir / qc_name(row["case"])
+        cell = (f"<a href='{html.escape(picture.name)}'><img src='{html.escape(picture.name)}' alt='QC of "
+                f"{html.escape(row['case'])}'></a>" if row["status"] == "ok" and picture.is_file() else "")
+        notes = html.escape(row["warnings"] or row["error"])
+        lines.append(f"<tr><td>{html.escape(row['case'])}</td><td>{row['status']}</td><td>{row['volume_ml']}</td>"
+                     f"<td>{notes}</td><td>{cell}</td></tr>")
+    lines.append("</table></body></html>")
+    text = "\n".join(lines) + "\n"
+    return atomic_write(output_dir / "index.html", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".html")
 
 
 def write_csv(rows, path: Path) -> Path:
@@ -272,12 +305,15 @@ def main(argv=None) -> int:
         return 2
     try:
         rows = segment_files(inputs, args.output, args.model, device=args.device, batch_size=args.batch_size,
-                             threshold=args.threshold, closed_surface=not args.no_surface, mirror=args.mirror)
+                             threshold=args.threshold, closed_surface=not args.no_surface, mirror=args.mirror,
+                             qc=args.qc)
     except Exception as exc:   # no torch, unusable model or output folder: nothing was segmented
         print(f"segment_folder: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     try:
         csv_path = write_csv(rows + skipped_rows(skipped), Path(args.output) / RESULTS_NAME)
+        if args.qc:
+            print(f"contact sheet: {write_index(rows + skipped_rows(skipped), Path(args.output))}")
     except Exception as exc:   # disk full, read-only folder: the CSV is not there (no partial one either)
         print(f"segment_folder: error: {exc}", file=sys.stderr)
         return 2
