@@ -216,3 +216,21 @@ def test_sample_rejects_no_cases(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--cases" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_write_case_writes_both_files_or_neither(tmp_path, monkeypatch):
+    from FemurUNetLib import phantom, volume_io
+    case = generate_case(5, shape=(8, 32, 32))
+    real = volume_io.write_image
+    calls = []
+
+    def second_fails(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(phantom, "write_image", second_fails)
+    with pytest.raises(FemurUNetError, match="cannot write the phantom files"):
+        write_case(case, tmp_path)
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []       # the CT written first did not appear alone

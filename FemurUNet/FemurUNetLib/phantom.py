@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import FemurUNetError
+from .fileio import atomic_outputs
 from .geometry import Geometry
 from .sdf import _PRIMITIVES, grid_points, ramp_width, _box, _capsule, _ellipse_xy, _ellipsoid, _plane, _plate, _rotation, _smin, _sphere, _unit
 from .volume_io import write_image
@@ -634,14 +635,15 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, metal=
 
 # --- files and CLI ------------------------------------------------------------------------------------------
 def write_case(case: PhantomCase, outdir) -> tuple:
-    """Write ``<name>_ct.nii.gz`` (int16) and ``<name>_femur.nii.gz`` (uint8) atomically; return both paths."""
+    """Write ``<name>_ct.nii.gz`` (int16) and ``<name>_femur.nii.gz`` (uint8), both or neither; return both paths."""
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise FemurUNetError(f"{outdir}: exists and is not a folder")
     ct_path, label_path = outdir / f"{case.name}_ct.nii.gz", outdir / f"{case.name}_femur.nii.gz"
     try:
-        write_image(ct_path, case.ct.astype(np.int16, copy=False), case.geometry)
-        write_image(label_path, case.label.astype(np.uint8, copy=False), case.geometry)
+        with atomic_outputs():      # the CT and its truth appear together, or neither does
+            write_image(ct_path, case.ct.astype(np.int16, copy=False), case.geometry)
+            write_image(label_path, case.label.astype(np.uint8, copy=False), case.geometry)
     except (OSError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or ["write failed"])[-1][:160]
         raise FemurUNetError(f"{outdir}: cannot write the phantom files ({reason})") from None

@@ -71,13 +71,13 @@ def run_segment(args) -> int:
                             threshold=args.threshold, autocast=not args.no_autocast,
                             return_probabilities=bool(args.probabilities), fast=args.fast, mirror=args.mirror,
                             progress=None if args.quiet else ProgressBar("segment"))
-    with atomic_outputs():   # the labelmap and the probability map appear together, or neither does
+    with atomic_outputs():   # the labelmap, probability map and QC picture appear together, or none does
         write_labelmap(args.output, result.labelmap, result.geometry, result.labels)
         if args.probabilities:
             write_image(args.probabilities, result.probabilities, result.geometry)
+        if args.qc:
+            write_qc(args.qc, volume, result.labelmap, result.geometry, f"{Path(args.input).name}: femur by FemurUNet")
     report = check_result(result, volume)
-    if args.qc:
-        write_qc(args.qc, volume, result.labelmap, result.geometry, title=f"{Path(args.input).name}: femur by FemurUNet")
     print("\n".join(summarize(result, report)))
     for warning in report.warnings:   # an implausible result is still written; exit code stays 0
         print(f"warning: {warning}", file=sys.stderr)
