@@ -10,14 +10,17 @@
 # with a 2-epoch warm-up and cosine decay, 40 epochs of 75 steps of batch 8, bf16 autocast (33 min here).
 # Stage 2 continues on all label-free slices (56 % of the slices: spine, ribs, arms, shin bones, vessels) at
 # lr 1.5e-4, because stage 1 labelled shin bones in held-out leg phantoms (25 epochs).
+# Stage 3 (session 7) adds 40 hard cases (knee to ankle, whole leg, chest, hip to knee; all their slices) to stage
+# 2's data and continues at lr 1e-4 for 20 epochs: the shin and arm bones stage 2 still labelled (52 min here,
+# under other load; ~20 min on a quiet 2-core machine).
 # base_filters 16: on the 2-core CPU a base-32 step costs ~4x more (README).
 # Bit-for-bit on: torch 2.13.0+cpu, 2 threads, an x86-64 CPU with AVX512-BF16; other CPUs give a model of the
 # same quality, not the same bits.
-# Usage: train_demo_model.sh [WORKDIR] [extra train options]   (default out/demo; ~30 min of data, then ~60 min of training on a 2-core CPU)
+# Usage: train_demo_model.sh [WORKDIR] [extra train options]   (default out/demo; ~45 min of data, then ~80 min of training on a 2-core CPU)
 set -euo pipefail
 WORK=${1:-out/demo}
 HERE=$(cd "$(dirname "$0")" && pwd)
-[ -f "$WORK/train_all/dataset.json" ] && [ -f "$WORK/val_all/dataset.json" ] || "$HERE/make_demo_data.sh" "$WORK"
+[ -f "$WORK/train3/dataset.json" ] && [ -f "$WORK/val3/dataset.json" ] || "$HERE/make_demo_data.sh" "$WORK"
 INIT="$WORK/femurunet_demo_b16_v2.pt"
 [ -f "$INIT" ] || git -C "$HERE" show 11a7126:FemurUNet/FemurUNetLib/models/femurunet_demo_b16.pt > "$INIT"
 STAGE1="$WORK/femurunet_demo_b16_stage1.pt"
@@ -25,7 +28,12 @@ femurunet train "$WORK/train" --val "$WORK/val" --out "$STAGE1" --init "$INIT" \
   --epochs 40 --steps-per-epoch 75 --batch-size 8 \
   --lr 3e-4 --warmup-epochs 2 --lr-schedule cosine --min-lr 1e-5 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 3 --threads 2 "${@:2}"
-femurunet train "$WORK/train_all" --val "$WORK/val_all" --out "$WORK/femurunet_demo_b16.pt" --init "$STAGE1" \
+STAGE2="$WORK/femurunet_demo_b16_stage2.pt"
+femurunet train "$WORK/train_all" --val "$WORK/val_all" --out "$STAGE2" --init "$STAGE1" \
   --epochs 25 --steps-per-epoch 75 --batch-size 8 \
   --lr 1.5e-4 --warmup-epochs 1 --lr-schedule cosine --min-lr 1e-5 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 4 --threads 2 "${@:2}"
+femurunet train "$WORK/train3" --val "$WORK/val3" --out "$WORK/femurunet_demo_b16.pt" --init "$STAGE2" \
+  --epochs 20 --steps-per-epoch 75 --batch-size 8 \
+  --lr 1e-4 --warmup-epochs 1 --lr-schedule cosine --min-lr 1e-5 --bce-weight 10 --intensity-augment \
+  --amp bf16 --seed 5 --threads 2 "${@:2}"
