@@ -1,6 +1,8 @@
 """Shared fixtures: real data paths, small real models with known behaviour."""
 from __future__ import annotations
 
+import contextlib
+import resource
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,14 @@ def threshold_model_file(tmp_path):
 def tiny_model_file(tmp_path):
     torch.manual_seed(0)
     return save_model(UNet2D(base_filters=4), tmp_path / "tiny.pt")
+
+
+@contextlib.contextmanager
+def size_limit(limit):
+    """RLIMIT_FSIZE = ``limit`` bytes inside the block (a full disk for the writes made in it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

@@ -25,7 +25,7 @@ from FemurUNetTrainLib.cli import main as femurunet
 from FemurUNetLib.fileio import WriteFailed, atomic_write
 from FemurUNetLib.modelfile import save_model
 from FemurUNetLib.outputcheck import check_image_file
-from conftest import expected_threshold_labels, threshold_unet
+from conftest import expected_threshold_labels, size_limit, threshold_unet
 
 RUNNER = Path(__file__).with_name("fault_runner.py")
 FORMATS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha")
@@ -60,16 +60,6 @@ def one_error_line(err, command="segment"):
     lines = err.strip("\n").split("\n")
     assert len(lines) == 1 and lines[0].startswith(f"femurunet {command}: error: "), err
     return lines[0]
-
-
-@contextlib.contextmanager
-def size_limit(limit):
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 @contextlib.contextmanager

@@ -1,9 +1,7 @@
 """FemurUNet/Scripts/segment_folder.py: the headless batch script (run here under slicer-core)."""
-import contextlib
 import csv
 import importlib.util
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +13,7 @@ import SimpleITK as sitk
 from FemurUNetTrainLib.cli import main as femurunet
 from FemurUNetLib.geometry import Geometry
 from FemurUNetLib.modelfile import save_model
-from conftest import expected_threshold_labels, threshold_unet
+from conftest import expected_threshold_labels, size_limit, threshold_unet
 
 SCRIPT = Path(__file__).resolve().parents[1] / "FemurUNet" / "Scripts" / "segment_folder.py"
 
@@ -183,16 +181,6 @@ def test_only_label_files_left_is_an_error_that_names_them(script, cases, tmp_pa
     assert "skipped alpha_femur.nii.gz: a label volume" in out and "skipped old.seg.nrrd: a Slicer segmentation" in out
     assert err.count("\n") == 1 and "no CT files" in err and "alpha_femur.nii.gz: a label volume" in err
     assert not (tmp_path / "out").exists()
-
-
-@contextlib.contextmanager
-def size_limit(limit):
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def test_full_disk_fails_the_case_and_leaves_no_partial_file(script, cases, model_file, tmp_path, capsys, monkeypatch):

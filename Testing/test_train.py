@@ -372,7 +372,7 @@ def test_init_fine_tunes_from_a_model_that_fits_the_run(phantom_data, tmp_path, 
                       "--quiet"]) == 0
     meta = load_model(tmp_path / "cli.pt").metadata
     assert meta["base_filters"] == 4 and meta["input_size"] == SIZE and meta["training"]["init"] == str(start)
-    assert "done: 1 epochs" in capsys.readouterr().out
+    assert "done: 1 epoch in" in capsys.readouterr().out
 
 
 def test_cli_train_errors_are_one_line(phantom_data, tmp_path, capsys):
@@ -448,7 +448,7 @@ def test_cli_train_passes_augmentation_options_into_the_provenance(phantom_data,
                       "--batch-size", "2", "--base-filters", "4", "--input-size", str(SIZE), "--threads", "1",
                       "--rotation-range", "5", "--zoom-range", "0.9,1.2", "--no-horizontal-flip",
                       "--fill-mode", "constant", "--quiet"]) == 0
-    assert "done: 1 epochs" in capsys.readouterr().out
+    assert "done: 1 epoch in" in capsys.readouterr().out
     aug = load_model(out).metadata["training"]["augment"]
     assert aug["rotation_range"] == 5.0 and aug["zoom_range"] == [0.9, 1.2] and not aug["horizontal_flip"]
     assert aug["fill_mode"] == "constant" and aug["width_shift_range"] == 0.05      # untouched: the seed's

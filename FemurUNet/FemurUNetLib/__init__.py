@@ -3,7 +3,7 @@
 Importing the package is light: the public names below are loaded on first use, so ``import FemurUNetLib`` (and
 ``FemurUNetLib.errors``, ``FemurUNetLib.paths``) work without PyTorch, as Slicer's module files need at startup.
 """
-import importlib
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -23,17 +23,7 @@ __all__ = ["Cancelled", "FemurUNetError", "Geometry", "Reorientation", "Segmenta
            "save_model", "DEFAULT_INPUT_SIZE", "DEFAULT_WINDOW", "read_volume", "write_labelmap", "import_keras"]
 
 
-def __getattr__(name):
-    submodule = _LAZY.get(name)
-    if submodule is None:   # AttributeError, so that `from FemurUNetLib import mrml` imports the submodule
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 def import_keras(path, window=None, threshold=None):

@@ -3,7 +3,7 @@
 Importing the package is light (names load on first use), so ``FemurUNetTrainLib.options``, ``.history`` and
 ``.process`` serve Slicer's module file without PyTorch.
 """
-import importlib
+from FemurUNetLib.lazy import lazy_exports
 
 # public name -> the submodule that defines it (imported when the name is first used)
 _LAZY = {"AugmentConfig": "options", "IntensityConfig": "options", "TrainConfig": "options",
@@ -13,14 +13,4 @@ _LAZY = {"AugmentConfig": "options", "IntensityConfig": "options", "TrainConfig"
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    submodule = _LAZY.get(name)
-    if submodule is None:   # AttributeError, so that `from FemurUNetTrainLib import mrml` imports the submodule
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
