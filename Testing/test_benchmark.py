@@ -36,6 +36,7 @@ def quick(tmp_path_factory):
     return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow
 def test_every_section_is_reported(quick):
     report, stdout = quick
     for key in SECTION_KEYS:
@@ -52,6 +53,7 @@ def test_every_section_is_reported(quick):
     assert m["autocast"] == ("bf16" if cpu_supports_bf16() else "fp32")
 
 
+@pytest.mark.slow
 def test_gemm_and_forward_figures_follow_from_the_times(quick):
     report, _ = quick
     gemm, fwd = report["gemm"], report["forward"]
@@ -81,6 +83,7 @@ def test_gemm_and_forward_figures_follow_from_the_times(quick):
         assert close(r["slices_per_s"], r["batch"] / r["seconds_per_batch"])
 
 
+@pytest.mark.slow
 def test_end_to_end_overhead_is_the_ratio_of_the_reported_times(quick):
     report, _ = quick
     e2e = report["end_to_end"]
@@ -95,6 +98,7 @@ def test_end_to_end_overhead_is_the_ratio_of_the_reported_times(quick):
         assert r["preprocess_seconds"] > 0 and r["postprocess_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_seed_baseline_speedup_is_the_ratio_of_the_reported_times(quick):
     report, _ = quick
     seed = report["seed_baseline"]
@@ -111,6 +115,7 @@ def test_seed_baseline_speedup_is_the_ratio_of_the_reported_times(quick):
         assert r["met"] == (r["speedup"] >= r["goal"])
 
 
+@pytest.mark.slow
 def test_memory_growth_is_measured_for_n_and_4n(quick):
     report, _ = quick
     mem = report["memory"]
@@ -130,6 +135,7 @@ def test_memory_growth_is_measured_for_n_and_4n(quick):
     assert mem["met"] == (mem["growth_bytes"] <= mem["goal"] * mem["expected_growth_bytes"] + mem["slack_bytes"])
 
 
+@pytest.mark.slow
 def test_training_shares_add_up(quick):
     report, _ = quick
     tr = report["training"]
@@ -145,6 +151,7 @@ def test_training_shares_add_up(quick):
         assert r["met"] == (r["input_share"] < r["goal"])
 
 
+@pytest.mark.slow
 def test_accuracy_rows_compare_with_fp32(quick):
     report, _ = quick
     acc = report["accuracy"]
@@ -161,6 +168,7 @@ def test_accuracy_rows_compare_with_fp32(quick):
     assert acc["truth_voxels"] > 0
 
 
+@pytest.mark.slow
 def test_goals_summarise_the_sections(quick):
     report, stdout = quick
     goals = report["goals"]

@@ -124,6 +124,7 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, capsys, case, t
     assert set(tmp_path.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_readme_main_command_demo_scores_the_phantom(tmp_path, capsys):
     """README's first command: `femurunet demo` — phantom CT, shipped demo model, Dice vs truth."""
     code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--quiet")

@@ -96,6 +96,7 @@ def test_file_size_limit_writes_nothing_and_keeps_the_previous_output(work, tmp_
         assert sorted(os.listdir(out)) == [previous.name] and previous.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_file_size_limit_in_a_real_process_with_a_probability_map(work, tmp_path):
     """SIGXFSZ does not kill the process; the labelmap and probability map appear together or not at all."""
     free = subprocess.run(["femurunet", *segment_args(work, "a", tmp_path / "l.nii.gz", "--probabilities",
@@ -202,6 +203,7 @@ def finish(process):
     return process.returncode, out, err
 
 
+@pytest.mark.slow
 def test_sigkill_during_the_write_leaves_the_previous_output_and_a_hidden_partial(work, tmp_path):
     output = tmp_path / "femur.nii.gz"
     assert femurunet(segment_args(work, "b", output)) == 0
@@ -221,6 +223,7 @@ def test_sigkill_during_the_write_leaves_the_previous_output_and_a_hidden_partia
     assert np.array_equal(labels(output), expected_threshold_labels(work[2]["a"]))
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_output(work, tmp_path):
     """Both write at once (each into its own temporary file); each rename is whole; a live writer's file is kept."""
     output = tmp_path / "femur.seg.nrrd"

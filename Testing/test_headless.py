@@ -109,6 +109,7 @@ def test_find_inputs(script, cases, real_ct, tmp_path):
     assert script.main(["--input", str(empty), "--output", str(tmp_path / "o")]) == 2
 
 
+@pytest.mark.slow
 def test_batch_writes_segmentations_csv_and_fails_naming_the_bad_case(cases, model_file, tmp_path):
     """Runs the script as a program (``python segment_folder.py``, as under ``Slicer --python-script``)."""
     folder, truth = cases

@@ -164,6 +164,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
 """
 
 
+@pytest.mark.slow
 def test_memory_grows_only_by_input_and_labelmap():
     n = 24
     growth = {}

@@ -112,6 +112,7 @@ def _grids(draw):
 @pytest.mark.slow
 @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.generate])   # seconds per example: report it, do not shrink
+@pytest.mark.slow
 @given(_grids())
 def test_label_is_the_femur_truth_at_every_voxel_centre_of_any_grid(grid):
     """label == femur_truth(seed, anatomical voxel centres) on random spacings, flips, permutations, obliquity."""
@@ -148,6 +149,7 @@ def test_the_same_voxel_centre_gets_the_same_label_in_two_grids(direction):
     assert set(np.unique(label)) == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_femur_volume_is_the_same_at_two_spacings():
     """The individual depends on the seed only: partial-volume-free labels give the same femur volumes."""
     a, b = _case(24, "pelvis", COARSE), _case(24, "pelvis", (3.0, 5.0, 2.5))
@@ -394,6 +396,7 @@ def test_drawn_coverages_follow_the_coverage_probabilities(monkeypatch):
         assert abs(f - p) < 4.5 * np.sqrt(p * (1 - p) / n), (coverage, f, p)
 
 
+@pytest.mark.slow
 def test_no_femur_label_outside_the_field_of_view():
     seed, coverage = 3, "whole_leg"
     case = _case(seed, coverage, COARSE)
@@ -405,6 +408,7 @@ def test_no_femur_label_outside_the_field_of_view():
     assert not (case.label[outside] > 0).any(), f"{int((case.label[outside] > 0).sum())} femur voxels in the cut"
 
 
+@pytest.mark.slow
 def test_leg_scans_hold_the_legs_they_aim_at():
     """knee_to_ankle: a one-leg (small) field of view holds that leg's tibia; a two-leg one half of each."""
     failures = []

@@ -201,6 +201,7 @@ def stopped_training(tiny_dataset, tmp_path_factory):
     return settings, status, stopped
 
 
+@pytest.mark.slow
 def test_real_training_stops_and_keeps_its_checkpoint(stopped_training):
     settings, status, stopped = stopped_training
     assert status.finished and status.returncode != 0 and stopped
@@ -211,6 +212,7 @@ def test_real_training_stops_and_keeps_its_checkpoint(stopped_training):
     assert out.is_file() and out.with_name("tiny.checkpoint.pt").is_file()
 
 
+@pytest.mark.slow
 def test_real_training_resumes_from_the_stopped_checkpoint(stopped_training):
     settings, status, _ = stopped_training
     done = len(status.records)

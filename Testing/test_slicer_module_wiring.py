@@ -464,6 +464,7 @@ def test_export_asks_for_no_package_it_does_not_use(app, femurunet_train, tmp_pa
     assert (tmp_path / "d" / "dataset.json").is_file()
 
 
+@pytest.mark.slow
 def test_export_and_training_from_the_widget_need_no_scikit_image(app, femurunet_train, tmp_path, monkeypatch):
     """Clicks through the training module: no pip prompt without scikit-image, and the paths go to the history."""
     blocker = tmp_path / "blocker"

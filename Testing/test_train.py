@@ -199,6 +199,7 @@ def test_tiny_training_learns_and_the_model_file_carries_its_preprocessing(phant
 
 # --- resume -------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(phantom_data, tmp_path):
     train_dir, val_dir, _ = phantom_data
     recipe = dict(val=str(val_dir), epochs=4, warmup_epochs=3, lr_schedule="cosine")  # the cut falls in the warm-up
