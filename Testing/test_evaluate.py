@@ -363,3 +363,20 @@ def test_real_pelvis_reference_union_scores_one_per_side(real_ct, tmp_path, caps
     for row in rows.values():
         assert float(row["dice"]) == 1.0 and float(row["hd95_mm"]) == 0.0
     assert round(float(rows["both"]["volume_ref_ml"]) * 1000 / 27) == 6049   # 2,267 + 3,782 voxels of 3 mm
+
+
+@pytest.mark.parametrize("offset", [(0, 0, 0), (5, 9, 3), (14, 26, 20)])   # at the border, inside, far corner
+def test_hd95_on_the_bounding_box_equals_the_whole_volume_computation(offset):
+    rng = np.random.default_rng(sum(offset))
+    a, b = np.zeros((20, 32, 28), bool), np.zeros((20, 32, 28), bool)
+    k, j, i = offset
+    a[k:k + 6, j:j + 6, i:i + 8] = rng.random((6, 6, 8))[: 20 - k, : 32 - j, : 28 - i] > 0.3
+    b[max(k - 2, 0):k + 5, j:j + 4, max(i - 3, 0):i + 8] = True
+    spacing = (2.5, 0.7, 1.1)
+
+    def surface(m):
+        return m & ~ndimage.binary_erosion(m, border_value=0)
+
+    whole = max(np.percentile(ndimage.distance_transform_edt(~surface(b), sampling=spacing)[surface(a)], 95),
+                np.percentile(ndimage.distance_transform_edt(~surface(a), sampling=spacing)[surface(b)], 95))
+    assert hd95(a, b, spacing) == pytest.approx(whole, abs=1e-12)
