@@ -70,7 +70,7 @@ class Settings:
 
     @classmethod
     def make(cls, quick: bool, depth: Optional[int] = None, compile: bool = False) -> "Settings":
-        s = cls(quick=True, gemm_sizes=(1024,), min_seconds=0.3, repeats=2, forward_filters=(16,), e2e_filters=(16,),
+        s = cls(quick=True, gemm_sizes=(1024,), min_seconds=0.1, repeats=2, forward_filters=(16,), e2e_filters=(16,),
                 depth=8, seed_filters=(16,), seed_slices=3, train_batch=4, train_steps=1) if quick else cls()
         if depth is not None:
             if depth < 1:
