@@ -225,3 +225,27 @@ def test_real_training_resumes_from_the_stopped_checkpoint(stopped_training):
     from FemurUNetLib import load_model
     assert load_model(settings.out).base_filters == 2
     resumed.close()
+
+
+def test_finetune_recipe_fills_what_is_not_given_and_starts_from_the_demo_model(monkeypatch, tmp_path):
+    from FemurUNetLib.paths import DEFAULT_MODEL_PATH
+    from FemurUNetTrainLib.cli import main
+    from FemurUNetTrainLib.cli import train as train_command
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(config, progress=None):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(train_command, "train", fake_train)
+    for argv in (["--recipe", "finetune", "--lr", "3e-4"], ["--epochs", "2"]):
+        with pytest.raises(Stop):
+            main(["train", str(tmp_path), "--out", str(tmp_path / "m.pt"), *argv])
+    tuned, seed = seen
+    assert tuned.lr == 3e-4 and tuned.epochs == 20 and tuned.batch_size == 8 and tuned.early_stopping == 5
+    assert tuned.intensity.enabled and tuned.bce_weight == 10.0 and tuned.lr_schedule == "cosine"
+    assert tuned.init == str(DEFAULT_MODEL_PATH) and tuned.base_filters == 16          # the demo model's width
+    assert seed == TrainConfig(data=str(tmp_path), out=str(tmp_path / "m.pt"), epochs=2)   # the seed's recipe

@@ -200,6 +200,15 @@ RECIPE_FIELDS = ("epochs", "steps_per_epoch", "batch_size", "lr", "base_filters"
                  "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout",
                  "augment", "init", "bce_weight", "intensity")
 EXTENDABLE_FIELDS = ("epochs", "early_stopping")
+# Recipes: defaults under the user's own flags. "seed": the original work's. "finetune": the run that fine-tuned the
+# demo model on 40 added cases (held-out phantom Dice 0.937 -> 0.953; docs/MODEL_HISTORY.md), plus early stopping
+# for a small dataset; it starts from the demo model unless --init names another.
+RECIPES = {
+    "seed": {},
+    "finetune": {"epochs": 20, "steps_per_epoch": 75, "batch_size": 8, "lr": 1e-4, "warmup_epochs": 1,
+                 "lr_schedule": "cosine", "min_lr": 1e-5, "bce_weight": 10.0, "early_stopping": 5,
+                 "intensity.enabled": True},
+}
 GROUPS = (("", TrainConfig, None),
           ("augment.", AugmentConfig, "augmentation (defaults: the seed's ImageDataGenerator arguments)"),
           ("intensity.", IntensityConfig,
@@ -231,10 +240,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(m["flag"], **kwargs)
 
 
-def config_from_args(args, model_defaults: Optional[dict] = None) -> TrainConfig:
-    """The TrainConfig of parsed ``add_train_arguments`` options; ``model_defaults`` (the --init model's width and
-    input size) replace the recipe's defaults of those fields. Bad values: FemurUNetError."""
-    given = vars(args)
+def config_from_args(args, model_defaults: Optional[dict] = None, recipe: str = "seed") -> TrainConfig:
+    """The TrainConfig of parsed ``add_train_arguments`` options; fields not given take the ``recipe``'s values
+    (RECIPES), then ``model_defaults`` (the --init model's width and input size), then the dataclass defaults.
+    Bad values: FemurUNetError."""
+    given = {**RECIPES[recipe], **vars(args)}
     parts = {prefix: {k[len(prefix):]: v for k, v in given.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
              for prefix in ("augment.", "intensity.")}
     top = {f.name: given[f.name] for f in _cli_fields(TrainConfig) if f.name in given}

@@ -12,8 +12,9 @@ import sys
 import time
 
 from FemurUNetLib.modelfile import load_model
+from FemurUNetLib.paths import DEFAULT_MODEL_PATH
 
-from ..options import add_train_arguments, config_from_args
+from ..options import RECIPES, add_train_arguments, config_from_args
 from ..train import TrainProgress, train
 from .common import TerminalLine
 
@@ -72,7 +73,9 @@ def _model_defaults(args) -> dict:
 
 
 def run_train(args) -> int:
-    config = config_from_args(args, _model_defaults(args))
+    if args.recipe == "finetune" and not getattr(args, "init", None) and not getattr(args, "resume", False):
+        args.init = str(DEFAULT_MODEL_PATH)
+    config = config_from_args(args, _model_defaults(args), args.recipe)
     main_process = int(os.environ.get("RANK", "0")) == 0          # torchrun: only process 0 reports
     progress = PROGRESS["none" if args.quiet or not main_process else args.progress]()
     result = train(config, progress=progress)
@@ -91,6 +94,10 @@ def register(subparsers) -> None:
                               description="Train the seed's U-Net. Defaults are the seed's recipe: Adam lr 1e-5, "
                                           "batch 20, 100 steps/epoch, 300 epochs, 1 - Dice, 256x256, 64 filters.")
     add_train_arguments(t)
+    t.add_argument("--recipe", choices=tuple(RECIPES), default="seed",
+                   help="defaults for the options not given: seed (the original work's, above) or finetune (from the "
+                        "demo model unless --init: 20 epochs of 75 steps, batch 8, lr 1e-4 with 1 warm-up epoch and "
+                        "cosine decay, --bce-weight 10, --intensity-augment, early stopping after 5 epochs)")
     t.add_argument("--progress", choices=tuple(PROGRESS), default="bar",
                    help="bar (default: one line per epoch on stderr), json (a JSON line per step and epoch on "
                         "stdout) or none")
