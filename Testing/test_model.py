@@ -73,9 +73,11 @@ def test_mac_count_matches_hooked_convolutions():
     for m in net.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.register_forward_hook(hook)
-    net(torch.zeros(1, 1, 64, 64))
-    assert sum(total) == forward_macs(8, 64)
-    assert forward_macs(64, 256) == pytest.approx(54.53e9, rel=1e-3)
+    net.train()(torch.zeros(1, 1, 64, 64))
+    assert sum(total) == forward_macs(8, 64, training=True)
+    assert forward_macs(64, 256, training=True) == pytest.approx(54.53e9, rel=1e-3)
+    ups = sum(up.conv.in_channels * up.conv.out_channels * (64 // 2 ** (3 - n)) ** 2 for n, up in enumerate(net.up))
+    assert forward_macs(8, 64, training=True) - forward_macs(8, 64) == (4 - 9 / 4) * ups   # eval: 9 taps on 1/4
 
 
 def test_dice_hand_computed():
@@ -103,3 +105,22 @@ def test_dice_loss_gradient_points_toward_the_target():
     p = torch.full((4,), 0.5, requires_grad=True)
     dice_loss(t, p).backward()
     assert (p.grad[t == 1] < 0).all() and (p.grad[t == 0] > 0).all()
+
+
+@pytest.mark.parametrize("base, size", [(2, 32), (4, 48)])
+def test_eval_up_path_equals_upsample_then_2x2_conv(base, size):
+    """Eval mode computes each up-conv as one stride-2 transposed conv: the same map as the seed's form (training)."""
+    torch.manual_seed(base)
+    net = UNet2D(1, 1, base)
+    for up in net.up:
+        torch.nn.init.normal_(up.conv.bias)
+    x = torch.randn(2, base * 16, size // 16, size // 16)
+    for up in net.up[:1]:
+        literal = up.train()(x)
+        fast = up.eval()(x)
+        assert fast.shape == literal.shape == (2, base * 8, size // 8, size // 8)
+        assert torch.allclose(fast, literal, atol=1e-5, rtol=1e-5)
+    net.drop4.p = net.drop5.p = 0.0
+    image = torch.randn(1, 1, size, size)
+    with torch.no_grad():
+        assert torch.allclose(net.train().logits(image), net.eval().logits(image), atol=1e-4, rtol=1e-4)

@@ -17,16 +17,31 @@ class _DoubleConv(nn.Sequential):
         super().__init__(_conv3x3(in_ch, out_ch), nn.ReLU(inplace=True), _conv3x3(out_ch, out_ch), nn.ReLU(inplace=True))
 
 
+# Per axis, the 2x2 conv on the nearest-upsampled map is a stride-2 transposed conv with taps (w1, w0 + w1, w0).
+_TAPS = ((0.0, 1.0), (1.0, 1.0), (1.0, 0.0))
+
+
 class _UpConv(nn.Module):
-    """Nearest x2 upsampling, then a 2x2 conv padded like Keras 'same' (one extra row/column bottom/right)."""
+    """Nearest x2 upsampling, then a 2x2 conv padded like Keras 'same' (one extra row/column bottom/right).
+
+    In eval mode the same map is computed as one stride-2 transposed 3x3 conv on the small input (equal up to float
+    rounding, 44 % fewer multiply-adds); training keeps the literal form, so training runs keep their bits.
+    """
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.relu(self.transposed(x), inplace=True)
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         return F.relu(self.conv(F.pad(x, (0, 1, 0, 1))), inplace=True)
+
+    def transposed(self, x: torch.Tensor) -> torch.Tensor:
+        taps = self.conv.weight.new_tensor(_TAPS)
+        kernel = torch.einsum("ka,lb,oiab->iokl", taps, taps, self.conv.weight)   # (in, out, 3, 3)
+        return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1, output_padding=1)
 
 
 class UNet2D(nn.Module):
@@ -92,8 +107,10 @@ def dice_loss(y_true: torch.Tensor, y_pred: torch.Tensor, smooth: float = 1.0) -
     return 1.0 - dice_coefficient(y_true, y_pred, smooth)
 
 
-def forward_macs(base_filters: int = 64, size: int = 256, in_channels: int = 1, out_channels: int = 1) -> int:
-    """Exact multiply-accumulate count of one forward pass on a size x size slice (convolutions only)."""
+def forward_macs(base_filters: int = 64, size: int = 256, in_channels: int = 1, out_channels: int = 1,
+                 training: bool = False) -> int:
+    """Exact multiply-accumulate count of one forward pass on a size x size slice (convolutions only), in eval mode
+    (up-convs as stride-2 transposed 3x3 convs on the small map) or, ``training``, the seed's upsample + 2x2 form."""
     w = [base_filters * m for m in (1, 2, 4, 8, 16)]
     macs, s, c = 0, size, in_channels
     for level in range(5):
@@ -103,7 +120,7 @@ def forward_macs(base_filters: int = 64, size: int = 256, in_channels: int = 1, 
             s //= 2
     for level in (3, 2, 1, 0):
         s *= 2
-        macs += s * s * 4 * w[level + 1] * w[level]          # 2x2 up-conv
+        macs += (s * s * 4 if training else (s // 2) ** 2 * 9) * w[level + 1] * w[level]   # up-conv
         macs += s * s * 9 * (2 * w[level] * w[level] + w[level] * w[level])
     macs += s * s * w[0] * out_channels
     return macs
