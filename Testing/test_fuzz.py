@@ -204,8 +204,7 @@ def test_damaged_pt_model(corpus, capfd, data_draw):
 @given(data_draw=st.data())
 def test_damaged_keras_model(corpus, capfd, fixture, data_draw):
     """HDF5 holds no checksums: flipped weight bytes may still run (exit 0 with a well-formed result)."""
-    if not (KERAS / fixture).is_file():
-        pytest.skip(f"{fixture} not found")
+    assert (KERAS / fixture).is_file(), f"{fixture}: a Keras test fixture is missing from {KERAS}"
     root, _ = corpus
     with tempfile.TemporaryDirectory(dir=root) as work:
         kind, bad = model_copy(data_draw, KERAS / fixture, Path(work))
