@@ -337,3 +337,33 @@ def test_loaded_pairs_follow_adjust_data(tmp_path):
     (out / "dataset.json").unlink()
     with pytest.raises(FemurUNetError, match="no dataset.json"):
         load_dataset(out, input_size=32)
+
+
+def test_replace_swaps_a_corrected_case_all_or_nothing(tmp_path, monkeypatch):
+    ct, label = synthetic_case()
+    out = tmp_path / "ds"
+    export_arrays(ct, label, None, out, "other", empty_fraction=0.0)
+    export_arrays(ct, label, None, out, "c1", empty_fraction=0.0)
+    with pytest.raises(FemurUNetError, match="already in this dataset.*--replace"):
+        export_arrays(ct, label, None, out, "c1", empty_fraction=0.0)
+    corrected = np.zeros_like(label)
+    corrected[5:9] = label[5:9]                      # the correction kept only some slices
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    for step in ("_save_png", "atomic_write"):      # before the old slices are set aside / after the new are in place
+        with monkeypatch.context() as patch:
+            patch.setattr(export_mod, step, full_disk)
+            with pytest.raises(FemurUNetError, match="nothing was added"):
+                export_arrays(ct, corrected, None, out, "c1", empty_fraction=0.0, replace=True)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, step   # the old case intact
+
+    summary = export_arrays(ct, corrected, None, out, "c1", empty_fraction=0.0, replace=True)
+    manifest = read_manifest(out)
+    kept = manifest["cases"]["c1"]["slices"]
+    assert summary["slices"] == len(kept) and set(manifest["cases"]) == {"other", "c1"}
+    names = {p.name for p in (out / "image").iterdir() if p.name.startswith("c1_")}
+    assert names == {f"c1_{k:04d}.png" for k in kept} == {p.name for p in (out / "label").iterdir()
+                                                           if p.name.startswith("c1_")}
+    assert {p: p.read_bytes() for p in out.rglob("other_*")} == {p: b for p, b in before.items() if "other_" in p.name}

@@ -73,7 +73,7 @@ def _checked_arrays(ct, label, case, empty_fraction, negative: bool) -> tuple:
     return ct, label
 
 
-def _manifest_for(outdir: Path, win: dict, case: str) -> dict:
+def _manifest_for(outdir: Path, win: dict, case: str, replace: bool = False) -> dict:
     """The folder's manifest (a new one for a new folder), checked to accept ``case`` with window ``win``."""
     manifest = read_manifest(outdir) if outdir.is_dir() else None
     if manifest is None:
@@ -85,14 +85,15 @@ def _manifest_for(outdir: Path, win: dict, case: str) -> dict:
     if manifest.get("orientation") != CANONICAL_ORIENTATION:
         raise FemurUNetError(f"{outdir / MANIFEST_NAME}: orientation {manifest.get('orientation')!r} is not "
                              f"{CANONICAL_ORIENTATION}")
-    if case in manifest["cases"]:
-        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: case {case!r} is already in this dataset; choose another --case")
+    if case in manifest["cases"] and not replace:
+        raise FemurUNetError(f"{outdir / MANIFEST_NAME}: case {case!r} is already in this dataset; choose another "
+                             "--case, or --replace it")
     return manifest
 
 
 def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *, window=None,
                   empty_fraction: float = EMPTY_FRACTION, seed: int = 0, source: Optional[dict] = None,
-                  negative: bool = False) -> dict:
+                  negative: bool = False, replace: bool = False) -> dict:
     """Export one case (numpy (k, j, i) HU + same-shape label, nonzero = femur) into OUTDIR.
 
     Writes ``image/<case>_<k:04d>.png`` (8-bit window) and ``label/<case>_<k:04d>.png`` (0/255) for every
@@ -100,57 +101,69 @@ def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *,
     slices drawn with ``seed``; adds the case to ``dataset.json``. Touches nothing outside OUTDIR.
     ``negative``: the scan holds no femur (e.g. a chest CT); its label must be empty and only the label-free
     slices are exported (``empty_fraction`` of them), to teach the network what is not femur.
-    Returns a summary dict: case, slices, positive, negative, slice_shape, spacing, outdir.
+    ``replace``: a case of that name already in the dataset is replaced (its old slices go); without it, an error.
+    All or nothing: on any error the dataset is as it was. Returns a summary dict: case, slices, positive,
+    negative, slice_shape, spacing, outdir.
     """
     ct, label = _checked_arrays(ct, label, case, empty_fraction, negative)
-    mask = label != 0
     geometry = geometry or Geometry()
     win = window_dict(window)
     reorient = Reorientation.for_geometry(geometry)
-    ct_c, mask_c = reorient.to_canonical(ct), reorient.to_canonical(mask)
+    ct_c, mask_c = reorient.to_canonical(ct), reorient.to_canonical(label != 0)
     positive, negative = _choose_slices(mask_c, float(empty_fraction), seed)
     chosen = np.union1d(positive, negative)
-
     outdir = Path(outdir)
-    manifest = _manifest_for(outdir, win, case)
+    manifest = _manifest_for(outdir, win, case, replace)
+    old = [slice_name(case, int(k)) for k in manifest["cases"].get(case, {}).get("slices", [])]
     names = [slice_name(case, int(k)) for k in chosen]
-    clashes = [n for n in names if (outdir / IMAGE_DIR / n).exists() or (outdir / LABEL_DIR / n).exists()]
+    clashes = [n for n in names if n not in old and ((outdir / IMAGE_DIR / n).exists() or (outdir / LABEL_DIR / n).exists())]
     if clashes:
         raise FemurUNetError(f"{outdir}: {len(clashes)} slice file(s) already exist, e.g. {clashes[0]}")
+    entry = {"slices": [int(k) for k in chosen], "positive": int(len(positive)), "negative": int(len(negative)),
+             "slice_shape": [int(s) for s in ct_c.shape[1:]], "volume_shape": [int(s) for s in ct_c.shape],
+             "spacing": [float(s) for s in reorient.canonical_spacing(geometry)],
+             "empty_fraction": float(empty_fraction), "seed": int(seed), "source": source or {}}
+    def pair(k):    # one slice at a time: never the whole volume as PNG pixels in memory
+        return window_to_uint8(ct_c[k], win["center"], win["width"]), mask_c[k].astype(np.uint8) * 255
 
-    created, moved, staging = [], [], None   # what this export made: removed again on failure
+    _write_case(outdir, manifest, case, entry, [(name, int(k)) for k, name in zip(chosen, names)], pair, old)
+    return {"case": case, "slices": len(chosen), "positive": len(positive), "negative": len(negative),
+            "slice_shape": entry["slice_shape"], "spacing": entry["spacing"], "outdir": str(outdir)}
+
+
+def _write_case(outdir: Path, manifest: dict, case: str, entry: dict, slices: list, pair, old: list) -> None:
+    """Write the case's PNG pairs (``slices``: (file name, k), ``pair(k)``: image and mask pixels) and its manifest
+    entry, all or nothing; ``old``: the replaced case's slice files, set aside first and put back on failure."""
+    created, moved, kept, staging = [], [], [], None     # what this export made or set aside
     try:
         for folder in (outdir, outdir / IMAGE_DIR, outdir / LABEL_DIR):
             if not folder.exists():
                 folder.mkdir(parents=folder == outdir)
                 created.append(folder)
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=outdir))
-        for sub in (IMAGE_DIR, LABEL_DIR):
+        for sub in (IMAGE_DIR, LABEL_DIR, "old"):
             (staging / sub).mkdir()
-        for k, name in zip(chosen, names):
-            _save_png(staging / IMAGE_DIR / name, window_to_uint8(ct_c[k], win["center"], win["width"]))
-            _save_png(staging / LABEL_DIR / name, mask_c[k].astype(np.uint8) * 255)
-        for name in names:
+        for name, k in slices:
+            image, mask = pair(k)
+            _save_png(staging / IMAGE_DIR / name, image)
+            _save_png(staging / LABEL_DIR / name, mask)
+        for name in old:
+            for sub in (IMAGE_DIR, LABEL_DIR):
+                if (outdir / sub / name).exists():
+                    os.replace(outdir / sub / name, staging / "old" / f"{sub}_{name}")
+                    kept.append((staging / "old" / f"{sub}_{name}", outdir / sub / name))
+        for name, _ in slices:
             for sub in (IMAGE_DIR, LABEL_DIR):
                 os.replace(staging / sub / name, outdir / sub / name)
                 moved.append(outdir / sub / name)
-        entry = {
-            "slices": [int(k) for k in chosen],
-            "positive": int(len(positive)),
-            "negative": int(len(negative)),
-            "slice_shape": [int(s) for s in ct_c.shape[1:]],
-            "volume_shape": [int(s) for s in ct_c.shape],
-            "spacing": [float(s) for s in reorient.canonical_spacing(geometry)],
-            "empty_fraction": float(empty_fraction),
-            "seed": int(seed),
-            "source": source or {},
-        }
         manifest["cases"][case] = entry
         text = json.dumps(manifest, indent=1)
         atomic_write(outdir / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
     except BaseException as exc:
         for path in moved:
             path.unlink(missing_ok=True)
+        for backup, original in kept:          # the replaced case comes back as it was
+            os.replace(backup, original)
         for folder in reversed(created):       # folders made here hold only this export's files
             shutil.rmtree(folder, ignore_errors=True)
         if isinstance(exc, OSError):           # disk full, file too large, read-only folder: one line
@@ -159,8 +172,6 @@ def export_arrays(ct, label, geometry: Optional[Geometry], outdir, case: str, *,
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    return {"case": case, "slices": len(chosen), "positive": len(positive), "negative": len(negative),
-            "slice_shape": entry["slice_shape"], "spacing": entry["spacing"], "outdir": str(outdir)}
 
 
 # --- reading labels from files ----------------------------------------------------------------------
@@ -288,7 +299,8 @@ def _fmt(values) -> str:
 
 
 def export_files(ct_path, label_path, outdir, case=None, labels=None, segments=None,
-                 empty_fraction: float = EMPTY_FRACTION, resample_label: bool = False, window=None, seed: int = 0, negative: bool = False) -> dict:
+                 empty_fraction: float = EMPTY_FRACTION, resample_label: bool = False, window=None, seed: int = 0,
+                 negative: bool = False, replace: bool = False) -> dict:
     """Export a CT file/DICOM folder + a labelmap or .seg.nrrd (segments chosen by name) into OUTDIR."""
     ct, ct_geometry = read_volume(ct_path)
     mask, label_geometry, description = read_label_mask(label_path, labels=labels, segments=segments)
@@ -302,4 +314,4 @@ def export_files(ct_path, label_path, outdir, case=None, labels=None, segments=N
     source = {"ct": str(ct_path), "label": str(label_path), **{k: v for k, v in description.items() if k != "label_file"},
               "label_placement": placement}
     return export_arrays(ct, mask, ct_geometry, outdir, case, window=window, empty_fraction=empty_fraction,
-                         seed=seed, source=source, negative=negative)
+                         seed=seed, source=source, negative=negative, replace=replace)

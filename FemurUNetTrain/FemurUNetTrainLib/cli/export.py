@@ -10,7 +10,7 @@ def run_export(args) -> int:
     summary = export_files(args.ct, args.label, args.outdir, case=args.case, labels=args.labels,
                            segments=args.segments, empty_fraction=args.empty_fraction,
                            resample_label=args.resample_label, window=window_arg(args.window), seed=args.seed,
-                           negative=args.negative)
+                           negative=args.negative, replace=args.replace)
     print(f"{summary['case']}: {summary['slices']} slices ({summary['positive']} with femur, "
           f"{summary['negative']} without), {summary['slice_shape'][1]}x{summary['slice_shape'][0]} pixels "
           f"-> {args.outdir}")
@@ -35,4 +35,6 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for choosing the label-free slices (default 0)")
     p.add_argument("--negative", action="store_true",
                    help="the scan has no femur (its LABEL is empty): export --empty-fraction of its slices as negatives")
+    p.add_argument("--replace", action="store_true",
+                   help="replace a case of the same name already in OUTDIR (e.g. after correcting it); its old slices go")
     p.set_defaults(func=run_export)
