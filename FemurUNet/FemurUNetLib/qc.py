@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from .defaults import BONE_COLOR
 from .fileio import atomic_write
 from .geometry import Geometry, Reorientation
 
@@ -36,12 +37,20 @@ def centre_indices(mask: np.ndarray) -> tuple:
     return tuple(int(round(c)) for c in np.argwhere(mask).mean(axis=0))
 
 
+def canonical(ct: np.ndarray, labelmap: np.ndarray, geometry: Geometry) -> tuple:
+    """(HU, boolean mask, (x, y, z) spacing) on the canonical (LPS) grid."""
+    reorient = Reorientation.for_geometry(geometry)
+    return reorient.to_canonical(ct), reorient.to_canonical(labelmap) > 0, reorient.canonical_spacing(geometry)
+
+
 def panels(ct: np.ndarray, labelmap: np.ndarray, geometry: Geometry) -> list:
     """(title, RGB image, pixel aspect) of the axial, coronal and sagittal slices through the labels' centroid,
     on the canonical (LPS) grid: rows anterior -> posterior (axial) or superior -> inferior (others)."""
-    reorient = Reorientation.for_geometry(geometry)
-    hu, mask = reorient.to_canonical(ct), reorient.to_canonical(labelmap) > 0
-    sx, sy, sz = reorient.canonical_spacing(geometry)
+    return _panels(*canonical(ct, labelmap, geometry))
+
+
+def _panels(hu: np.ndarray, mask: np.ndarray, spacing: tuple) -> list:
+    sx, sy, sz = spacing
     k, j, i = centre_indices(mask)
     left_i = i + centre_indices(mask[:, :, i:])[2]        # sagittal: through the patient's left femur (i -> left)
     return [("axial", overlay(hu[k], mask[k]), sy / sx),
@@ -59,7 +68,7 @@ def _surface(ax, mask: np.ndarray, spacing_kji: tuple) -> None:
     verts, faces, _, _ = marching_cubes(np.pad(small, 1).astype(np.float32), 0.5,
                                         spacing=tuple(s * step for s in spacing_kji))
     z, y, x = verts[:, 0], verts[:, 1], verts[:, 2]
-    ax.plot_trisurf(-x, y, faces, z, color=(0.945, 0.839, 0.569), linewidth=0, shade=True)
+    ax.plot_trisurf(-x, y, faces, z, color=BONE_COLOR, linewidth=0, shade=True)
     ax.view_init(elev=10, azim=-90)
     ax.set_box_aspect((np.ptp(x), np.ptp(y), np.ptp(z)))
     ax.set_axis_off()
@@ -71,17 +80,14 @@ def qc_figure(ct: np.ndarray, labelmap: np.ndarray, geometry: Optional[Geometry]
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    geometry = geometry or Geometry()
+    hu, mask, spacing = canonical(ct, labelmap, geometry or Geometry())
     fig = Figure(figsize=FIGURE_SIZE, dpi=DPI, facecolor="black")
-    for n, (name, rgb, aspect) in enumerate(panels(ct, labelmap, geometry)):
+    for n, (name, rgb, aspect) in enumerate(_panels(hu, mask, spacing)):
         ax = fig.add_subplot(1, 4, n + 1)
         ax.imshow(rgb, aspect=aspect, interpolation="nearest")
         ax.set_title(name, color="white", fontsize=10)
         ax.set_axis_off()
-    reorient = Reorientation.for_geometry(geometry)
-    sx, sy, sz = reorient.canonical_spacing(geometry)
-    _surface(fig.add_subplot(1, 4, 4, projection="3d", facecolor="black"),
-             reorient.to_canonical(labelmap) > 0, (sz, sy, sx))
+    _surface(fig.add_subplot(1, 4, 4, projection="3d", facecolor="black"), mask, spacing[::-1])
     if title:
         fig.suptitle(title, color="white", fontsize=10)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.88, wspace=0.05)
