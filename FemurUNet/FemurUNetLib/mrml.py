@@ -5,6 +5,9 @@ Everything works on ``node.GetScene()``, so it runs inside Slicer and under the 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from typing import Callable, Optional
 
@@ -18,6 +21,7 @@ from .errors import FemurUNetError
 from .evaluate import dice
 from .geometry import Geometry
 from .inference import segment_volume
+from .paths import DEFAULT_MODEL_PATH
 from .resolve import resolve_model
 from .plausibility import check_result
 from .volume_io import terminology_string
@@ -25,6 +29,8 @@ from .volume_io import terminology_string
 BINARY_LABELMAP = "Binary labelmap"
 CLOSED_SURFACE = "Closed surface"
 WARNINGS_ATTRIBUTE = "FemurUNet.PlausibilityWarnings"   # on the segmentation node: one warning a line
+# on the segmentation node: JSON {segment name: {"model": file, "digest": of its voxels as FemurUNet wrote them}}
+SOURCES_ATTRIBUTE = "FemurUNet.SegmentSources"
 _CONVERTER_RULE_CLASSES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule",
                            "vtkClosedSurfaceToBinaryLabelmapConversionRule",
                            "vtkClosedSurfaceToFractionalLabelmapConversionRule",
@@ -291,6 +297,7 @@ def segment_and_import(volume_node, model=None, segmentation_node=None, *, devic
     node, segment_ids = import_labelmap(volume_node, result.labelmap, result.labels, segmentation_node,
                                         closed_surface)
     set_warnings_attribute(node, result.plausibility.warnings)
+    record_segment_sources(node, model, result.labelmap, result.labels)
     return node, result, segment_ids
 
 
@@ -299,6 +306,65 @@ def set_warnings_attribute(node, warnings: list) -> None:
         node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(warnings))
     else:
         node.RemoveAttribute(WARNINGS_ATTRIBUTE)
+
+
+def model_source(model) -> str:
+    """A model argument as provenance text: its file, the demo model's file for None, else '(a model in memory)'."""
+    if model is None:
+        return str(DEFAULT_MODEL_PATH)
+    if isinstance(model, (str, os.PathLike)):
+        return os.path.abspath(os.fspath(model))
+    return "(a model in memory)"
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    """A short fingerprint of a boolean mask (its shape and voxels): equal masks, equal digests."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    digest = hashlib.sha1(repr(mask.shape).encode())
+    digest.update(np.packbits(mask).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def segment_sources(segmentation_node) -> dict:
+    """{segment name: {"model", "digest"}} of the segments FemurUNet wrote into the node ({} if none)."""
+    text = segmentation_node.GetAttribute(SOURCES_ATTRIBUTE) if segmentation_node is not None else None
+    try:
+        sources = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return sources if isinstance(sources, dict) else {}
+
+
+def record_segment_sources(node, model, labelmap: np.ndarray, labels: list) -> None:
+    """Note on the node which model made each label's segment and a digest of its voxels (on the volume's grid),
+    so that a later edit of the segment can be told apart from the model's output."""
+    sources = segment_sources(node)
+    for label in labels:
+        sources[label["name"]] = {"model": model_source(model), "digest": mask_digest(labelmap == label["value"])}
+    node.SetAttribute(SOURCES_ATTRIBUTE, json.dumps(sources, sort_keys=True))
+
+
+def segments_provenance(segmentation_node, segment_ids, volume_node) -> dict:
+    """Where the segments come from: {"models": [model files that wrote them], "edited": True (some segment
+    differs from what FemurUNet wrote), False (all as written) or None (not written by FemurUNet)}."""
+    sources = segment_sources(segmentation_node)
+    segmentation = segmentation_node.GetSegmentation()
+    models, edited = [], []
+    for segment_id in segment_ids:
+        segment = segmentation.GetSegment(segment_id)
+        source = sources.get(segment.GetName()) if segment is not None else None
+        if not isinstance(source, dict):
+            edited.append(None)
+            continue
+        if source.get("model") not in models:
+            models.append(source.get("model"))
+        mask = segments_to_labelmap(segmentation_node, [segment_id], volume_node) == 1
+        edited.append(mask_digest(mask) != source.get("digest"))
+    if not edited or None in edited:
+        changed = True if any(edited) else None
+    else:
+        changed = any(edited)
+    return {"models": models, "edited": changed}
 
 
 def plausibility_warnings(segmentation_node) -> list:

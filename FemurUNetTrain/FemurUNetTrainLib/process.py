@@ -29,8 +29,12 @@ WINDOWS = os.name == "nt"
 def train_command(config: TrainConfig, python: Optional[str] = None) -> list:
     """The argument list that runs ``femurunet train`` for ``config`` with this Python (Slicer's, inside Slicer),
     reporting progress as JSON lines."""
-    return [python or sys.executable, "-m", "FemurUNetTrainLib.cli", "train", *train_arguments(config),
-            "--progress", "json"]
+    return arguments_command(train_arguments(config), python)
+
+
+def arguments_command(arguments: list, python: Optional[str] = None) -> list:
+    """The argument list that runs ``femurunet train ARGUMENTS`` with this Python, progress as JSON lines."""
+    return [python or sys.executable, "-m", "FemurUNetTrainLib.cli", "train", *arguments, "--progress", "json"]
 
 
 def library_environment(base: Optional[dict] = None) -> dict:
@@ -230,10 +234,14 @@ class TrainingRun:
     A stopped run keeps its last checkpoint: start again with ``resume=True`` to continue.
     """
 
-    def __init__(self, config: TrainConfig, python: Optional[str] = None, env: Optional[dict] = None):
+    def __init__(self, config: TrainConfig, python: Optional[str] = None, env: Optional[dict] = None,
+                 arguments: Optional[list] = None):
+        """``arguments``: run ``femurunet train ARGUMENTS`` (e.g. with ``--recipe``) instead of ``config``'s own;
+        ``config`` then names the output (``out``) and whether the run resumes."""
         self.config = config
         self.log_path = log_path(config.out)
-        self.process = BackgroundProcess(train_command(config, python), env=library_environment(env))
+        command = train_command(config, python) if arguments is None else arguments_command(arguments, python)
+        self.process = BackgroundProcess(command, env=library_environment(env))
         self.records: list = []
         self._log_state = None
 
