@@ -17,6 +17,7 @@ from slicer.util import VTKObservationMixin
 # torch-free Slicer-side helpers (beside FemurUNetLib in the FemurUNet module's folder)
 from FemurUNetSlicerLib.gui import ParameterNodeGui, pathTextLineEdit
 from FemurUNetSlicerLib.install import ensurePythonRequirements
+from FemurUNetLib.paths import DEFAULT_MODEL_PATH
 from FemurUNetTrainLib import options as trainOptions   # torch-free
 
 EXPORT_IMPORTS = ("torch", "PIL")
@@ -45,10 +46,10 @@ class FemurUNetTrain(ScriptedLoadableModule):
 # FemurUNetTrainParameterNode
 #
 def _trainingParameterNodeClass():
-    """The module's parameters: the export's negative share, then the training options of
+    """The module's parameters: the export's negative share, the active dataset folder, then the training options of
     FemurUNetTrainLib.options (names, defaults and ranges defined there once)."""
-    annotations = {"emptyFraction": Annotated[float, WithinRange(0.0, 1.0)]}
-    defaults = {"emptyFraction": trainOptions.EMPTY_FRACTION}
+    annotations = {"emptyFraction": Annotated[float, WithinRange(0.0, 1.0)], "activeDatasetPath": str}
+    defaults = {"emptyFraction": trainOptions.EMPTY_FRACTION, "activeDatasetPath": ""}
     for name, _, kind, default, bounds, choices in trainOptions.gui_parameters():
         annotations[name] = (Annotated[kind, WithinRange(*bounds)] if bounds else
                              Annotated[kind, Choice(choices)] if choices else kind)
@@ -75,6 +76,8 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run = None
         self._chart = None
         self._pairs = []   # (volume node ID, segmentation node ID, [segment IDs], exported summary or None)
+        self._caseRows, self._modelRows = [], []   # the active dataset's tables (active_dataset.CaseRow, ModelRow)
+        self._finetuneOut = None   # the model file of the fine-tune running in self._run, if it is one
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MILLISECONDS)
         self._timer.connect("timeout()", self.onPollTraining)
@@ -90,6 +93,12 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pairsTableWidget.setColumnCount(4)
         self.ui.pairsTableWidget.setHorizontalHeaderLabels(["CT", "Segmentation", "Segments", "Exported"])
         self.ui.pairsTableWidget.horizontalHeader().setStretchLastSection(True)
+        self.ui.datasetCasesTableWidget.setColumnCount(4)
+        self.ui.datasetCasesTableWidget.setHorizontalHeaderLabels(["Case", "Femur slices", "Source", "Added"])
+        self.ui.datasetCasesTableWidget.horizontalHeader().setStretchLastSection(True)
+        self.ui.datasetModelsTableWidget.setColumnCount(5)
+        self.ui.datasetModelsTableWidget.setHorizontalHeaderLabels(["Model", "Dice", "From", "Cases", "Created"])
+        self.ui.datasetModelsTableWidget.horizontalHeader().setStretchLastSection(True)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -98,6 +107,11 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked()", self.onExport)
         self.ui.trainButton.connect("clicked()", self.onTrainButton)
         self.ui.useModelButton.connect("clicked()", self.onUseModel)
+        pathTextLineEdit(self.ui.activeDatasetPathLineEdit).connect("textChanged(QString)", self.onActiveDatasetChanged)
+        self.ui.removeCaseButton.connect("clicked()", self.onRemoveCase)
+        self.ui.addCaseButton.connect("clicked()", self.onAddCase)
+        self.ui.finetuneButton.connect("clicked()", self.onFinetuneButton)
+        self.ui.useDatasetModelButton.connect("clicked()", self.onUseDatasetModel)
         for editName, parameterName in self.PATH_EDITS.items():
             pathTextLineEdit(getattr(self.ui, editName)).connect(
                 "textChanged(QString)", lambda path, name=parameterName: self.onPathChanged(name, path))
@@ -129,6 +143,15 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.activeDatasetPath:      # a new scene: the folder chosen last time
+            self._parameterNode.activeDatasetPath = self.logic.rememberedDataset()
+        if self.ui.caseVolumeSelector.currentNode() is None:   # Femur U-Net's current case
+            volume, segmentation, segmentIds = self.logic.currentCase()
+            if volume is not None:
+                self.ui.caseVolumeSelector.setCurrentNode(volume)
+                self.ui.caseSegmentSelector.setCurrentNode(segmentation)
+                self.ui.caseSegmentSelector.setSelectedSegmentIDs(segmentIds)
+        self.updateDatasetTables()
 
     def setParameterNode(self, inputParameterNode: Optional[FemurUNetTrainParameterNode]) -> None:
         if self._parameterNode:
@@ -161,6 +184,104 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         out = self.logic.outputModelFile(p.outputModelPath)
         self.ui.pathsStatusLabel.text = trainProblem or (f"The model will be written to {out}"
                                                          if out != p.outputModelPath else "")
+        self.updateDatasetButtons()
+
+    # --- active dataset ---------------------------------------------------------------------------------------
+    def updateDatasetButtons(self) -> None:
+        p = self._parameterNode
+        edit = self.ui.activeDatasetPathLineEdit
+        if edit.currentPath != p.activeDatasetPath:
+            wasBlocked = edit.blockSignals(True)
+            edit.currentPath = p.activeDatasetPath
+            edit.blockSignals(wasBlocked)
+        running = self._run is not None and self._run.running
+        problem = self.logic.datasetProblem(p.activeDatasetPath)
+        self.ui.addCaseButton.enabled = not problem and not running
+        self.ui.addCaseButton.toolTip = problem or "Add the CT and its corrected femur segment(s) to the dataset"
+        self.ui.removeCaseButton.enabled = bool(self._caseRows) and not running
+        finetuneRunning = running and self._finetuneOut is not None
+        self.ui.finetuneButton.enabled = finetuneRunning or (not problem and bool(self._caseRows) and not running)
+        self.ui.finetuneButton.text = "Stop" if finetuneRunning else "Fine-tune"
+        self.ui.useDatasetModelButton.enabled = any(os.path.isfile(row.path) for row in self._modelRows)
+
+    def onActiveDatasetChanged(self, path: str) -> None:
+        p = self._parameterNode
+        if p and p.activeDatasetPath != path:
+            p.activeDatasetPath = path
+            if not self.logic.datasetProblem(path):
+                self.logic.rememberDataset(path)
+            self.updateDatasetTables()
+
+    def updateDatasetTables(self, message: str = "") -> None:
+        """Refill the cases and models tables from the active dataset's folder; ``message``: the last action's."""
+        p = self._parameterNode
+        folder = p.activeDatasetPath if p else ""
+        self._caseRows, self._modelRows, problem = self.logic.datasetRows(folder)
+        fill = self._fillTable
+        fill(self.ui.datasetCasesTableWidget, [(r.case, r.femur_slices, r.source, r.date) for r in self._caseRows])
+        active = self.logic.activeModel()
+        fill(self.ui.datasetModelsTableWidget,
+             [(("* " if os.path.abspath(r.path) == active else "") + r.name + ("" if r.state in ("done", "") else
+                                                                                f" ({r.state})"),
+               r.describe_dice(), os.path.basename(r.init), len(r.cases), r.created) for r in self._modelRows])
+        cases = sum(r.femur_slices for r in self._caseRows)
+        self.ui.activeDatasetStatusLabel.text = problem if folder else "Choose a folder for your corrected cases"
+        if folder and not problem:
+            self.ui.activeDatasetStatusLabel.text = (f"{len(self._caseRows)} case(s), {cases} slices with femur; "
+                                                     f"Femur U-Net's model: {os.path.basename(active)}")
+        if message:
+            self.ui.activeDatasetStatusLabel.text = message + "\n" + self.ui.activeDatasetStatusLabel.text
+        if p:
+            self.updateDatasetButtons()
+
+    @staticmethod
+    def _fillTable(table, rows) -> None:
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row):
+                table.setItem(r, c, qt.QTableWidgetItem(str(text)))
+
+    def _selectedRow(self, table, rows):
+        selected = [index.row() for index in table.selectionModel().selectedRows()]
+        return rows[selected[0]] if selected and selected[0] < len(rows) else None
+
+    def onRemoveCase(self) -> None:
+        row = self._selectedRow(self.ui.datasetCasesTableWidget, self._caseRows)
+        if row is None:
+            slicer.util.errorDisplay("Select the case to remove in the table.")
+            return
+        folder = self._parameterNode.activeDatasetPath
+        if not slicer.util.confirmOkCancelDisplay(f"Remove case '{row.case}' ({row.slices} slices) from {folder}?"):
+            return
+        message = ""
+        with slicer.util.tryWithErrorDisplay("Could not remove the case.", waitCursor=True):
+            self.logic.removeCase(folder, row.case)
+            message = f"Removed case '{row.case}'."
+        self.updateDatasetTables(message)
+
+    def onAddCase(self) -> None:
+        volume = self.ui.caseVolumeSelector.currentNode()
+        segmentation = self.ui.caseSegmentSelector.currentNode()
+        segmentIds = list(self.ui.caseSegmentSelector.selectedSegmentIDs())
+        if not volume or not segmentation or not segmentIds:
+            slicer.util.errorDisplay("Choose the CT, its segmentation and at least one femur segment.")
+            return
+        p = self._parameterNode
+        case = self.logic.caseName(volume, self.ui.caseNameLineEdit.text)
+        replace = self.logic.hasCase(p.activeDatasetPath, case)
+        if replace and not slicer.util.confirmOkCancelDisplay(
+                f"The dataset already has a case '{case}'. Replace it with this CT and its segments?"):
+            return
+        message = ""
+        with slicer.util.tryWithErrorDisplay("Could not add the case.", waitCursor=True):
+            summary = self.logic.addCase(volume, segmentation, segmentIds, p.activeDatasetPath, case, replace,
+                                         p.emptyFraction)
+            self.ui.activeDatasetPathLineEdit.addCurrentPathToHistory()
+            edited = summary["provenance"]["edited"]
+            message = (f"{'Replaced' if replace else 'Added'} case '{case}': {summary['slices']} slices "
+                       f"({summary['positive']} with femur)" + {True: "; corrected by hand.", None: ".",
+                                                                False: "; unchanged since Femur U-Net made it."}[edited])
+        self.updateDatasetTables(message)
 
     def onPathChanged(self, parameterName: str, path: str) -> None:
         """Every edit of a path field, clearing included; the paths are checked in updateGUIFromParameterNode."""
@@ -232,19 +353,35 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run.stop()
             self.onPollTraining()
             return
-        p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not start the training.", waitCursor=True):
-            if self._run is not None:
-                self._run.close()
-            self._run = self.logic.startTraining(p)
+            self._startRun(lambda: self.logic.startTraining(self._parameterNode))
             for editName in self.PATH_EDITS:   # remember the folders and model of a run that started
                 getattr(self.ui, editName).addCurrentPathToHistory()
-            self.ui.logTextEdit.clear()
-            self.ui.useModelButton.enabled = False
-            self.ui.trainButton.text = "Stop"
-            self.ui.trainStatusLabel.text = "Starting..."
-            self._timer.start()
         self.updateGUIFromParameterNode()
+
+    def _startRun(self, start, finetuneOut=None) -> None:
+        """Start a background run (``start()`` returns it) in place of the last one; the poll timer follows it."""
+        if self._run is not None:
+            self._run.close()
+            self._run = None
+        self._finetuneOut = finetuneOut
+        self._run = start()
+        self.ui.logTextEdit.clear()
+        self.ui.useModelButton.enabled = False
+        self.ui.trainButton.text = "Stop"
+        self.ui.trainStatusLabel.text = "Starting..."
+        self._timer.start()
+
+    def onFinetuneButton(self) -> None:
+        if self._run is not None and self._run.running:
+            self.onTrainButton()    # Stop, like the Train button
+            return
+        message = ""
+        with slicer.util.tryWithErrorDisplay("Could not start the fine-tune.", waitCursor=True):
+            run = self.logic.startFinetune(self._parameterNode)
+            self._startRun(lambda: run, finetuneOut=run.config.out)
+            message = f"Fine-tuning {os.path.basename(run.config.out)}..."
+        self.updateDatasetTables(message)
 
     def onPollTraining(self) -> None:
         if self._run is None:
@@ -275,7 +412,30 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 self.ui.trainStatusLabel.text = (f"Training failed (exit code {status.returncode}): "
                                                  f"{process.last_line(self._run.process.output_tail())}")
+            if self._finetuneOut is not None:
+                self.onFinetuneFinished()
             self.updateGUIFromParameterNode()
+
+    def onFinetuneFinished(self) -> None:
+        """Record the fine-tune's result; a finished model becomes Femur U-Net's model."""
+        out, self._finetuneOut, message = self._finetuneOut, None, ""
+        with slicer.util.tryWithErrorDisplay("Could not record the fine-tuned model.", waitCursor=True):
+            row = self.logic.finishFinetune(out, self._run.succeeded, self._run.process.stopped)
+            message = (f"{row.name}: Dice {row.describe_dice()}; now Femur U-Net's model." if row.state == "done" else
+                       f"{row.name} {row.state}" + (" (check 'Resume' and click Fine-tune to continue)."
+                                                    if row.state == "stopped" else "."))
+        self.updateDatasetTables(message)
+
+    def onUseDatasetModel(self) -> None:
+        row = self._selectedRow(self.ui.datasetModelsTableWidget, self._modelRows)
+        if row is None:
+            slicer.util.errorDisplay("Select a model in the table.")
+            return
+        message = ""
+        with slicer.util.tryWithErrorDisplay("Could not use the model.", waitCursor=True):
+            self.logic.useModelInFemurUNet(row.path)
+            message = f"Femur U-Net now segments with {row.name}."
+        self.updateDatasetTables(message)
 
     def onUseModel(self) -> None:
         if self._run is not None:
@@ -368,8 +528,95 @@ class FemurUNetTrainLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def useModelInFemurUNet(modelPath: str) -> None:
+        """Make the model Femur U-Net's (module and Segment Editor effect): FemurUNetTrainLib.mrml.set_active_model."""
+        ensurePythonRequirements(("torch",))
+        from FemurUNetTrainLib import mrml as training_mrml
+        training_mrml.set_active_model(slicer.mrmlScene, modelPath)
+
+    # --- active dataset (FemurUNetTrainLib.active_dataset: torch-free; mrml: the scene side) -------------------
+    @staticmethod
+    def rememberedDataset() -> str:
+        from FemurUNetTrainLib import active_dataset
+        return active_dataset.remembered_dataset(qt.QSettings())
+
+    @staticmethod
+    def rememberDataset(folder: str) -> None:
+        from FemurUNetTrainLib import active_dataset
+        active_dataset.remember_dataset(qt.QSettings(), folder)
+
+    @staticmethod
+    def datasetProblem(folder: str) -> str:
+        from FemurUNetTrainLib import active_dataset
+        return active_dataset.dataset_problem(folder)
+
+    @staticmethod
+    def datasetRows(folder: str) -> tuple:
+        """(case rows, model rows, problem) of the dataset folder; no rows when it cannot be read."""
+        from FemurUNetTrainLib import active_dataset
+        problem = active_dataset.dataset_problem(folder)
+        if problem:
+            return [], [], problem
+        return active_dataset.case_rows(folder), active_dataset.model_rows(folder), ""
+
+    @staticmethod
+    def hasCase(folder: str, case: str) -> bool:
+        from FemurUNetTrainLib import active_dataset
+        return active_dataset.has_case(folder, case)
+
+    @staticmethod
+    def caseName(volumeNode, name: str = "") -> str:
+        """The case name typed, else the volume's name made safe (as FemurUNetTrainLib.mrml.add_case names it)."""
+        from FemurUNetTrainLib import active_dataset
+        return name.strip() or active_dataset.safe_case_name(volumeNode.GetName())
+
+    @staticmethod
+    def removeCase(folder: str, case: str) -> dict:
+        from FemurUNetTrainLib import active_dataset
+        return active_dataset.remove_case(folder, case)
+
+    @staticmethod
+    def activeModel() -> str:
+        """Femur U-Net's model file (the demo model's when its field is empty)."""
         import FemurUNet
-        FemurUNet.FemurUNetLogic().getParameterNode().modelPath = str(modelPath)
+        return os.path.abspath(FemurUNet.FemurUNetLogic().getParameterNode().modelPath or DEFAULT_MODEL_PATH)
+
+    @staticmethod
+    def currentCase() -> tuple:
+        """Femur U-Net's input volume, output segmentation and the femur segments it wrote (see mrml.current_case)."""
+        import FemurUNet
+        p = FemurUNet.FemurUNetLogic().getParameterNode()
+        if p.inputVolume is None or p.outputSegmentation is None:
+            return None, None, []
+        ensurePythonRequirements(("torch",))
+        from FemurUNetTrainLib import mrml as training_mrml
+        return training_mrml.current_case(slicer.mrmlScene)
+
+    @staticmethod
+    def addCase(volumeNode, segmentationNode, segmentIds, folder, case, replace, emptyFraction):
+        ensurePythonRequirements(EXPORT_IMPORTS)
+        from FemurUNetTrainLib import mrml as training_mrml
+        return training_mrml.add_case(volumeNode, segmentationNode, segmentIds, folder, case, replace=replace,
+                                      empty_fraction=emptyFraction)
+
+    def startFinetune(self, parameters):
+        """Fine-tune Femur U-Net's model on the active dataset in the background (``femurunet train --init MODEL
+        --recipe finetune``) into the next models/vN.pt; returns the started TrainingRun."""
+        p = parameters
+        ensurePythonRequirements(TRAINING_IMPORTS)
+        from FemurUNetTrainLib import active_dataset
+        arguments, out = active_dataset.begin_finetune(
+            p.activeDatasetPath, self.activeModel(), val=p.validationPath or None, resume=p.resume,
+            device=None if p.device == "auto" else p.device)
+        run = active_dataset.finetune_run(arguments, out, resume=p.resume, python=self.pythonExecutable())
+        logging.info("Femur U-Net fine-tune: %s", " ".join(run.process.command))
+        return run.start()
+
+    def finishFinetune(self, modelPath, succeeded: bool, stopped: bool):
+        from FemurUNetTrainLib import active_dataset
+        row = active_dataset.finish_finetune(modelPath, succeeded, stopped)
+        if row.state == "done":
+            self.useModelInFemurUNet(row.path)
+        return row
 
 
 #

@@ -274,6 +274,9 @@ class qMRMLSegmentSelectorWidget(qMRMLNodeComboBox):
     def selectedSegmentIDs(self) -> list:
         return list(self.segmentIds)
 
+    def setSelectedSegmentIDs(self, ids) -> None:
+        self.segmentIds = list(ids)
+
 
 class QTableWidgetItem:
     def __init__(self, text: str = ""):
@@ -312,6 +315,19 @@ class QTableWidget(QWidget):
     def selectionModel(self):
         rows = [types.SimpleNamespace(row=lambda r=r: r) for r in self.selectedRowNumbers]
         return types.SimpleNamespace(selectedRows=lambda: rows)
+
+
+class QSettings:
+    """qt.QSettings() over the application's settings (a dict): value(key, default) and setValue(key, value)."""
+
+    def __init__(self, store: dict):
+        self._store = store
+
+    def value(self, key, default=None):
+        return self._store.get(key, default)
+
+    def setValue(self, key, value) -> None:
+        self._store[key] = value
 
 
 class QPlainTextEdit(QWidget):
@@ -357,6 +373,7 @@ class FakeQt:
         self.QApplication = types.SimpleNamespace(setOverrideCursor=lambda cursor: None,
                                                   restoreOverrideCursor=lambda: None)
         self.QFileDialog = types.SimpleNamespace(getOpenFileName=lambda *args: app.file_dialog_answer)
+        self.QSettings = lambda: QSettings(app.settings)
 
     @staticmethod
     def QTimer():

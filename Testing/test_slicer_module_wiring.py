@@ -505,3 +505,121 @@ def test_export_and_training_from_the_widget_need_no_scikit_image(app, femurunet
     assert ui.trainStatusLabel.text.startswith("Done: 1 epochs"), (ui.trainStatusLabel.text, ui.logTextEdit.plainText)
     assert (tmp_path / "tiny.pt").is_file() and ui.useModelButton.enabled
     widget.cleanup()
+
+
+# --- FemurUNetTrain: the active dataset section (issue 16) -----------------------------------------------------------
+def femurunet_case(app, femurunet, model_path, seed=3):
+    """Femur U-Net's current case as its Segment button leaves it: input volume, output segmentation with the
+    segments its model wrote (recorded on the node)."""
+    from FemurUNetLib import mrml
+    case, volume = phantom_volume(app.mrmlScene, seed=seed, shape=(8, 32, 32))
+    labels = [{"value": 1, "name": "Femur left", "side": "left"}, {"value": 2, "name": "Femur right", "side": "right"}]
+    segmentation, segment_ids = mrml.import_labelmap(volume, case.label, labels, closed_surface=False)
+    mrml.record_segment_sources(segmentation, str(model_path), case.label, labels)
+    p = femurunet.FemurUNetLogic().getParameterNode()
+    p.inputVolume, p.outputSegmentation = volume, segmentation
+    return volume, segmentation, segment_ids
+
+
+def test_active_dataset_is_remembered_and_the_current_case_is_added_replaced_and_removed(app, femurunet,
+                                                                                         femurunet_train, tmp_path):
+    from FemurUNetTrainLib import active_dataset
+    data = tmp_path / "data"
+    app.settings[active_dataset.SETTINGS_KEY] = str(data)          # chosen in an earlier session
+    volume, segmentation, segment_ids = femurunet_case(app, femurunet, tmp_path / "made-by.pt")
+    widget = open_widget(femurunet_train.FemurUNetTrainWidget)
+    ui, p = widget.ui, widget._parameterNode
+    assert p.activeDatasetPath == str(data) and ui.activeDatasetPathLineEdit.currentPath == str(data)
+    assert ui.caseVolumeSelector.currentNode() is volume and ui.caseSegmentSelector.currentNode() is segmentation
+    assert ui.caseSegmentSelector.selectedSegmentIDs() == segment_ids
+    assert ui.addCaseButton.enabled and not ui.finetuneButton.enabled and not ui.removeCaseButton.enabled
+
+    ui.addCaseButton.click()
+    assert not app.errors and app.confirmations == [], app.errors
+    cases = ui.datasetCasesTableWidget
+    assert cases.rowCount == 1 and cases.item(0, 0).text() == "CT_3" and cases.item(0, 1).text() == "8"
+    assert cases.item(0, 2).text().endswith("from made-by.pt, not corrected")
+    assert ui.activeDatasetStatusLabel.text.splitlines() == [
+        "Added case 'CT_3': 8 slices (8 with femur); unchanged since Femur U-Net made it.",
+        "1 case(s), 8 slices with femur; Femur U-Net's model: femurunet_demo_b16.pt"]
+    assert ui.finetuneButton.enabled and ui.removeCaseButton.enabled
+    assert app.settings["ctkPathLineEdit/FemurUNetTrain/ActiveDatasetPath"] == [str(data)]
+
+    app.confirm_answer = False                                    # same name: asked, declined, nothing changes
+    manifest = (data / "dataset.json").read_text()
+    ui.addCaseButton.click()
+    assert app.confirmations[-1].startswith("The dataset already has a case 'CT_3'. Replace it")
+    assert (data / "dataset.json").read_text() == manifest
+    app.confirm_answer = True
+    ui.caseNameLineEdit.text = "knee"                             # another name: appended without asking
+    ui.addCaseButton.click()
+    assert len(app.confirmations) == 1 and cases.rowCount == 2 and cases.item(1, 0).text() == "knee"
+
+    cases.selectedRowNumbers = [0]
+    ui.removeCaseButton.click()
+    assert app.confirmations[-1].startswith("Remove case 'CT_3' (8 slices)")
+    assert cases.rowCount == 1 and cases.item(0, 0).text() == "knee" and not app.errors
+
+    ui.activeDatasetPathLineEdit.type(str(tmp_path / "other"))   # another folder: remembered for next time
+    assert p.activeDatasetPath == str(tmp_path / "other") and cases.rowCount == 0
+    assert app.settings[active_dataset.SETTINGS_KEY] == str(tmp_path / "other")
+    widget.cleanup()
+
+
+def test_a_versioned_model_is_chosen_for_femurunet_and_its_effect(app, femurunet, femurunet_train, tmp_path):
+    import json
+    from FemurUNetLib import UNet2D
+    from FemurUNetLib.modelfile import save_model
+    from FemurUNetSlicerLib.options import segmentOptions
+    from FemurUNetTrainLib import active_dataset
+    data = tmp_path / "data"
+    femurunet_case(app, femurunet, tmp_path / "made-by.pt")
+    widget = open_widget(femurunet_train.FemurUNetTrainWidget)
+    ui = widget.ui
+    ui.activeDatasetPathLineEdit.type(str(data))
+    ui.addCaseButton.click()
+    for version, dice in ((1, 0.81), (2, 0.86)):                  # two fine-tunes done earlier
+        arguments, out = active_dataset.begin_finetune(data, None)
+        save_model(UNet2D(base_filters=2), out)
+        out.with_suffix(".log.jsonl").write_text(json.dumps({"epoch": 1, "dice": dice, "val_dice": None,
+                                                             "best": True}) + "\n")
+        active_dataset.finish_finetune(out, succeeded=True)
+    widget.updateDatasetTables()
+    models = ui.datasetModelsTableWidget
+    assert [models.item(r, 0).text() for r in range(models.rowCount)] == ["v2.pt", "v1.pt"]
+    assert models.item(0, 1).text() == "0.860 (training)" and models.item(0, 2).text() == "femurunet_demo_b16.pt"
+
+    models.selectedRowNumbers = [1]
+    ui.useDatasetModelButton.click()
+    assert not app.errors, app.errors
+    femurunet_parameters = femurunet.FemurUNetLogic().getParameterNode()
+    assert femurunet_parameters.modelPath == str(data / "models" / "v1.pt")
+    assert segmentOptions(femurunet_parameters)["model"] == str(data / "models" / "v1.pt")   # the effect's too
+    assert models.item(1, 0).text() == "* v1.pt" and ui.activeDatasetStatusLabel.text.splitlines() == [
+        "Femur U-Net now segments with v1.pt.", "1 case(s), 8 slices with femur; Femur U-Net's model: v1.pt"]
+    widget.cleanup()
+
+
+def test_fine_tune_button_starts_the_background_run_and_stop_keeps_a_stopped_version(app, femurunet, femurunet_train,
+                                                                                    tmp_path):
+    femurunet_case(app, femurunet, tmp_path / "made-by.pt")
+    widget = open_widget(femurunet_train.FemurUNetTrainWidget)
+    ui, p = widget.ui, widget._parameterNode
+    ui.activeDatasetPathLineEdit.type(str(tmp_path / "data"))
+    ui.addCaseButton.click()
+    p.device = "cpu"
+    ui.finetuneButton.click()
+    assert not app.errors, app.errors
+    command = widget._run.process.command
+    out = tmp_path / "data" / "models" / "v1.pt"
+    assert command[command.index("train") + 1:] == [str(tmp_path / "data"), "--out", str(out), "--init",
+                                                    femurunet.FemurUNetLogic.demoModelPath(), "--recipe", "finetune",
+                                                    "--device", "cpu", "--progress", "json"]
+    assert ui.finetuneButton.text == "Stop" and ui.trainButton.text == "Stop" and widget._timer.isActive()
+    assert ui.datasetModelsTableWidget.item(0, 0).text() == "v1.pt (training)"
+    ui.finetuneButton.click()                                     # Stop
+    assert not widget._timer.isActive() and ui.finetuneButton.text == "Fine-tune"
+    assert ui.datasetModelsTableWidget.item(0, 0).text() == "v1.pt (stopped)"
+    assert ui.activeDatasetStatusLabel.text.startswith("v1.pt stopped")
+    assert femurunet.FemurUNetLogic().getParameterNode().modelPath == ""     # not the active model
+    widget.cleanup()

@@ -26,7 +26,7 @@ MEMBER_CLASSES = {
     "currentNode": {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"},
     "setCurrentNode": {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"},
     "currentNodeChanged": {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"},
-    "selectedSegmentIDs": {"qMRMLSegmentSelectorWidget"},
+    "selectedSegmentIDs": {"qMRMLSegmentSelectorWidget"}, "setSelectedSegmentIDs": {"qMRMLSegmentSelectorWidget"},
     "setColumnCount": {"QTableWidget"}, "setHorizontalHeaderLabels": {"QTableWidget"},
     "horizontalHeader": {"QTableWidget"}, "setRowCount": {"QTableWidget"}, "setItem": {"QTableWidget"},
     "selectionModel": {"QTableWidget"},

@@ -66,6 +66,11 @@ def _manifest(folder) -> dict:
 
 
 # --- cases ------------------------------------------------------------------------------------------------------------
+def safe_case_name(name: str) -> str:
+    """A dataset case name (letters, digits, '.', '_', '-'; starting with a letter or digit) from a node name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._-").rstrip("._") or "case"
+
+
 @dataclass(frozen=True)
 class CaseRow:
     case: str

@@ -5,7 +5,6 @@ Needs Slicer (or the slicer-core wheel); the engine's ``FemurUNetLib.mrml`` does
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Optional
 
@@ -17,17 +16,13 @@ from FemurUNetLib.mrml import segment_sources, segments_provenance, segments_to_
 from FemurUNetLib.paths import DEFAULT_MODEL_PATH
 
 from . import active_dataset
+from .active_dataset import safe_case_name
 from .export import export_arrays, read_manifest
 from .options import EMPTY_FRACTION
 
 CURVE_COLUMNS = ("epoch", "loss", "dice", "val_loss", "val_dice")   # as in the training's .log.jsonl
 _SERIES_COLORS = {"loss": (0.2, 0.4, 0.9), "dice": (0.5, 0.7, 1.0), "val_loss": (0.9, 0.5, 0.1),
                   "val_dice": (0.1, 0.7, 0.3)}
-
-
-def safe_case_name(name: str) -> str:
-    """A dataset case name (letters, digits, '.', '_', '-'; starting with a letter or digit) from a node name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._-").rstrip("._") or "case"
 
 
 def export_training_slices(volume_node, segmentation_node, segment_ids, outdir, case: Optional[str] = None,
