@@ -219,6 +219,12 @@ def test_versions_are_numbered_next_to_the_dataset_with_their_records(segmented,
     with pytest.raises(FemurUNetError, match=r"no stopped fine-tune to resume"):
         ad.begin_finetune(data, model, resume=True)         # v1 has no checkpoint
     assert ad.finetune_arguments(data, None, out)[4] == str(DEFAULT_MODEL_PATH)
+    (data / "models" / "v1.checkpoint.pt").write_bytes(b"")         # v1 stopped after an epoch: resume it
+    assert ad.finish_finetune(out, succeeded=False, stopped=True).state == "stopped"
+    assert ad.resumable_model(data) == out
+    arguments, again = ad.begin_finetune(data, model, resume=True)
+    assert again == out and arguments[-1] == "--resume" and arguments[4] == str(model)
+    assert json.loads((data / "models" / "v1.json").read_text())["state"] == "training"
 
 
 @pytest.mark.slow      # a real training process: Python, PyTorch and matplotlib start (3-10 s on 2 busy cores)
