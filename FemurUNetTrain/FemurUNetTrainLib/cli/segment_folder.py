@@ -4,7 +4,8 @@ The Slicer batch script's behaviour and CSV (``FemurUNet/Scripts/segment_folder.
 selection, case names, CSV and contact sheet from ``FemurUNetLib.batch``) in plain Python, without Slicer.
 Resumable: a case an earlier run finished (its row in the CSV, its .seg.nrrd whole) is kept, status ``done
 earlier``. Under ``torchrun`` the cases are split over the processes (balanced by size); each process writes
-its rows to a part file as it goes, and rank 0 merges them into the one CSV at the end. A failed case is a CSV
+its rows to a part file as it goes (what an interrupted run finished is kept), and rank 0 gathers them into the
+one CSV at the end. A failed case is a CSV
 row (status failed, one-line error) and never stops the others; the exit code is then 1, naming them.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from FemurUNetLib.batch import (FINISHED, PART_GLOB, RESULTS_NAME, case_cost, case_name, done_earlier,
-                                duplicate_cases, new_row, part_name, previous_rows, read_csv, report,
+                                duplicate_cases, new_row, part_name, previous_rows, report,
                                 segment_case, select_inputs, shard, skipped_rows, write_csv, write_index)
 from FemurUNetLib.errors import FemurUNetError
 
@@ -95,7 +96,7 @@ def _shared_plan(ctx: Dist, args):
     return plan
 
 
-def _run_shard(ctx: Dist, plan: dict, net, args, device: str) -> None:
+def _run_shard(ctx: Dist, plan: dict, net, args, device: str) -> list:
     """This process's cases, one after another; its rows written to its part file after each one."""
     out, mine = Path(args.output), plan["shards"][ctx.rank]
     part, rows = out / part_name(ctx.rank), []
@@ -111,14 +112,24 @@ def _run_shard(ctx: Dist, plan: dict, net, args, device: str) -> None:
         report(row, n, len(mine), prefix)
         rows.append(row)
         write_csv(rows, part)   # an interrupted run leaves what it finished; the next run reads it back
+    return rows
 
 
-def _merge(plan: dict, args, world: int) -> int:
-    """Rank 0, after every process finished: the parts into one CSV in input order (then the skipped files),
-    the contact sheet, the summary; 1 when a case failed."""
-    out, found = Path(args.output), {}
-    for rank in range(world):
-        found.update((row["case"], row) for row in read_csv(out / part_name(rank)))
+def _gather(ctx: Dist, rows: list):
+    """Every process's rows on rank 0 (a list per rank; None on the others): no shared folder needed for the CSV."""
+    if ctx.world == 1:
+        return [rows]
+    import torch.distributed as dist
+    everything = [None] * ctx.world if ctx.main else None
+    dist.gather_object(rows, everything, dst=0)
+    return everything
+
+
+def _merge(plan: dict, args, everything: list) -> int:
+    """Rank 0, with every process's rows: one CSV in input order (then the skipped files), the contact sheet, the
+    summary; 1 when a case failed."""
+    out = Path(args.output)
+    found = {row["case"]: row for rows in everything for row in rows}
     rows = [found.get(case_name(Path(p))) or new_row(Path(p), error="no result: its process ended early")
             for p in plan["inputs"]]
     listed = rows + skipped_rows([(Path(p), why) for p, why in plan["skipped"]])
@@ -148,9 +159,11 @@ def run_segment_folder(args) -> int:
         plan = _shared_plan(ctx, args)
         if plan is None:
             return 2   # rank 0 said why
-        _run_shard(ctx, plan, net, args, device)
-        ctx.barrier()
-        return _merge(plan, args, ctx.world) if ctx.main else 0
+        everything = _gather(ctx, _run_shard(ctx, plan, net, args, device))
+        code = _merge(plan, args, everything) if ctx.main else 0
+        ctx.barrier()   # the CSV is written: each process's part file can go (its node may not share the folder)
+        (Path(args.output) / part_name(ctx.rank)).unlink(missing_ok=True)
+        return code
     finally:
         if ctx.owns_group:
             import torch.distributed as dist
