@@ -334,13 +334,30 @@ def femur_truth(seed: int, points_anat) -> np.ndarray:
     return label
 
 
-def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None, jobs=None) -> PhantomCase:
+def scanner_settings(rng, overrides=None) -> dict:
+    """The drawn scanner (``draw_scanner``) with ``overrides`` (a dict of its keys) put over it; the draw is made
+    either way, so the rest of the case does not change."""
+    scanner = draw_scanner(rng)
+    unknown = sorted(set(overrides or {}) - set(scanner))
+    if unknown:
+        raise FemurUNetError(f"unknown scanner setting(s) {', '.join(unknown)}; known: {', '.join(scanner)}")
+    for key, value in (overrides or {}).items():
+        if not math.isfinite(float(value)) or float(value) < 0:
+            raise FemurUNetError(f"scanner setting {key} must be a finite number >= 0, got {value!r}")
+        scanner[key] = float(value)
+    return scanner
+
+
+def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None, jobs=None,
+                  scanner=None) -> PhantomCase:
     """One phantom v2 case, deterministic per seed (the individual depends on the seed only, so every grid of
     a seed shows the same patient). ``coverage``: one of COVERAGES (drawn when None); ``spacing`` (i, j, k) mm
     and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape`` (numpy k, j, i) keeps the
     drawn field of view and coverage and derives the spacing. ``jobs``: processes painting slabs (default: up
-    to 2 CPUs); the result does not depend on it."""
+    to 2 CPUs); the result does not depend on it. ``scanner``: fixed scanner settings over the drawn ones
+    (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel)."""
     anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng = _streams(seed)
+    scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
     scene = build_scene(anatomy_rng, make_individual(anatomy_rng))
     if coverage is None:
         coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
@@ -349,7 +366,6 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction, shape)
     renderer = Renderer(scene, geometry, shape, rotation, tex_rng)
     hu, label = render(renderer, shape, default_jobs() if jobs is None else int(jobs))
-    scanner = draw_scanner(noise_rng)
     metal_streaks(renderer, hu, noise_rng, scanner)
     axial = Reorientation.for_geometry(geometry)          # views: physics runs in the scanner's axial frame
     scanner_physics(axial.to_canonical(hu), Geometry(axial.canonical_spacing(geometry)), noise_rng, scanner, fov)

@@ -53,6 +53,11 @@ def phantom_row(seed, args, predict) -> dict:
         case = generate_case_v2(seed)
     else:
         case = generate_case(seed)
+    return case_row(seed, case, predict)
+
+
+def case_row(seed, case, predict) -> dict:
+    """``phantom_row`` for a case already made (e.g. with other generator settings)."""
     t = time.perf_counter()
     pred = predict(case.ct, case.geometry)
     seconds = time.perf_counter() - t
