@@ -227,6 +227,18 @@ def test_versions_are_numbered_next_to_the_dataset_with_their_records(segmented,
     assert json.loads((data / "models" / "v1.json").read_text())["state"] == "training"
 
 
+def test_a_fine_tune_of_three_or_more_cases_holds_out_a_fifth_for_validation(segmented, tmp_path):
+    scene, volume, node, ids, model = segmented
+    assert [ad.validation_cases(n) for n in (1, 2, 3, 7, 8, 20)] == [0, 0, 1, 1, 2, 4]
+    data = tmp_path / "data"
+    for case in ("a", "b", "c"):
+        training_mrml.add_case(volume, node, ids, data, case=case)
+    arguments, _ = ad.begin_finetune(data, model)
+    assert arguments[-2:] == ["--val-cases", "1"]
+    arguments, _ = ad.begin_finetune(data, model, val=tmp_path / "val")      # a validation folder: no hold-out
+    assert "--val-cases" not in arguments and arguments[-2:] == ["--val", str(tmp_path / "val")]
+
+
 @pytest.mark.slow      # a real training process: Python, PyTorch and matplotlib start (3-10 s on 2 busy cores)
 def test_fine_tune_of_one_step_through_the_buttons_arguments_becomes_the_active_model(segmented, tmp_path):
     scene, volume, node, ids, _ = segmented

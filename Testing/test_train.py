@@ -343,6 +343,23 @@ def test_training_without_validation_monitors_the_training_loss(phantom_data, tm
     assert load_model(tmp_path / "m.pt").metadata["training"]["monitor"] == "loss"
 
 
+def test_val_cases_hold_out_whole_cases_drawn_with_the_seed(phantom_data, tmp_path, capsys):
+    train_dir, _, _ = phantom_data
+    r = train(tiny_config(train_dir, tmp_path / "m.pt", epochs=2, steps_per_epoch=1, val_cases=2))
+    t = load_model(tmp_path / "m.pt").metadata["training"]
+    everything = sorted(f"p{seed}" for seed in TRAIN_SEEDS)
+    assert len(t["val_cases"]) == 2 and sorted(t["cases"] + t["val_cases"]) == everything
+    assert t["train_slices"] + t["val_slices"] == 20 * len(TRAIN_SEEDS)
+    assert r.monitor == "val_loss" and all(h["val_loss"] is not None for h in r.history)
+    again = train(tiny_config(train_dir, tmp_path / "again.pt", epochs=1, steps_per_epoch=1, val_cases=2))
+    assert load_model(again.model_path).metadata["training"]["val_cases"] == t["val_cases"]     # same seed, same split
+    assert femurunet(["train", str(train_dir), "--out", str(tmp_path / "no.pt"), "--val-cases", str(len(TRAIN_SEEDS)),
+                 "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--val-cases {len(TRAIN_SEEDS)} leaves no training case "
+                                                    f"(the folder has {len(TRAIN_SEEDS)} case(s))")
+    assert not (tmp_path / "no.pt").exists()
+
+
 def test_init_fine_tunes_from_a_model_that_fits_the_run(phantom_data, tmp_path, capsys):
     train_dir, val_dir, _ = phantom_data
     torch.manual_seed(123)

@@ -274,6 +274,12 @@ def finetune_run(arguments: list, out, resume: bool = False, python: Optional[st
                        arguments=arguments)
 
 
+def validation_cases(cases: int) -> int:
+    """Cases a fine-tune holds out for validation (and early stopping) when no validation folder is given:
+    none below 3 cases (each one is needed for training), else a fifth, at least one."""
+    return 0 if cases < 3 else max(1, round(cases / 5))
+
+
 def begin_finetune(dataset, init_model=None, *, val=None, resume: bool = False, **flags) -> tuple:
     """Prepare a fine-tune of the active dataset: (arguments, model path). The model is the next free version
     (``resume``: the newest stopped one, which must exist); its record ``vN.json`` notes the start model, the
@@ -296,6 +302,9 @@ def begin_finetune(dataset, init_model=None, *, val=None, resume: bool = False, 
         record = {"format": RECORD_FORMAT, "version": int(out.stem[1:]), "model": out.name, "state": "training",
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "dataset": str(Path(dataset).resolve()),
                   "init": init, "cases": sorted(manifest["cases"]), "recipe": "finetune"}
+    held = validation_cases(len(record["cases"]))
+    if val is None and held and "val_cases" not in flags:
+        flags["val_cases"] = held
     arguments = finetune_arguments(dataset, init, out, val=val, resume=resume, **flags)
     record["arguments"] = arguments
     out.parent.mkdir(parents=True, exist_ok=True)

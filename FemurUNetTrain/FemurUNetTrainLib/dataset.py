@@ -124,6 +124,30 @@ def to_model_tensors(images, labels, input_size: int = DEFAULT_INPUT_SIZE, chunk
     return out_images, out_masks
 
 
+def slice_case(name: str) -> str:
+    """The case of a slice file ``<case>_<k:04d>.png``."""
+    return name.rsplit("_", 1)[0]
+
+
+def subset(data: SliceDataset, cases) -> SliceDataset:
+    """The slices of ``cases`` only (the manifest keeps just their entries)."""
+    cases = set(cases)
+    keep = [i for i, n in enumerate(data.names) if slice_case(n) in cases]
+    manifest = {**data.manifest, "cases": {c: v for c, v in data.manifest.get("cases", {}).items() if c in cases}}
+    return SliceDataset(images=data.images[keep], masks=data.masks[keep], names=[data.names[i] for i in keep],
+                        manifest=manifest, root=data.root)
+
+
+def hold_out_cases(data: SliceDataset, count: int, seed: int) -> tuple:
+    """(training, validation) split of whole cases: ``count`` cases drawn with ``seed`` go to validation."""
+    cases = sorted({slice_case(n) for n in data.names})
+    if count >= len(cases):
+        raise FemurUNetError(f"{data.root}: --val-cases {count} leaves no training case (the folder has "
+                             f"{len(cases)} case(s))")
+    held = set(np.random.default_rng(seed).choice(cases, size=count, replace=False).tolist())
+    return subset(data, [c for c in cases if c not in held]), subset(data, held)
+
+
 def load_dataset(datadir, input_size: int = DEFAULT_INPUT_SIZE) -> SliceDataset:
     """Read an exported folder (``dataset.json`` + PNG pairs) into memory at the model's input size."""
     root = Path(datadir)

@@ -148,6 +148,8 @@ class TrainConfig:
                       gui="outputModelPath", gui_default="")
     val: Optional[str] = option(None, "--val", "validation folder (monitored instead of the training loss)",
                                 metavar="DATADIR2", type=str, gui="validationPath")
+    val_cases: int = option(0, "--val-cases", "without --val: hold out this many whole cases of DATADIR, drawn "
+                            "with --seed, as the validation set (default {}: none)", metavar="N", bounds=(0, 100000))
     epochs: int = option(300, "--epochs", "epochs (default {})", gui="epochs", bounds=(1, 100000))
     steps_per_epoch: int = option(100, "--steps-per-epoch", "steps per epoch (default {})", gui="stepsPerEpoch",
                                   bounds=(1, 100000))
@@ -198,7 +200,7 @@ class TrainConfig:
 # Recipe fields: on --resume they come from the checkpoint unless explicitly changed (then: error).
 RECIPE_FIELDS = ("epochs", "steps_per_epoch", "batch_size", "lr", "base_filters", "input_size", "seed", "amp",
                  "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout",
-                 "augment", "init", "bce_weight", "intensity")
+                 "augment", "init", "bce_weight", "intensity", "val_cases")
 EXTENDABLE_FIELDS = ("epochs", "early_stopping")
 # Recipes: defaults under the user's own flags. "seed": the original work's. "finetune": the run that fine-tuned the
 # demo model on 40 added cases (held-out phantom Dice 0.937 -> 0.953; docs/MODEL_HISTORY.md), plus early stopping

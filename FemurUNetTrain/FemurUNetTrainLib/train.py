@@ -34,7 +34,7 @@ from FemurUNetLib.modelfile import load_model, save_model
 
 from .augment import draw_params, select
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, merge_resumed_config, save_checkpoint
-from .dataset import SliceDataset, load_dataset
+from .dataset import SliceDataset, hold_out_cases, load_dataset
 from .distributed import Dist, init_distributed
 from .history import COLLAPSE_DICE, COLLAPSE_EPOCHS, append_log, checkpoint_path, collapsed, curve_path, log_path, \
     plot_curve, write_log
@@ -194,6 +194,8 @@ def _process_settings(config: TrainConfig, ctx: Dist, device: torch.device):
 def _load_data(config: TrainConfig) -> tuple:
     train_data = load_dataset(config.data, config.input_size)
     val_data = load_dataset(config.val, config.input_size) if config.val else None
+    if val_data is None and config.val_cases:
+        return hold_out_cases(train_data, config.val_cases, config.seed)
     window, orientation = train_data.manifest["window"], train_data.manifest["orientation"]
     if val_data is not None and (val_data.window != window or val_data.manifest["orientation"] != orientation):
         raise FemurUNetError(f"{config.val}: validation window/orientation {val_data.window} differs from the "
