@@ -67,11 +67,15 @@ class Settings:
     train_batch: int = 20             # the seed's batch
     train_steps: int = 4
     compile: bool = False
+    model_size: Optional[int] = None  # input size of the untrained models timed (None: the engine's default)
+    phantom_shape: tuple = (200, 512, 512)
 
     @classmethod
     def make(cls, quick: bool, depth: Optional[int] = None, compile: bool = False) -> "Settings":
-        s = cls(quick=True, gemm_sizes=(1024,), min_seconds=0.1, repeats=2, forward_filters=(16,), e2e_filters=(16,),
-                depth=8, seed_filters=(16,), seed_slices=3, train_batch=4, train_steps=1) if quick else cls()
+        # quick: every section and figure, on small inputs (a smoke test of the benchmark, not a measurement)
+        s = cls(quick=True, size=128, gemm_sizes=(1024,), min_seconds=0.1, repeats=2, forward_filters=(16,),
+                e2e_filters=(16,), depth=4, seed_filters=(16,), seed_slices=2, train_batch=2, train_steps=1,
+                model_size=128, phantom_shape=(16, 256, 256)) if quick else cls()
         if depth is not None:
             if depth < 1:
                 raise FemurUNetError(f"--depth must be at least 1, got {depth}")
@@ -109,10 +113,12 @@ def _dtype_name(dtype: Optional[torch.dtype]) -> str:
     return "fp32" if dtype in (None, torch.float32) else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def _model(base_filters: int, seed: int = 0) -> UNet2D:
+def _model(base_filters: int, seed: int = 0, input_size: Optional[int] = None) -> UNet2D:
     torch.manual_seed(seed)
     net = UNet2D(1, 1, base_filters).eval()
     net.metadata = model_metadata(net)
+    if input_size:
+        net.metadata["input_size"] = int(input_size)
     return net
 
 
@@ -257,7 +263,7 @@ def bench_end_to_end(device: torch.device, s: Settings, case) -> dict:
     volume, geometry = case.ct, case.geometry
     rows = []
     for base in s.e2e_filters:
-        net = _model(base)
+        net = _model(base, input_size=s.model_size)
         runner = SliceSegmenter(net, device)
         # warm-up; its batch size is the engine's choice after any out-of-memory back-off
         batch = segment_volume(volume[:auto_batch_size(device, base, runner.size)], geometry, net,
@@ -352,7 +358,7 @@ def bench_seed_baseline(device: torch.device, s: Settings, case, workdir: Path) 
     slices = np.ascontiguousarray(case.ct[k0:k0 + s.seed_slices])
     rows = []
     for base in s.seed_filters:
-        ours_net = _model(base)
+        ours_net = _model(base, input_size=s.model_size)
         seed_net = copy.deepcopy(ours_net).to(device).to(memory_format=torch.contiguous_format)
         meta = ours_net.metadata
         window = (float(meta["window"]["center"]), float(meta["window"]["width"]))
@@ -389,8 +395,9 @@ def bench_memory(device: torch.device, s: Settings, case, workdir: Path) -> dict
     for factor in (1, 4):
         path = workdir / f"memory_{factor}.npy"
         np.save(path, np.concatenate([case.ct] * factor))
-        proc = subprocess.run([sys.executable, "-m", "FemurUNetLib.memory_probe", str(path), str(s.memory_filters), str(device)],
-                              capture_output=True, text=True, env={**os.environ, **MEMORY_PROBE_ENV})
+        probe = [sys.executable, "-m", "FemurUNetLib.memory_probe", str(path), str(s.memory_filters), str(device)]
+        proc = subprocess.run(probe + ([str(s.model_size)] if s.model_size else []), capture_output=True, text=True,
+                              env={**os.environ, **MEMORY_PROBE_ENV})
         path.unlink()
         if proc.returncode != 0:
             raise FemurUNetError(f"memory probe failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -512,15 +519,14 @@ def goal_summary(report: dict) -> list:
     return goals
 
 
-def bench_phantom(quick: bool) -> dict:
-    """Phantom v2 generation time for one pelvis case on a 512 x 512 x 200 grid (32 slices when quick)."""
+def bench_phantom(s: Settings) -> dict:
+    """Phantom v2 generation time for one pelvis case on a 512 x 512 x 200 grid (16 x 256 x 256 when quick)."""
     from .phantom2 import generate_case
-    shape = (32 if quick else 200, 512, 512)
     t0 = time.perf_counter()
-    case = generate_case(PHANTOM_SEED, shape=shape, coverage="pelvis")
+    case = generate_case(PHANTOM_SEED, shape=s.phantom_shape, coverage="pelvis")
     seconds = time.perf_counter() - t0
     row = {"shape": list(case.ct.shape), "spacing": list(case.geometry.spacing), "seconds": seconds,
-           "goal_seconds": GOALS["phantom_seconds"] if not quick else None}
+           "goal_seconds": GOALS["phantom_seconds"] if not s.quick else None}
     _print_row(row, ("shape", "seconds"))
     return {"rows": [row]}
 
@@ -570,7 +576,8 @@ def run_benchmark(device_name: str = "auto", quick: bool = False, depth: Optiona
              lambda: bench_memory(device, s, case, workdir)),
             ("accuracy", "accuracy cost of autocast, --fast and --mirror",
              lambda: bench_accuracy(device, s, case, model)),
-            ("phantom", "phantom v2 generation (pelvis, 512 x 512 grid)", lambda: bench_phantom(quick)),
+            ("phantom", "phantom v2 generation (pelvis, {1} x {2} grid)".format(*s.phantom_shape),
+             lambda: bench_phantom(s)),
         ] + [(name, title.format(s=s), lambda fn=fn: fn(device, s, case, workdir)) for name, title, fn in extra_sections]
         for name, title, fn in plan:
             if name not in wanted:

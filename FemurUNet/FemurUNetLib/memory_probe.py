@@ -1,6 +1,6 @@
 """Peak memory of segmenting one volume, measured in a process of its own (``femurunet benchmark``, section memory).
 
-usage: python -m FemurUNetLib.memory_probe VOLUME.npy BASE_FILTERS DEVICE   (prints one JSON line)
+usage: python -m FemurUNetLib.memory_probe VOLUME.npy BASE_FILTERS DEVICE [INPUT_SIZE]   (prints one JSON line)
 """
 import json
 import resource
@@ -11,6 +11,7 @@ import torch
 
 from FemurUNetLib import UNet2D, segment_volume
 from FemurUNetLib.inference import auto_batch_size, pick_device
+from FemurUNetLib.modelfile import model_metadata
 
 SCALE = 1 if sys.platform == "darwin" else 1024     # ru_maxrss: bytes on macOS, KiB on Linux
 
@@ -36,10 +37,11 @@ def max_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * SCALE
 
 
-def main(path, base, device) -> dict:
+def main(path, base, device, input_size=256) -> dict:
     torch.manual_seed(0)
     net = UNet2D(base_filters=base)
-    batch = auto_batch_size(pick_device(device), base, 256)
+    net.metadata = {**model_metadata(net), "input_size": input_size}
+    batch = auto_batch_size(pick_device(device), base, input_size)
     segment_volume(np.zeros((batch, 512, 512), np.int16), None, net, device=device)      # warm up
     warm_peak = max_rss()
     reset = reset_peak() and status("VmHWM") is not None
@@ -54,4 +56,4 @@ def main(path, base, device) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], int(sys.argv[2]), sys.argv[3])))
+    print(json.dumps(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:5]))))

@@ -34,9 +34,9 @@ def register(subparsers) -> None:
                               description="GEMM peak, U-Net throughput, end-to-end overhead, seed-style baseline, "
                                           "memory growth, training step and autocast accuracy, in one process.")
     p.add_argument("--json", metavar="OUT", help="write every figure to this JSON file")
-    p.add_argument("--quick", action="store_true", help="small depth, base 16 only, short timing loops (~1 min)")
+    p.add_argument("--quick", action="store_true", help="small inputs (depth 4, 128 x 128 forward), base 16 only, short timing loops (< 1 min)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--depth", type=int, help="phantom slices N (default 64; --quick 8); memory also runs 4N")
+    p.add_argument("--depth", type=int, help="phantom slices N (default 64; --quick 4); memory also runs 4N")
     p.add_argument("--model", help="model .pt for the accuracy section (default: the shipped demo model)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd forward rows")
     p.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
