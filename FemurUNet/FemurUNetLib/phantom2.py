@@ -129,8 +129,9 @@ class Renderer:
                (max(first[0], 0), min(last[0], ni)))
         return None if any(b <= a for a, b in box) else box
 
-    def ramp(self, d) -> np.ndarray:
-        return ramp_width(d, self.blur, self.g.spacing)
+    def ramp(self, d, rows=None) -> np.ndarray:
+        """Ramp widths of ``d`` (of its ``rows`` only: the same values as ``ramp(d)[rows]``)."""
+        return ramp_width(d, self.blur, self.g.spacing, rows)
 
     @staticmethod
     def paint(hu, d, w, value) -> None:
@@ -157,22 +158,23 @@ class Renderer:
         h, body, ind = self.s.hu, self.s.body, self.s.ind
         q = self.coords((rows, (0, self.shape[1]), (0, self.shape[2])))
         d = skin_distance(q, ind, body)
-        self.paint(hu, d[core], self.ramp(d)[core], h["skin"])
-        self.paint(hu, d[core] + 1.8, self.ramp(d)[core], h["fat"])
+        w = self.ramp(d, core)                  # ramps of the core rows, each computed once
+        self.paint(hu, d[core], w, h["skin"])
+        self.paint(hu, d[core] + 1.8, w, h["fat"])
         d_m = d + fat_thickness(q, body)
-        w = self.ramp(d_m)[core]
-        self.paint(hu, d_m[core], w, h["muscle"] + 6.0 * tex)
+        self.paint(hu, d_m[core], self.ramp(d_m, core), h["muscle"] + 6.0 * tex)
         if float(q[2].min()) < body["crotch"] + 60.0:
             for side in LABEL:
                 d_s = np.maximum(septa_distance(q, ind, body, side), d_m + 3.0)
-                self.paint(hu, d_s[core], self.ramp(d_s)[core], h["fat"])
+                self.paint(hu, d_s[core], self.ramp(d_s, core), h["fat"])
         d_c = np.maximum(cavity_distance(q, body), d_m + 8.0)
-        self.paint(hu, d_c[core], self.ramp(d_c)[core], h["visceral"] + 8.0 * tex)
+        self.paint(hu, d_c[core], self.ramp(d_c, core), h["visceral"] + 8.0 * tex)
         table = self.s.body["table"]
         if table is not None:
             d_t = np.maximum(np.abs(q[1] - table) - 9.0, np.abs(q[0]) - 230.0)
-            self.paint(hu, d_t[core], self.ramp(d_t)[core], h["table_shell"])
-            self.paint(hu, d_t[core] + 2.0, self.ramp(d_t)[core], h["table_core"])
+            w = self.ramp(d_t, core)
+            self.paint(hu, d_t[core], w, h["table_shell"])
+            self.paint(hu, d_t[core] + 2.0, w, h["table_core"])
 
     def _item(self, item, rows, k0, hu, label, tex) -> None:
         box = self.box_for(item.lo, item.hi, rows)
@@ -188,7 +190,7 @@ class Renderer:
         d = item.distance(q)
         if item.name.startswith(CAVITY_ONLY):
             d = np.maximum(d, cavity_distance(q, self.s.body))
-        w = self.ramp(d)[inner]
+        w = self.ramp(d, inner)
         qi = tuple(c[inner] for c in q)
         if item.material.startswith("bone:"):
             self._bone(item, d[inner], w, qi, hu[view], tex[view])

@@ -124,13 +124,32 @@ def grid_points(index_to_frame, origin, box) -> tuple:
     return tuple(((o[w] + m[w, 2] * k) + m[w, 1] * j + m[w, 0] * i).astype(np.float32) for w in range(3))
 
 
-def ramp_width(d, blur, spacing) -> np.ndarray:
+def _gradient_rows(d, start, stop) -> np.ndarray:
+    """``np.gradient(d, axis=0)[start:stop]`` (the same bits), computing those rows only."""
+    n = d.shape[0]
+    out = np.empty((stop - start,) + d.shape[1:], d.dtype)
+    a, b = max(start, 1), min(stop, n - 1)                   # rows with a neighbour on both sides
+    if b > a:
+        out[a - start:b - start] = (d[a + 1:b + 1] - d[a - 1:b - 1]) / 2.0
+    if start == 0:
+        out[0] = (d[1] - d[0]) / 1.0
+    if stop == n:
+        out[-1] = (d[n - 1] - d[n - 2]) / 1.0
+    return out
+
+
+def ramp_width(d, blur, spacing, rows=None) -> np.ndarray:
     """Partial-volume ramp width (mm): the voxel's extent across the iso-surface of ``d``, plus the scanner blur;
-    ``spacing`` (i, j, k) serves axes of length 1."""
-    w = np.full(d.shape, blur, np.float32)
+    ``spacing`` (i, j, k) serves axes of length 1. ``rows`` (a slice of axis 0): the widths of those rows only,
+    the same values as ``ramp_width(d, ...)[rows]``."""
+    start, stop, _ = (rows or slice(None)).indices(d.shape[0])
+    core = d[start:stop]
+    w = np.full(core.shape, blur, np.float32)
     for axis in range(3):
-        if d.shape[axis] > 1:
-            w += np.abs(np.gradient(d, axis=axis))
-        else:
+        if d.shape[axis] == 1:
             w += 0.5 * spacing[2 - axis]
+        elif axis == 0 and rows is not None:
+            w += np.abs(_gradient_rows(d, start, stop))
+        else:
+            w += np.abs(np.gradient(d if axis == 0 else core, axis=axis))
     return w
