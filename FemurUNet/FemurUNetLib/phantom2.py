@@ -144,9 +144,9 @@ class Renderer:
         core = slice(k0 - rows[0], k0 - rows[0] + (k1 - k0))
         hu = np.full((k1 - k0, nj, ni), self.s.hu["air"], np.float32)
         label = np.zeros(hu.shape, np.uint8)
-        self._body_wall(rows, core, hu, tex)
+        cavity = self._body_wall(rows, core, hu, tex)
         for item in self.s.items:
-            self._item(item, rows, k0, hu, label, tex)
+            self._item(item, rows, k0, hu, label, tex, cavity)
         return hu, label
 
     def texture(self, shape) -> np.ndarray:
@@ -154,7 +154,8 @@ class Renderer:
         t = ndimage.gaussian_filter(self.tex_rng.standard_normal(shape, dtype=np.float32), (0, sigma, sigma))
         return t / max(float(t.std()), 1e-6)
 
-    def _body_wall(self, rows, core, hu, tex) -> None:
+    def _body_wall(self, rows, core, hu, tex) -> np.ndarray:
+        """Skin, fat, muscle, septa, cavity and table of the slab's rows; returns the cavity distance there."""
         h, body, ind = self.s.hu, self.s.body, self.s.ind
         q = self.coords((rows, (0, self.shape[1]), (0, self.shape[2])))
         d = skin_distance(q, ind, body)
@@ -167,7 +168,8 @@ class Renderer:
             for side in LABEL:
                 d_s = np.maximum(septa_distance(q, ind, body, side), d_m + 3.0)
                 self.paint(hu, d_s[core], self.ramp(d_s, core), h["fat"])
-        d_c = np.maximum(cavity_distance(q, body), d_m + 8.0)
+        cavity = cavity_distance(q, body)
+        d_c = np.maximum(cavity, d_m + 8.0)
         self.paint(hu, d_c[core], self.ramp(d_c, core), h["visceral"] + 8.0 * tex)
         table = self.s.body["table"]
         if table is not None:
@@ -175,8 +177,9 @@ class Renderer:
             w = self.ramp(d_t, core)
             self.paint(hu, d_t[core], w, h["table_shell"])
             self.paint(hu, d_t[core] + 2.0, w, h["table_core"])
+        return cavity
 
-    def _item(self, item, rows, k0, hu, label, tex) -> None:
+    def _item(self, item, rows, k0, hu, label, tex, cavity) -> None:
         box = self.box_for(item.lo, item.hi, rows)
         if box is None:
             return
@@ -189,7 +192,8 @@ class Renderer:
         q = self.coords(box)
         d = item.distance(q)
         if item.name.startswith(CAVITY_ONLY):
-            d = np.maximum(d, cavity_distance(q, self.s.body))
+            # the slab's cavity distance over the box: the same values as cavity_distance(q) (elementwise in q)
+            d = np.maximum(d, cavity[b0 - rows[0]:b1 - rows[0], j0:j1, i0:i1])
         w = self.ramp(d, inner)
         qi = tuple(c[inner] for c in q)
         if item.material.startswith("bone:"):
