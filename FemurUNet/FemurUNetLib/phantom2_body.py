@@ -122,21 +122,48 @@ def _leg_axis(z, top, bottom):
     return top[0] + t * (bottom[0] - top[0]), top[1] + t * (bottom[1] - top[1]), t
 
 
-def leg_distance(q, ind: Individual, body, side) -> np.ndarray:
-    """Thigh and calf around the posed femur and tibia axes (a tube per segment, radius along the leg)."""
-    m, sign = ind.marks, SIDES[side]
-    top, knee, ankle = m[f"thigh_top_{side}"], m[f"knee_{side}"], m[f"ankle_{side}"]
+def _thigh(q, top, knee, body, sign) -> np.ndarray:
     x, y, t = _leg_axis(q[2], top, knee)
     r = body["thigh_r"][0] + t * (body["thigh_r"][1] - body["thigh_r"][0])
     thigh = np.hypot(q[0] - (x - sign * 12.0 * (1 - t)), q[1] - (y + 18.0 * (1 - t) + 8.0)) - r
-    thigh = np.maximum(thigh, np.maximum(knee[2] - 20.0 - q[2], q[2] - top[2] - 50.0))
+    return np.maximum(thigh, np.maximum(knee[2] - 20.0 - q[2], q[2] - top[2] - 50.0))
+
+
+def _calf(q, knee, ankle, body) -> np.ndarray:
     x, y, t = _leg_axis(q[2], knee, ankle)
     calf_r = body["calf_r"]
     r = np.where(t < 0.3, calf_r[0] + (calf_r[1] - calf_r[0]) * t / 0.3,
                  calf_r[1] + (calf_r[2] - calf_r[1]) * (t - 0.3) / 0.7)
     calf = np.hypot(q[0] - x, (q[1] - (y + 0.45 * r)) * 0.9) - r
-    calf = np.maximum(calf, np.maximum(q[2] - knee[2] - 20.0, ankle[2] - 15.0 - q[2]))
-    return np.minimum(thigh, calf)
+    return np.maximum(calf, np.maximum(q[2] - knee[2] - 20.0, ankle[2] - 15.0 - q[2]))
+
+
+def _union_where_needed(q, known, other, bound, known_first) -> np.ndarray:
+    """``np.minimum`` of ``known`` and ``other(q)`` (thigh first), where ``other >= bound`` everywhere: ``other`` is
+    evaluated only at the points where ``known`` reaches the bound (elementwise, so the same bits)."""
+    need = known >= bound
+    if not need.any():
+        return known
+    pair = lambda a, b: np.minimum(a, b) if known_first else np.minimum(b, a)
+    if need.all():
+        return pair(known, other(q))
+    out = known.copy()
+    out[need] = pair(known[need], other(tuple(c[need] for c in q)))
+    return out
+
+
+def leg_distance(q, ind: Individual, body, side) -> np.ndarray:
+    """Thigh and calf around the posed femur and tibia axes (a tube per segment, radius along the leg)."""
+    m, sign = ind.marks, SIDES[side]
+    top, knee, ankle = m[f"thigh_top_{side}"], m[f"knee_{side}"], m[f"ankle_{side}"]
+    z_lo, z_hi = float(q[2].min()), float(q[2].max())
+    above_knee = z_lo - knee[2] - 20.0          # the calf is cut off above the knee: calf >= this everywhere
+    if above_knee > 0:
+        return _union_where_needed(q, _thigh(q, top, knee, body, sign), lambda p: _calf(p, knee, ankle, body),
+                                   above_knee, True)
+    below_knee = knee[2] - 20.0 - z_hi          # and the thigh below it: thigh >= this everywhere
+    return _union_where_needed(q, _calf(q, knee, ankle, body), lambda p: _thigh(p, top, knee, body, sign),
+                               below_knee, False)
 
 
 def skin_distance(q, ind, body) -> np.ndarray:
