@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
+import re
 import resource
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,23 @@ from FemurUNetLib.preprocess import DEFAULT_WINDOW
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 REAL_CT = SHARED_DATA / "real_ct"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_temp_folder(tmp_path_factory):
+    """Temporary files of the tests and of their subprocesses (torchrun's torchelastic_* folders, training logs)
+    go under pytest's own temporary folder, removed after a passing run; torch.compile's cache stays where it was."""
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    with contextlib.suppress(Exception):       # torch's default cache folder, kept between runs
+        user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "torchinductor_" + user))
+    os.environ["TMPDIR"] = tempfile.tempdir = str(tmp_path_factory.mktemp("tmp"))
+    yield
+    tempfile.tempdir = saved[1]
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
 
 
 @pytest.fixture(scope="session")
