@@ -1,7 +1,7 @@
 """Learning curve: held-out Dice vs labelled training cases, fine-tuned from the demo model vs trained from scratch.
 
 usage: python FemurUNetTrain/Scripts/learning_curve.py OUTDIR [--counts 1,2,4,8,16] [--held-out 20] [--minutes 2]
-       [--quick]
+       [--arms finetune,scratch,scratch_finetune_recipe] [--quick]
 
 Every case (training and held-out) comes from phantom v2 with one fixed protocol outside what the demo model was
 trained on: pelvis scans with 3 x 3 mm in-plane voxels (its training drew 0.5-2.6 mm) and 5 mm slices,
@@ -57,6 +57,7 @@ def parse_args(argv):
     p.add_argument("--minutes", type=float, default=2.0, help="training time per run (default 2)")
     p.add_argument("--steps", type=int, help="fixed steps per run for every arm instead of --minutes")
     p.add_argument("--epochs", type=int, default=10, help="epochs per run, of equal length (default 10)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (default {','.join(ARMS)})")
     p.add_argument("--init", type=Path, default=DEFAULT_MODEL_PATH, help="starting model (default: the demo model)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: on a shared 2-core machine a "
                                                           "second thread made a step 2.7x slower)")
@@ -67,6 +68,10 @@ def parse_args(argv):
     if args.quick:
         args.counts, args.held_out, args.steps, args.epochs = "1,2", 2, 2, 1
     args.counts = sorted({int(n) for n in args.counts.split(",")})
+    wanted = args.arms.split(",")
+    if set(wanted) - set(ARMS):
+        p.error(f"--arms: choose from {', '.join(ARMS)}")
+    args.arms = [a for a in ARMS if a in wanted]
     args.setting = dict(SETTING, spacing=QUICK_SPACING) if args.quick else SETTING
     return args
 
@@ -180,7 +185,7 @@ def header(args, seconds) -> dict:
             "counts": args.counts, "epochs": args.epochs, "budget": budget, "step_seconds": seconds,
             "init_model": str(args.init), "quick": args.quick, "threads": args.threads,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "arms": ARMS,
+            "arms": {arm: ARMS[arm] for arm in args.arms},
             "command": "python3 FemurUNetTrain/Scripts/learning_curve.py " + " ".join(args.argv), "runs": []}
 
 
@@ -205,13 +210,13 @@ def main(argv=None) -> int:
     cases = [make_case(TEST_SEED + i, args.setting) for i in range(args.held_out)]
     old = previous(path, args)
     seconds = dict(old.get("step_seconds") or {})
-    for arm in [] if args.steps else [a for a in ARMS if a not in seconds]:
+    for arm in [] if args.steps else [a for a in args.arms if a not in seconds]:
         seconds[arm] = step_seconds(arm, folders[min(args.counts)], work, args)
     results = header(args, seconds)
     results["init"] = old.get("init") or evaluate(args.init, cases, args)
     done = {(r["arm"], r["cases"]): r for r in old.get("runs", [])}
     for count in args.counts:
-        for arm in ARMS:
+        for arm in args.arms:
             if (arm, count) not in done:
                 steps, out = steps_of(arm, args, seconds), work / f"{arm}_{count}.pt"
                 wall = train_run(arm, folders[count], out, args, args.epochs, max(1, steps // args.epochs))
