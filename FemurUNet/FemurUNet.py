@@ -65,6 +65,7 @@ class FemurUNetParameterNode:
     useModelThreshold: bool = True
     threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
     mirror: bool = False   # also run each slice mirrored left-right and average
+    keepAllPieces: bool = False   # keep labelled pieces detached from each femur
 
 
 #
@@ -228,15 +229,17 @@ class FemurUNetLogic(ScriptedLoadableModuleLogic):
         return FemurUNetParameterNode(super().getParameterNode())
 
     def segment(self, volumeNode, model=None, segmentationNode=None, device="auto", batchSize=None,
-                threshold=None, progress=None, cancel=None, closedSurface=True, mirror=False):
+                threshold=None, progress=None, cancel=None, closedSurface=True, mirror=False,
+                keepAllPieces=False):
         """Segment the femur in ``volumeNode``; returns the segmentation node (a new one unless given).
 
         ``model``: a .pt/.hdf5 path, a loaded UNet2D, or None for the demo model. Raises
         FemurUNetLib.Cancelled (scene unchanged) when ``cancel()`` returns True. ``mirror``: also run each slice
         mirrored left-right and average the probabilities (about 2x slower, slightly more accurate).
+        ``keepAllPieces``: keep labelled pieces detached from each femur (by default they are removed).
         """
         options = {"model": model, "device": device, "batch_size": batchSize, "threshold": threshold,
-                   "mirror": mirror}
+                   "mirror": mirror, "keep_all_pieces": keepAllPieces}
         return self.segmentWithOptions(volumeNode, segmentationNode, options, progress, cancel, closedSurface)
 
     def segmentWithParameterNode(self, parameterNode, progress=None, cancel=None):

@@ -26,7 +26,8 @@ def assert_same_grid(path, reference_image):
 def test_segment_real_nifti_lands_on_its_grid(real_ct, tmp_path, capsys, threshold_model_file):
     ct_path = real_ct / "pelvis_3mm" / "ct.nii.gz"
     out = tmp_path / "femur.nii.gz"
-    code, stdout, err = run_cli(capsys, "segment", ct_path, out, "--model", threshold_model_file, "--quiet")
+    code, stdout, err = run_cli(capsys, "segment", ct_path, out, "--model", threshold_model_file, "--quiet",
+                                "--keep-all-pieces")     # every bone above the threshold, not only the femurs
     assert code == 0, err
     ct = sitk.ReadImage(str(ct_path))
     labels = assert_same_grid(out, ct)

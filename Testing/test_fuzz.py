@@ -66,7 +66,7 @@ def run_segment(source, model, workdir: Path, capfd, *extra):
     out_dir.mkdir()
     out = out_dir / "seg.nii.gz"
     capfd.readouterr()          # what earlier checks outside the CLI printed is not this run's
-    code = main(["segment", str(source), str(out), "--model", str(model), "--quiet", *extra])
+    code = main(["segment", str(source), str(out), "--model", str(model), "--quiet", "--keep-all-pieces", *extra])
     _, err = capfd.readouterr()
     if code == 2:
         assert err.count("\n") == 1 and err.startswith("femurunet segment: error: "), err

@@ -28,7 +28,7 @@ def blob_volume(shape=(12, 256, 256), seed=0):
 def test_labelmap_is_voxel_exact_on_the_input_grid(threshold_model):
     hu = blob_volume()
     g = Geometry((0.8, 0.8, 2.5), (10.0, -20.0, 30.0), np.eye(3))
-    r = segment_volume(hu, g, threshold_model, device="cpu", autocast=False)
+    r = segment_volume(hu, g, threshold_model, device="cpu", autocast=False, keep_all_pieces=True)
     assert r.labelmap.dtype == np.uint8 and r.labelmap.shape == hu.shape
     assert r.geometry == g
     assert np.array_equal(r.labelmap, expected_threshold_labels(hu))
@@ -52,8 +52,8 @@ def test_any_direction_gives_the_same_physical_labels(threshold_model, seed):
     g = Geometry((1.0, 1.0, 1.0), (0, 0, 0), direction)
     r = Reorientation.for_geometry(g)
     assert np.array_equal(r.to_canonical(stored), canonical)
-    out = segment_volume(stored, g, threshold_model, autocast=False).labelmap
-    ref = segment_volume(canonical, None, threshold_model, autocast=False).labelmap
+    out = segment_volume(stored, g, threshold_model, autocast=False, keep_all_pieces=True).labelmap
+    ref = segment_volume(canonical, None, threshold_model, autocast=False, keep_all_pieces=True).labelmap
     assert np.array_equal(r.to_canonical(out), ref)
     assert ref.any()
 
@@ -64,7 +64,7 @@ def test_slices_needing_resize_still_land_in_place(shape):
     midpoint = (40 + 900) / 2                       # threshold halfway up the edge: blurring cannot grow it
     net = threshold_unet(midpoint)
     hu = blob_volume(shape)
-    got = segment_volume(hu, None, net, autocast=False).labelmap.astype(bool)
+    got = segment_volume(hu, None, net, autocast=False, keep_all_pieces=True).labelmap.astype(bool)
     exp = expected_threshold_labels(hu, midpoint).astype(bool)
     assert 2 * (got & exp).sum() / (got.sum() + exp.sum()) > 0.99
     for axis in (1, 2):

@@ -106,11 +106,11 @@ def test_oblique_flipped_numpy_volume_voxel_exact(scene, seed):
     assert np.allclose(slicer.util.arrayFromVTKMatrix(m), g.ijk_to_ras())
 
     model = threshold_unet(input_size=64)   # 64x64 slices: no resize, labelmap is exactly HU > 300
-    node = mrml.segment_volume_node(volume, model, device="cpu")
+    node = mrml.segment_volume_node(volume, model, device="cpu", keep_all_pieces=True)
     ids = segment_ids(node)
     assert len(ids) == 1
     stored = mrml.segments_to_labelmap(node, ids, volume)
-    assert np.array_equal(stored, segment_volume(ct, g, model, device="cpu").labelmap)
+    assert np.array_equal(stored, segment_volume(ct, g, model, device="cpu", keep_all_pieces=True).labelmap)
     assert np.array_equal(stored, expected_threshold_labels(ct))
 
     segment = node.GetSegmentation().GetSegment(ids[0])
@@ -152,7 +152,7 @@ def test_reuse_replaces_same_named_segment_and_keeps_others(scene):
     last_id = segmentation.AddEmptySegment("", "Notes", [0.0, 1.0, 0.0])
 
     model = threshold_unet(input_size=64)
-    out = mrml.segment_volume_node(volume, model, node, device="cpu")
+    out = mrml.segment_volume_node(volume, model, node, device="cpu", keep_all_pieces=True)
     assert out.GetID() == node.GetID()
     assert segment_ids(node) == [pelvis_id, before, last_id]          # replaced in place, same ID
     assert [segmentation.GetSegment(s).GetName() for s in segment_ids(node)] == ["Pelvis", "Femur", "Notes"]
@@ -284,7 +284,7 @@ def test_transformed_volume_gets_segmentation_under_the_same_transform(scene):
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(
         np.array([[0, -1, 0, 5], [1, 0, 0, 0], [0, 0, 1, -3], [0, 0, 0, 1.0]])))
     volume.SetAndObserveTransformNodeID(transform.GetID())
-    node = mrml.segment_volume_node(volume, threshold_unet(input_size=64), device="cpu")
+    node = mrml.segment_volume_node(volume, threshold_unet(input_size=64), device="cpu", keep_all_pieces=True)
     assert node.GetTransformNodeID() == transform.GetID()
     assert np.array_equal(mrml.segments_to_labelmap(node, segment_ids(node), volume), expected_threshold_labels(ct))
 
@@ -304,7 +304,8 @@ def test_segment_oriented_image_with_offset_extent(scene):
     array, matrix = mrml.oriented_image_to_array(source)
     assert np.array_equal(array, ct) and np.allclose(matrix, ijk_to_ras)
 
-    mask, result = mrml.segment_oriented_image(source, threshold_unet(input_size=64), device="cpu")
+    mask, result = mrml.segment_oriented_image(source, threshold_unet(input_size=64), device="cpu",
+                                               keep_all_pieces=True)
     assert mask.GetExtent() == source.GetExtent()
     out_matrix = vtk.vtkMatrix4x4()
     mask.GetImageToWorldMatrix(out_matrix)

@@ -325,8 +325,8 @@ def test_widget_logic_and_effect_give_the_engine_the_same_options(app, femurunet
     model.write_bytes(b"")
     widget = open_widget(femurunet.FemurUNetWidget)
     p = widget._parameterNode
-    p.modelPath, p.device, p.batchSize, p.useModelThreshold, p.threshold, p.mirror = \
-        str(model), "cpu", 3, False, 0.3, True
+    p.modelPath, p.device, p.batchSize, p.useModelThreshold, p.threshold, p.mirror, p.keepAllPieces = \
+        str(model), "cpu", 3, False, 0.3, True, True
 
     widget.ui.segmentButton.click()
     assert widget.ui.statusLabel.text == "Cancelled; the scene is unchanged." and not app.errors   # caught by class
@@ -336,19 +336,22 @@ def test_widget_logic_and_effect_give_the_engine_the_same_options(app, femurunet
     assert not app.errors and app.progress_dialogs[-1].closed
     assert effect.scriptedEffect.events == []        # a cancelled run leaves no undo state and no change
     with pytest.raises(Exception) as raised:         # the console API, same settings as arguments
-        widget.logic.segment(volume, str(model), device="cpu", batchSize=3, threshold=0.3, mirror=True)
+        widget.logic.segment(volume, str(model), device="cpu", batchSize=3, threshold=0.3, mirror=True,
+                             keepAllPieces=True)
     assert type(raised.value).__name__ == "Cancelled"
 
-    expected = {"model": str(model), "device": "cpu", "batch_size": 3, "threshold": 0.3, "mirror": True}
+    expected = {"model": str(model), "device": "cpu", "batch_size": 3, "threshold": 0.3, "mirror": True,
+                "keep_all_pieces": True}
     assert [name for name, _ in calls] == ["module", "effect", "module"]
     for _, kwargs in calls:
         assert {name: kwargs[name] for name in SEGMENT_OPTION_NAMES} == expected
     assert calls[1][1]["side"] == "both"
 
-    p.modelPath, p.batchSize, p.useModelThreshold, p.mirror = "", 0, True, False    # the defaults
+    p.modelPath, p.batchSize, p.useModelThreshold, p.mirror, p.keepAllPieces = "", 0, True, False, False  # defaults
     widget.ui.segmentButton.click()
     effect.onApply()
-    defaults = {"model": None, "device": "cpu", "batch_size": None, "threshold": None, "mirror": False}
+    defaults = {"model": None, "device": "cpu", "batch_size": None, "threshold": None, "mirror": False,
+                "keep_all_pieces": False}
     assert [{name: kwargs[name] for name in SEGMENT_OPTION_NAMES} for _, kwargs in calls[3:]] == [defaults] * 2
 
 

@@ -12,6 +12,7 @@ import torch
 from .device import autocast, autocast_dtype, cpu_supports_bf16, pick_device  # noqa: F401  (cpu_supports_bf16: re-exported)
 from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
+from .cleanup import remove_detached_pieces
 from .resolve import resolve_model
 from .preprocess import from_model_output, labels_from_probabilities, to_model_input, window_hu
 
@@ -116,7 +117,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                    batch_size: Optional[int] = None, threshold: Optional[float] = None, autocast: bool = True,
                    return_probabilities: bool = False, progress: Optional[Callable[[int, int], None]] = None,
                    cancel: Optional[Callable[[], bool]] = None, channels_last: bool = True,
-                   fast: bool = False, compile: bool = False, mirror: bool = False) -> SegmentationResult:
+                   fast: bool = False, compile: bool = False, mirror: bool = False,
+                   keep_all_pieces: bool = False) -> SegmentationResult:
     """Segment the femur in a 3-D CT array (numpy (k, j, i), HU) and return a uint8 labelmap on the same grid.
 
     ``model``: a UNet2D (with ``.metadata``), a ``.pt``/``.hdf5`` path, or None for the shipped demo model.
@@ -127,6 +129,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     ``autocast``: True (bf16/fp16 where the device is fast at it), False (fp32) or a ``torch.dtype``.
     ``mirror``: test-time augmentation: also run each slice mirrored left-right and average the two probability
     maps (about 2x the network time; the demo model gains 0.002 of Dice on the held-out phantoms).
+    ``keep_all_pieces``: keep labelled pieces detached from each femur (by default they are removed:
+    ``cleanup.remove_detached_pieces``; the probabilities are the network's, before that).
     ``compile``: ``torch.compile`` the model (one static batch shape; a one-off compile of tens of seconds).
     On CUDA ``cudnn.benchmark`` is switched on.
     """
@@ -181,13 +185,14 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
             progress(done, total)
     if pending is not None:
         _store(pending, target, prob_target)
+    removed = 0 if keep_all_pieces else remove_detached_pieces(labelmap, volume, geometry, net.metadata["labels"])
 
     return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
                               probabilities=probabilities, device=str(runner.device), batch_size=batch,
                               seconds=time.perf_counter() - started,
                               stats={"slices": total, "threshold": runner.threshold,
                                      "autocast": str(runner.amp_dtype).replace("torch.", "") if runner.amp_dtype else "off",
-                                     "input_size": runner.size})
+                                     "input_size": runner.size, "detached_voxels_removed": removed})
 
 
 def _back_off(runner: SliceSegmenter, batch: int, exc: BaseException) -> int:

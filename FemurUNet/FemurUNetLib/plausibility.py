@@ -117,7 +117,7 @@ def _lps_x(shape, offset, geometry: Geometry) -> np.ndarray:
     return m[0, 3] + m[0, 0] * i[None, None, :] + m[0, 1] * j[None, :, None] + m[0, 2] * k[:, None, None]
 
 
-def _bounding_box(mask: np.ndarray):
+def bounding_box(mask: np.ndarray):
     """Slices of the smallest box holding ``mask``'s True voxels, or None."""
     box = []
     for axis in range(3):
@@ -132,7 +132,7 @@ def _has_sides(labels) -> bool:
     return bool(labels) and all(l.get("side") in SIDES for l in labels)
 
 
-def _side_masks(labels_box: np.ndarray, offset, geometry: Geometry, hu: np.ndarray, labels) -> tuple:
+def side_masks(labels_box: np.ndarray, offset, geometry: Geometry, hu: np.ndarray, labels) -> tuple:
     """({side: bool mask in the box}, split method, midline x or None)."""
     if _has_sides(labels):
         return ({s: np.isin(labels_box, [l["value"] for l in labels if l["side"] == s]) for s in SIDES},
@@ -231,11 +231,11 @@ def check_plausibility(labelmap: np.ndarray, hu: np.ndarray, geometry: Geometry,
     labelmap, hu = np.asarray(labelmap), np.asarray(hu)
     if labelmap.shape != hu.shape:
         raise ValueError(f"labelmap shape {labelmap.shape} differs from the CT's {hu.shape}")
-    box = _bounding_box(labelmap > 0)
+    box = bounding_box(labelmap > 0)
     if box is None:
         return PlausibilityReport({s: SideReport(s) for s in SIDES}, [], "labels" if _has_sides(labels) else "midline")
     offset = tuple(b.start for b in box)
-    masks, split, mid = _side_masks(labelmap[box], offset, geometry, hu, labels)
+    masks, split, mid = side_masks(labelmap[box], offset, geometry, hu, labels)
     z_axis = Reorientation.for_geometry(geometry).axes[0]
     sides = {s: _measure_side(s, masks[s], hu[box], geometry, z_axis) for s in SIDES}
     warnings = _component_warnings(sides)

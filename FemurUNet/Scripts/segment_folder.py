@@ -26,6 +26,7 @@ if (_LIB_FOLDER / "FemurUNetLib").is_dir() and str(_LIB_FOLDER) not in sys.path:
     sys.path.insert(0, str(_LIB_FOLDER))
 
 # MRML-free parts shared with ``femurunet segment-folder`` (one definition): input selection, names, CSV, index
+from FemurUNetLib.segment_options import add_segment_options, segment_keywords  # noqa: E402
 from FemurUNetLib.batch import (RESULTS_NAME, case_name, error_text, find_inputs, finish_row, new_row, qc_name,
                                 report, select_inputs, skipped_rows, write_csv, write_index)
 
@@ -37,13 +38,8 @@ def parse_args(argv):
     parser.add_argument("--input", nargs="+", required=True, metavar="DIR_OR_FILE",
                         help="CT files, folders of CT files, or DICOM series folders")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the .seg.nrrd files and the CSV")
-    parser.add_argument("--model", help="model .pt or Keras .hdf5 (default: the demo model)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--batch-size", type=int, help="slices per batch (default: automatic)")
-    parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
+    add_segment_options(parser, fast=False)
     parser.add_argument("--no-surface", action="store_true", help="skip the closed-surface representation")
-    parser.add_argument("--mirror", action="store_true",
-                        help="also run each slice mirrored left-right and average (~2x time, a little more accurate)")
     parser.add_argument("--qc", action="store_true",
                         help="also write <case>_qc.png per case (slices with the outline, 3D surface) and index.html, "
                              "a contact sheet of the folder with volumes and warnings")
@@ -145,9 +141,8 @@ def main(argv=None) -> int:
         print(f"segment_folder: error: no CT files in {' '.join(args.input)}{note}", file=sys.stderr)
         return 2
     try:
-        rows = segment_files(inputs, args.output, args.model, device=args.device, batch_size=args.batch_size,
-                             threshold=args.threshold, closed_surface=not args.no_surface, mirror=args.mirror,
-                             qc=args.qc)
+        rows = segment_files(inputs, args.output, args.model, closed_surface=not args.no_surface, qc=args.qc,
+                             **segment_keywords(args))
     except Exception as exc:   # no torch, unusable model or output folder: nothing was segmented
         print(f"segment_folder: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def helpText(self):
         return ("<html>Replace the selected segment with the femur found by the 2D U-Net in the source volume."
-                "<p>Uses the model and settings (device, batch size, threshold, mirror) chosen in the "
+                "<p>Uses the model and settings (device, batch size, threshold, mirror, detached pieces) chosen in the "
                 "<b>Femur U-Net</b> module. "
                 "Side: with a left/right model, which femur to take. Undo restores the segment.</html>")
 

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.segment_options import positive_int, probability  # noqa: F401  (the commands' types)
 
 
 def window_arg(text):
@@ -36,31 +36,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def probability(text: str) -> float:
-    """A threshold strictly between 0 and 1."""
-    value = _number(text, float)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (exclusive)")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 1")
-    return value
-
-
-def _number(text: str, kind):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-    return value
 
 
 class TerminalLine:

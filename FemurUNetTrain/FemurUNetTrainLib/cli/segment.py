@@ -17,7 +17,9 @@ from FemurUNetLib.plausibility import check_result
 from FemurUNetLib.qc import write_qc
 from FemurUNetLib.volume_io import output_kind, read_volume, write_image, write_labelmap
 
-from .common import TerminalLine, positive_int, probability
+from FemurUNetLib.segment_options import add_segment_options, segment_keywords
+
+from .common import TerminalLine
 
 
 class ProgressBar:
@@ -67,9 +69,8 @@ def run_segment(args) -> int:
     if args.qc and not args.qc.lower().endswith(".png"):
         raise FemurUNetError(f"{args.qc}: the QC picture is a PNG; name it *.png")
     volume, geometry = read_volume(args.input, series_uid=args.series)
-    result = segment_volume(volume, geometry, args.model, device=args.device, batch_size=args.batch_size,
-                            threshold=args.threshold, autocast=not args.no_autocast,
-                            return_probabilities=bool(args.probabilities), fast=args.fast, mirror=args.mirror,
+    result = segment_volume(volume, geometry, args.model, **segment_keywords(args),
+                            return_probabilities=bool(args.probabilities),
                             progress=None if args.quiet else ProgressBar("segment"))
     with atomic_outputs():   # the labelmap, probability map and QC picture appear together, or none does
         write_labelmap(args.output, result.labelmap, result.geometry, result.labels)
@@ -116,20 +117,11 @@ def register(subparsers) -> None:
                               description="Segment the femur in a CT (NIfTI/NRRD/MHA file or DICOM folder).")
     p.add_argument("input", help="CT volume file or DICOM folder")
     p.add_argument("output", help="labelmap .nii.gz/.nrrd/.mha, or a Slicer segmentation .seg.nrrd")
-    p.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
     p.add_argument("--series", metavar="UID",
                    help="the DICOM series to read when the input folder holds several (they are listed on error)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=positive_int,
-                   help="slices per batch (default: 8 on CPU, from free memory on CUDA)")
-    p.add_argument("--threshold", type=probability, help="probability threshold, 0 < T < 1 (default: the model's, 0.5)")
+    add_segment_options(p)
     p.add_argument("--probabilities", metavar="P.nii.gz", help="also write the probability map")
     p.add_argument("--qc", metavar="QC.png", help="also write a quality-control picture: axial, coronal and sagittal "
                                                  "slices with the femur outline, and a 3D surface (1200 x 400 px)")
-    p.add_argument("--no-autocast", action="store_true", help="run in full fp32 precision")
-    p.add_argument("--mirror", action="store_true",
-                   help="test-time augmentation: average each slice's output with its left-right mirror's (~2x time)")
-    p.add_argument("--fast", action="store_true",
-                   help="run the network on every other slice (~2x faster); skipped slices from their neighbours")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_segment)

@@ -20,9 +20,10 @@ from FemurUNetLib.batch import (FINISHED, PART_GLOB, RESULTS_NAME, case_cost, ca
                                 duplicate_cases, new_row, part_name, previous_rows, report,
                                 segment_case, select_inputs, shard, skipped_rows, write_csv, write_index)
 from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.segment_options import add_segment_options, segment_keywords
 
 from ..distributed import Dist
-from .common import positive_int, probability
+from .common import positive_int
 
 WAIT = timedelta(days=7)   # a process done early waits this long for the others (the default is 30 minutes)
 
@@ -106,9 +107,7 @@ def _run_shard(ctx: Dist, plan: dict, net, args, device: str) -> list:
         path = Path(plan["inputs"][index])
         row = None if args.redo else done_earlier(plan["previous"], out, case_name(path), args.qc)
         if row is None:
-            row = segment_case(path, out, net, qc=args.qc, device=device, batch_size=args.batch_size,
-                               threshold=args.threshold, autocast=not args.no_autocast, mirror=args.mirror,
-                               fast=args.fast)
+            row = segment_case(path, out, net, qc=args.qc, **{**segment_keywords(args), "device": device})
         report(row, n, len(mine), prefix)
         rows.append(row)
         write_csv(rows, part)   # an interrupted run leaves what it finished; the next run reads it back
@@ -177,18 +176,11 @@ def register(subparsers) -> None:
                     "OUTPUT/femurunet_results.csv (case, femur voxels, ml, seconds, status, error, warnings). "
                     "Label volumes, .seg.nrrd files and hidden files are skipped. A rerun keeps the cases an "
                     "earlier run finished (status 'done earlier'). Under torchrun the cases are split over the "
-                    "processes. Exit 1 naming the failed cases, 2 on bad arguments.")
+                    "processes (--device auto/cuda: cuda:LOCAL_RANK). Exit 1 naming the failed cases, 2 on bad arguments.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="folders of CTs (one level deep), CT files or DICOM "
                                                                "series folders")
     p.add_argument("output", metavar="OUTPUT", help="folder for the .seg.nrrd files and the CSV (created if missing)")
-    p.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps; under torchrun "
-                                                     "auto/cuda is cuda:LOCAL_RANK")
-    p.add_argument("--batch-size", type=positive_int, help="slices per batch (default: automatic)")
-    p.add_argument("--threshold", type=probability, help="probability threshold, 0 < T < 1 (default: the model's)")
-    p.add_argument("--no-autocast", action="store_true", help="run in full fp32 precision")
-    p.add_argument("--mirror", action="store_true", help="also run each slice mirrored left-right (~2x time)")
-    p.add_argument("--fast", action="store_true", help="run the network on every other slice (~2x faster)")
+    add_segment_options(p)
     p.add_argument("--qc", action="store_true", help="also write <case>_qc.png per case and index.html, a contact "
                                                      "sheet of the folder")
     p.add_argument("--include", nargs="+", action="extend", default=[], metavar="PATTERN",

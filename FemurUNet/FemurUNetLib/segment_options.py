@@ -1,0 +1,60 @@
+"""The segmentation options of every command line that segments (``femurunet segment``, ``femurunet
+segment-folder``, the Slicer batch script): one definition of their flags, types and help, and of how they
+become ``segment_volume`` keywords."""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def probability(text: str) -> float:
+    """A threshold strictly between 0 and 1."""
+    value = _number(text, float)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (exclusive)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 1")
+    return value
+
+
+def _number(text: str, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def add_segment_options(parser, fast: bool = True) -> None:
+    """--model --device --batch-size --threshold --no-autocast --mirror [--fast] --keep-all-pieces."""
+    parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help="slices per batch (default: 8 on CPU, from free memory on CUDA)")
+    parser.add_argument("--threshold", type=probability,
+                        help="probability threshold, 0 < T < 1 (default: the model's, 0.5)")
+    parser.add_argument("--no-autocast", action="store_true", help="run in full fp32 precision")
+    parser.add_argument("--mirror", action="store_true", help="test-time augmentation: average each slice's "
+                        "output with its left-right mirror's (~2x time, a little more accurate)")
+    if fast:
+        parser.add_argument("--fast", action="store_true", help="run the network on every other slice (~2x "
+                            "faster); skipped slices from their neighbours")
+    parser.add_argument("--keep-all-pieces", action="store_true", help="keep labelled pieces detached from each "
+                        "femur (by default only each side's femur and pieces of at least a fifth of its volume stay; "
+                        "the others are usually other bones, e.g. the tibia)")
+
+
+def segment_keywords(args) -> dict:
+    """``segment_volume`` / ``segment_and_import`` keywords of options parsed by ``add_segment_options``."""
+    keywords = {"device": args.device, "batch_size": args.batch_size, "threshold": args.threshold,
+                "autocast": not args.no_autocast, "mirror": args.mirror, "keep_all_pieces": args.keep_all_pieces}
+    if hasattr(args, "fast"):
+        keywords["fast"] = args.fast
+    return keywords
