@@ -259,12 +259,19 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             message = f"Removed case '{row.case}'."
         self.updateDatasetTables(message)
 
-    def onAddCase(self) -> None:
-        volume = self.ui.caseVolumeSelector.currentNode()
-        segmentation = self.ui.caseSegmentSelector.currentNode()
-        segmentIds = list(self.ui.caseSegmentSelector.selectedSegmentIDs())
+    @staticmethod
+    def _chosenSegments(volumeSelector, segmentSelector) -> tuple:
+        """(volume, segmentation, segment IDs) chosen in a pair of selectors; an error dialog and Nones if incomplete."""
+        volume, segmentation = volumeSelector.currentNode(), segmentSelector.currentNode()
+        segmentIds = list(segmentSelector.selectedSegmentIDs())
         if not volume or not segmentation or not segmentIds:
-            slicer.util.errorDisplay("Choose the CT, its segmentation and at least one femur segment.")
+            slicer.util.errorDisplay("Choose a CT volume, a segmentation and at least one femur segment.")
+            return None, None, []
+        return volume, segmentation, segmentIds
+
+    def onAddCase(self) -> None:
+        volume, segmentation, segmentIds = self._chosenSegments(self.ui.caseVolumeSelector, self.ui.caseSegmentSelector)
+        if volume is None:
             return
         p = self._parameterNode
         case = self.logic.caseName(volume, self.ui.caseNameLineEdit.text)
@@ -290,11 +297,8 @@ class FemurUNetTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- training pairs -------------------------------------------------------------------------------------
     def onAddPair(self) -> None:
-        volume = self.ui.pairVolumeSelector.currentNode()
-        segmentation = self.ui.pairSegmentSelector.currentNode()
-        segmentIds = list(self.ui.pairSegmentSelector.selectedSegmentIDs())
-        if not volume or not segmentation or not segmentIds:
-            slicer.util.errorDisplay("Choose a CT volume, a segmentation and at least one femur segment.")
+        volume, segmentation, segmentIds = self._chosenSegments(self.ui.pairVolumeSelector, self.ui.pairSegmentSelector)
+        if volume is None:
             return
         self._pairs.append((volume.GetID(), segmentation.GetID(), segmentIds, None))
         self.updatePairsTable()

@@ -9,9 +9,11 @@ SimpleITK and PyTorch load on first use.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import io
+import math
 import os
 import sys
 import time
@@ -94,25 +96,41 @@ def _skip_reason(path: Path, include, exclude) -> str:
     return "" if path.is_dir() else label_reason(path)
 
 
+@contextlib.contextmanager
+def _quiet_itk():
+    """SimpleITK's own warnings off while a header is probed (a failure is reported by who reads the file)."""
+    import SimpleITK as sitk
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _header(path: Path):
+    """An ImageFileReader of ``path`` with its header read (RuntimeError when it cannot be)."""
+    import SimpleITK as sitk
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
 def label_reason(path: Path) -> str:
     """'a label volume (...)' when ``path`` is an integer volume with only a few distinct values >= 0, else ''
     (a CT, or a file that cannot be read: its failure is reported when it is segmented)."""
     import numpy as np
     import SimpleITK as sitk
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
-        if "integer" not in kind or reader.GetNumberOfComponents() != 1:
+    with _quiet_itk():
+        try:
+            reader = _header(path)
+            kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+            if "integer" not in kind or reader.GetNumberOfComponents() != 1:
+                return ""
+            image = reader.Execute()
+        except RuntimeError:
             return ""
-        image = reader.Execute()
-    except RuntimeError:
-        return ""
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     voxels = sitk.GetArrayViewFromImage(image).ravel()   # a view: ``image`` must live on meanwhile
     values = np.unique(voxels[::max(1, voxels.size // LABEL_SAMPLE)])
     if len(values) > LABEL_MAX_VALUES or values.min() < 0:
@@ -296,25 +314,15 @@ def duplicate_cases(inputs) -> list:
 
 def case_cost(path) -> int:
     """About how many voxels a case holds: its header's size, or its bytes / 2 (DICOM folders, unreadable headers)."""
-    import SimpleITK as sitk
     path = Path(path)
     try:
         if path.is_dir():
             return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) // 2
-        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        try:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            size = 1
-            for n in reader.GetSize():
-                size *= n
-            return size
-        except RuntimeError:
-            return path.stat().st_size // 2
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+        with _quiet_itk():
+            try:
+                return math.prod(_header(path).GetSize())
+            except RuntimeError:
+                return path.stat().st_size // 2
     except OSError:
         return 0
 
