@@ -1,7 +1,7 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt] [--seeds 90000-90039] [--phantom 2]
-       [--no-real] [--json OUT.json] [--device cpu] [--mirror]
+       [--no-real] [--json OUT.json] [--device cpu] [--mirror] [--keep-all-pieces]
 
 The real-CT numbers come from the functions behind ``femurunet evaluate`` (``read_femur_reference``,
 ``femur_rows``, ``false_positives``); the CLI commands that reproduce each one are printed beside it.
@@ -132,17 +132,20 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
     parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation (segment --mirror)")
+    parser.add_argument("--keep-all-pieces", action="store_true", help="keep detached pieces (segment --keep-all-pieces)")
     args = parser.parse_args(argv)
     lo, hi = (int(v) for v in args.seeds.split("-"))
     results = {"model": args.model or "default", "phantom": args.phantom, "phantoms": []}
     net = resolve_model(args.model)          # loaded once for every volume below
 
     def segment(ct, geometry) -> np.ndarray:
-        return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror).labelmap
+        return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror,
+                              keep_all_pieces=args.keep_all_pieces).labelmap
 
     def segment_command(source, output):    # the flags that make `femurunet segment` predict as segment() does
         return ["femurunet", "segment", source, output, "--device", args.device,
-                *(["--model", args.model] if args.model else []), *(["--mirror"] if args.mirror else [])]
+                *(["--model", args.model] if args.model else []), *(["--mirror"] if args.mirror else []),
+                *(["--keep-all-pieces"] if args.keep_all_pieces else [])]
 
     for seed in range(lo, hi + 1):
         results["phantoms"].append(phantom_row(seed, args, lambda ct, g: segment(ct, g) > 0))
