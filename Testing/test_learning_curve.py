@@ -37,6 +37,7 @@ def test_scanner_settings_keep_the_draw_and_refuse_bad_keys():
         scanner_settings(_streams(1)[3], {"noise": -5})
 
 
+@pytest.mark.slow     # a real export, three training arms and their evaluation
 def test_reduced_learning_curve_end_to_end(tmp_path):
     torch.manual_seed(0)
     init = save_model(UNet2D(base_filters=2), tmp_path / "tiny.pt", input_size=32)   # small stand-in for the demo

@@ -379,6 +379,7 @@ def test_self_test_case_checks_dice_and_geometry(scene):
                             shape=(20, 64, 64), device="cpu")
 
 
+@pytest.mark.slow     # the shipped model on a full phantom CT
 def test_self_test_case_with_the_demo_model(scene):
     """What FemurUNetTest runs inside Slicer: a held-out phantom, the shipped demo model, Dice >= 0.8."""
     from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH
