@@ -23,7 +23,7 @@ from FemurUNetLib.fileio import atomic_write
 from FemurUNetLib.paths import DEFAULT_MODEL_PATH
 
 from .history import checkpoint_path, log_path, read_log_records
-from .manifest import IMAGE_DIR, LABEL_DIR, MANIFEST_NAME, read_manifest, slice_name
+from .manifest import IMAGE_DIR, MANIFEST_NAME, put_back, read_manifest, set_aside, slice_name
 from .options import TrainConfig
 
 SETTINGS_KEY = "FemurUNetTrain/ActiveDataset"
@@ -135,16 +135,11 @@ def remove_case(folder, case: str) -> dict:
     staging = Path(tempfile.mkdtemp(prefix=".remove-", dir=folder))
     moved = []
     try:
-        for name in names:
-            for sub in (IMAGE_DIR, LABEL_DIR):
-                if (folder / sub / name).exists():
-                    os.replace(folder / sub / name, staging / f"{sub}_{name}")
-                    moved.append((staging / f"{sub}_{name}", folder / sub / name))
+        moved = set_aside(folder, names, staging)
         text = json.dumps(manifest, indent=1)
         atomic_write(folder / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
     except BaseException as exc:
-        for backup, original in moved:       # the case comes back as it was
-            os.replace(backup, original)
+        put_back(moved)                      # the case comes back as it was
         if isinstance(exc, OSError):
             raise FemurUNetError(f"{folder}: cannot remove case {case!r}: {exc.strerror or exc}; nothing was "
                                  "removed") from None

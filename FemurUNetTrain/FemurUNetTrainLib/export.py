@@ -26,7 +26,7 @@ from FemurUNetLib.preprocess import window_to_uint8
 from FemurUNetLib.volume_io import read_label_image, read_volume
 
 from .manifest import (CASE_PATTERN, IMAGE_DIR, LABEL_DIR, MANIFEST_NAME, new_manifest, read_manifest,  # noqa: F401
-                       slice_name, window_dict)
+                       put_back, set_aside, slice_name, window_dict)
 from .options import EMPTY_FRACTION
 
 VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -147,11 +147,7 @@ def _write_case(outdir: Path, manifest: dict, case: str, entry: dict, slices: li
             image, mask = pair(k)
             _save_png(staging / IMAGE_DIR / name, image)
             _save_png(staging / LABEL_DIR / name, mask)
-        for name in old:
-            for sub in (IMAGE_DIR, LABEL_DIR):
-                if (outdir / sub / name).exists():
-                    os.replace(outdir / sub / name, staging / "old" / f"{sub}_{name}")
-                    kept.append((staging / "old" / f"{sub}_{name}", outdir / sub / name))
+        kept = set_aside(outdir, old, staging / "old")
         for name, _ in slices:
             for sub in (IMAGE_DIR, LABEL_DIR):
                 os.replace(staging / sub / name, outdir / sub / name)
@@ -162,8 +158,7 @@ def _write_case(outdir: Path, manifest: dict, case: str, entry: dict, slices: li
     except BaseException as exc:
         for path in moved:
             path.unlink(missing_ok=True)
-        for backup, original in kept:          # the replaced case comes back as it was
-            os.replace(backup, original)
+        put_back(kept)                         # the replaced case comes back as it was
         for folder in reversed(created):       # folders made here hold only this export's files
             shutil.rmtree(folder, ignore_errors=True)
         if isinstance(exc, OSError):           # disk full, file too large, read-only folder: one line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -62,3 +63,26 @@ def new_manifest(window: dict) -> dict:
     return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "window": window,
             "orientation": CANONICAL_ORIENTATION, "image_folder": IMAGE_DIR, "label_folder": LABEL_DIR,
             "cases": {}}
+
+
+def set_aside(folder: Path, names, staging: Path) -> list:
+    """Move the image/label files of the slices ``names`` out of ``folder`` into ``staging``; returns the
+    (backup, original) pairs for ``put_back``. On an error what was moved goes back before it is raised."""
+    kept = []
+    try:
+        for name in names:
+            for sub in (IMAGE_DIR, LABEL_DIR):
+                original = Path(folder) / sub / name
+                if original.exists():
+                    os.replace(original, Path(staging) / f"{sub}_{name}")
+                    kept.append((Path(staging) / f"{sub}_{name}", original))
+    except BaseException:
+        put_back(kept)
+        raise
+    return kept
+
+
+def put_back(kept) -> None:
+    """Undo ``set_aside``."""
+    for backup, original in kept:
+        os.replace(backup, original)
