@@ -27,8 +27,8 @@ if (_LIB_FOLDER / "FemurUNetLib").is_dir() and str(_LIB_FOLDER) not in sys.path:
 
 # MRML-free parts shared with ``femurunet segment-folder`` (one definition): input selection, names, CSV, index
 from FemurUNetLib.segment_options import add_segment_options, segment_keywords  # noqa: E402
-from FemurUNetLib.batch import (RESULTS_NAME, case_name, error_text, find_inputs, finish_row, new_row, qc_name,
-                                report, select_inputs, skipped_rows, write_csv, write_index)
+from FemurUNetLib.batch import (RESULTS_NAME, case_name, error_text, find_inputs, finish_row, new_row,  # noqa: E402
+                                output_name, qc_name, report, select_inputs, skipped_rows, write_csv, write_index)
 
 __all__ = ["RESULTS_NAME", "case_name", "find_inputs", "main", "parse_args", "segment_files", "select_inputs"]
 
@@ -103,7 +103,7 @@ def segment_files(inputs, output_dir, model=None, qc: bool = False, **options) -
         try:
             volume = load_ct(scene, path)
             node, result, _ = mrml.segment_and_import(volume, net, **options)
-            out = save_segmentation(scene, node, output_dir / f"{case}.seg.nrrd")
+            out = save_segmentation(scene, node, output_dir / output_name(case))
             if qc:
                 from FemurUNetLib.qc import write_qc
                 ct, _ = mrml.volume_node_to_array(volume)
