@@ -154,12 +154,14 @@ import resource, sys, numpy as np, torch
 torch.set_num_threads(1)
 from FemurUNetLib import UNet2D, segment_volume
 depth = int(sys.argv[1])
+torch.manual_seed(0)
 net = UNet2D(base_filters=4)
 vol = np.zeros((2, 512, 512), np.int16)
-segment_volume(vol, None, net, batch_size=4, autocast=False)      # warm up allocator and kernels
+options = dict(batch_size=4, autocast=False, keep_all_pieces=True)   # the slice loop (the removal pass: DESIGN)
+segment_volume(vol, None, net, **options)      # warm up allocator and kernels
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 vol = np.full((depth, 512, 512), 40, np.int16)
-segment_volume(vol, None, net, batch_size=4, autocast=False)
+segment_volume(vol, None, net, **options)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
 """
 

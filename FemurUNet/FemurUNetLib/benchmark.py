@@ -34,9 +34,10 @@ from .evaluate import dice
 from .inference import (SliceSegmenter, auto_batch_size, autocast_dtype, cpu_supports_bf16, pick_device,
                         segment_volume)
 from .model import UNet2D, forward_macs
+from .quantize import int8_unavailable_reason, quantize_int8
 from .modelfile import DEFAULT_MODEL_PATH, model_metadata
 from .resolve import resolve_model
-from .preprocess import from_model_output, labels_from_probabilities, to_model_input, window_hu, window_to_uint8
+from .preprocess import DEFAULT_WINDOW, from_model_output, labels_from_probabilities, to_model_input, window_hu, window_to_uint8
 
 BENCHMARK_VERSION = 1
 SLICE_SIZE = 512
@@ -193,6 +194,8 @@ def bench_forward(device: torch.device, s: Settings, gemm: dict) -> dict:
         variants = [(name, amp, cl, False) for name, amp, cl in forward_variants(device)]
         if s.compile:
             variants += [(name + " compiled", amp, cl, True) for name, amp, cl, _ in variants if cl]
+        if not s.quick and not int8_unavailable_reason(device):
+            variants.append(("int8 (torchao, compiled)", "int8", False, True))
         for name, amp, channels_last, compiled in variants:
             net = _model(base).to(device)
             x = torch.rand(batch, 1, s.size, s.size, device=device)
@@ -202,7 +205,8 @@ def bench_forward(device: torch.device, s: Settings, gemm: dict) -> dict:
             fn = net
             compile_s = None
             if compiled:
-                fn = torch.compile(net, dynamic=False)
+                fn = quantize_int8(net, DEFAULT_WINDOW, s.size) if amp == "int8" else torch.compile(net, dynamic=False)
+                amp = None if amp == "int8" else amp
                 t0 = time.perf_counter()
                 with torch.inference_mode(), autocast(device, amp):
                     fn(x)
@@ -216,8 +220,8 @@ def bench_forward(device: torch.device, s: Settings, gemm: dict) -> dict:
             t = best_time(step, sync, s.min_seconds, s.repeats)
             rate = batch / t["best_s"]
             gflops = 2.0 * macs * rate / 1e9
-            peak_dtype = _dtype_name(amp)
-            row = {"base_filters": base, "variant": name, "dtype": peak_dtype, "channels_last": channels_last,
+            peak_dtype = "bf16" if name.startswith("int8") and "bf16" in gemm else _dtype_name(amp)
+            row = {"base_filters": base, "variant": name, "dtype": "int8" if name.startswith("int8") else peak_dtype, "channels_last": channels_last,
                    "compiled": compiled, "batch": batch, "macs_per_slice": macs, "seconds_per_batch": t["best_s"],
                    "median_seconds_per_batch": t["median_s"], "runs": t["runs"], "slices_per_s": rate,
                    "gflops": gflops, "peak_dtype": peak_dtype, "peak_gflops": gemm[peak_dtype]["gflops"],
@@ -439,6 +443,8 @@ def bench_accuracy(device: torch.device, s: Settings, case, model_arg=None) -> d
     elif device.type == "cpu" and not s.quick:
         halves.append(torch.float16)       # what fp16 devices compute; emulated (slow) on most CPUs
     modes = [("fp32", False, {})] + [(_dtype_name(h), h, {}) for h in halves]
+    if not s.quick and not int8_unavailable_reason(device):
+        modes.append(("int8", "int8", {}))
     modes += [("fast", True, {"fast": True}), ("mirror", True, {"mirror": True})]
     truth = case.label > 0
     rows, reference = [], None

@@ -83,7 +83,7 @@ def run_segment(args) -> int:
     for warning in report.warnings:   # an implausible result is still written; exit code stays 0
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{result.stats['slices']} slices in {result.seconds:.1f} s on {result.device} "
-          f"(batch {result.batch_size}, autocast {result.stats['autocast']}) -> {args.output}")
+          f"(batch {result.batch_size}, precision {result.stats['autocast']}) -> {args.output}")
     return 0
 
 
