@@ -14,6 +14,7 @@ from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
 from .resolve import resolve_model
+from .transfer import SliceTransfer
 from .quantize import int8_unavailable_reason, quantize_int8
 from .preprocess import from_model_output, labels_from_probabilities, to_model_input, window_hu
 
@@ -168,20 +169,35 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     probabilities = np.zeros(volume.shape, dtype=np.float32) if return_probabilities else None
     prob_target = reorient.to_canonical(probabilities) if return_probabilities else None
 
-    total, done = source.shape[0], 0
     if fast:
         batch = _segment_every_other_slice(runner, source, target, prob_target, batch, progress, cancel)
-        done = total
-    pending = None  # CUDA: results of the previous batch, copied back while the next one computes
+    else:
+        batch = _segment_every_slice(runner, source, target, prob_target, batch, progress, cancel)
+    removed = 0 if keep_all_pieces else remove_detached_pieces(labelmap, volume, geometry, net.metadata["labels"])
+
+    return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
+                              probabilities=probabilities, device=str(runner.device), batch_size=batch,
+                              seconds=time.perf_counter() - started,
+                              stats={"slices": source.shape[0], "threshold": runner.threshold,
+                                     "autocast": runner.precision_name(),
+                                     "input_size": runner.size, "detached_voxels_removed": removed})
+
+
+def _segment_every_slice(runner: SliceSegmenter, source: np.ndarray, target: np.ndarray,
+                         prob_target: Optional[np.ndarray], batch: int, progress, cancel) -> int:
+    """The slice loop: batches up, labels (and probabilities) back into ``target``; returns the final batch size.
+    On CUDA a batch's results are copied back while the next batch computes."""
+    total, done = source.shape[0], 0
+    pending = None
+    transfer = SliceTransfer(runner.device)
     while done < total:
         if cancel is not None and cancel():
             raise Cancelled("segmentation cancelled; nothing was written")
         stop = min(total, done + batch)
-        hu = torch.from_numpy(np.ascontiguousarray(source[done:stop]))
-        if runner.device.type == "cuda":
-            hu = hu.pin_memory()
+        if transfer.device != runner.device:          # the CPU took over after out-of-memory
+            transfer = SliceTransfer(runner.device)
         try:
-            labels, probs = runner(hu, return_probabilities, batch)
+            labels, probs = runner(transfer.upload(source[done:stop]), prob_target is not None, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
@@ -189,7 +205,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
             continue
         if pending is not None:
             _store(pending, target, prob_target)
-        pending = (done, stop, _to_host(labels), _to_host(None if probs is None else probs[:, 0]))
+        pending = (done, stop, transfer.download("labels", labels),
+                   transfer.download("probabilities", None if probs is None else probs[:, 0]))
         if runner.device.type != "cuda":
             _store(pending, target, prob_target)
             pending = None
@@ -198,14 +215,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
             progress(done, total)
     if pending is not None:
         _store(pending, target, prob_target)
-    removed = 0 if keep_all_pieces else remove_detached_pieces(labelmap, volume, geometry, net.metadata["labels"])
-
-    return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
-                              probabilities=probabilities, device=str(runner.device), batch_size=batch,
-                              seconds=time.perf_counter() - started,
-                              stats={"slices": total, "threshold": runner.threshold,
-                                     "autocast": runner.precision_name(),
-                                     "input_size": runner.size, "detached_voxels_removed": removed})
+    return batch
 
 
 def _back_off(runner: SliceSegmenter, batch: int, exc: BaseException) -> int:
@@ -220,18 +230,6 @@ def _back_off(runner: SliceSegmenter, batch: int, exc: BaseException) -> int:
         runner.to(torch.device("cpu"))
         return CPU_BATCH_SIZE
     raise FemurUNetError("out of memory on the CPU even at batch size 1") from exc
-
-
-def _to_host(t: Optional[torch.Tensor]):
-    if t is None:
-        return None
-    if t.device.type == "cuda":
-        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        host.copy_(t, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return host, event
-    return t.cpu(), None
 
 
 def _store(pending, target: np.ndarray, prob_target: Optional[np.ndarray]) -> None:
