@@ -62,3 +62,16 @@ def test_int8_labels_agree_with_fp32_on_a_phantom():
 
 def quantize_window(net):
     return (float(net.metadata["window"]["center"]), float(net.metadata["window"]["width"]))
+
+
+def test_benchmark_goals_report_the_int8_speedup_and_agreement():
+    from FemurUNetLib.benchmark import goal_summary
+    rows = [{"base_filters": 16, "variant": "bf16 channels_last", "dtype": "bf16", "compiled": False, "slices_per_s": 40.0},
+            {"base_filters": 16, "variant": "int8 (torchao, compiled)", "dtype": "int8", "compiled": True,
+             "slices_per_s": 60.0}]
+    accuracy = {"trained": True, "goal": 0.999, "rows": [{"mode": "int8", "dice_vs_fp32": 0.993}]}
+    goals = {g["goal"]: g for g in goal_summary({"forward": {"rows": rows}, "accuracy": accuracy})}
+    speed = goals["int8 forward / bf16 channels_last (base 16)"]
+    assert speed["value"] == pytest.approx(1.5) and speed["met"] is True
+    agree = goals["Dice fp32 vs int8 labelmap"]
+    assert agree["value"] == 0.993 and agree["met"] is False

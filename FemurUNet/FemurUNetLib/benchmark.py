@@ -516,9 +516,15 @@ def goal_summary(report: dict) -> list:
         if r["goal_seconds"]:
             goals.append({"goal": "phantom v2 case, 512 x 512 x 200, seconds", "value": r["seconds"],
                           "target": f"<= {r['goal_seconds']}", "met": r["seconds"] <= r["goal_seconds"]})
+    int8 = {r["base_filters"]: r for r in report.get("forward", {}).get("rows", []) if r["dtype"] == "int8"}
+    for r in report.get("forward", {}).get("rows", []):
+        if r["base_filters"] in int8 and r["variant"].startswith("bf16") and not r["compiled"]:
+            speedup = int8[r["base_filters"]]["slices_per_s"] / r["slices_per_s"]
+            goals.append({"goal": f"int8 forward / bf16 channels_last (base {r['base_filters']})", "value": speedup,
+                          "target": "> 1 (else int8 has no use here)", "met": speedup > 1.0})
     acc = report.get("accuracy", {})
     for r in acc.get("rows", []):
-        if r["mode"] in ("bf16", "fp16"):
+        if r["mode"] in ("bf16", "fp16", "int8"):
             goals.append({"goal": f"Dice fp32 vs {r['mode']} labelmap" + ("" if acc["trained"] else " (untrained)"),
                           "value": r["dice_vs_fp32"], "target": f">= {acc['goal']}",
                           "met": r["dice_vs_fp32"] >= acc["goal"]})
