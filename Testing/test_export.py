@@ -17,6 +17,7 @@ from FemurUNetLib.geometry import Geometry, Reorientation
 from FemurUNetLib.preprocess import window_to_uint8
 from FemurUNetLib.volume_io import write_image, write_seg_nrrd
 from FemurUNetTrainLib import export as export_mod
+from FemurUNetTrainLib import dataset as dataset_mod
 from FemurUNetTrainLib.dataset import load_dataset, paired_names, read_pairs
 from FemurUNetTrainLib.export import export_arrays, export_files, read_manifest
 
@@ -320,7 +321,7 @@ def test_pairs_are_checked_and_errors_list_offending_files(tmp_path):
     assert f"image/{names[0]}" in msg and "unreadable" in msg and f"{names[1]} (image" in msg and "label 7x5" in msg
 
 
-def test_loaded_pairs_follow_adjust_data(tmp_path):
+def test_loaded_pairs_follow_adjust_data(tmp_path, monkeypatch):
     ct, label = synthetic_case(shape=(12, 32, 32))
     out = tmp_path / "ds"
     export_arrays(ct, label, None, out, "c", empty_fraction=0.0)
@@ -334,6 +335,9 @@ def test_loaded_pairs_follow_adjust_data(tmp_path):
         np.testing.assert_array_equal(data.masks[i, 0].numpy(), lab)
     big = load_dataset(out, input_size=64)              # resized with the engine's to_model_input
     assert big.images.shape[-1] == 64 and big.masks.dtype == torch.bool
+    monkeypatch.setattr(dataset_mod, "READ_CHUNK", 5)  # read in chunks (5, 5, 2 slices): the same tensors
+    chunked = load_dataset(out, input_size=64)
+    assert torch.equal(chunked.images, big.images) and torch.equal(chunked.masks, big.masks)
     (out / "dataset.json").unlink()
     with pytest.raises(FemurUNetError, match="no dataset.json"):
         load_dataset(out, input_size=32)

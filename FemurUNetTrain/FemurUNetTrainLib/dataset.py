@@ -19,6 +19,7 @@ from .manifest import IMAGE_DIR, LABEL_DIR, MANIFEST_NAME, read_manifest
 
 MAX_LISTED = 8
 GREY_MODES = ("L", "P", "RGB", "RGBA", "LA", "1")
+READ_CHUNK = 2048     # slices read and converted at a time by load_dataset (peak memory: the tensors + one chunk)
 
 
 @dataclass
@@ -157,6 +158,9 @@ def load_dataset(datadir, input_size: int = DEFAULT_INPUT_SIZE) -> SliceDataset:
     if manifest is None:
         raise FemurUNetError(f"{root}: no {MANIFEST_NAME} (create training data with 'femurunet export')")
     names = paired_names(root)
-    images, labels = read_pairs(root, names)
-    x, y = to_model_tensors(images, labels, input_size)
+    x = torch.empty((len(names), 1, input_size, input_size), dtype=torch.float32)
+    y = torch.empty((len(names), 1, input_size, input_size), dtype=torch.bool)
+    for start in range(0, len(names), READ_CHUNK):      # a chunk at a time: the PNGs' pixels never all in memory
+        part = slice(start, start + READ_CHUNK)
+        x[part], y[part] = to_model_tensors(*read_pairs(root, names[part]), input_size)
     return SliceDataset(images=x, masks=y, names=names, manifest=manifest, root=root)
