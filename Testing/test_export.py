@@ -338,6 +338,10 @@ def test_loaded_pairs_follow_adjust_data(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset_mod, "READ_CHUNK", 5)  # read in chunks (5, 5, 2 slices): the same tensors
     chunked = load_dataset(out, input_size=64)
     assert torch.equal(chunked.images, big.images) and torch.equal(chunked.masks, big.masks)
+    manifest = json.loads((out / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps({**manifest, "cases": {}}))    # slices the manifest does not list
+    with pytest.raises(FemurUNetError, match=r"1 case\(s\) with slice files but no entry in dataset.json: c "):
+        load_dataset(out, input_size=32)
     (out / "dataset.json").unlink()
     with pytest.raises(FemurUNetError, match="no dataset.json"):
         load_dataset(out, input_size=32)
