@@ -46,8 +46,8 @@ def add_segment_options(parser, fast: bool = True) -> None:
                         help="probability threshold, 0 < T < 1 (default: the model's, 0.5)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="auto",
                         help="auto (default: bf16/fp16 where the device is fast at it, else fp32), fp32, bf16, or "
-                        "int8 (x86 CPU with torchao: ~1.8x the bf16 network speed, labels 0.993 Dice of fp32's; "
-                        "a one-off calibration and compile of ~20-40 s)")
+                        "int8 (x86 CPU, needs torchao; labels agree 0.97-0.99 Dice with fp32's; a one-off "
+                        "calibration and compile of ~20-40 s; measured no faster than bf16 on an AVX512-BF16 CPU)")
     parser.add_argument("--no-autocast", action="store_true", help="the same as --precision fp32")
     parser.add_argument("--mirror", action="store_true", help="test-time augmentation: average each slice's "
                         "output with its left-right mirror's (~2x time, a little more accurate)")

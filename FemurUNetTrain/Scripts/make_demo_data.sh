@@ -6,6 +6,10 @@
 # 90000-90039, never seen in training. Stage 3's hard cases (generated at commit 34d0bfd, phantom code unchanged
 # since): seeds 21000-21047 with a fixed coverage each (knee to ankle, whole leg, chest, hip to knee), all slices,
 # added to copies of train_all/val_all as train3/ (21000-21039) and val3/ (21040-21047).
+# Stage 4's hard cases (session 9, phantom code of commit 170a5c7): seeds 22000-22047 with a fixed coverage each
+# (whole leg, knee to ankle, hip to knee, pelvis, abdomen to thigh, chest) and a hip implant forced in every
+# even seed whose scan reaches the hip; all slices, added to copies of train3/val3 as train4/ (22000-22035) and
+# val4/ (22036-22047).
 # Usage: make_demo_data.sh WORKDIR [JOBS]   (JOBS phantoms at a time, default 2)
 set -euo pipefail
 WORK=${1:?usage: make_demo_data.sh WORKDIR [JOBS]}
@@ -58,6 +62,49 @@ for seed in range(21000, 21048):
     ct, label = (work / "phantoms3" / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
     negative = not np.any(read_volume(label)[0])
     dest = work / ("val3" if seed >= 21040 else "train3")
+    s = export_files(ct, label, dest, case=f"phantom{seed}", empty_fraction=1.0, seed=seed, negative=negative)
+    print(f"{dest.name}/{s['case']}: {s['positive']} slices with femur, {s['negative']} without", flush=True)
+PY
+
+stage4_plan() {   # seed coverage hip-implant: 36 training and 12 validation cases
+  s=22000
+  for c in whole_leg:10 knee_to_ankle:6 hip_to_knee:6 pelvis:6 abdomen_to_thigh:4 chest:4 \
+           whole_leg:3 knee_to_ankle:2 pelvis:3 hip_to_knee:2 chest:2; do
+    for _ in $(seq 1 "${c#*:}"); do
+      case "${c%:*}" in knee_to_ankle|chest) hip=0 ;; *) hip=$(( (s + 1) % 2 )) ;; esac
+      echo "$s ${c%:*} $hip"; s=$((s + 1))
+    done
+  done
+}
+mkdir -p "$WORK/phantoms4"
+stage4_plan | xargs -P "$JOBS" -L 1 sh -c '[ -f "$0/phantoms4/phantom$1_femur.nii.gz" ] || python3 -c "
+import sys
+from FemurUNetLib import phantom2_scene
+from FemurUNetLib.phantom import write_case
+from FemurUNetLib.phantom2 import generate_case
+seed, coverage, hip, out = int(sys.argv[1]), sys.argv[2], sys.argv[3] == \"1\", sys.argv[4]
+if hip:
+    phantom2_scene.IMPLANT_P[\"hip\"] = 1.0      # a hip stem and cup in this case
+write_case(generate_case(seed, coverage=coverage, jobs=1), out)
+" "$1" "$2" "$3" "$0/phantoms4"' "$WORK"
+python3 - "$WORK" <<'PY'
+import shutil, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+from FemurUNetLib.volume_io import read_volume
+from FemurUNetTrainLib.export import export_files
+
+work = Path(sys.argv[1])
+for src, dst in (("train3", "train4"), ("val3", "val4")):
+    if not (work / dst).exists():
+        subprocess.run(["cp", "-al", str(work / src), str(work / dst)], check=True)
+        (work / dst / "dataset.json").unlink()
+        shutil.copy(work / src / "dataset.json", work / dst / "dataset.json")
+for seed in range(22000, 22048):
+    ct, label = (work / "phantoms4" / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
+    negative = not np.any(read_volume(label)[0])
+    dest = work / ("val4" if seed >= 22036 else "train4")
     s = export_files(ct, label, dest, case=f"phantom{seed}", empty_fraction=1.0, seed=seed, negative=negative)
     print(f"{dest.name}/{s['case']}: {s['positive']} slices with femur, {s['negative']} without", flush=True)
 PY
