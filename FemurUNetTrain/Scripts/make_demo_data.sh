@@ -44,7 +44,8 @@ stage3_plan() {   # seed coverage: 40 training and 8 validation cases where the 
 mkdir -p "$WORK/phantoms3"
 stage3_plan | xargs -P "$JOBS" -L 1 sh -c \
   '[ -f "$0/phantoms3/phantom$1_femur.nii.gz" ] || femurunet sample "$0/phantoms3" --cases 1 --seed $1 --coverage $2' "$WORK"
-python3 - "$WORK" <<'PY'
+extend_data() {   # SRC_TRAIN SRC_VAL DST_TRAIN DST_VAL PHANTOMS FIRST_SEED LAST_SEED FIRST_VAL_SEED: copies + hard cases
+python3 - "$WORK" "$@" <<'PY'
 import shutil, subprocess, sys
 from pathlib import Path
 
@@ -52,19 +53,22 @@ import numpy as np
 from FemurUNetLib.volume_io import read_volume
 from FemurUNetTrainLib.export import export_files
 
-work = Path(sys.argv[1])
-for src, dst in (("train_all", "train3"), ("val_all", "val3")):
+work, (src_train, src_val, train, val, phantoms), (first, last, first_val) = Path(sys.argv[1]), sys.argv[2:7], \
+    map(int, sys.argv[7:10])
+for src, dst in ((src_train, train), (src_val, val)):
     if not (work / dst).exists():
         subprocess.run(["cp", "-al", str(work / src), str(work / dst)], check=True)    # the slices as links
         (work / dst / "dataset.json").unlink()
         shutil.copy(work / src / "dataset.json", work / dst / "dataset.json")         # rewritten: a real copy
-for seed in range(21000, 21048):
-    ct, label = (work / "phantoms3" / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
+for seed in range(first, last + 1):
+    ct, label = (work / phantoms / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
     negative = not np.any(read_volume(label)[0])
-    dest = work / ("val3" if seed >= 21040 else "train3")
+    dest = work / (val if seed >= first_val else train)
     s = export_files(ct, label, dest, case=f"phantom{seed}", empty_fraction=1.0, seed=seed, negative=negative)
     print(f"{dest.name}/{s['case']}: {s['positive']} slices with femur, {s['negative']} without", flush=True)
 PY
+}
+extend_data train_all val_all train3 val3 phantoms3 21000 21047 21040
 
 stage4_plan() {   # seed coverage hip-implant: 36 training and 12 validation cases
   s=22000
@@ -87,24 +91,4 @@ if hip:
     phantom2_scene.IMPLANT_P[\"hip\"] = 1.0      # a hip stem and cup in this case
 write_case(generate_case(seed, coverage=coverage, jobs=1), out)
 " "$1" "$2" "$3" "$0/phantoms4"' "$WORK"
-python3 - "$WORK" <<'PY'
-import shutil, subprocess, sys
-from pathlib import Path
-
-import numpy as np
-from FemurUNetLib.volume_io import read_volume
-from FemurUNetTrainLib.export import export_files
-
-work = Path(sys.argv[1])
-for src, dst in (("train3", "train4"), ("val3", "val4")):
-    if not (work / dst).exists():
-        subprocess.run(["cp", "-al", str(work / src), str(work / dst)], check=True)
-        (work / dst / "dataset.json").unlink()
-        shutil.copy(work / src / "dataset.json", work / dst / "dataset.json")
-for seed in range(22000, 22048):
-    ct, label = (work / "phantoms4" / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
-    negative = not np.any(read_volume(label)[0])
-    dest = work / ("val4" if seed >= 22036 else "train4")
-    s = export_files(ct, label, dest, case=f"phantom{seed}", empty_fraction=1.0, seed=seed, negative=negative)
-    print(f"{dest.name}/{s['case']}: {s['positive']} slices with femur, {s['negative']} without", flush=True)
-PY
+extend_data train3 val3 train4 val4 phantoms4 22000 22047 22036
