@@ -15,7 +15,7 @@ from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
 from .resolve import resolve_model
 from .transfer import SliceTransfer
-from .quantize import int8_unavailable_reason, quantize_int8
+from .quantize import quantize_int8
 from .preprocess import from_model_output, labels_from_probabilities, to_model_input, window_hu
 
 CPU_BATCH_SIZE = 8
@@ -73,10 +73,7 @@ class SliceSegmenter:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if self.int8:
-            reason = int8_unavailable_reason(device)
-            if reason:
-                raise FemurUNetError(reason)
-            self.compiled = quantize_int8(self.model, self.window, self.size)
+            self.compiled = quantize_int8(self.model, self.window, self.size, device)
         else:
             self.compiled = torch.compile(self.model, dynamic=False) if self.compile else None
         return self

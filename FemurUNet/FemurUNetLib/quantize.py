@@ -68,9 +68,12 @@ def calibration_batch(window, size: int) -> torch.Tensor:
     return torch.cat(slices)
 
 
-def quantize_int8(model: torch.nn.Module, window, size: int):
-    """The compiled int8 model: (N, 1, size, size) inputs -> probabilities; each new N compiles once. Kept on
-    the model object, so the volumes of a batch run quantize once."""
+def quantize_int8(model: torch.nn.Module, window, size: int, device: torch.device = torch.device("cpu")):
+    """The compiled int8 model: (N, 1, size, size) inputs -> probabilities; each new N compiles once. Kept per
+    model object, so the volumes of a batch run quantize once. Where int8 cannot run: a one-line error."""
+    reason = int8_unavailable_reason(device)
+    if reason:
+        raise FemurUNetError(reason)
     cache = _QUANTIZED.setdefault(model, {})
     key = (tuple(window), int(size))
     if key not in cache:
@@ -79,9 +82,6 @@ def quantize_int8(model: torch.nn.Module, window, size: int):
 
 
 def _quantize(model: torch.nn.Module, window, size: int):
-    reason = int8_unavailable_reason(torch.device("cpu"))
-    if reason:
-        raise FemurUNetError(reason)
     prepare_pt2e, convert_pt2e, xiq = _torchao()
     model = model.eval()
     example, n = torch.zeros(8, 1, size, size), torch.export.Dim("batch", max=1 << 16)

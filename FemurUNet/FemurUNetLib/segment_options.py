@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-import torch
-
-PRECISIONS = {"auto": True, "fp32": False, "bf16": torch.bfloat16, "int8": "int8"}   # -> segment_volume(autocast=)
+PRECISIONS = ("auto", "bf16", "fp32", "int8")
 
 
 def probability(text: str) -> float:
@@ -44,7 +42,7 @@ def add_segment_options(parser, fast: bool = True) -> None:
                         help="slices per batch (default: 8 on CPU, from free memory on CUDA)")
     parser.add_argument("--threshold", type=probability,
                         help="probability threshold, 0 < T < 1 (default: the model's, 0.5)")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default: bf16/fp16 where the device is fast at it, else fp32), fp32, bf16, or "
                         "int8 (x86 CPU, needs torchao; labels agree 0.97-0.99 Dice with fp32's; a one-off "
                         "calibration and compile of ~20-40 s; measured no faster than bf16 on an AVX512-BF16 CPU)")
@@ -62,7 +60,15 @@ def add_segment_options(parser, fast: bool = True) -> None:
 def segment_keywords(args) -> dict:
     """``segment_volume`` / ``segment_and_import`` keywords of options parsed by ``add_segment_options``."""
     keywords = {"device": args.device, "batch_size": args.batch_size, "threshold": args.threshold,
-                "autocast": PRECISIONS["fp32" if args.no_autocast else args.precision], "mirror": args.mirror, "keep_all_pieces": args.keep_all_pieces}
+                "autocast": autocast_value("fp32" if args.no_autocast else args.precision), "mirror": args.mirror, "keep_all_pieces": args.keep_all_pieces}
     if hasattr(args, "fast"):
         keywords["fast"] = args.fast
     return keywords
+
+
+def autocast_value(precision: str):
+    """A --precision name as ``segment_volume``'s ``autocast`` (torch is imported only for bf16)."""
+    if precision == "bf16":
+        import torch
+        return torch.bfloat16
+    return {"auto": True, "fp32": False, "int8": "int8"}[precision]
