@@ -66,7 +66,8 @@ def quantize_window(net):
 
 def test_benchmark_goals_report_the_int8_speedup_and_agreement():
     from FemurUNetLib.benchmark import goal_summary
-    rows = [{"base_filters": 16, "variant": "bf16 channels_last", "dtype": "bf16", "compiled": False, "slices_per_s": 40.0},
+    rows = [{"base_filters": 16, "variant": "bf16 channels_last", "dtype": "bf16", "compiled": False,
+             "slices_per_s": 40.0},
             {"base_filters": 16, "variant": "int8 (torchao, compiled)", "dtype": "int8", "compiled": True,
              "slices_per_s": 60.0}]
     accuracy = {"trained": True, "goal": 0.999, "rows": [{"mode": "int8", "dice_vs_fp32": 0.993}]}

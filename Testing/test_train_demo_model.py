@@ -23,7 +23,7 @@ FRESH_SPACING = (2.0, 2.0, 3.0)
 MIN_DICE = 0.94                                    # measured 0.957 (91000), 0.977 (91001) (run 4)
 MIN_PELVIS_DICE = 0.45                             # measured 0.53 / 0.74 (issue 13 goal 0.90: not met)
 MAX_FEMUR_FREE_FRACTION = 0.0005                   # issue 13's goal (< 0.05 % of the voxels)
-MAX_SHIN_ML = 40.0        # regression bound: measured 19 ml on 91002 (23 with all pieces; run 2: 175); goal 2 ml: not met
+MAX_SHIN_ML = 40.0        # regression bound: measured 19 ml on 91002 (23 all pieces; run 2: 175); goal 2 ml: not met
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,8 @@ from .model import UNet2D, forward_macs
 from .quantize import int8_unavailable_reason, quantize_int8
 from .modelfile import DEFAULT_MODEL_PATH, model_metadata
 from .resolve import resolve_model
-from .preprocess import DEFAULT_WINDOW, from_model_output, labels_from_probabilities, to_model_input, window_hu, window_to_uint8
+from .preprocess import (DEFAULT_WINDOW, from_model_output, labels_from_probabilities, to_model_input, window_hu,
+                         window_to_uint8)
 
 BENCHMARK_VERSION = 1
 SLICE_SIZE = 512
@@ -221,7 +222,8 @@ def bench_forward(device: torch.device, s: Settings, gemm: dict) -> dict:
             rate = batch / t["best_s"]
             gflops = 2.0 * macs * rate / 1e9
             peak_dtype = "bf16" if name.startswith("int8") and "bf16" in gemm else _dtype_name(amp)
-            row = {"base_filters": base, "variant": name, "dtype": "int8" if name.startswith("int8") else peak_dtype, "channels_last": channels_last,
+            dtype = "int8" if name.startswith("int8") else peak_dtype
+            row = {"base_filters": base, "variant": name, "dtype": dtype, "channels_last": channels_last,
                    "compiled": compiled, "batch": batch, "macs_per_slice": macs, "seconds_per_batch": t["best_s"],
                    "median_seconds_per_batch": t["median_s"], "runs": t["runs"], "slices_per_s": rate,
                    "gflops": gflops, "peak_dtype": peak_dtype, "peak_gflops": gemm[peak_dtype]["gflops"],

@@ -60,7 +60,8 @@ def add_segment_options(parser, fast: bool = True) -> None:
 def segment_keywords(args) -> dict:
     """``segment_volume`` / ``segment_and_import`` keywords of options parsed by ``add_segment_options``."""
     keywords = {"device": args.device, "batch_size": args.batch_size, "threshold": args.threshold,
-                "autocast": autocast_value("fp32" if args.no_autocast else args.precision), "mirror": args.mirror, "keep_all_pieces": args.keep_all_pieces}
+                "autocast": autocast_value("fp32" if args.no_autocast else args.precision), "mirror": args.mirror,
+                "keep_all_pieces": args.keep_all_pieces}
     if hasattr(args, "fast"):
         keywords["fast"] = args.fast
     return keywords

@@ -26,7 +26,8 @@ net.metadata = model_metadata(net)
 save_model(net, work / "b64.pt")
 for precision in ("auto", "int8"):
     t = time.perf_counter()
-    r = subprocess.run(["femurunet", "segment", str(work / "ct.nii.gz"), str(work / f"out_{precision}.seg.nrrd"), "--model",
-                        str(work / "b64.pt"), "--precision", precision, "--quiet", "--keep-all-pieces"], capture_output=True, text=True)
+    command = ["femurunet", "segment", str(work / "ct.nii.gz"), str(work / f"out_{precision}.seg.nrrd"),
+               "--model", str(work / "b64.pt"), "--precision", precision, "--quiet", "--keep-all-pieces"]
+    r = subprocess.run(command, capture_output=True, text=True)
     report = (r.stdout.strip().splitlines() or [""])[-1] if r.returncode == 0 else r.stderr.strip()[-300:]
     print(f"{precision}: {time.perf_counter() - t:.1f} s wall (exit {r.returncode}): {report}", flush=True)

@@ -160,8 +160,8 @@ def load_dataset(datadir, input_size: int = DEFAULT_INPUT_SIZE) -> SliceDataset:
     names = paired_names(root)
     unlisted = sorted({slice_case(n) for n in names} - set(manifest.get("cases", {})))
     if unlisted:
-        raise FemurUNetError(f"{root}: " + _listing(unlisted, f"case(s) with slice files but no entry in {MANIFEST_NAME}")
-                             + " (export them with 'femurunet export', or move their files out)")
+        listing = _listing(unlisted, f"case(s) with slice files but no entry in {MANIFEST_NAME}")
+        raise FemurUNetError(f"{root}: {listing} (export them with 'femurunet export', or move their files out)")
     x = torch.empty((len(names), 1, input_size, input_size), dtype=torch.float32)
     y = torch.empty((len(names), 1, input_size, input_size), dtype=torch.bool)
     for start in range(0, len(names), READ_CHUNK):      # a chunk at a time: the PNGs' pixels never all in memory
