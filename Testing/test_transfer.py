@@ -45,3 +45,10 @@ def test_engine_labels_are_exact_with_odd_batches(threshold_model):
                        return_probabilities=True)
     assert np.array_equal(r.labelmap, expected_threshold_labels(hu)) and r.stats["slices"] == 11
     assert np.array_equal(r.probabilities > 0.5, r.labelmap > 0)
+
+
+def test_a_strided_slab_is_staged_without_a_copy_first():
+    t = SliceTransfer(torch.device("cpu"), staged=True)
+    volume = np.arange(4 * 6 * 6, dtype=np.int16).reshape(4, 6, 6)
+    strided = volume[:, ::-1, ::2]                      # a flipped, subsampled view (canonical reorientation)
+    assert np.array_equal(t.upload(strided).numpy(), strided)

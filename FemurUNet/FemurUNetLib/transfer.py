@@ -41,10 +41,9 @@ class SliceTransfer:
         return buf[:shape[0]], key
 
     def upload(self, slab: np.ndarray) -> torch.Tensor:
-        slab = np.ascontiguousarray(slab)
         if not self.staged:
-            return torch.from_numpy(slab)
-        host, key = self._buffer("up", slab.shape, torch.from_numpy(slab[:0]).dtype)
+            return torch.from_numpy(np.ascontiguousarray(slab))
+        host, key = self._buffer("up", slab.shape, torch.from_numpy(np.empty(0, slab.dtype)).dtype)
         host.numpy()[...] = slab
         if not self.cuda:
             return host
