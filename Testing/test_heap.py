@@ -1,0 +1,31 @@
+"""freed_memory_kept: inside it the pages of freed large arrays are reused (no new page faults); after it,
+freed memory goes back to the kernel again."""
+import resource
+import sys
+
+import numpy as np
+import pytest
+
+from FemurUNetLib.heap import _glibc, freed_memory_kept
+
+BLOCKS, BLOCK = 16, 8 * 1024 * 1024     # 128 MiB in 8 MiB arrays, like a phantom's slab temporaries
+
+
+def faults_of_reallocating() -> int:
+    """Page faults of allocating BLOCKS arrays after the same arrays were allocated and freed."""
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        blocks = [np.ones(BLOCK, np.uint8) for _ in range(BLOCKS)]
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        del blocks
+    return faults
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator: Linux only")
+def test_freed_pages_are_reused_inside_and_returned_after():
+    assert _glibc() is not None, "glibc not found on Linux"
+    before = faults_of_reallocating()
+    with freed_memory_kept():
+        kept = faults_of_reallocating()
+    after = faults_of_reallocating()
+    assert kept < 100 and before > 1000 and after > 1000, (before, kept, after)
