@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 * 1024 * 1024       # glibc's adaptive maximum: smaller blocks come from the heap
@@ -17,6 +18,7 @@ ADAPTED_TRIM_THRESHOLD = 2 * MMAP_THRESHOLD    # what glibc's adaptive rule pair
 KEPT_TRIM_THRESHOLD = 512 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
     with contextlib.suppress(OSError, AttributeError, TypeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

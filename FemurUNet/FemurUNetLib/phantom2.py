@@ -365,14 +365,14 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel)."""
     anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng = _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
+    scene = build_scene(anatomy_rng, make_individual(anatomy_rng))
+    if coverage is None:
+        coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
+    if coverage not in COVERAGES:
+        raise FemurUNetError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
+    geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction, shape)
+    renderer = Renderer(scene, geometry, shape, rotation, tex_rng)
     with freed_memory_kept():
-        scene = build_scene(anatomy_rng, make_individual(anatomy_rng))
-        if coverage is None:
-            coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
-        if coverage not in COVERAGES:
-            raise FemurUNetError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
-        geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction, shape)
-        renderer = Renderer(scene, geometry, shape, rotation, tex_rng)
         hu, label = render(renderer, shape, default_jobs() if jobs is None else int(jobs))
         metal_streaks(renderer, hu, noise_rng, scanner)
         axial = Reorientation.for_geometry(geometry)      # views: physics runs in the scanner's axial frame
