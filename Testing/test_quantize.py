@@ -11,15 +11,22 @@ from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.evaluate import dice
 from FemurUNetLib.inference import segment_volume
 from FemurUNetLib.phantom2 import generate_case
+from FemurUNetLib.preprocess import to_model_input, window_hu
 from FemurUNetLib.resolve import resolve_model
 from FemurUNetLib.segment_options import add_segment_options, segment_keywords
 from FemurUNetTrainLib.cli import main as femurunet
 
 
 def test_calibration_slices_are_fixed_model_inputs():
-    a, b = quantize.calibration_batch((400.0, 1800.0), 64), quantize.calibration_batch((400.0, 1800.0), 64)
-    assert a.shape == (sum(n for _, n in quantize.CALIBRATION_CASES), 1, 64, 64)
-    assert torch.equal(a, b) and 0.0 <= a.min() and a.max() <= 1.0
+    """The slices of the fixed phantom cases, windowed and resized (the phantom's bits are fixed per seed:
+    test_phantom2), so every run calibrates on the same inputs."""
+    window, size = (400.0, 1800.0), 64
+    a = quantize.calibration_batch(window, size)
+    assert a.shape == (sum(n for _, n in quantize.CALIBRATION_CASES), 1, size, size)
+    coverage, n = quantize.CALIBRATION_CASES[0]
+    first = generate_case(quantize.CALIBRATION_SEED, coverage=coverage, shape=(n, 256, 256), jobs=1).ct
+    expected = to_model_input(window_hu(torch.from_numpy(first.astype("float32")), *window), size)
+    assert torch.equal(a[:n], expected) and 0.0 <= a.min() and a.max() <= 1.0
     assert (a > 0.5).any() and a.std() > 0.05           # bone and tissue, not a blank field
 
 
