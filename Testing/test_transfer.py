@@ -52,3 +52,27 @@ def test_a_strided_slab_is_staged_without_a_copy_first():
     volume = np.arange(4 * 6 * 6, dtype=np.int16).reshape(4, 6, 6)
     strided = volume[:, ::-1, ::2]                      # a flipped, subsampled view (canonical reorientation)
     assert np.array_equal(t.upload(strided).numpy(), strided)
+
+
+def test_fast_mode_fills_and_thresholds_before_the_copy_back(monkeypatch, threshold_model):
+    """--fast through staged buffers (CUDA's path, on the CPU): the same labels and probabilities as unstaged."""
+    import FemurUNetLib.inference as inference
+    hu = np.random.default_rng(2).integers(-500, 1500, (12, 64, 64)).astype(np.int16)
+    kw = dict(device="cpu", batch_size=3, autocast=False, keep_all_pieces=True, return_probabilities=True, fast=True)
+    plain = segment_volume(hu, None, threshold_model, **kw)
+    monkeypatch.setattr(inference, "SliceTransfer", lambda device: SliceTransfer(device, staged=True))
+    staged = segment_volume(hu, None, threshold_model, **kw)
+    assert np.array_equal(staged.labelmap, plain.labelmap) and np.array_equal(staged.probabilities, plain.probabilities)
+    mean = (plain.probabilities[4] + plain.probabilities[6]) / 2       # slice 5 sits across a batch boundary
+    assert np.array_equal(plain.probabilities[5], mean) and np.array_equal(plain.labelmap[5], (mean > 0.5))
+
+
+def test_filled_gaps_join_the_previous_batch_and_skip_none_after_the_last_slice():
+    from FemurUNetLib.inference import _with_filled_gaps
+    p = {k: torch.full((1, 2, 2), float(k)) for k in range(12)}
+    first, block = _with_filled_gaps([4, 6], torch.stack([p[4], p[6]]), (2, p[2]))
+    assert first == 3 and block[:, 0, 0, 0].tolist() == [3.0, 4.0, 5.0, 6.0]
+    first, block = _with_filled_gaps([0, 2], torch.stack([p[0], p[2]]), None)
+    assert first == 0 and block[:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0]
+    first, block = _with_filled_gaps([11], torch.stack([p[11]]), (10, p[10]))     # even depth: the last slice
+    assert first == 11 and block[:, 0, 0, 0].tolist() == [11.0]

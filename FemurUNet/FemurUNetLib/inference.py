@@ -243,33 +243,52 @@ def _store(pending, target: np.ndarray, prob_target: Optional[np.ndarray]) -> No
 
 def _segment_every_other_slice(runner: SliceSegmenter, source: np.ndarray, target: np.ndarray,
                                prob_target: Optional[np.ndarray], batch: int, progress, cancel) -> int:
-    """``fast``: predict slices 0, 2, 4, ... (and the last); fill each skipped slice from its neighbours' mean."""
+    """``fast``: predict slices 0, 2, 4, ... (and the last); fill each skipped slice from its neighbours' mean.
+    The fills and the thresholds are computed where the network ran; only the labels (and the probabilities when
+    asked for) come back, as in the slice loop."""
     total = source.shape[0]
     predicted = list(range(0, total, 2)) + ([total - 1] if (total - 1) % 2 else [])
-    previous, pos = None, 0
+    previous, pos, pending = None, 0, None
+    transfer = SliceTransfer(runner.device)
     while pos < len(predicted):
         if cancel is not None and cancel():
             raise Cancelled("segmentation cancelled; nothing was written")
         ks = predicted[pos:pos + batch]
+        if transfer.device != runner.device:          # the CPU took over after out-of-memory
+            transfer = SliceTransfer(runner.device)
+            previous = previous and (previous[0], previous[1].to(runner.device))
         try:
-            _, probs = runner(torch.from_numpy(np.ascontiguousarray(source[ks])), True, batch)
+            _, probs = runner(transfer.upload(source[ks]), True, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
             batch = _back_off(runner, batch, exc)
             continue
-        for k, p in zip(ks, probs.cpu()):
-            if previous is not None and k - previous[0] == 2:
-                _write_slice(runner, (previous[1] + p) / 2, k - 1, target, prob_target)
-            _write_slice(runner, p, k, target, prob_target)
-            previous = (k, p)
+        first, block = _with_filled_gaps(ks, probs, previous)
+        if pending is not None:
+            _store(pending, target, prob_target)
+        pending = (first, ks[-1] + 1, transfer.download("labels", labels_from_probabilities(block, runner.threshold)),
+                   transfer.download("probabilities", block[:, 0] if prob_target is not None else None))
+        if runner.device.type != "cuda":
+            _store(pending, target, prob_target)
+            pending = None
+        previous = (ks[-1], probs[-1])
         pos += len(ks)
         if progress is not None:
             progress(min(total, ks[-1] + 1), total)
+    if pending is not None:
+        _store(pending, target, prob_target)
     return batch
 
 
-def _write_slice(runner: SliceSegmenter, probs: torch.Tensor, k: int, target, prob_target) -> None:
-    target[k] = labels_from_probabilities(probs[None], runner.threshold)[0].numpy()
-    if prob_target is not None:
-        prob_target[k] = probs[0].numpy()
+def _with_filled_gaps(ks, probs: torch.Tensor, previous) -> tuple:
+    """(first slice, probabilities of slices first..ks[-1]): the predicted ``ks`` with each skipped slice between
+    two of them (or after ``previous``, the last predicted slice before) the mean of its two neighbours."""
+    first = ks[0] - 1 if previous is not None and ks[0] - previous[0] == 2 else ks[0]
+    rows = []
+    for k, p in zip(ks, probs):
+        if previous is not None and k - previous[0] == 2:
+            rows.append((previous[1] + p) / 2)
+        rows.append(p)
+        previous = (k, p)
+    return first, torch.stack(rows)
