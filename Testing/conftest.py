@@ -16,8 +16,9 @@ from FemurUNetLib import UNet2D
 from FemurUNetLib.modelfile import model_metadata, save_model
 from FemurUNetLib.preprocess import DEFAULT_WINDOW
 
-if os.environ.get("PYTEST_XDIST_WORKER"):       # one test process per core (pytest -n): one torch thread each
+if os.environ.get("PYTEST_XDIST_WORKER"):       # one test process per core (pytest -n): one torch thread each,
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"         # the processes its tests start included (no threads spinning idle)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
