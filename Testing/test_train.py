@@ -222,6 +222,48 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(phantom_data, tmp_pa
     assert len(resumed.log_path.read_text().splitlines()) == 4
 
 
+def test_ema_validates_and_saves_the_average_of_the_weights_after_every_step(phantom_data, tmp_path, monkeypatch):
+    import FemurUNetTrainLib.train as training
+    train_dir, val_dir, _ = phantom_data
+    after_steps = []
+    real_optimise = training.optimise
+
+    def recording_optimise(model, *args, **kwargs):
+        value = real_optimise(model, *args, **kwargs)
+        after_steps.append(state(model))
+        return value
+    monkeypatch.setattr(training, "optimise", recording_optimise)
+    decay = 0.6
+    result = train(tiny_config(train_dir, tmp_path / "m.pt", val=str(val_dir), epochs=2, ema=decay, lr=1e-2))
+    torch.manual_seed(7)                                             # tiny_config's seed: the run's first weights
+    start = state(UNet2D(1, 1, 4))
+    average = {k: decay * start[k] + (1 - decay) * after_steps[0][k] for k in start}
+    for weights in after_steps[1:]:
+        average = {k: decay * average[k] + (1 - decay) * weights[k] for k in average}
+    assert len(after_steps) == 2 * 3
+    for k, v in state(result.model).items():
+        torch.testing.assert_close(v, average[k], atol=1e-6, rtol=1e-5)
+    assert not torch.equal(state(result.model)["head.weight"], after_steps[-1]["head.weight"])
+    saved = load_model(tmp_path / "m.pt")
+    assert saved.metadata["training"]["ema"] == decay
+    best = saved.metadata["training"]["epoch"]
+    assert saved.metadata["training"]["val_loss"] == pytest.approx(result.history[best - 1]["val_loss"])
+
+
+def test_ema_resumes_exactly_and_its_decay_is_checked(phantom_data, tmp_path):
+    train_dir, val_dir, _ = phantom_data
+    recipe = dict(val=str(val_dir), epochs=3, ema=0.9)
+    whole = train(tiny_config(train_dir, tmp_path / "a" / "m.pt", **recipe))
+    out_b = tmp_path / "b" / "m.pt"
+    train(tiny_config(train_dir, out_b, **{**recipe, "epochs": 2}))
+    resumed = train(tiny_config(train_dir, out_b, resume=True, **recipe))
+    assert_same_weights(state(whole.model), state(resumed.model))
+    assert [r["val_loss"] for r in whole.history] == [r["val_loss"] for r in resumed.history]
+    for bad in (1.0, -0.1):
+        with pytest.raises(FemurUNetError, match="ema decay must be at least 0 and below 1"):
+            train(tiny_config(train_dir, tmp_path / "c.pt", ema=bad))
+
+
 def test_resume_refuses_a_changed_recipe_and_a_missing_checkpoint(phantom_data, tmp_path):
     train_dir, _, _ = phantom_data
     out = tmp_path / "m.pt"

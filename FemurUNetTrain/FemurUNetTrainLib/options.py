@@ -182,6 +182,9 @@ class TrainConfig:
                                  "(default {}: off)", metavar="PATIENCE")
     bce_weight: float = option(0.0, "--bce-weight", "minimise 1 - Dice + W x mean binary cross-entropy (default "
                                "{:g}: the seed's 1 - Dice); the monitored loss stays 1 - Dice", metavar="W")
+    ema: float = option(0.0, "--ema", "validate and save an exponential moving average of the weights, updated "
+                        "after every step with this decay, e.g. 0.998 (default {:g}: off, like the seed)",
+                        metavar="DECAY")
     dropout: bool = True              # the seed's dropout layers (False only for equivalence tests/ablations)
     deterministic: bool = True
     threads: Optional[int] = option(None, "--threads", "CPU threads (default: all, split between DDP processes)",
@@ -200,7 +203,7 @@ class TrainConfig:
 # Recipe fields: on --resume they come from the checkpoint unless explicitly changed (then: error).
 RECIPE_FIELDS = ("epochs", "steps_per_epoch", "batch_size", "lr", "base_filters", "input_size", "seed", "amp",
                  "lr_schedule", "lr_patience", "lr_factor", "min_lr", "warmup_epochs", "early_stopping", "dropout",
-                 "augment", "init", "bce_weight", "intensity", "val_cases")
+                 "augment", "init", "bce_weight", "intensity", "val_cases", "ema")
 EXTENDABLE_FIELDS = ("epochs", "early_stopping")
 # Recipes: defaults under the user's own flags. "seed": the original work's. "finetune": the run that fine-tuned the
 # demo model on 40 added cases (held-out phantom Dice 0.937 -> 0.953; docs/MODEL_HISTORY.md), plus early stopping

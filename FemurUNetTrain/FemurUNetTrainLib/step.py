@@ -2,6 +2,7 @@
 augment it (the seed's geometric augmentation, then the opt-in intensity randomisation), optimise on it."""
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -79,3 +80,19 @@ def optimise(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer
     for group, lr in zip(optimizer.param_groups, scheduled):
         group["lr"] = lr
     return loss_value
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights: after every optimiser step, ``average += (1 -
+    decay) x (weights - average)``. ``net`` is a copy of the network holding the average (validated and saved)."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.net = copy.deepcopy(net)
+        self.net.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        torch._foreach_lerp_(list(self.net.parameters()), list(net.parameters()), 1.0 - self.decay)
+        for average, current in zip(self.net.buffers(), net.buffers()):
+            average.copy_(current)

@@ -41,7 +41,7 @@ from .history import COLLAPSE_DICE, COLLAPSE_EPOCHS, append_log, checkpoint_path
 from .intensity import draw_intensity
 from .loss import evaluate
 from .options import TrainConfig
-from .step import ADAM_EPSILON, amp_dtype, augment, load_batch, make_optimizer, optimise
+from .step import ADAM_EPSILON, WeightAverage, amp_dtype, augment, load_batch, make_optimizer, optimise
 
 # names other modules and scripts import from here
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "train", "checkpoint_path", "log_path", "curve_path",
@@ -101,6 +101,8 @@ def _check_config(config: TrainConfig) -> None:
         raise FemurUNetError(f"learning rate must be positive, got {config.lr}")
     if not 0.0 <= config.bce_weight < math.inf:
         raise FemurUNetError(f"bce-weight must be 0 or more, got {config.bce_weight}")
+    if not 0.0 <= config.ema < 1.0:
+        raise FemurUNetError(f"ema decay must be at least 0 and below 1, got {config.ema}")
     if config.lr_schedule not in ("none", "plateau", "cosine"):
         raise FemurUNetError(f"lr schedule {config.lr_schedule!r}: use none, plateau or cosine")
     if not str(config.out).endswith(".pt"):
@@ -158,10 +160,16 @@ class _Run:
     best_epoch: int = 0
     bad_epochs: int = 0
     start_epoch: int = 0
+    average: Optional[WeightAverage] = None     # --ema: the averaged weights, validated and saved
 
     @property
     def out(self) -> Path:
         return Path(self.config.out)
+
+    @property
+    def kept(self) -> UNet2D:
+        """The network that is validated and saved: the weight average with --ema, else the trained one."""
+        return self.average.net if self.average is not None else self.net
 
     @property
     def window(self) -> dict:
@@ -241,7 +249,7 @@ def _provenance(run: _Run) -> dict:
         "seed": c.seed, "augment": c.augment.to_dict(), "intensity": c.intensity.to_dict(),
         "monitor": _monitor(run),
         "amp": str(run.amp).replace("torch.", "") if run.amp else "off", "world_size": ctx.world,
-        "device": run.device.type, "torch": str(torch.__version__), "dropout": c.dropout,
+        "device": run.device.type, "torch": str(torch.__version__), "dropout": c.dropout, "ema": c.ema,
     }
 
 
@@ -258,6 +266,8 @@ def _restore(run: _Run, saved: Optional[dict]) -> None:
                 stale.unlink(missing_ok=True)
         return
     run.optimizer.load_state_dict(saved["optimizer"])
+    if run.average is not None:
+        run.average.net.load_state_dict(saved["average"])
     if run.scheduler is not None and saved.get("scheduler"):
         run.scheduler.load_state_dict(saved["scheduler"])
     if run.scheduler is not None and run.config.lr_schedule == "cosine":
@@ -287,6 +297,7 @@ def _prepare(config: TrainConfig, ctx: Dist, device: torch.device) -> _Run:
     optimizer = make_optimizer(net, config.lr)
     run = _Run(config, ctx, device, train_data, val_data, amp, scaler, net, net, optimizer,
                _make_scheduler(config, optimizer), init_training, {}, [])
+    run.average = WeightAverage(net, config.ema) if config.ema else None
     _restore(run, saved)
     if ctx.world > 1:
         run.model = torch.nn.parallel.DistributedDataParallel(
@@ -316,6 +327,8 @@ def _train_epoch(run: _Run, epoch: int, progress, should_stop) -> Optional[tuple
         x, y = augment(x, y, select(params, mine), drawn, c, float(run.window["width"]))
         loss_value = optimise(run.model, x, y, run.optimizer, run.scaler, ctx, run.amp, c.bce_weight,
                               warmup_factor(c, epoch, step))
+        if run.average is not None:
+            run.average.update(run.net)
         loss_sum += loss_value
         dice_sum += 1.0 - loss_value
         if progress is not None and ctx.main:
@@ -329,7 +342,7 @@ def _end_epoch(run: _Run, epoch: int, loss_sum: float, dice_sum: float, started:
     train_loss = loss_sum / c.steps_per_epoch
     val_loss = val_dice = None
     if run.val_data is not None:
-        val_loss, val_dice = evaluate(run.net, run.val_data, run.device, run.amp,
+        val_loss, val_dice = evaluate(run.kept, run.val_data, run.device, run.amp,
                                       c.val_batch_size or c.batch_size // run.ctx.world, run.ctx, c.channels_last)
     current = val_loss if run.val_data is not None else train_loss
     improved = current < run.best
@@ -350,7 +363,7 @@ def _end_epoch(run: _Run, epoch: int, loss_sum: float, dice_sum: float, started:
 
 
 def _write_epoch_files(run: _Run, epoch: int, record: dict, current: float, improved: bool) -> None:
-    c, net = run.config, run.net
+    c, net = run.config, run.kept
     if improved:
         provenance = dict(run.provenance, epoch=epoch + 1, best_monitor=current, loss=record["loss"],
                           val_loss=record["val_loss"], val_dice=record["val_dice"])
@@ -358,7 +371,8 @@ def _write_epoch_files(run: _Run, epoch: int, record: dict, current: float, impr
                    input_size=c.input_size, training=provenance)
     save_checkpoint(checkpoint_path(run.out), {
         "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "epoch": epoch + 1,
-        "config": c.recipe(), "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "config": c.recipe(), "model": {k: v.detach().cpu() for k, v in run.net.state_dict().items()},
+        "average": None if run.average is None else {k: v.cpu() for k, v in net.state_dict().items()},
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
@@ -410,10 +424,10 @@ def train(config: TrainConfig, progress: Optional[Callable[[TrainProgress], None
     with _process_settings(config, ctx, device):
         run = _prepare(config, ctx, device)
         stopped, early_stopped = _epochs(run, progress, should_stop)
-        run.net.to(memory_format=torch.contiguous_format)
+        run.kept.to(memory_format=torch.contiguous_format)
         out = run.out
         return TrainResult(model_path=out, checkpoint_path=checkpoint_path(out), log_path=log_path(out),
                            curve_path=curve_path(out), history=run.history, best_epoch=run.best_epoch,
                            best_monitor=run.best, monitor=_monitor(run), epochs_completed=len(run.history),
                            stopped=stopped, early_stopped=early_stopped, seconds=time.perf_counter() - started,
-                           model=run.net.cpu().eval())
+                           model=run.kept.cpu().eval())
