@@ -230,6 +230,7 @@ class HeadOnlyNet(UNet2D):
         return self.head(x)
 
 
+@pytest.mark.slow
 def test_compiled_model_gives_the_eager_labels():
     """torch.compile (inductor, needs a C++ compiler) with a padded last batch: the same labels as eager."""
     torch.manual_seed(0)
