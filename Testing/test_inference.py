@@ -110,21 +110,22 @@ class OutOfMemoryAboveTwo(UNet2D):
         return super().forward(x)
 
 
-def test_out_of_memory_halves_the_batch_and_keeps_the_result():
+@pytest.mark.parametrize("fast", [False, True], ids=["every slice", "fast"])
+def test_out_of_memory_halves_the_batch_and_keeps_the_result(fast):
     torch.manual_seed(0)
     net = OutOfMemoryAboveTwo(base_filters=4)
     hu = blob_volume((9, 64, 64))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = segment_volume(hu, None, net, batch_size=8, autocast=False)
+        r = segment_volume(hu, None, net, batch_size=8, autocast=False, fast=fast)
     assert r.batch_size == 2
     assert [str(w.message) for w in caught if "out of memory" in str(w.message)] == [
         "out of memory on cpu at batch size 8; retrying with 4",
         "out of memory on cpu at batch size 4; retrying with 2"]
     plain = UNet2D(base_filters=4)
     plain.load_state_dict(net.state_dict())
-    ref = segment_volume(hu, None, plain, batch_size=2, autocast=False)
-    assert np.array_equal(r.labelmap, ref.labelmap)
+    ref = segment_volume(hu, None, plain, batch_size=2, autocast=False, fast=fast)
+    assert np.array_equal(r.labelmap, ref.labelmap) and ref.labelmap.any()
 
 
 def test_bad_inputs_are_refused_with_a_clear_message(threshold_model):

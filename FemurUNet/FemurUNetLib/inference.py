@@ -256,7 +256,8 @@ def _segment_every_other_slice(runner: SliceSegmenter, source: np.ndarray, targe
         ks = predicted[pos:pos + batch]
         if transfer.device != runner.device:          # the CPU took over after out-of-memory
             transfer = SliceTransfer(runner.device)
-            previous = previous and (previous[0], previous[1].to(runner.device))
+            if previous is not None:
+                previous = (previous[0], previous[1].to(runner.device))
         try:
             _, probs = runner(transfer.upload(source[ks]), True, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:

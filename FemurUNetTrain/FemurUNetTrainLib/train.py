@@ -371,8 +371,8 @@ def _write_epoch_files(run: _Run, epoch: int, record: dict, current: float, impr
                    input_size=c.input_size, training=provenance)
     save_checkpoint(checkpoint_path(run.out), {
         "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "epoch": epoch + 1,
-        "config": c.recipe(), "model": {k: v.detach().cpu() for k, v in run.net.state_dict().items()},
-        "average": None if run.average is None else {k: v.cpu() for k, v in net.state_dict().items()},
+        "config": c.recipe(), "model": _cpu_state(run.net),
+        "average": None if run.average is None else _cpu_state(run.average.net),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
@@ -382,6 +382,10 @@ def _write_epoch_files(run: _Run, epoch: int, record: dict, current: float, impr
     })
     append_log(log_path(run.out), record)
     plot_curve(run.history, curve_path(run.out))
+
+
+def _cpu_state(net: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
 def _epochs(run: _Run, progress, should_stop) -> tuple:
