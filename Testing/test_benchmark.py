@@ -221,7 +221,6 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     assert np.array_equal(got.labelmap, ref.labelmap)
 
 
-@pytest.mark.slow
 class HeadOnlyNet(UNet2D):
     """A UNet2D that runs its 1x1 head only: inductor compiles it in seconds (the whole U-Net takes ~40 s of
     C++ compilation on a fresh machine; test_quantize compiles that one)."""
