@@ -23,8 +23,8 @@ from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import Geometry, Reorientation
 from FemurUNetLib.phantom import HU_MAX, HU_MIN
 from FemurUNetLib.phantom2 import COVERAGES, FEMUR_FREE, femur_truth, generate_case, make_grid, make_scene
-from FemurUNetLib.phantom2_anatomy import BODIES, SIDES, load_body
-from FemurUNetLib.phantom2_body import draw_hu, fat_thickness, skin_distance
+from FemurUNetLib.phantom2_anatomy import BODIES, NARROWED_HIP_P, SIDES, hip_joint_space, load_body
+from FemurUNetLib.phantom2_body import cavity_distance, draw_hu, fat_thickness, skin_distance
 from FemurUNetLib.sdf import _rotation as sdf_rotation
 
 COARSE = (4.0, 4.0, 4.0)
@@ -183,6 +183,32 @@ def test_femoral_head_sits_in_the_acetabulum_with_a_joint_space(seed):
         start = int(np.argmax(h < 0))                    # first sample in the hip bone
         assert start > end and (f[end:start] > 0).all() and (h[end:start] > 0).all()
         assert 0.5 <= r[start] - r[end] <= 10.0, (side, r[end], r[start])   # the joint space, mm
+
+
+def test_hip_joint_space_is_narrowed_in_a_share_of_hips_and_drawn_per_side():
+    rng = np.random.default_rng(0)
+    gaps = np.array([hip_joint_space(rng) for _ in range(4000)])
+    assert 0.2 <= gaps.min() and gaps.max() <= 4.0
+    narrowed = (gaps < 1.0).mean()
+    assert abs(narrowed - NARROWED_HIP_P) < 0.03, narrowed          # binomial sd 0.007
+    assert abs(np.median(gaps[gaps >= 1.0]) - 2.5) < 0.15           # uniform 1-4 mm otherwise
+    sides = np.array([[_scene(seed).ind.hip_gap[s] for s in SIDES] for seed in SEEDS])
+    assert (np.abs(sides[:, 0] - sides[:, 1]) > 1.0).any()          # left and right differ
+    assert (sides < 1.0).any() and (sides >= 1.0).any()
+
+
+@pytest.mark.parametrize("seed", SEEDS[:8])
+def test_hip_joints_sit_in_muscle_beside_the_lesser_pelvis(seed):
+    scene = _scene(seed)
+    ind, body = scene.ind, scene.body
+    for side, sign in SIDES.items():
+        head = ind.marks[f"head_{side}"]
+        for dx in (-ind.head_radius - 8.0, 0.0, ind.head_radius + 8.0):    # medial, centre, lateral
+            assert cavity_distance(_point(head + (sign * dx, 0.0, 0.0)), body)[0] > 0, (side, dx)
+    middle = 0.5 * (ind.marks["head_left"] + ind.marks["head_right"])
+    for dx, inside in ((-body["true_pelvis"] + 10.0, True), (10.0, True), (body["true_pelvis"] + 5.0, False)):
+        d = cavity_distance(_point((body["cx"] + dx, body["cy"] - 15.0, middle[2])), body)[0]
+        assert (d < 0) == inside, (dx, d)                          # the lesser pelvis between the hip joints
 
 
 @pytest.mark.parametrize("seed", SEEDS[:6])

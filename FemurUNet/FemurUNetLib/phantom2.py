@@ -69,9 +69,11 @@ def _draw_scan(rng, scene, coverage) -> dict:
     centre = rotation @ centre
     if legs_only:               # aim at the legs as posed and rotated on the table
         legs = np.array([rotation @ marks[f"{j}_{s}"] for j in ("knee", "ankle") for s in sides])[:, :2]
-        centre[:2] = 0.5 * (legs.min(0) + legs.max(0)) + (jitter if len(sides) == 2 else 0.0)
+        centre[:2] = 0.5 * (legs.min(0) + legs.max(0))
         if len(sides) == 2:
-            fov = min(500.0, max(fov, float(np.ptp(legs, axis=0).max()) + 180.0))
+            need = float(np.ptp(legs, axis=0).max()) + 180.0
+            fov = min(500.0, max(fov, need))
+            centre[:2] += jitter if need <= 500.0 else 0.0      # legs spread wide: centred, no room to be off
     return {"fov": fov, "centre": centre, "n_xy": n_xy, "s_z": s_z, "n_z": max(1, int(round((hi - lo) / s_z))),
             "rotation": rotation}
 

@@ -110,7 +110,7 @@ class Individual:
     deformation: Deformation
     marks: dict                   # posed landmarks in the anatomical frame (mm)
     head_radius: float
-    hip_gap: float
+    hip_gap: dict                 # side -> hip joint space (mm)
     hip_carve: dict = field(default_factory=dict)   # hip bone -> (centre in its atlas frame, radius)
 
     def bone_distance(self, name, x) -> np.ndarray:
@@ -144,13 +144,13 @@ def make_individual(rng, body=None) -> Individual:
     for b in ("sacrum", "coccyx"):
         c = np.mean(bones[b].bounds, axis=0)
         forward[b] = g @ _about(c, np.eye(3) * rng.uniform(0.93, 1.07))
-    marks, hip_carve = {}, {}
-    hip_gap = float(rng.uniform(1.0, 4.0))
+    marks, hip_carve, hip_gap = {}, {}, {}
     head_r = float(atlas_marks["head_radius"])
     for side, sign in SIDES.items():
         _pose_leg(rng, side, sign, atlas_marks, g, forward, marks)
         s_f = float(np.cbrt(np.linalg.det(forward[f"femur_{side}"][:3, :3]) / np.prod(scale)))
-        hip_carve[f"hip_{side}"] = (atlas_marks[f"head_{side}"], head_r * s_f + hip_gap)
+        hip_gap[side] = hip_joint_space(rng)
+        hip_carve[f"hip_{side}"] = (atlas_marks[f"head_{side}"], head_r * s_f + hip_gap[side])
     top = bones["sacrum"].bounds
     s1 = np.array([0.5 * (top[0][0] + top[1][0]), top[0][1] + 0.35 * (top[1][1] - top[0][1]), top[1][2] - 8.0, 1.0])
     marks["s1"] = (forward["sacrum"] @ s1)[:3]
@@ -163,6 +163,15 @@ def make_individual(rng, body=None) -> Individual:
         if isinstance(value, np.ndarray) and key != "scale":
             marks[key] = _undeform(deformation, value)
     return Individual(body, bones, to_atlas, deformation, marks, head_r * float(np.mean(scale)), hip_gap, hip_carve)
+
+
+NARROWED_HIP_P = 0.3      # share of hips with a narrowed (osteoarthritic) joint space
+
+
+def hip_joint_space(rng) -> float:
+    """Hip joint space (mm): 1-4 mm, or narrowed to 0.2-1 mm (osteoarthritis, common in the scanned ages)."""
+    narrowed = rng.random() < NARROWED_HIP_P
+    return float(rng.uniform(0.2, 1.0) if narrowed else rng.uniform(1.0, 4.0))
 
 
 def _undeform(deformation: Deformation, target) -> np.ndarray:
@@ -183,6 +192,7 @@ def _pose_leg(rng, side, sign, atlas_marks, g, forward, marks) -> None:
     r_hip = _rotation(-flexion, -sign * abduction, sign * rotation)
     femur = g @ _about(head, r_hip * rng.uniform(0.96, 1.04))
     knee_flexion = math.radians(rng.uniform(0, 15) if rng.random() < 0.8 else rng.uniform(15, 40))
+    knee_flexion = min(knee_flexion, max(flexion, 0.0) + math.radians(10))   # supine: the heel stays on the table
     gap = _affine(t=(0.0, 0.0, -rng.uniform(1.0, 4.0)))
     shin = femur @ gap @ _about(knee, _rotation(knee_flexion, 0.0, 0.0) * rng.uniform(0.96, 1.04))
     forward[f"femur_{side}"] = femur

@@ -101,12 +101,24 @@ def draw_body(rng, ind: Individual) -> dict:
     sy = [_u(rng, 95, 125), _u(rng, 105, 135), _u(rng, 90, 130), _u(rng, 85, 130), _u(rng, 95, 125)]
     grow = 0.6 * fat
     back = max(sy) + grow + _u(rng, 8, 25)
-    return {"fat": fat, "leg_fat": fat * _u(rng, 0.4, 0.9), "crotch": _u(rng, -95, -65),
+    body = {"fat": fat, "leg_fat": fat * _u(rng, 0.4, 0.9), "crotch": _u(rng, -95, -65),
             "zs": zs, "sx": [s + grow for s in sx], "sy": [s + grow for s in sy],
             "table": back + 9.0 if rng.random() < 0.85 else None, "cx": _u(rng, -5, 5), "shaft_cortex": _u(rng, 3.5, 7.0), "cy": _u(rng, 5, 25), "wall": _u(rng, 8, 18), "crest": crest,
             "thigh_r": (_u(rng, 70, 95) + 0.6 * fat, _u(rng, 45, 58) + 0.3 * fat),
             "calf_r": (_u(rng, 45, 55), _u(rng, 50, 68), _u(rng, 28, 36)),
             "diaphragm": crest + _u(rng, 130, 190), "septa": {s: rng.uniform(0, 2 * math.pi, 4) for s in SIDES}}
+    body.update(true_pelvis(rng, ind))
+    return body
+
+
+def true_pelvis(rng, ind: Individual) -> dict:
+    """The lesser pelvis: medial to the acetabula, behind their muscles (obturator internus and the acetabular
+    wall, 15-28 mm); the hip joints themselves sit in muscle. ``hip_roof``: where the cavity starts to widen
+    toward the false pelvis (above the femoral heads)."""
+    m = ind.marks
+    half = 0.5 * float(m["head_left"][0] - m["head_right"][0])
+    roof = 0.5 * float(m["head_left"][2] + m["head_right"][2]) + ind.head_radius
+    return {"true_pelvis": half - ind.head_radius - _u(rng, 15, 28), "hip_roof": roof + _u(rng, 5, 20)}
 
 
 def trunk_distance(q, body) -> np.ndarray:
@@ -196,9 +208,12 @@ def septa_distance(q, ind, body, side) -> np.ndarray:
 
 
 def cavity_distance(q, body) -> np.ndarray:
-    """Abdominopelvic cavity inside the muscle wall (visceral fat background for the organs)."""
+    """Abdominopelvic cavity inside the muscle wall (visceral fat background for the organs); below the hip roof
+    only the lesser pelvis, widening to the false pelvis up to the iliac crest."""
     z = q[2]
     a = _knots(z, body["zs"], body["sx"]) - body["fat"] - body["wall"] - np.where(z < body["crest"], 55.0, 25.0)
+    widen = np.clip((z - body["hip_roof"]) / max(body["crest"] - body["hip_roof"], 1.0), 0.0, 1.0)
+    a = np.minimum(a, body["true_pelvis"] + widen * (a - body["true_pelvis"]))
     b = _knots(z, body["zs"], body["sy"]) - body["fat"] - body["wall"] - 30.0
     d = ellipse_distance(q[0] - body["cx"], q[1] - body["cy"] + 15.0, np.maximum(a, 20.0), np.maximum(b, 20.0))
     return np.maximum(np.maximum(d, -40.0 - z), z - body["diaphragm"])
