@@ -10,10 +10,36 @@
 # (whole leg, knee to ankle, hip to knee, pelvis, abdomen to thigh, chest) and a hip implant forced in every
 # even seed whose scan reaches the hip; all slices, added to copies of train3/val3 as train4/ (22000-22035) and
 # val4/ (22036-22047).
-# Usage: make_demo_data.sh WORKDIR [JOBS]   (JOBS phantoms at a time, default 2)
+# Stage 5's data (session 11, phantom code of commit 3e674cd: the hip joints in muscle, narrowed hip joints):
+# seeds 24000-24119 (train5/) and 24120-24139 (val5/), coverage drawn as `femurunet sample` draws it, all slices.
+# Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5:
+# stage 5's data only)
 set -euo pipefail
-WORK=${1:?usage: make_demo_data.sh WORKDIR [JOBS]}
+WORK=${1:?usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]}
 JOBS=${2:-2}
+FIRST=${3:-1}
+stage5_data() {   # seeds 24000-24139 as drawn, all slices: train5/ and val5/
+mkdir -p "$WORK/phantoms5"
+seq 24000 24139 | xargs -P "$JOBS" -I{} sh -c \
+  '[ -f "$0/phantoms5/phantom{}_femur.nii.gz" ] || femurunet sample "$0/phantoms5" --cases 1 --seed {} --phantom 2' "$WORK"
+python3 - "$WORK" <<'PY'
+import sys
+from pathlib import Path
+
+import numpy as np
+from FemurUNetLib.volume_io import read_volume
+from FemurUNetTrainLib.export import export_files
+
+work = Path(sys.argv[1])
+for seed in range(24000, 24140):
+    ct, label = (work / "phantoms5" / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
+    negative = not np.any(read_volume(label)[0])
+    dest = work / ("val5" if seed >= 24120 else "train5")
+    s = export_files(ct, label, dest, case=f"phantom{seed}", empty_fraction=1.0, seed=seed, negative=negative)
+    print(f"{dest.name}/{s['case']}: {s['positive']} slices with femur, {s['negative']} without", flush=True)
+PY
+}
+[ "$FIRST" = 5 ] && { stage5_data; exit 0; }
 mkdir -p "$WORK/phantoms"
 seq 20000 20097 | xargs -P "$JOBS" -I{} sh -c \
   '[ -f "$0/phantoms/phantom{}_femur.nii.gz" ] || femurunet sample "$0/phantoms" --cases 1 --seed {} --phantom 2' "$WORK"
@@ -92,3 +118,4 @@ if hip:
 write_case(generate_case(seed, coverage=coverage, jobs=1), out)
 " "$1" "$2" "$3" "$0/phantoms4"' "$WORK"
 extend_data train3 val3 train4 val4 phantoms4 22000 22047 22036
+stage5_data
