@@ -18,32 +18,13 @@ set -euo pipefail
 WORK=${1:?usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]}
 JOBS=${2:-2}
 FIRST=${3:-1}
-stage5_data() {   # seeds 24000-24139 as drawn, all slices: train5/ and val5/
-mkdir -p "$WORK/phantoms5"
-seq 24000 24139 | xargs -P "$JOBS" -I{} sh -c \
-  '[ -f "$0/phantoms5/phantom{}_femur.nii.gz" ] || femurunet sample "$0/phantoms5" --cases 1 --seed {} --phantom 2' "$WORK"
-python3 - "$WORK" <<'PY'
-import sys
-from pathlib import Path
-
-import numpy as np
-from FemurUNetLib.volume_io import read_volume
-from FemurUNetTrainLib.export import export_files
-
-work = Path(sys.argv[1])
-for seed in range(24000, 24140):
-    ct, label = (work / "phantoms5" / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
-    negative = not np.any(read_volume(label)[0])
-    dest = work / ("val5" if seed >= 24120 else "train5")
-    s = export_files(ct, label, dest, case=f"phantom{seed}", empty_fraction=1.0, seed=seed, negative=negative)
-    print(f"{dest.name}/{s['case']}: {s['positive']} slices with femur, {s['negative']} without", flush=True)
-PY
+sample_drawn() {   # PHANTOMS FIRST LAST: phantom v2 cases with the coverage drawn, JOBS at a time
+  mkdir -p "$WORK/$1"
+  seq "$2" "$3" | xargs -P "$JOBS" -I{} sh -c \
+    '[ -f "$0/$1/phantom{}_femur.nii.gz" ] || femurunet sample "$0/$1" --cases 1 --seed {} --phantom 2' "$WORK" "$1"
 }
-[ "$FIRST" = 5 ] && { stage5_data; exit 0; }
-mkdir -p "$WORK/phantoms"
-seq 20000 20097 | xargs -P "$JOBS" -I{} sh -c \
-  '[ -f "$0/phantoms/phantom{}_femur.nii.gz" ] || femurunet sample "$0/phantoms" --cases 1 --seed {} --phantom 2' "$WORK"
-python3 - "$WORK" <<'PY'
+export_cases() {   # PHANTOMS FIRST LAST FIRST_VAL then TRAIN VAL FRACTION, once per export (label-free share)
+python3 - "$WORK" "$@" <<'PY'
 import sys
 from pathlib import Path
 
@@ -51,15 +32,24 @@ import numpy as np
 from FemurUNetLib.volume_io import read_volume
 from FemurUNetTrainLib.export import export_files
 
-work = Path(sys.argv[1])
-for seed in range(20000, 20098):
-    ct, label = (work / "phantoms" / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
+work, phantoms, (first, last, first_val), rest = Path(sys.argv[1]), sys.argv[2], map(int, sys.argv[3:6]), sys.argv[6:]
+targets = [(rest[i], rest[i + 1], float(rest[i + 2])) for i in range(0, len(rest), 3)]
+for seed in range(first, last + 1):
+    ct, label = (work / phantoms / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
     negative = not np.any(read_volume(label)[0])
-    for suffix, fraction in (("", 0.3), ("_all", 1.0)):
-        dest = work / (("val" if seed >= 20090 else "train") + suffix)
+    for train, val, fraction in targets:
+        dest = work / (val if seed >= first_val else train)
         s = export_files(ct, label, dest, case=f"phantom{seed}", empty_fraction=fraction, seed=seed, negative=negative)
         print(f"{dest.name}/{s['case']}: {s['positive']} slices with femur, {s['negative']} without", flush=True)
 PY
+}
+stage5_data() {   # seeds 24000-24139 as drawn, all slices: train5/ and val5/
+  sample_drawn phantoms5 24000 24139
+  export_cases phantoms5 24000 24139 24120 train5 val5 1.0
+}
+[ "$FIRST" = 5 ] && { stage5_data; exit 0; }
+sample_drawn phantoms 20000 20097
+export_cases phantoms 20000 20097 20090 train val 0.3 train_all val_all 1.0
 
 stage3_plan() {   # seed coverage: 40 training and 8 validation cases where the earlier stages labelled other bones
   s=21000
