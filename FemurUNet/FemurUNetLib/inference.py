@@ -200,13 +200,9 @@ def _segment_every_slice(runner: SliceSegmenter, source: np.ndarray, target: np.
                 raise
             batch = _back_off(runner, batch, exc)
             continue
-        if pending is not None:
-            _store(pending, target, prob_target)
-        pending = (done, stop, transfer.download("labels", labels),
-                   transfer.download("probabilities", None if probs is None else probs[:, 0]))
-        if runner.device.type != "cuda":
-            _store(pending, target, prob_target)
-            pending = None
+        pending = _queue(pending, (done, stop, transfer.download("labels", labels),
+                                   transfer.download("probabilities", None if probs is None else probs[:, 0])),
+                         runner.device, target, prob_target)
         done = stop
         if progress is not None:
             progress(done, total)
@@ -227,6 +223,17 @@ def _back_off(runner: SliceSegmenter, batch: int, exc: BaseException) -> int:
         runner.to(torch.device("cpu"))
         return CPU_BATCH_SIZE
     raise FemurUNetError("out of memory on the CPU even at batch size 1") from exc
+
+
+def _queue(pending, new, device: torch.device, target: np.ndarray, prob_target: Optional[np.ndarray]):
+    """Store the batch queued before and queue ``new``; on CUDA ``new`` stays pending (its copy back overlaps the
+    next batch's compute), elsewhere it is stored at once. Returns what is pending now."""
+    if pending is not None:
+        _store(pending, target, prob_target)
+    if device.type == "cuda":
+        return new
+    _store(new, target, prob_target)
+    return None
 
 
 def _store(pending, target: np.ndarray, prob_target: Optional[np.ndarray]) -> None:
@@ -266,13 +273,10 @@ def _segment_every_other_slice(runner: SliceSegmenter, source: np.ndarray, targe
             batch = _back_off(runner, batch, exc)
             continue
         first, block = _with_filled_gaps(ks, probs, previous)
-        if pending is not None:
-            _store(pending, target, prob_target)
-        pending = (first, ks[-1] + 1, transfer.download("labels", labels_from_probabilities(block, runner.threshold)),
-                   transfer.download("probabilities", block[:, 0] if prob_target is not None else None))
-        if runner.device.type != "cuda":
-            _store(pending, target, prob_target)
-            pending = None
+        labels = labels_from_probabilities(block, runner.threshold)
+        pending = _queue(pending, (first, ks[-1] + 1, transfer.download("labels", labels),
+                                   transfer.download("probabilities", block[:, 0] if prob_target is not None else None)),
+                         runner.device, target, prob_target)
         previous = (ks[-1], probs[-1])
         pos += len(ks)
         if progress is not None:
