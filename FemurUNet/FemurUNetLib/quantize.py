@@ -81,19 +81,25 @@ def quantize_int8(model: torch.nn.Module, window, size: int, device: torch.devic
     return cache[key]
 
 
-def _quantize(model: torch.nn.Module, window, size: int):
+def convert_int8(model: torch.nn.Module, window, size: int, float_modules=FLOAT_MODULES) -> torch.nn.Module:
+    """The calibrated int8 model before compiling (quantize/dequantize nodes; runs eagerly with the same
+    numerics); ``float_modules`` stay float."""
     prepare_pt2e, convert_pt2e, xiq = _torchao()
     model = model.eval()
     example, n = torch.zeros(8, 1, size, size), torch.export.Dim("batch", max=1 << 16)
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-    for name in FLOAT_MODULES:
+    for name in float_modules:
         quantizer.set_module_name_qconfig(name, None)
     with torch.no_grad(), _quiet_loggers("torchao", "torch._export", "torch.export"):
         exported = torch.export.export(model, (example,), dynamic_shapes=({0: n},)).module()
         prepared = prepare_pt2e(exported, quantizer)
         for chunk in calibration_batch(window, size).split(8):
             prepared(chunk)
-        converted = convert_pt2e(prepared)
+        return convert_pt2e(prepared)
+
+
+def _quantize(model: torch.nn.Module, window, size: int):
+    converted = convert_int8(model, window, size)
     import torch._inductor.config as inductor_config
 
     with inductor_config.patch(freezing=True):

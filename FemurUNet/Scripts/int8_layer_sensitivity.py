@@ -28,19 +28,6 @@ def phantom_slices(window, size) -> torch.Tensor:
     return torch.cat(slices)
 
 
-def converted_int8(net, floats, window, size):
-    prepare_pt2e, convert_pt2e, xiq = quantize._torchao()
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-    for name in floats:
-        quantizer.set_module_name_qconfig(name, None)
-    batch = torch.export.Dim("batch", max=1 << 16)
-    exported = torch.export.export(net, (torch.zeros(8, 1, size, size),), dynamic_shapes=({0: batch},)).module()
-    prepared = prepare_pt2e(exported, quantizer)
-    for chunk in quantize.calibration_batch(window, size).split(8):
-        prepared(chunk)
-    return convert_pt2e(prepared)
-
-
 def main(extra) -> None:
     warnings.filterwarnings("ignore")
     net = resolve_model(None).eval()
@@ -51,7 +38,7 @@ def main(extra) -> None:
         ref = torch.cat([net(b) for b in x.split(24)]) > 0.5
         base = list(quantize.FLOAT_MODULES) + list(extra)
         for block in [None] + [b for b in BLOCKS if b not in base]:
-            model = converted_int8(net, base + ([block] if block else []), window, size)
+            model = quantize.convert_int8(net, window, size, base + ([block] if block else []))
             labels = torch.cat([model(b) for b in x.split(24)]) > 0.5
             dice = 2 * (ref & labels).sum().item() / (ref.sum() + labels.sum()).item()
             print(f"float: {' '.join(base)}{' + ' + block if block else ''}: Dice vs fp32 {dice:.5f}, "
