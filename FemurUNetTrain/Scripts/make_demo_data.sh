@@ -61,28 +61,14 @@ mkdir -p "$WORK/phantoms3"
 stage3_plan | xargs -P "$JOBS" -L 1 sh -c \
   '[ -f "$0/phantoms3/phantom$1_femur.nii.gz" ] || femurunet sample "$0/phantoms3" --cases 1 --seed $1 --coverage $2' "$WORK"
 extend_data() {   # SRC_TRAIN SRC_VAL DST_TRAIN DST_VAL PHANTOMS FIRST_SEED LAST_SEED FIRST_VAL_SEED: copies + hard cases
-python3 - "$WORK" "$@" <<'PY'
-import shutil, subprocess, sys
-from pathlib import Path
-
-import numpy as np
-from FemurUNetLib.volume_io import read_volume
-from FemurUNetTrainLib.export import export_files
-
-work, (src_train, src_val, train, val, phantoms), (first, last, first_val) = Path(sys.argv[1]), sys.argv[2:7], \
-    map(int, sys.argv[7:10])
-for src, dst in ((src_train, train), (src_val, val)):
-    if not (work / dst).exists():
-        subprocess.run(["cp", "-al", str(work / src), str(work / dst)], check=True)    # the slices as links
-        (work / dst / "dataset.json").unlink()
-        shutil.copy(work / src / "dataset.json", work / dst / "dataset.json")         # rewritten: a real copy
-for seed in range(first, last + 1):
-    ct, label = (work / phantoms / f"phantom{seed}_{kind}.nii.gz" for kind in ("ct", "femur"))
-    negative = not np.any(read_volume(label)[0])
-    dest = work / (val if seed >= first_val else train)
-    s = export_files(ct, label, dest, case=f"phantom{seed}", empty_fraction=1.0, seed=seed, negative=negative)
-    print(f"{dest.name}/{s['case']}: {s['positive']} slices with femur, {s['negative']} without", flush=True)
-PY
+  for pair in "$1:$3" "$2:$4"; do
+    src=$WORK/${pair%%:*} dst=$WORK/${pair#*:}
+    if [ ! -e "$dst" ]; then
+      cp -al "$src" "$dst"                                   # the slices as links
+      rm "$dst/dataset.json" && cp "$src/dataset.json" "$dst/dataset.json"   # rewritten: a real copy
+    fi
+  done
+  export_cases "$5" "$6" "$7" "$8" "$3" "$4" 1.0
 }
 extend_data train_all val_all train3 val3 phantoms3 21000 21047 21040
 
