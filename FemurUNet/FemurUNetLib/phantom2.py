@@ -33,6 +33,9 @@ FEMUR_FREE = ("abdomen", "chest")
 MAX_SLICES = 320
 SLAB_VOXELS = 1_500_000
 CAVITY_ONLY = ("bowel",)
+BODY_CUT_P = 0.1        # trunk scans whose field is narrower than the body
+RESAMPLED_P = 0.1       # isotropic 1.5-3 mm voxels
+CROPPED_P = 0.2         # a rectangular field: the front-back extent cropped to 65-100 % of the width
 
 
 def coverage_range(rng, ind: Individual, scene, coverage) -> tuple:
@@ -55,6 +58,8 @@ def _draw_scan(rng, scene, coverage) -> dict:
     body, marks = scene.body, scene.ind.marks
     legs_only = coverage in ("knee_to_ankle",) or (coverage == "whole_leg" and rng.random() < 0.5)
     fov = float(rng.uniform(250, 420) if legs_only else max(rng.uniform(330, 500), 2 * body["sx"][1] + 20))
+    if not legs_only and rng.random() < BODY_CUT_P:      # a wide patient: the field cuts the body's sides
+        fov = max(300.0, 2 * body["sx"][1] * float(rng.uniform(0.85, 1.0)))
     fov = min(fov, 500.0)
     centre = np.array([rng.uniform(-30, 30), body["cy"] + rng.uniform(-25, 25), 0.5 * (lo + hi)])
     sides = ("left", "right")
@@ -63,6 +68,9 @@ def _draw_scan(rng, scene, coverage) -> dict:
         fov = float(rng.uniform(160, 260))
     n_xy = int(rng.choice([192, 256, 320, 384, 512], p=[0.1, 0.3, 0.2, 0.15, 0.25]))
     s_z = float(rng.choice([0.625, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0], p=[0.1, 0.2, 0.1, 0.15, 0.15, 0.2, 0.1]))
+    if rng.random() < RESAMPLED_P:     # resampled to isotropic voxels (research pipelines, model inputs)
+        s_z, n_xy = float(rng.uniform(1.5, 3.0)), 0
+    fov_y = fov * float(rng.uniform(0.65, 1.0)) if not legs_only and rng.random() < CROPPED_P else fov
     s_z = max(s_z, (hi - lo) / MAX_SLICES)
     rotation = _rotation(*np.radians(rng.uniform(-5, 5, 3)))
     jitter = centre[:2] - (0.0, body["cy"])
@@ -74,8 +82,9 @@ def _draw_scan(rng, scene, coverage) -> dict:
             need = float(np.ptp(legs, axis=0).max()) + 180.0
             fov = min(500.0, max(fov, need))
             centre[:2] += jitter if need <= 500.0 else 0.0      # legs spread wide: centred, no room to be off
-    return {"fov": fov, "centre": centre, "n_xy": n_xy, "s_z": s_z, "n_z": max(1, int(round((hi - lo) / s_z))),
-            "rotation": rotation}
+    n_xy = n_xy or max(16, int(round(fov / s_z)))
+    return {"fov": fov, "fov_y": min(fov_y, fov), "centre": centre, "n_xy": n_xy, "s_z": s_z,
+            "n_z": max(1, int(round((hi - lo) / s_z))), "rotation": rotation}
 
 
 def make_grid(rng, scene, coverage, spacing=None, direction=None, shape=None) -> tuple:
@@ -94,7 +103,7 @@ def make_grid(rng, scene, coverage, spacing=None, direction=None, shape=None) ->
         raise FemurUNetError(f"spacing must be three positive numbers (i, j, k) in mm, got {tuple(spacing)}")
     axis_world = np.abs(direction).argmax(axis=0)
     s_xy = scan["fov"] / scan["n_xy"]
-    extent = np.array([scan["fov"], scan["fov"], scan["n_z"] * scan["s_z"]])[axis_world]   # per index axis
+    extent = np.array([scan["fov"], scan["fov_y"], scan["n_z"] * scan["s_z"]])[axis_world]   # per index axis
     world_s = np.array([s_xy, s_xy, scan["s_z"]])[axis_world]
     if shape is not None:
         n_ijk = np.array([int(n) for n in shape[::-1]])

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .phantom2_anatomy import LABEL, SIDES, Individual
-from .phantom2_body import Item, Scene, _box_of, _polyline, _u, draw_body, draw_hu, ellipse_distance
+from .phantom2_body import Item, Scene, _box_of, _polyline, _u, draw_body, draw_hu, ellipse_distance, leg_distance
 from .sdf import _capsule, _ellipsoid, _sphere
 
 IMPLANT_P = {"hip": 0.12, "knee": 0.06, "screws": 0.06, "spine": 0.05, "valve": 0.15}
@@ -15,6 +15,7 @@ IMPLANT_P = {"hip": 0.12, "knee": 0.06, "screws": 0.06, "spine": 0.05, "valve": 
 
 def build_scene(rng, ind: Individual) -> Scene:
     scene = Scene(ind, draw_hu(rng), draw_body(rng, ind))
+    _knees(rng, scene)
     _bones(scene)
     _pelvic_organs(rng, scene)
     _abdomen(rng, scene)
@@ -38,6 +39,48 @@ def _bones(scene) -> None:
         scene.items.append(_bone_item(ind, name))
     for side in SIDES:
         scene.items.append(_bone_item(ind, f"femur_{side}", LABEL[side]))
+
+
+def _in_leg(ind, body, side, distance, inset=2.5):
+    """``distance`` kept inside the leg's skin (by ``inset`` mm): fat and tendon never paint into the air."""
+    return lambda q: np.maximum(distance(q), leg_distance(q, ind, body, side) + inset)
+
+
+def _band(a, b, radius, half_width):
+    """A flat tendon from ``a`` down to ``b``: ``2 * radius`` thick (front-back), ``2 * half_width`` wide."""
+    def distance(q):
+        t = np.clip((q[2] - a[2]) / (b[2] - a[2]), 0.0, 1.0)
+        x = a[0] + t * (b[0] - a[0])
+        return np.maximum(_capsule((x, q[1], q[2]), a, b, radius), np.abs(q[0] - x) - half_width)
+    return distance
+
+
+def _knees(rng, scene) -> None:
+    """Soft tissue around each knee joint, painted before the bones: fat where a knee has it (around the joint,
+    the infrapatellar, suprapatellar and popliteal fat) and the patellar and quadriceps tendons."""
+    ind, body = scene.ind, scene.body
+    for side in SIDES:
+        knee = ind.marks[f"knee_{side}"]
+        lo, hi = ind.bone_bounds(f"patella_{side}")
+        patella, half = 0.5 * (lo + hi), 0.5 * float(hi[2] - lo[2])
+        front = (patella - knee) / max(float(np.linalg.norm(patella - knee)), 1.0)
+        reach = float(np.linalg.norm(patella - knee))
+        fat = [(knee + front * _u(rng, 0, 15) + (0.0, 0.0, _u(rng, -10, 5)), (_u(rng, 50, 70), _u(rng, 40, 60), _u(rng, 20, 40))),
+               (patella + (0.0, 0.0, -half - 12.0) - front * 14.0, (_u(rng, 16, 26), _u(rng, 8, 13), _u(rng, 12, 20))),
+               (patella + (0.0, 0.0, half + 25.0) - front * 12.0, (_u(rng, 14, 22), _u(rng, 5, 9), _u(rng, 15, 25))),
+               (knee - front * _u(rng, 25, 40), (_u(rng, 15, 28), _u(rng, 12, 20), _u(rng, 35, 60)))]
+        for n, (centre, semi) in enumerate(fat):
+            semi = np.asarray(semi)
+            ellipsoid = lambda q, c=centre, e=semi: _ellipsoid(q, c, e)
+            scene.items.append(Item(f"knee_fat{n}_{side}", centre - semi, centre + semi,
+                                    _in_leg(ind, body, side, ellipsoid), "fat"))
+        tuberosity = knee + front * 0.75 * reach + (0.0, 0.0, -_u(rng, 25, 40))
+        for name, a, b, r, w in (("patellar_tendon", patella + (0.0, 0.0, -0.7 * half), tuberosity, 3.0,
+                                  _u(rng, 9, 14)),
+                                 ("quadriceps_tendon", patella + (0.0, 0.0, 0.7 * half),
+                                  patella + (0.0, 0.0, half + 50.0) - front * 6.0, 3.5, _u(rng, 12, 18))):
+            scene.items.append(Item(f"{name}_{side}", *_box_of([a, b], w + r), _in_leg(ind, body, side, _band(a, b, r, w)),
+                                    "tendon"))
 
 
 def _organ(name, centre, semi, material):
