@@ -55,32 +55,38 @@ def _band(a, b, radius, half_width):
     return distance
 
 
+def _knee_fat(rng, knee, patella, half, front) -> list:
+    """(centre, semi-axes) of the fat around a knee joint (its size sets how much muscle stays behind it), the
+    infrapatellar (Hoffa), suprapatellar and popliteal fat; ``front`` points from the knee centre to the patella."""
+    u = lambda a, b: _u(rng, a, b)
+    return [(knee + front * u(10, 30) + (0.0, 0.0, u(-10, 5)), (u(40, 65), u(25, 50), u(15, 35))),
+            (patella + (0.0, 0.0, -half - 12.0) - front * 14.0, (u(16, 26), u(8, 13), u(12, 20))),
+            (patella + (0.0, 0.0, half + 25.0) - front * 12.0, (u(14, 22), u(5, 9), u(15, 25))),
+            (knee - front * u(25, 40), (u(15, 28), u(12, 20), u(35, 60)))]
+
+
 def _knees(rng, scene) -> None:
-    """Soft tissue around each knee joint, painted before the bones: fat where a knee has it (around the joint,
-    the infrapatellar, suprapatellar and popliteal fat) and the patellar and quadriceps tendons."""
+    """Soft tissue around each knee joint, painted before the bones: fat (``_knee_fat``) and the patellar and
+    quadriceps tendons."""
     ind, body = scene.ind, scene.body
     for side in SIDES:
         knee = ind.marks[f"knee_{side}"]
         lo, hi = ind.bone_bounds(f"patella_{side}")
         patella, half = 0.5 * (lo + hi), 0.5 * float(hi[2] - lo[2])
-        front = (patella - knee) / max(float(np.linalg.norm(patella - knee)), 1.0)
-        reach = float(np.linalg.norm(patella - knee))
-        fat = [(knee + front * _u(rng, 0, 15) + (0.0, 0.0, _u(rng, -10, 5)), (_u(rng, 50, 70), _u(rng, 40, 60), _u(rng, 20, 40))),
-               (patella + (0.0, 0.0, -half - 12.0) - front * 14.0, (_u(rng, 16, 26), _u(rng, 8, 13), _u(rng, 12, 20))),
-               (patella + (0.0, 0.0, half + 25.0) - front * 12.0, (_u(rng, 14, 22), _u(rng, 5, 9), _u(rng, 15, 25))),
-               (knee - front * _u(rng, 25, 40), (_u(rng, 15, 28), _u(rng, 12, 20), _u(rng, 35, 60)))]
-        for n, (centre, semi) in enumerate(fat):
+        reach = max(float(np.linalg.norm(patella - knee)), 1.0)
+        front = (patella - knee) / reach
+        for n, (centre, semi) in enumerate(_knee_fat(rng, knee, patella, half, front)):
             semi = np.asarray(semi)
             ellipsoid = lambda q, c=centre, e=semi: _ellipsoid(q, c, e)
             scene.items.append(Item(f"knee_fat{n}_{side}", centre - semi, centre + semi,
                                     _in_leg(ind, body, side, ellipsoid), "fat"))
         tuberosity = knee + front * 0.75 * reach + (0.0, 0.0, -_u(rng, 25, 40))
-        for name, a, b, r, w in (("patellar_tendon", patella + (0.0, 0.0, -0.7 * half), tuberosity, 3.0,
-                                  _u(rng, 9, 14)),
-                                 ("quadriceps_tendon", patella + (0.0, 0.0, 0.7 * half),
-                                  patella + (0.0, 0.0, half + 50.0) - front * 6.0, 3.5, _u(rng, 12, 18))):
-            scene.items.append(Item(f"{name}_{side}", *_box_of([a, b], w + r), _in_leg(ind, body, side, _band(a, b, r, w)),
-                                    "tendon"))
+        tendons = (("patellar_tendon", patella + (0.0, 0.0, -0.7 * half), tuberosity, 3.0, _u(rng, 9, 14)),
+                   ("quadriceps_tendon", patella + (0.0, 0.0, 0.7 * half),
+                    patella + (0.0, 0.0, half + 50.0) - front * 6.0, 3.5, _u(rng, 12, 18)))
+        for name, a, b, r, w in tendons:
+            scene.items.append(Item(f"{name}_{side}", *_box_of([a, b], w + r),
+                                    _in_leg(ind, body, side, _band(a, b, r, w)), "tendon"))
 
 
 def _organ(name, centre, semi, material):
