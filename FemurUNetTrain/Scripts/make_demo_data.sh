@@ -12,7 +12,7 @@
 # val4/ (22036-22047).
 # Stage 5's data (session 11, phantom code of commit 3e674cd: the hip joints in muscle, narrowed hip joints):
 # seeds 24000-24119 (train5/) and 24120-24139 (val5/), coverage drawn as `femurunet sample` draws it, all slices.
-# Stage 6's data (session 12, phantom code of commit 2546e49: fat and tendons around the knees, fields cut or
+# Stage 6's data (session 12, phantom code of commit 231a326: fat and tendons around the knees, fields cut or
 # cropped, isotropic 1.5-3 mm voxels): seeds 25000-25119 (train6/) and 25120-25139 (val6/), drawn, all slices.
 # Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5 or 6:
 # that stage's data only)
