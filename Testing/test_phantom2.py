@@ -300,7 +300,8 @@ def test_drawn_tissue_values_are_physiological():
     for key, lo, hi in [("fat", -125, -80), ("muscle", 30, 65), ("skin", 20, 60), ("visceral", -115, -70),
                         ("lung", -900, -780), ("canal", -90, 30), ("cortex", 850, 1850), ("trabecular", 60, 350),
                         ("metal", 2500, HU_MAX), ("disc", 70, 110), ("csf", 0, 20), ("fluid", 0, 25),
-                        ("stool", -60, 40), ("urine", 0, 900), ("table_core", -950, -750)]:
+                        ("stool", -60, 40), ("urine", 0, 900), ("table_core", -950, -750),
+                        ("tendon", 65, 110)]:
         v = values(key)
         assert v.min() >= lo and v.max() <= hi, key
         assert v.max() - v.min() > 0.8 * (hi - lo) * (0.5 if key == "urine" else 1.0), key   # spans its range
@@ -362,6 +363,42 @@ def test_measured_ct_values_of_bone_fat_and_air():
     assert np.percentile(case.ct[air], 99) < -800
 
 
+def _side_items(scene, side):
+    """The bones, vessels and tendons of one leg (items whose distance matters at its knee)."""
+    return [it for it in scene.items if it.name.endswith(f"_{side}") and not it.name.startswith("knee_fat")]
+
+
+@pytest.mark.slow
+def test_knee_joint_sits_in_fat_with_its_tendons():
+    """Around the knee joint (within 12 mm of its height, 6 mm inside the skin, 4 mm from bones, vessels and
+    tendons) the CT is mostly fat, as in patients; the patellar tendon has tendon values; neither fat pads nor
+    tendons paint outside the skin."""
+    seed, coverage, spacing = 7, "knee_to_ankle", (2.0, 2.0, 3.0)
+    case = _case(seed, coverage, spacing, tuple(np.eye(3).ravel()))
+    geometry, shape, rotation, fov = _grid(seed, coverage, spacing, np.eye(3))
+    lps, anat = _centres(geometry, shape, rotation)
+    scene = _scene(seed)
+    ind, body, hu = scene.ind, scene.body, scene.hu
+    in_fov = _in_fov(geometry, shape, lps, fov, margin=10.0)
+    for side in SIDES:
+        knee = ind.marks[f"knee_{side}"]
+        band = (np.abs(anat[..., 2] - knee[2]) < 12) & (np.hypot(*(anat[..., :2] - knee[:2]).T).T < 80) & in_fov
+        q, ct = _q(anat[band]), case.ct[band]
+        soft = skin_distance(q, ind, body) < -6.0
+        for item in _side_items(scene, side):
+            soft &= item.distance(q) > 4.0
+        assert soft.sum() > 2000, side
+        assert np.median(ct[soft]) < -40 and np.mean(ct[soft] < -30) > 0.5, (side, np.median(ct[soft]))
+        tendon = next(it for it in scene.items if it.name == f"patellar_tendon_{side}")
+        q_all = _q(anat[in_fov])
+        inside = tendon.distance(q_all) < -1.5
+        assert inside.sum() > 10
+        assert abs(np.median(case.ct[in_fov][inside]) - hu["tendon"]) < 45, side     # partial volume with fat
+        box = _box(knee, 90.0, 4.0)
+        for item in (it for it in scene.items if it.name.startswith(("knee_fat", "patellar", "quadriceps"))):
+            assert (skin_distance(box, ind, body)[item.distance(box) < 0] < -2.0).all(), item.name
+
+
 # --- 4. coverages ------------------------------------------------------------------------------------------
 def _scanner_z(rotation, point):
     return float((rotation @ np.asarray(point, float))[2])
@@ -420,6 +457,40 @@ def test_drawn_coverages_follow_the_coverage_probabilities(monkeypatch):
     for coverage, p in COVERAGES.items():
         f = drawn.count(coverage) / n
         assert abs(f - p) < 4.5 * np.sqrt(p * (1 - p) / n), (coverage, f, p)
+
+
+def test_scan_fields_cut_crop_and_resample_at_their_rates():
+    """Trunk scans: a field narrower than the body (sides cut), a rectangular (cropped) field, isotropic
+    1.5-3 mm voxels, each at its stated rate (2000 draws on one scene); leg-only scans are never cropped."""
+    scene, n = _scene(3), 2000
+    width = 2 * scene.body["sx"][1]
+    for coverage in ("pelvis", "knee_to_ankle"):
+        scans = [phantom2._draw_scan(np.random.default_rng(s), scene, coverage) for s in range(n)]
+        fov, fov_y = np.array([s["fov"] for s in scans]), np.array([s["fov_y"] for s in scans])
+        s_xy, s_z = fov / np.array([s["n_xy"] for s in scans]), np.array([s["s_z"] for s in scans])
+        iso = np.array([s["resampled"] for s in scans])
+        assert abs(iso.mean() - phantom2.RESAMPLED_P) < 4.5 * np.sqrt(0.09 / n), coverage
+        assert (s_z[iso] >= 1.5).all() and (s_z[iso] <= 3.0 + 1e-9).all()
+        assert (np.abs(s_xy[iso] / s_z[iso] - 1) < 0.02).all()                # isotropic voxels
+        cropped = fov_y < fov
+        if coverage == "knee_to_ankle":
+            assert not cropped.any()
+            continue
+        assert abs(cropped.mean() - phantom2.CROPPED_P) < 4.5 * np.sqrt(0.16 / n)
+        assert (fov_y[cropped] >= 0.65 * fov[cropped] - 1e-6).all()
+        cut = fov < width
+        assert abs(cut.mean() - phantom2.BODY_CUT_P) < 4.5 * np.sqrt(0.09 / n)
+        assert (fov[cut] >= np.maximum(300.0, 0.85 * width) - 1e-6).all()
+
+
+def test_a_cropped_field_gives_a_rectangular_grid_of_its_extent():
+    scene = _scene(3)
+    seed = next(s for s in range(200) if (lambda d: d["fov_y"] < 0.8 * d["fov"])(
+        phantom2._draw_scan(np.random.default_rng(s), scene, "pelvis")))
+    scan = phantom2._draw_scan(np.random.default_rng(seed), scene, "pelvis")
+    geometry, shape, _, fov = phantom2.make_grid(np.random.default_rng(seed), scene, "pelvis", COARSE, np.eye(3))
+    assert fov == scan["fov"]
+    assert shape[2] == round(scan["fov"] / COARSE[0]) and shape[1] == round(scan["fov_y"] / COARSE[1])
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ def _draw_scan(rng, scene, coverage) -> dict:
     s_z = float(rng.choice([0.625, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0], p=[0.1, 0.2, 0.1, 0.15, 0.15, 0.2, 0.1]))
     if rng.random() < RESAMPLED_P:     # resampled to isotropic voxels (research pipelines, model inputs)
         s_z, n_xy = float(rng.uniform(1.5, 3.0)), 0
-    fov_y = fov * float(rng.uniform(0.65, 1.0)) if not legs_only and rng.random() < CROPPED_P else fov
+    crop_y = float(rng.uniform(0.65, 1.0)) if not legs_only and rng.random() < CROPPED_P else 1.0
     s_z = max(s_z, (hi - lo) / MAX_SLICES)
     rotation = _rotation(*np.radians(rng.uniform(-5, 5, 3)))
     jitter = centre[:2] - (0.0, body["cy"])
@@ -82,8 +82,8 @@ def _draw_scan(rng, scene, coverage) -> dict:
             need = float(np.ptp(legs, axis=0).max()) + 180.0
             fov = min(500.0, max(fov, need))
             centre[:2] += jitter if need <= 500.0 else 0.0      # legs spread wide: centred, no room to be off
-    n_xy = n_xy or max(16, int(round(fov / s_z)))
-    return {"fov": fov, "fov_y": min(fov_y, fov), "centre": centre, "n_xy": n_xy, "s_z": s_z,
+    return {"fov": fov, "fov_y": fov * crop_y, "centre": centre, "resampled": n_xy == 0, "s_z": s_z,
+            "n_xy": n_xy or max(16, int(round(fov / s_z))),
             "n_z": max(1, int(round((hi - lo) / s_z))), "rotation": rotation}
 
 

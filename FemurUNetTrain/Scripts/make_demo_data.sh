@@ -13,7 +13,7 @@
 # Stage 5's data (session 11, phantom code of commit 3e674cd: the hip joints in muscle, narrowed hip joints):
 # seeds 24000-24119 (train5/) and 24120-24139 (val5/), coverage drawn as `femurunet sample` draws it, all slices.
 # Stage 6's data (session 12, phantom code of commit 231a326: fat and tendons around the knees, fields cut or
-# cropped, isotropic 1.5-3 mm voxels): seeds 25000-25119 (train6/) and 25120-25139 (val6/), drawn, all slices.
+# cropped, isotropic 1.5-3 mm voxels): seeds 25000-25095 (train6/) and 25096-25111 (val6/), drawn, all slices.
 # Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5 or 6:
 # that stage's data only)
 set -euo pipefail
@@ -49,9 +49,9 @@ stage5_data() {   # seeds 24000-24139 as drawn, all slices: train5/ and val5/
   sample_drawn phantoms5 24000 24139
   export_cases phantoms5 24000 24139 24120 train5 val5 1.0
 }
-stage6_data() {   # seeds 25000-25139 as drawn, all slices: train6/ and val6/
-  sample_drawn phantoms6 25000 25139
-  export_cases phantoms6 25000 25139 25120 train6 val6 1.0
+stage6_data() {   # seeds 25000-25111 as drawn, all slices: train6/ and val6/
+  sample_drawn phantoms6 25000 25111
+  export_cases phantoms6 25000 25111 25096 train6 val6 1.0
 }
 [ "$FIRST" = 6 ] && { stage6_data; exit 0; }
 [ "$FIRST" = 5 ] && { stage5_data; exit 0; }
