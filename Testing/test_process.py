@@ -69,13 +69,33 @@ def test_background_process_output_poll_and_cleanup():
     assert not output.exists()
 
 
-def test_stop_interrupts_like_ctrl_c():
-    p = BackgroundProcess(python("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
-                                 "    print('interrupted', flush=True); raise SystemExit(130)")).start()
-    time.sleep(0.5)   # let it reach the sleep
+INTERRUPTIBLE = ("import time\nprint('sleeping', flush=True)\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+                 "    print('interrupted', flush=True); raise SystemExit(130)")
+
+
+def stop_when_sleeping(p):
+    assert wait_for(lambda: "sleeping" in p.output_tail())
     started = time.monotonic()
-    assert p.stop(grace_seconds=10) == 130
-    assert time.monotonic() - started < 5 and p.stopped and "interrupted" in p.output_tail()
+    code = p.stop(grace_seconds=10)
+    return code, time.monotonic() - started
+
+
+def test_stop_interrupts_like_ctrl_c():
+    p = BackgroundProcess(python(INTERRUPTIBLE)).start()
+    code, seconds = stop_when_sleeping(p)
+    assert code == 130 and seconds < 5 and p.stopped and "interrupted" in p.output_tail()
+    p.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signal dispositions")
+def test_stop_interrupts_even_when_the_parent_ignores_ctrl_c():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)    # as in a shell's background job
+    try:
+        p = BackgroundProcess(python(INTERRUPTIBLE)).start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    code, seconds = stop_when_sleeping(p)
+    assert code == 130 and seconds < 5 and "interrupted" in p.output_tail()
     p.close()
 
 

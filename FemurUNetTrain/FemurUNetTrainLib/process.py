@@ -121,6 +121,8 @@ class BackgroundProcess:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             kwargs["start_new_session"] = True   # its own process group: stop() reaches its children too
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:   # e.g. Slicer started as a shell's background job
+                kwargs["preexec_fn"] = _interrupt_by_default
         try:
             self.process = subprocess.Popen(self.command, stdout=self._output_file, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd, **kwargs)
@@ -276,6 +278,11 @@ class TrainingRun:
 
     def close(self) -> None:
         self.process.close()
+
+
+def _interrupt_by_default() -> None:
+    """In the child before exec: an inherited 'ignore Ctrl+C' would make stop()'s interrupt do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _file_state(path: Path):
