@@ -235,7 +235,8 @@ class Renderer:
                 (m[f"knee_{side}"], m[f"ankle_{side}"])
             t = (q[2] - bottom[2]) / max(top[2] - bottom[2], 1.0)
             shaft = np.clip(np.minimum((t - 0.12) / 0.15, (0.82 - t) / 0.12), 0.0, 1.0)
-            thickness = np.float32(1.2) + shaft * np.float32(self.s.body.get("shaft_cortex", 5.0))
+            end = np.float32(self.s.body.get("end_cortex", 1.2))     # subchondral plate: faint at 3 mm voxels
+            thickness = end + shaft * np.float32(1.2 + self.s.body.get("shaft_cortex", 5.0) - end)
             interior = trabecular + shaft * (h["canal"] + 15.0 * tex - trabecular)
         elif kind in ("arm", "rib"):
             thickness = np.float32(2.5 if kind == "arm" else 1.0)

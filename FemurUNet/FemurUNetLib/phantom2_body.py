@@ -103,7 +103,7 @@ def draw_body(rng, ind: Individual) -> dict:
     back = max(sy) + grow + _u(rng, 8, 25)
     body = {"fat": fat, "leg_fat": fat * _u(rng, 0.4, 0.9), "crotch": _u(rng, -95, -65),
             "zs": zs, "sx": [s + grow for s in sx], "sy": [s + grow for s in sy],
-            "table": back + 9.0 if rng.random() < 0.85 else None, "cx": _u(rng, -5, 5), "shaft_cortex": _u(rng, 3.5, 7.0), "cy": _u(rng, 5, 25), "wall": _u(rng, 8, 18), "crest": crest,
+            "table": back + 9.0 if rng.random() < 0.85 else None, "cx": _u(rng, -5, 5), "shaft_cortex": _u(rng, 3.5, 7.0), "end_cortex": _u(rng, 0.35, 1.3), "cy": _u(rng, 5, 25), "wall": _u(rng, 8, 18), "crest": crest,
             "thigh_r": (_u(rng, 70, 95) + 0.6 * fat, _u(rng, 45, 58) + 0.3 * fat),
             "calf_r": (_u(rng, 45, 55), _u(rng, 50, 68), _u(rng, 28, 36)),
             "diaphragm": crest + _u(rng, 130, 190), "septa": {s: rng.uniform(0, 2 * math.pi, 4) for s in SIDES}}
