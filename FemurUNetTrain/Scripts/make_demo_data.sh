@@ -14,8 +14,10 @@
 # seeds 24000-24119 (train5/) and 24120-24139 (val5/), coverage drawn as `femurunet sample` draws it, all slices.
 # Stage 6's data (session 12, phantom code of commit 231a326: fat and tendons around the knees, fields cut or
 # cropped, isotropic 1.5-3 mm voxels): seeds 25000-25095 (train6/) and 25096-25111 (val6/), drawn, all slices.
-# Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5 or 6:
-# that stage's data only)
+# Stage 7's data (session 13, phantom code of commit 4969a13: the subchondral cortex of the femur's and tibia's
+# ends drawn 0.35-1.3 mm): seeds 26000-26065 (train7/) and 26066-26075 (val7/), drawn, all slices.
+# Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5, 6
+# or 7: that stage's data only)
 set -euo pipefail
 WORK=${1:?usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]}
 JOBS=${2:-2}
@@ -53,6 +55,11 @@ stage6_data() {   # seeds 25000-25111 as drawn, all slices: train6/ and val6/
   sample_drawn phantoms6 25000 25111
   export_cases phantoms6 25000 25111 25096 train6 val6 1.0
 }
+stage7_data() {   # seeds 26000-26075 as drawn, all slices: train7/ and val7/
+  sample_drawn phantoms7 26000 26075
+  export_cases phantoms7 26000 26075 26066 train7 val7 1.0
+}
+[ "$FIRST" = 7 ] && { stage7_data; exit 0; }
 [ "$FIRST" = 6 ] && { stage6_data; exit 0; }
 [ "$FIRST" = 5 ] && { stage5_data; exit 0; }
 sample_drawn phantoms 20000 20097
