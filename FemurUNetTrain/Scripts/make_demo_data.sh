@@ -15,7 +15,8 @@
 # Stage 6's data (session 12, phantom code of commit 231a326: fat and tendons around the knees, fields cut or
 # cropped, isotropic 1.5-3 mm voxels): seeds 25000-25095 (train6/) and 25096-25111 (val6/), drawn, all slices.
 # Stage 7's data (session 13, phantom code of commit 4969a13: the subchondral cortex of the femur's and tibia's
-# ends drawn 0.35-1.3 mm): seeds 26000-26065 (train7/) and 26066-26075 (val7/), drawn, all slices.
+# ends drawn 0.35-1.3 mm): seeds 26000-26065 (train7/) and 26066-26075 (val7/), drawn, all slices; merged with
+# stage 6's into train67/ and val67/.
 # Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5, 6
 # or 7: that stage's data only)
 set -euo pipefail
@@ -55,9 +56,32 @@ stage6_data() {   # seeds 25000-25111 as drawn, all slices: train6/ and val6/
   sample_drawn phantoms6 25000 25111
   export_cases phantoms6 25000 25111 25096 train6 val6 1.0
 }
-stage7_data() {   # seeds 26000-26075 as drawn, all slices: train7/ and val7/
+merge_exports() {   # DST SRC...: one exported folder holding the cases of the others (slices hard-linked)
+python3 - "$WORK" "$@" <<'PY'
+import json, os, sys
+from pathlib import Path
+
+work, dst, sources = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+manifests = [json.loads((work / s / "dataset.json").read_text()) for s in sources]
+merged = {**manifests[0], "cases": {}}
+for src, m in zip(sources, manifests):
+    assert {k: v for k, v in m.items() if k != "cases"} == {k: v for k, v in merged.items() if k != "cases"}, src
+    merged["cases"].update(m["cases"])
+    for folder in (m["image_folder"], m["label_folder"]):
+        (work / dst / folder).mkdir(parents=True, exist_ok=True)
+        for png in (work / src / folder).iterdir():
+            if not (work / dst / folder / png.name).exists():
+                os.link(png, work / dst / folder / png.name)
+(work / dst / "dataset.json").write_text(json.dumps(merged))
+print(f"{dst}: {len(merged['cases'])} cases", flush=True)
+PY
+}
+stage7_data() {   # seeds 26000-26075 as drawn, all slices: train7/ and val7/; with stage 6's: train67/, val67/
   sample_drawn phantoms7 26000 26075
   export_cases phantoms7 26000 26075 26066 train7 val7 1.0
+  [ -f "$WORK/train6/dataset.json" ] || stage6_data
+  merge_exports train67 train6 train7
+  merge_exports val67 val6 val7
 }
 [ "$FIRST" = 7 ] && { stage7_data; exit 0; }
 [ "$FIRST" = 6 ] && { stage6_data; exit 0; }
