@@ -457,7 +457,7 @@ class _Renderer:
         return skin + float(b["fat"]) * (1.0 + 0.6 * np.clip(q[1] / float(b["semi"][1]), 0.0, 1.0))
 
     def _body(self, rows, core, k0, hu, tissue):
-        a, b, h = self.a, self.a.body, self.a.hu
+        b, h = self.a.body, self.a.hu
         box = (rows, (0, self.shape[1]), (0, self.shape[2]))
         if b["table"]:
             self._table(box, core, hu, tissue)

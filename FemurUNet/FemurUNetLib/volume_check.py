@@ -10,7 +10,6 @@ stream, a missing data file); a header it cannot follow is left to SimpleITK, wh
 from __future__ import annotations
 
 import math
-import re
 import struct
 import zlib
 from pathlib import Path
