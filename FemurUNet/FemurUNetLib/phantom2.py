@@ -25,7 +25,7 @@ from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
 from .phantom2_anatomy import LABEL, Individual, make_individual
 from .phantom2_body import cavity_distance, fat_thickness, septa_distance, skin_distance
 from .phantom2_scene import build_scene
-from .sdf import _rotation, grid_points, ramp_width
+from .sdf import _rotation, axis_grid_points, grid_points, ramp_width
 
 COVERAGES = {"pelvis": 0.24, "hip_to_knee": 0.14, "whole_leg": 0.08, "knee_to_ankle": 0.12,
              "abdomen_to_thigh": 0.18, "abdomen": 0.12, "chest": 0.12}
@@ -132,14 +132,25 @@ class Renderer:
         return grid_points(self.index_to_anat, self.origin_anat, box)
 
     def box_for(self, lo, hi, rows, margin=3.0):
+        """Index box ((k0, k1), (j0, j1), (i0, i1)) within ``rows`` holding the anatomical box lo-hi; None if empty."""
         lo, hi = np.asarray(lo, float) - margin, np.asarray(hi, float) + margin
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        ijk = (corners @ self.rotation.T - np.asarray(self.g.origin)) @ self.lps_to_index.T
+        return self.index_box(corners @ self.rotation.T, rows)
+
+    def index_box(self, corners_lps, rows):
+        ijk = (np.asarray(corners_lps) - np.asarray(self.g.origin)) @ self.lps_to_index.T
         first, last = np.floor(ijk.min(0)).astype(int), np.ceil(ijk.max(0)).astype(int) + 1
         nk, nj, ni = self.shape
         box = ((max(first[2], rows[0]), min(last[2], rows[1])), (max(first[1], 0), min(last[1], nj)),
                (max(first[0], 0), min(last[0], ni)))
         return None if any(b <= a for a, b in box) else box
+
+    def height_box(self, z0, z1):
+        """Index box of the voxels whose scanner height (LPS z) is within z0-z1; None if empty."""
+        ends = [(0, n - 1) for n in self.shape[::-1]]
+        grid = np.array([self.index_to_lps @ (i, j, k) for i in ends[0] for j in ends[1] for k in ends[2]])
+        (x0, y0, _), (x1, y1, _) = grid.min(0) + self.g.origin, grid.max(0) + self.g.origin
+        return self.index_box([(x, y, z) for x in (x0, x1) for y in (y0, y1) for z in (z0, z1)], (0, self.shape[0]))
 
     def ramp(self, d, rows=None) -> np.ndarray:
         """Ramp widths of ``d`` (of its ``rows`` only: the same values as ``ramp(d)[rows]``)."""
@@ -254,27 +265,30 @@ def draw_scanner(rng) -> dict:
             "streak_amp": float(rng.uniform(300, 1200))}
 
 
+STREAK_REACH_MM = 60.0       # above and below a metal point
+
+
 def metal_streaks(renderer: Renderer, hu, rng, scanner) -> None:
-    """In-plane bright/dark lines radiating from each metal object, fading with distance and height."""
-    nk, nj, ni = hu.shape
+    """Bright/dark lines radiating from each metal object within the scanner's axial planes (where a CT
+    reconstructs them), fading with distance in the plane and with height."""
     for point in renderer.s.metal_points:
         angles = rng.uniform(0, math.pi, int(rng.integers(6, 14)))
         amps = rng.uniform(-1.0, 1.0, angles.size) * scanner["streak_amp"]
         widths, decay = rng.uniform(1.5, 4.0, angles.size), float(rng.uniform(40, 120))
-        box = renderer.box_for(point - (1e4, 1e4, 60.0), point + (1e4, 1e4, 60.0), (0, nk), margin=0.0)
+        centre = [float(v) for v in renderer.rotation @ point]          # in the scanner (LPS) frame
+        box = renderer.height_box(centre[2] - STREAK_REACH_MM, centre[2] + STREAK_REACH_MM)
         if box is None:
             continue
-        p = renderer.coords(box)
-        dx, dy, dz = p[0] - point[0], p[1] - point[1], p[2] - point[2]
-        weight = np.exp(-(dz / 30.0) ** 2)
+        p = axis_grid_points(renderer.index_to_lps, np.asarray(renderer.g.origin), box)
+        dx, dy, dz = p[0] - centre[0], p[1] - centre[1], p[2] - centre[2]
         r = np.sqrt(dx * dx + dy * dy)
-        fade = np.exp(-r / decay) * weight
-        total = -200.0 * np.exp(-r / 15.0) * weight
+        lines = np.zeros(r.shape, np.float32)
         for angle, amp, width in zip(angles, amps, widths):
             perp = (dy * math.cos(angle) - dx * math.sin(angle)) / float(width)
-            total += amp * np.exp(-perp * perp) * fade
+            lines += np.float32(amp) * np.exp(-perp * perp)
+        in_plane = np.exp(-r / decay) * lines - np.float32(200.0) * np.exp(-r / 15.0)
         view = hu[tuple(slice(a, b) for a, b in box)]
-        view += total * (view > -500)
+        view += np.exp(-(dz / 30.0) ** 2) * in_plane * (view > -500)
 
 
 def scanner_physics(hu, geometry: Geometry, rng, scanner, fov) -> np.ndarray:

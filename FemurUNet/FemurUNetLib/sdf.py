@@ -124,6 +124,22 @@ def grid_points(index_to_frame, origin, box) -> tuple:
     return tuple(((o[w] + m[w, 2] * k) + m[w, 1] * j + m[w, 0] * i).astype(np.float32) for w in range(3))
 
 
+def axis_grid_points(index_to_frame, origin, box) -> tuple:
+    """``grid_points`` with each coordinate spanning only the index axes it depends on (broadcastable shapes:
+    on a grid whose axes are the frame's, x and y are one slice and z one column)."""
+    (k0, k1), (j0, j1), (i0, i1) = box
+    axes = {2: np.arange(k0, k1, dtype=np.float64)[:, None, None], 1: np.arange(j0, j1, dtype=np.float64)[None, :, None],
+            0: np.arange(i0, i1, dtype=np.float64)[None, None, :]}
+    out = []
+    for w in range(3):
+        c = np.full((1, 1, 1), origin[w], np.float64)
+        for column in (2, 1, 0):
+            if index_to_frame[w, column] != 0:
+                c = c + index_to_frame[w, column] * axes[column]
+        out.append(c.astype(np.float32))
+    return tuple(out)
+
+
 def _gradient_rows(d, start, stop) -> np.ndarray:
     """``np.gradient(d, axis=0)[start:stop]`` (the same bits), computing those rows only."""
     n = d.shape[0]
