@@ -16,7 +16,7 @@
 # cropped, isotropic 1.5-3 mm voxels): seeds 25000-25095 (train6/) and 25096-25111 (val6/), drawn, all slices.
 # Stage 7's data (session 13, phantom code of commit 4969a13: the subchondral cortex of the femur's and tibia's
 # ends drawn 0.35-1.3 mm): seeds 26000-26065 (train7/) and 26066-26075 (val7/), drawn, all slices; merged with
-# stage 6's into train67/ and val67/.
+# stage 6's into train67/ and val67/. Stages 6 and 7 trained runs 6 and 7, neither shipped (docs/MODEL_HISTORY.md).
 # Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5, 6
 # or 7: that stage's data only)
 set -euo pipefail
