@@ -116,17 +116,14 @@ def _plate(p0, p1, up, height, thickness):
 def grid_points(index_to_frame, origin, box) -> tuple:
     """float32 (x, y, z) arrays of the voxel centres over an index box ((k0, k1), (j0, j1), (i0, i1)), computed in
     float64 from a 3x3 index-to-frame matrix (columns i, j, k) and the frame position of voxel (0, 0, 0)."""
-    (k0, k1), (j0, j1), (i0, i1) = box
-    m, o = index_to_frame, origin
-    k = np.arange(k0, k1, dtype=np.float64)[:, None, None]
-    j = np.arange(j0, j1, dtype=np.float64)[None, :, None]
-    i = np.arange(i0, i1, dtype=np.float64)[None, None, :]
-    return tuple(((o[w] + m[w, 2] * k) + m[w, 1] * j + m[w, 0] * i).astype(np.float32) for w in range(3))
+    shape = tuple(b - a for a, b in box)
+    return tuple(np.ascontiguousarray(np.broadcast_to(c, shape)) for c in axis_grid_points(index_to_frame, origin, box))
 
 
 def axis_grid_points(index_to_frame, origin, box) -> tuple:
     """``grid_points`` with each coordinate spanning only the index axes it depends on (broadcastable shapes:
-    on a grid whose axes are the frame's, x and y are one slice and z one column)."""
+    on a grid whose axes are the frame's, x and y are one slice and z one column); zero terms are skipped, which
+    leaves every sum's bits as they are."""
     (k0, k1), (j0, j1), (i0, i1) = box
     axes = {2: np.arange(k0, k1, dtype=np.float64)[:, None, None], 1: np.arange(j0, j1, dtype=np.float64)[None, :, None],
             0: np.arange(i0, i1, dtype=np.float64)[None, None, :]}
