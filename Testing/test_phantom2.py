@@ -24,8 +24,9 @@ from FemurUNetLib.geometry import Geometry, Reorientation
 from FemurUNetLib.phantom import HU_MAX, HU_MIN
 from FemurUNetLib.phantom2 import COVERAGES, FEMUR_FREE, femur_truth, generate_case, make_grid, make_scene
 from FemurUNetLib.phantom2_anatomy import BODIES, NARROWED_HIP_P, SIDES, hip_joint_space, load_body
-from FemurUNetLib.phantom2_body import cavity_distance, draw_hu, fat_thickness, skin_distance
-from FemurUNetLib.sdf import _rotation as sdf_rotation
+from FemurUNetLib.phantom2_body import (body_parts_bounds, cavity_distance, draw_hu, fat_thickness, septa_distance,
+                                        skin_distance)
+from FemurUNetLib.sdf import _rotation as sdf_rotation, ramp_width
 
 COARSE = (4.0, 4.0, 4.0)
 VERY_COARSE = (5.0, 5.0, 5.0)
@@ -651,6 +652,66 @@ def test_parallel_slabs_give_the_same_bits():
     two = generate_case(4, spacing=(4.0, 4.0, 4.0), coverage="pelvis", jobs=2)
     assert np.array_equal(one.ct, two.ct) and np.array_equal(one.label, two.label)
     assert one.geometry == two.geometry
+
+
+@pytest.mark.parametrize("seed, coverage, spacing, direction", [
+    (9000, "pelvis", (4.0, 4.0, 4.0), SIGNED_PERMUTATIONS[13]),
+    (5, "whole_leg", (6.0, 6.0, 6.0), _rotation(8, -12, 25))])
+def test_slabs_of_any_size_and_the_painted_boxes_give_the_same_bits(monkeypatch, seed, coverage, spacing, direction):
+    """Textures and noise are drawn row by row, and each body part and capsule is painted within its own box:
+    rows grouped one by one or all at once, and boxes as wide as the grid, give the very same case."""
+    def case(**patch):
+        with monkeypatch.context() as m:
+            for name, value in patch.items():
+                m.setattr(phantom2, name, value)
+            return generate_case(seed, spacing=spacing, direction=direction, coverage=coverage, jobs=1)
+    default = case()
+    for other in (case(SLAB_VOXELS=1), case(SLAB_VOXELS=10**9), case(BODY_MARGIN=5000.0)):
+        assert np.array_equal(default.ct, other.ct) and np.array_equal(default.label, other.label)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:6])
+def test_skin_septa_and_cavity_lie_inside_their_parts_boxes(seed):
+    """What lets the renderer skip the voxels beyond BODY_MARGIN of a body part's box: there each distance is
+    far above the widest partial-volume ramp."""
+    scene = _scene(seed)
+    ind, body = scene.ind, scene.body
+    parts = body_parts_bounds(ind, body)
+    rng = np.random.default_rng(seed)
+    q = tuple(rng.uniform(lo, hi, 400_000).astype(np.float32) for lo, hi in ((-400, 400), (-350, 350), (-1000, 900)))
+    margin = phantom2.BODY_MARGIN
+
+    def outside(names):
+        out = np.ones(q[0].shape, bool)
+        for name in names:
+            lo, hi = parts[name]
+            inside = np.ones(q[0].shape, bool)
+            for c, a, b in zip(q, lo, hi):
+                inside &= (c > a - margin) & (c < b + margin)
+            out &= ~inside
+        return out
+
+    far = outside([k for k in parts if k.startswith(("trunk", "thigh", "calf"))])
+    assert 0.2 < far.mean() < 0.95
+    assert skin_distance(tuple(c[far] for c in q), ind, body).min() > margin / 2
+    for side in SIDES:
+        far = outside([f"septa_{side}"])
+        assert septa_distance(tuple(c[far] for c in q), ind, body, side).min() > margin / 2
+    far = outside(["cavity"])
+    assert cavity_distance(tuple(c[far] for c in q), body).min() > margin / 2
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 11), (1, 5, 6), (2, 1, 9), (5, 4, 1), (3, 2, 2)])
+def test_ramp_width_is_the_voxel_extent_across_the_surface_of_any_rows(shape):
+    d = (np.random.default_rng(len(shape) + shape[0]).standard_normal(shape) * 10).astype(np.float32)
+    spacing = (0.8, 1.5, 3.0)
+    full = np.full(shape, 0.25, np.float32)
+    for axis in range(3):
+        full += 0.5 * spacing[2 - axis] if shape[axis] == 1 else np.abs(np.gradient(d, axis=axis))
+    assert np.array_equal(ramp_width(d, 0.25, spacing), full)
+    for start in range(shape[0]):
+        for stop in range(start + 1, shape[0] + 1):
+            assert np.array_equal(ramp_width(d, 0.25, spacing, slice(start, stop)), full[start:stop])
 
 
 def _streaks_of_one_metal_point(direction) -> tuple:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -23,7 +23,7 @@ from .geometry import Geometry, Reorientation
 from .heap import freed_memory_kept
 from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
 from .phantom2_anatomy import LABEL, Individual, make_individual
-from .phantom2_body import cavity_distance, fat_thickness, septa_distance, skin_distance
+from .phantom2_body import body_parts_bounds, cavity_distance, fat_thickness, septa_distance, skin_distance
 from .phantom2_scene import build_scene
 from .sdf import _rotation, axis_grid_points, grid_points, ramp_width
 
@@ -32,6 +32,7 @@ COVERAGES = {"pelvis": 0.24, "hip_to_knee": 0.14, "whole_leg": 0.08, "knee_to_an
 FEMUR_FREE = ("abdomen", "chest")
 MAX_SLICES = 320
 SLAB_VOXELS = 1_500_000
+BODY_MARGIN = 30.0      # mm around the body's parts and the table: the widest paint ramp reaches far less
 CAVITY_ONLY = ("bowel",)
 BODY_CUT_P = 0.1        # trunk scans whose field is narrower than the body
 RESAMPLED_P = 0.1       # isotropic 1.5-3 mm voxels
@@ -116,6 +117,14 @@ def make_grid(rng, scene, coverage, spacing=None, direction=None, shape=None) ->
     return geometry, (int(n_ijk[2]), int(n_ijk[1]), int(n_ijk[0])), scan["rotation"], scan["fov"]
 
 
+def _meet(box, other):
+    """The index box where two meet (None if either is None or they do not meet)."""
+    if box is None or other is None:
+        return None
+    box = tuple((max(a[0], b[0]), min(a[1], b[1])) for a, b in zip(box, other))
+    return None if any(b <= a for a, b in box) else box
+
+
 class Renderer:
     """Paints one slab of rows at a time: HU (float32) and the femur label."""
 
@@ -125,8 +134,9 @@ class Renderer:
         self.lps_to_index = np.linalg.inv(self.index_to_lps)
         self.index_to_anat = rotation.T @ self.index_to_lps
         self.origin_anat = rotation.T @ np.asarray(geometry.origin)
-        self.tex_rng = tex_rng
+        self.tex_key = int(tex_rng.integers(2**63))
         self.blur = 0.5 * min(geometry.spacing)
+        self.body_parts = body_parts_bounds(scene.ind, scene.body)
 
     def coords(self, box) -> tuple:
         return grid_points(self.index_to_anat, self.origin_anat, box)
@@ -136,6 +146,23 @@ class Renderer:
         lo, hi = np.asarray(lo, float) - margin, np.asarray(hi, float) + margin
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         return self.index_box(corners @ self.rotation.T, rows)
+
+    def rows_z_range(self, rows) -> tuple:
+        """Anatomical z range of the voxel centres of ``rows``."""
+        ends = [(0, self.shape[2] - 1), (0, self.shape[1] - 1), (rows[0], rows[1] - 1)]
+        z = [(self.index_to_anat @ (i, j, k) + self.origin_anat)[2] for i in ends[0] for j in ends[1] for k in ends[2]]
+        return min(z), max(z)
+
+    def union_box(self, parts, rows, margin):
+        """Index box within ``rows`` holding every anatomical box (lo, hi) of ``parts`` that reaches them; None if none."""
+        z0, z1 = self.rows_z_range(rows)
+        boxes = [self.box_for(np.maximum(lo, (-np.inf, -np.inf, z0 - margin)),
+                              np.minimum(hi, (np.inf, np.inf, z1 + margin)), rows, margin)
+                 for lo, hi in parts if lo[2] <= z1 + margin and hi[2] >= z0 - margin]
+        boxes = [b for b in boxes if b is not None]
+        if not boxes:
+            return None
+        return tuple((min(b[a][0] for b in boxes), max(b[a][1] for b in boxes)) for a in range(3))
 
     def index_box(self, corners_lps, rows):
         ijk = (np.asarray(corners_lps) - np.asarray(self.g.origin)) @ self.lps_to_index.T
@@ -158,65 +185,104 @@ class Renderer:
 
     @staticmethod
     def paint(hu, d, w, value) -> None:
-        occ = np.clip(0.5 - d / w, 0.0, 1.0)
-        hu += occ * (value - hu)
+        """``hu += clip(0.5 - d / w, 0, 1) * (value - hu)``: partial volume of the surface d = 0 (in place)."""
+        occ = np.divide(d, w)
+        np.subtract(0.5, occ, out=occ)
+        np.clip(occ, 0.0, 1.0, out=occ)
+        change = np.subtract(value, hu)
+        change *= occ
+        hu += change
 
-    def slab(self, k0, k1, tex) -> tuple:
+    def slab(self, k0, k1) -> tuple:
         nk, nj, ni = self.shape
+        tex = self.texture(k0, k1)
         rows = (max(k0 - 1, 0), min(k1 + 1, nk))
-        core = slice(k0 - rows[0], k0 - rows[0] + (k1 - k0))
         hu = np.full((k1 - k0, nj, ni), self.s.hu["air"], np.float32)
         label = np.zeros(hu.shape, np.uint8)
-        cavity = self._body_wall(rows, core, hu, tex)
+        cavity = self._body_wall(rows, k0, hu, tex)
         for item in self.s.items:
             self._item(item, rows, k0, hu, label, tex, cavity)
         return hu, label
 
-    def texture(self, shape) -> np.ndarray:
-        sigma = 0.7 / self.g.spacing[0]
-        t = ndimage.gaussian_filter(self.tex_rng.standard_normal(shape, dtype=np.float32), (0, sigma, sigma))
-        return t / max(float(t.std()), 1e-6)
+    def texture(self, k0, k1) -> np.ndarray:
+        """Unit-variance tissue texture of rows k0-k1, drawn row by row (the same bits however rows are grouped)."""
+        return row_noise(self.tex_key, k0, k1, self.shape[1:], 0.7 / self.g.spacing[0])
 
-    def _body_wall(self, rows, core, hu, tex) -> np.ndarray:
-        """Skin, fat, muscle, septa, cavity and table of the slab's rows; returns the cavity distance there."""
-        h, body, ind = self.s.hu, self.s.body, self.s.ind
-        q = self.coords((rows, (0, self.shape[1]), (0, self.shape[2])))
-        d = skin_distance(q, ind, body)
-        w = self.ramp(d, core)                  # ramps of the core rows, each computed once
-        self.paint(hu, d[core], w, h["skin"])
-        self.paint(hu, d[core] + 1.8, w, h["fat"])
-        d_m = d + fat_thickness(q, body)
-        self.paint(hu, d_m[core], self.ramp(d_m, core), h["muscle"] + 6.0 * tex)
-        if float(q[2].min()) < body["crotch"] + 60.0:
-            for side in LABEL:
-                d_s = np.maximum(septa_distance(q, ind, body, side), d_m + 3.0)
-                self.paint(hu, d_s[core], self.ramp(d_s, core), h["fat"])
-        cavity = cavity_distance(q, body)
-        d_c = np.maximum(cavity, d_m + 8.0)
-        self.paint(hu, d_c[core], self.ramp(d_c, core), h["visceral"] + 8.0 * tex)
-        table = self.s.body["table"]
-        if table is not None:
+    def _body_wall(self, rows, k0, hu, tex):
+        """Skin, fat, muscle, septa, cavity and table of the slab's rows, each within the index box that can hold
+        it (beyond BODY_MARGIN nothing is painted); returns (cavity distance, its index box) or None."""
+        h, body = self.s.hu, self.s.body
+        parts = self.body_parts
+        box = self.union_box([parts[k] for k in parts if k.startswith(("trunk", "thigh", "calf"))], rows, BODY_MARGIN)
+        cavity = None if box is None else self._body(box, rows, k0, hu, tex)
+        table = body["table"]
+        box = None if table is None else \
+            self.union_box([((-230.0, table - 9.0, -np.inf), (230.0, table + 9.0, np.inf))], rows, BODY_MARGIN)
+        if box is not None:
+            q = self.coords(box)
             d_t = np.maximum(np.abs(q[1] - table) - 9.0, np.abs(q[0]) - 230.0)
-            w = self.ramp(d_t, core)
-            self.paint(hu, d_t[core], w, h["table_shell"])
-            self.paint(hu, d_t[core] + 2.0, w, h["table_core"])
+            w = self._fill(box, k0, hu, d_t, h["table_shell"])
+            self._fill(box, k0, hu, d_t + 2.0, h["table_core"], w)
         return cavity
+
+    def _body(self, box, rows, k0, hu, tex):
+        h, body, ind = self.s.hu, self.s.body, self.s.ind
+        q = self.coords(box)
+        d = skin_distance(q, ind, body)
+        w = self._fill(box, k0, hu, d, h["skin"])
+        self._fill(box, k0, hu, d + 1.8, h["fat"], w)
+        d_m = d + fat_thickness(q, body)
+        self._fill(box, k0, hu, d_m, lambda view: h["muscle"] + 6.0 * tex[view])
+        for side in LABEL:
+            sub = self._part_box(f"septa_{side}", box, rows)
+            if sub is not None:
+                cut = self._cut(box, sub)
+                qs = tuple(c[cut] for c in q)
+                self._fill(sub, k0, hu, np.maximum(septa_distance(qs, ind, body, side), d_m[cut] + 3.0), h["fat"])
+        sub = self._part_box("cavity", box, rows)
+        if sub is None:
+            return None
+        cut = self._cut(box, sub)
+        cavity = cavity_distance(tuple(c[cut] for c in q), body)
+        self._fill(sub, k0, hu, np.maximum(cavity, d_m[cut] + 8.0), lambda view: h["visceral"] + 8.0 * tex[view])
+        return cavity, sub
+
+    def _part_box(self, part, box, rows):
+        """The index box of a body part (``body_parts``) within ``box``; None if they do not meet."""
+        return _meet(self.union_box([self.body_parts[part]], rows, BODY_MARGIN), box)
+
+    @staticmethod
+    def _cut(box, sub) -> tuple:
+        """Slices of an array over ``box`` that hold the sub-box ``sub``."""
+        return tuple(slice(s[0] - b[0], s[1] - b[0]) for s, b in zip(sub, box))
+
+    def _fill(self, box, k0, hu, d, value, w=None) -> np.ndarray:
+        """Paints the field ``d`` over index box ``box`` (its rows around the slab's included) into the slab's
+        ``hu`` (from row k0); ``value``: HU, or a function of the painted view; ``w``: ramp widths to use (default:
+        ``d``'s). Returns the ramp widths."""
+        view, core = self._box_view(box, k0, hu)
+        w = self.ramp(d, core) if w is None else w
+        self.paint(hu[view], d[core], w, value(view) if callable(value) else value)
+        return w
+
+    @staticmethod
+    def _box_view(box, k0, hu) -> tuple:
+        """The view of the slab's ``hu`` (from row k0) that an index box paints, and the box's rows in that view."""
+        (b0, b1), (j0, j1), (i0, i1) = box
+        c0, c1 = max(b0, k0), max(min(b1, k0 + hu.shape[0]), max(b0, k0))
+        return (slice(c0 - k0, c1 - k0), slice(j0, j1), slice(i0, i1)), slice(c0 - b0, c1 - b0)
 
     def _item(self, item, rows, k0, hu, label, tex, cavity) -> None:
         box = self.box_for(item.lo, item.hi, rows)
         if box is None:
             return
-        (b0, b1), (j0, j1), (i0, i1) = box
-        c0, c1 = max(b0, k0), min(b1, k0 + hu.shape[0])
-        if c1 <= c0:
+        view, inner = self._box_view(box, k0, hu)
+        if inner.stop <= inner.start:
             return
-        view = (slice(c0 - k0, c1 - k0), slice(j0, j1), slice(i0, i1))
-        inner = slice(c0 - b0, c1 - b0)
         q = self.coords(box)
-        d = item.distance(q)
+        d = self._item_distance(item, box, rows, q)
         if item.name.startswith(CAVITY_ONLY):
-            # the slab's cavity distance over the box: the same values as cavity_distance(q) (elementwise in q)
-            d = np.maximum(d, cavity[b0 - rows[0]:b1 - rows[0], j0:j1, i0:i1])
+            d = np.maximum(d, self._cavity_over(box, q, cavity))
         w = self.ramp(d, inner)
         qi = tuple(c[inner] for c in q)
         if item.material.startswith("bone:"):
@@ -225,6 +291,27 @@ class Renderer:
             self.paint(hu[view], d[inner], w, self._value(item.material, tex[view]))
         if item.label:
             label[view][d[inner] < 0] = item.label
+
+    def _item_distance(self, item, box, rows, q) -> np.ndarray:
+        """``item.distance(q)`` over an index box; an item made of ``parts`` gets min(distance, BODY_MARGIN), each
+        part evaluated within its own box only (beyond BODY_MARGIN nothing is painted, so the same image)."""
+        parts = getattr(item.distance, "parts", None)
+        if not parts or len(parts) == 1:
+            return item.distance(q)
+        d = np.full(q[0].shape, BODY_MARGIN, np.float32)
+        for lo, hi, distance in parts:
+            sub = _meet(self.box_for(lo, hi, rows, BODY_MARGIN), box)
+            if sub is not None:
+                cut = self._cut(box, sub)
+                np.minimum(d[cut], distance(tuple(c[cut] for c in q)), out=d[cut])
+        return d
+
+    def _cavity_over(self, box, q, cavity) -> np.ndarray:
+        """``cavity_distance(q)`` over an index box: sliced from the slab's (elementwise, so the same values)."""
+        if cavity is not None and all(c[0] <= b[0] and b[1] <= c[1] for b, c in zip(box, cavity[1])):
+            (b0, b1), (j0, j1), (i0, i1) = (tuple(v - c[0] for v in b) for b, c in zip(box, cavity[1]))
+            return cavity[0][b0:b1, j0:j1, i0:i1]
+        return cavity_distance(q, self.s.body)
 
     def _value(self, material, tex):
         h = self.s.hu
@@ -256,6 +343,17 @@ class Renderer:
 
 
 # --- scanner physics ------------------------------------------------------------------------------------------
+def row_noise(key, k0, k1, shape, sigma) -> np.ndarray:
+    """Gaussian-filtered white noise (in-plane ``sigma`` voxels) of rows k0-k1, each row drawn from its own stream
+    of ``key`` and scaled to unit standard deviation, so any grouping of rows gives the same bits."""
+    out = np.empty((k1 - k0,) + tuple(shape), np.float32)
+    for k in range(k0, k1):
+        row = np.random.default_rng([key, k]).standard_normal(shape, dtype=np.float32)
+        ndimage.gaussian_filter(row, sigma, output=out[k - k0])
+        out[k - k0] /= max(float(out[k - k0].std()), 1e-6)
+    return out
+
+
 def draw_scanner(rng) -> dict:
     sharp = rng.random() < 0.35
     return {"psf_mm": float(rng.uniform(0.3, 0.8)), "profile": float(rng.uniform(0.3, 0.6)),
@@ -291,23 +389,34 @@ def metal_streaks(renderer: Renderer, hu, rng, scanner) -> None:
         view += np.exp(-(dz / 30.0) ** 2) * in_plane * (view > -500)
 
 
-def scanner_physics(hu, geometry: Geometry, rng, scanner, fov) -> np.ndarray:
-    """PSF and slice profile, kernel, cupping, correlated noise, field-of-view cut-off (in place)."""
-    sp = geometry.spacing
-    sigma = (scanner["profile"] * sp[2] / max(sp[2], 1e-6), scanner["psf_mm"] / sp[1], scanner["psf_mm"] / sp[0])
-    ndimage.gaussian_filter(hu, sigma, output=hu)
-    if scanner["sharpen"]:
-        hu += scanner["sharpen"] * (hu - ndimage.gaussian_filter(hu, (0, 1.2, 1.2)))
-    nk, nj, ni = hu.shape
+def scanner_physics(hu, geometry: Geometry, rng, scanner, fov, threads: int = 1) -> np.ndarray:
+    """PSF and slice profile, kernel, cupping, correlated noise, field-of-view cut-off (in place; ``threads``
+    share the work with the same bits as one)."""
+    sp, (nk, nj, ni) = geometry.spacing, hu.shape
+    noise_key = int(rng.integers(2**63))
     y, x = np.mgrid[0:nj, 0:ni].astype(np.float32)
     rr = ((x - (ni - 1) / 2) * sp[0]) ** 2 + ((y - (nj - 1) / 2) * sp[1]) ** 2
-    hu -= (scanner["cupping"] * np.clip(1.0 - rr / (fov / 2) ** 2, 0, 1))[None] * (hu > -500)
-    grain = scanner["noise_grain_mm"] / sp[0]
-    for k0 in range(0, nk, 32):
-        noise = ndimage.gaussian_filter(rng.standard_normal((min(32, nk - k0), nj, ni), dtype=np.float32),
-                                        (0, grain, grain))
-        hu[k0:k0 + 32] += noise * np.float32(scanner["noise"] / max(float(noise.std()), 1e-6))
-    hu[:, rr > (fov / 2) ** 2] = HU_MIN
+    cupping = scanner["cupping"] * np.clip(1.0 - rr / (fov / 2) ** 2, 0, 1)
+    outside = rr > (fov / 2) ** 2
+    profile = scanner["profile"] * sp[2] / max(sp[2], 1e-6)
+
+    def along_slices(j0, j1):           # the slice profile: axis 0 only, so any split of the other axes
+        view = hu[:, j0:j1]
+        ndimage.gaussian_filter1d(view, profile, axis=0, output=view)
+
+    def in_plane(k0, k1):               # everything else works within axial slices
+        view = hu[k0:k1]
+        ndimage.gaussian_filter(view, (0, scanner["psf_mm"] / sp[1], scanner["psf_mm"] / sp[0]), output=view)
+        if scanner["sharpen"]:
+            view += scanner["sharpen"] * (view - ndimage.gaussian_filter(view, (0, 1.2, 1.2)))
+        view -= cupping[None] * (view > -500)
+        grain = scanner["noise_grain_mm"] / sp[0]
+        view += row_noise(noise_key, k0, k1, (nj, ni), grain) * np.float32(scanner["noise"])
+        view[:, outside] = HU_MIN
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        list(pool.map(lambda j: along_slices(j, min(j + 32, nj)), range(0, nj, 32)))
+        list(pool.map(lambda k: in_plane(k, min(k + 8, nk)), range(0, nk, 8)))
     return hu
 
 
@@ -315,8 +424,8 @@ def scanner_physics(hu, geometry: Geometry, rng, scanner, fov) -> np.ndarray:
 _ACTIVE = None     # the renderer a forked worker paints with
 
 
-def _slab_job(k0, k1, tex):
-    return _ACTIVE.slab(k0, k1, tex)
+def _slab_job(k0, k1):
+    return _ACTIVE.slab(k0, k1)
 
 
 def default_jobs() -> int:
@@ -324,24 +433,23 @@ def default_jobs() -> int:
 
 
 def render(renderer: Renderer, shape, jobs: int) -> tuple:
-    """HU and label of every slab; textures are drawn here in slab order, so any ``jobs`` gives the same bits."""
+    """HU and label of every slab, painted by ``jobs`` processes (the same bits as one)."""
     global _ACTIVE
-    step = max(1, SLAB_VOXELS // (shape[1] * shape[2]))
+    step = max(1, min(SLAB_VOXELS // (shape[1] * shape[2]), -(-shape[0] // (4 * jobs))))   # 4 slabs a job at least
     slabs = [(k0, min(k0 + step, shape[0])) for k0 in range(0, shape[0], step)]
     hu, label = np.empty(shape, np.float32), np.empty(shape, np.uint8)
     if jobs > 1 and len(slabs) > 1 and "fork" in multiprocessing.get_all_start_methods():
         _ACTIVE = renderer
         try:
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_slab_job, k0, k1, renderer.texture((k1 - k0,) + tuple(shape[1:])))
-                           for k0, k1 in slabs]
+                futures = [pool.submit(_slab_job, k0, k1) for k0, k1 in slabs]
                 for (k0, k1), future in zip(slabs, futures):
                     hu[k0:k1], label[k0:k1] = future.result()
         finally:
             _ACTIVE = None
         return hu, label
     for k0, k1 in slabs:
-        hu[k0:k1], label[k0:k1] = renderer.slab(k0, k1, renderer.texture((k1 - k0,) + tuple(shape[1:])))
+        hu[k0:k1], label[k0:k1] = renderer.slab(k0, k1)
     return hu, label
 
 
@@ -398,11 +506,13 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
         raise FemurUNetError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
     geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction, shape)
     renderer = Renderer(scene, geometry, shape, rotation, tex_rng)
+    jobs = default_jobs() if jobs is None else int(jobs)
     with freed_memory_kept():
-        hu, label = render(renderer, shape, default_jobs() if jobs is None else int(jobs))
+        hu, label = render(renderer, shape, jobs)
         metal_streaks(renderer, hu, noise_rng, scanner)
         axial = Reorientation.for_geometry(geometry)      # views: physics runs in the scanner's axial frame
-        scanner_physics(axial.to_canonical(hu), Geometry(axial.canonical_spacing(geometry)), noise_rng, scanner, fov)
+        scanner_physics(axial.to_canonical(hu), Geometry(axial.canonical_spacing(geometry)), noise_rng, scanner, fov,
+                        jobs)
     ct = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
     label[ct == HU_MIN] = 0      # outside the reconstructed field of view (bone is never that dark inside it)
     return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}",

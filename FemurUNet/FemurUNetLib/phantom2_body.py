@@ -53,15 +53,20 @@ def ellipse_distance(dx, dy, a, b):
     return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
 
 
-def _polyline(points, radii):
-    """Distance to a chain of tapered capsules through ``points``."""
-    def distance(q):
+class _polyline:
+    """Distance to a chain of tapered capsules through ``points``; ``parts``: (lo, hi, distance) of each capsule,
+    its box holding it (so a renderer may evaluate each within its box only)."""
+
+    def __init__(self, points, radii):
+        self.parts = [(*_box_of([p0, p1], max(r0, r1)), lambda q, a=p0, b=p1, r=r0, s=r1: _capsule(q, a, b, r, s))
+                      for p0, p1, r0, r1 in zip(points[:-1], points[1:], radii[:-1], radii[1:])]
+
+    def __call__(self, q):
         d = None
-        for p0, p1, r0, r1 in zip(points[:-1], points[1:], radii[:-1], radii[1:]):
-            part = _capsule(q, p0, p1, r0, r1)
+        for _, _, distance in self.parts:
+            part = distance(q)
             d = part if d is None else np.minimum(d, part)
         return d
-    return distance
 
 
 def _box_of(points, radius):
@@ -180,11 +185,52 @@ def leg_distance(q, ind: Individual, body, side) -> np.ndarray:
 
 def skin_distance(q, ind, body) -> np.ndarray:
     d = trunk_distance(q, body)
-    if float(q[2].min()) > max(ind.marks[f"thigh_top_{s}"][2] for s in SIDES) + 80.0:
+    legs = q[2] <= max(ind.marks[f"thigh_top_{s}"][2] for s in SIDES) + 80.0    # above: the legs add nothing
+    if not legs.any():
         return d
+    at = q if legs.all() else tuple(c[legs] for c in q)
+    d_at = d if legs.all() else d[legs]
     for side in SIDES:
-        d = _smin(d, leg_distance(q, ind, body, side), 25.0)
+        d_at = _smin(d_at, leg_distance(at, ind, body, side), 25.0)
+    if legs.all():
+        return d_at
+    d[legs] = d_at
     return d
+
+
+SEPTA_TOP = 60.0      # mm above the crotch, where the thigh's fat planes end
+
+
+def septa_reach(body) -> float:
+    """How far (mm) from the femoral shaft's axis the fat planes reach: past the widest thigh's skin."""
+    return max(body["thigh_r"]) + 26.0
+
+
+def body_parts_bounds(ind: Individual, body) -> dict:
+    """Anatomical boxes (lo, hi) of the body's parts: ``trunk``, ``thigh_<side>`` and ``calf_<side>`` (the skin
+    distance is < 0 only inside their union, grown by the smooth union's 25 mm / 4), ``septa_<side>`` and
+    ``cavity`` (``septa_distance`` and ``cavity_distance`` are < 0 only inside theirs)."""
+    m, grow, inf = ind.marks, 25.0 / 4, math.inf
+    sx, sy = max(body["sx"]), max(body["sy"])
+    parts = {"trunk": ((body["cx"] - sx - grow, body["cy"] - sy - grow, body["crotch"] - grow),
+                       (body["cx"] + sx + grow, body["cy"] + 0.85 * sy + grow, inf))}
+    thigh_r, calf_r = max(body["thigh_r"]) + grow, max(body["calf_r"]) + grow
+    for side in SIDES:
+        top, knee, ankle = m[f"thigh_top_{side}"], m[f"knee_{side}"], m[f"ankle_{side}"]
+        ends = np.array([top, knee])
+        parts[f"thigh_{side}"] = ((ends[:, 0].min() - 12.0 - thigh_r, ends[:, 1].min() - thigh_r, knee[2] - 20.0 - grow),
+                                  (ends[:, 0].max() + 12.0 + thigh_r, ends[:, 1].max() + 26.0 + thigh_r, top[2] + 50.0 + grow))
+        reach = septa_reach(body)
+        parts[f"septa_{side}"] = ((ends[:, 0].min() - reach, ends[:, 1].min() - reach, -inf),
+                                  (ends[:, 0].max() + reach, ends[:, 1].max() + reach, body["crotch"] + SEPTA_TOP))
+        ends = np.array([knee, ankle])
+        parts[f"calf_{side}"] = ((ends[:, 0].min() - calf_r, ends[:, 1].min() - calf_r, ankle[2] - 15.0 - grow),
+                                 (ends[:, 0].max() + calf_r, ends[:, 1].max() + 1.6 * calf_r, knee[2] + 20.0 + grow))
+    a = max(sx - body["fat"] - body["wall"] - 25.0, 20.0)
+    b = max(sy - body["fat"] - body["wall"] - 30.0, 20.0)
+    parts["cavity"] = ((body["cx"] - a, body["cy"] - 15.0 - b, -40.0), (body["cx"] + a, body["cy"] - 15.0 + b,
+                                                                           body["diaphragm"]))
+    return parts
 
 
 def fat_thickness(q, body) -> np.ndarray:
@@ -195,7 +241,8 @@ def fat_thickness(q, body) -> np.ndarray:
 
 
 def septa_distance(q, ind, body, side) -> np.ndarray:
-    """Intermuscular fat planes radiating from the femoral shaft."""
+    """Intermuscular fat planes radiating from the femoral shaft (and on below the knee), up to SEPTA_TOP above the
+    crotch and septa_reach from the shaft's axis."""
     m = ind.marks
     x, y, _ = _leg_axis(q[2], m[f"thigh_top_{side}"], m[f"knee_{side}"])
     dx, dy = q[0] - x, q[1] - y
@@ -204,7 +251,8 @@ def septa_distance(q, ind, body, side) -> np.ndarray:
         c, s = math.cos(angle), math.sin(angle)
         part = np.maximum(np.abs(dx * c + dy * s) - 1.5, -(dy * c - dx * s) + 25.0)
         d = part if d is None else np.minimum(d, part)
-    return d
+    d = np.maximum(d, np.hypot(dx, dy) - septa_reach(body))
+    return np.maximum(d, q[2] - (body["crotch"] + SEPTA_TOP))
 
 
 def cavity_distance(q, body) -> np.ndarray:

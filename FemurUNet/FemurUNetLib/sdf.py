@@ -137,18 +137,24 @@ def axis_grid_points(index_to_frame, origin, box) -> tuple:
     return tuple(out)
 
 
-def _gradient_rows(d, start, stop) -> np.ndarray:
-    """``np.gradient(d, axis=0)[start:stop]`` (the same bits), computing those rows only."""
-    n = d.shape[0]
-    out = np.empty((stop - start,) + d.shape[1:], d.dtype)
-    a, b = max(start, 1), min(stop, n - 1)                   # rows with a neighbour on both sides
+def _abs_gradient_into(w, d, axis, start, stop) -> None:
+    """``w += abs(np.gradient(d, axis=axis)[start:stop])`` (the same bits), with one temporary array."""
+    if axis:                                # the rows' whole extent along the axis
+        d = d[start:stop]
+        start, stop = 0, d.shape[axis]
+    n = d.shape[axis]
+    at = lambda a, b: (slice(None),) * axis + (slice(a, b),)
+    g = np.empty(w.shape, w.dtype)
+    a, b = max(start, 1), min(stop, n - 1)  # entries with a neighbour on both sides
     if b > a:
-        out[a - start:b - start] = (d[a + 1:b + 1] - d[a - 1:b - 1]) / 2.0
+        np.subtract(d[at(a + 1, b + 1)], d[at(a - 1, b - 1)], out=g[at(a - start, b - start)])
+        g[at(a - start, b - start)] *= np.float32(0.5)
     if start == 0:
-        out[0] = (d[1] - d[0]) / 1.0
+        np.subtract(d[at(1, 2)], d[at(0, 1)], out=g[at(0, 1)])
     if stop == n:
-        out[-1] = (d[n - 1] - d[n - 2]) / 1.0
-    return out
+        np.subtract(d[at(n - 1, n)], d[at(n - 2, n - 1)], out=g[at(n - 1 - start, n - start)])
+    np.abs(g, out=g)
+    w += g
 
 
 def ramp_width(d, blur, spacing, rows=None) -> np.ndarray:
@@ -156,13 +162,10 @@ def ramp_width(d, blur, spacing, rows=None) -> np.ndarray:
     ``spacing`` (i, j, k) serves axes of length 1. ``rows`` (a slice of axis 0): the widths of those rows only,
     the same values as ``ramp_width(d, ...)[rows]``."""
     start, stop, _ = (rows or slice(None)).indices(d.shape[0])
-    core = d[start:stop]
-    w = np.full(core.shape, blur, np.float32)
+    w = np.full((stop - start,) + d.shape[1:], blur, np.float32)
     for axis in range(3):
         if d.shape[axis] == 1:
             w += 0.5 * spacing[2 - axis]
-        elif axis == 0 and rows is not None:
-            w += np.abs(_gradient_rows(d, start, stop))
         else:
-            w += np.abs(np.gradient(d if axis == 0 else core, axis=axis))
+            _abs_gradient_into(w, d, axis, start, stop)
     return w
