@@ -1,7 +1,10 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
-usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt] [--seeds 90000-90039] [--phantom 2]
+usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
        [--no-real] [--json OUT.json] [--device cpu] [--mirror] [--keep-all-pieces]
+
+Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
+one entry per model, each as a single model's file). ``--seeds`` takes ranges and seeds: ``25096-25111,26066``.
 
 The real-CT numbers come from the functions behind ``femurunet evaluate`` (``read_femur_reference``,
 ``femur_rows``, ``false_positives``); the CLI commands that reproduce each one are printed beside it.
@@ -47,17 +50,26 @@ def print_reproduce(lines) -> None:
     print("  reproduce with:  " + "\n                   ".join(lines), flush=True)
 
 
-def phantom_row(seed, args, predict) -> dict:
-    """One held-out phantom: Dice/HD95 against the exact truth, or false positives (ml) when it has no femur."""
-    if args.phantom == 2:
-        case = generate_case_v2(seed)
-    else:
-        case = generate_case(seed)
-    return case_row(seed, case, predict)
+def parse_seeds(text: str) -> list:
+    """Seeds from ``A-B`` ranges and single seeds separated by commas, in the order given."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise SystemExit(f"--seeds: expected ranges like 90000-90039 or seeds like 25096, got {text!r}") from None
+    if not seeds:
+        raise SystemExit(f"--seeds: no seed in {text!r}")
+    return seeds
+
+
+def make_phantom(seed, phantom: int):
+    return generate_case_v2(seed) if phantom == 2 else generate_case(seed)
 
 
 def case_row(seed, case, predict) -> dict:
-    """``phantom_row`` for a case already made (e.g. with other generator settings)."""
+    """One phantom case: Dice/HD95 against the exact truth, or false positives (ml) when it has no femur."""
     t = time.perf_counter()
     pred = predict(case.ct, case.geometry)
     seconds = time.perf_counter() - t
@@ -125,8 +137,9 @@ def real_ct(args, segment, segment_command) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", nargs="?", default=None, help="model .pt (default: the shipped demo model)")
-    parser.add_argument("--seeds", default="90000-90039", help="held-out phantom seeds, A-B (default 90000-90039)")
+    parser.add_argument("models", nargs="*", metavar="model", help="model .pt (default: the shipped demo model)")
+    parser.add_argument("--seeds", default="90000-90039", help="held-out phantom seeds: A-B ranges and seeds, "
+                        "comma-separated (default 90000-90039)")
     parser.add_argument("--phantom", type=int, choices=(1, 2), default=2, help="phantom generator (default 2)")
     parser.add_argument("--no-real", action="store_true", help="phantoms only (model selection never looks at real CT)")
     parser.add_argument("--json", help="write the numbers here")
@@ -134,28 +147,32 @@ def main(argv=None) -> int:
     parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation (segment --mirror)")
     parser.add_argument("--keep-all-pieces", action="store_true", help="keep detached pieces (segment --keep-all-pieces)")
     args = parser.parse_args(argv)
-    lo, hi = (int(v) for v in args.seeds.split("-"))
-    results = {"model": args.model or "default", "phantom": args.phantom, "phantoms": []}
-    net = resolve_model(args.model)          # loaded once for every volume below
+    seeds, names = parse_seeds(args.seeds), args.models or [None]
+    runs = [{"model": name or "default", "phantom": args.phantom, "phantoms": []} for name in names]
+    nets = [resolve_model(name) for name in names]           # loaded once for every volume below
 
-    def segment(ct, geometry) -> np.ndarray:
+    def segment(net, ct, geometry) -> np.ndarray:
         return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror,
                               keep_all_pieces=args.keep_all_pieces).labelmap
 
-    def segment_command(source, output):    # the flags that make `femurunet segment` predict as segment() does
+    def segment_command(name, source, output):    # the flags that make `femurunet segment` predict as segment() does
         return ["femurunet", "segment", source, output, "--device", args.device,
-                *(["--model", args.model] if args.model else []), *(["--mirror"] if args.mirror else []),
+                *(["--model", name] if name else []), *(["--mirror"] if args.mirror else []),
                 *(["--keep-all-pieces"] if args.keep_all_pieces else [])]
 
-    for seed in range(lo, hi + 1):
-        results["phantoms"].append(phantom_row(seed, args, lambda ct, g: segment(ct, g) > 0))
-        print(json.dumps(results["phantoms"][-1]), flush=True)
-    results["phantom_summary"] = phantom_summary(results["phantoms"])
-    print(json.dumps(results["phantom_summary"]), flush=True)
-    if not args.no_real:
-        results.update(real_ct(args, segment, segment_command))
+    for seed in seeds:
+        case = make_phantom(seed, args.phantom)
+        for run, net in zip(runs, nets):
+            run["phantoms"].append(case_row(seed, case, lambda ct, g, net=net: segment(net, ct, g) > 0))
+            print(json.dumps({**run["phantoms"][-1], **({"model": run["model"]} if len(runs) > 1 else {})}), flush=True)
+    for run, net, name in zip(runs, nets, names):
+        run["phantom_summary"] = phantom_summary(run["phantoms"])
+        print(json.dumps({"model": run["model"], **run["phantom_summary"]}), flush=True)
+        if not args.no_real:
+            run.update(real_ct(args, lambda ct, g, net=net: segment(net, ct, g),
+                               lambda source, output, name=name: segment_command(name, source, output)))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=1))
     return 0
 
 

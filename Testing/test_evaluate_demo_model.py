@@ -1,0 +1,63 @@
+"""The script behind README's accuracy figures (FemurUNetTrain/Scripts/evaluate_demo_model.py): rows against the
+exact truth, several models on the same cases, seed lists."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts"))
+import evaluate_demo_model as script  # noqa: E402
+
+from FemurUNetLib.paths import DEFAULT_MODEL_PATH  # noqa: E402
+from FemurUNetLib.phantom2 import generate_case  # noqa: E402
+
+COVERAGE = {1: "pelvis", 2: "chest"}
+
+
+@pytest.fixture
+def coarse_cases(monkeypatch):
+    """Seeds 1 (a pelvis) and 2 (a femur-free chest) on 5 mm grids; counts how often each case is made."""
+    made = []
+
+    def make(seed, phantom):
+        made.append(seed)
+        return generate_case(seed, spacing=(5.0, 5.0, 5.0), coverage=COVERAGE[seed])
+    monkeypatch.setattr(script, "make_phantom", make)
+    return made
+
+
+def test_one_model_gives_rows_against_the_truth_and_a_summary(tmp_path, coarse_cases):
+    out = tmp_path / "eval.json"
+    assert script.main(["--seeds", "1-2", "--no-real", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == "default" and [r["seed"] for r in result["phantoms"]] == [1, 2]
+    pelvis, chest = result["phantoms"]
+    assert pelvis["coverage"] == "pelvis" and 0.7 < pelvis["dice"] <= 1 and pelvis["truth_ml"] > 50
+    assert chest["coverage"] == "chest" and "dice" not in chest and chest["false_positive_ml"] >= 0
+    summary = result["phantom_summary"]
+    assert summary["cases"] == 2 and summary["cases_with_femur"] == 1 and summary["dice_mean"] == pelvis["dice"]
+    assert summary["femur_free_false_positive_ml_max"] == chest["false_positive_ml"]
+
+
+def test_several_models_are_measured_on_cases_made_once(tmp_path, coarse_cases):
+    copy = tmp_path / "same_model.pt"
+    shutil.copy(DEFAULT_MODEL_PATH, copy)
+    out = tmp_path / "eval.json"
+    assert script.main([str(DEFAULT_MODEL_PATH), str(copy), "--seeds", "2,1", "--no-real", "--json", str(out)]) == 0
+    assert coarse_cases == [2, 1]
+    first, second = json.loads(out.read_text())["runs"]
+    assert (first["model"], second["model"]) == (str(DEFAULT_MODEL_PATH), str(copy))
+    assert [r["seed"] for r in first["phantoms"]] == [2, 1]
+    assert first["phantoms"] == [{**r, "seconds": f["seconds"]} for r, f in zip(second["phantoms"], first["phantoms"])]
+
+
+def test_seed_lists_and_bad_seeds():
+    assert script.parse_seeds("25096-25098,26066") == [25096, 25097, 25098, 26066]
+    assert script.parse_seeds("90000-90000") == [90000]
+    for bad in ("90000-abc", "", "1,,2"):
+        with pytest.raises(SystemExit, match="--seeds"):
+            script.parse_seeds(bad)
