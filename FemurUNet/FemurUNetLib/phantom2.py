@@ -154,7 +154,7 @@ class Renderer:
         return min(z), max(z)
 
     def union_box(self, parts, rows, margin):
-        """Index box within ``rows`` holding every anatomical box (lo, hi) of ``parts`` that reaches them; None if none."""
+        """Index box within ``rows`` holding each anatomical box (lo, hi) of ``parts`` that reaches them (or None)."""
         z0, z1 = self.rows_z_range(rows)
         boxes = [self.box_for(np.maximum(lo, (-np.inf, -np.inf, z0 - margin)),
                               np.minimum(hi, (np.inf, np.inf, z1 + margin)), rows, margin)
@@ -226,6 +226,7 @@ class Renderer:
         return cavity
 
     def _body(self, box, rows, k0, hu, tex):
+        """Skin, fat, muscle, septa and cavity within the body's index box; returns (cavity distance, its box)."""
         h, body, ind = self.s.hu, self.s.body, self.s.ind
         q = self.coords(box)
         d = skin_distance(q, ind, body)

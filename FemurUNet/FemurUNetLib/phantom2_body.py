@@ -218,14 +218,16 @@ def body_parts_bounds(ind: Individual, body) -> dict:
     for side in SIDES:
         top, knee, ankle = m[f"thigh_top_{side}"], m[f"knee_{side}"], m[f"ankle_{side}"]
         ends = np.array([top, knee])
-        parts[f"thigh_{side}"] = ((ends[:, 0].min() - 12.0 - thigh_r, ends[:, 1].min() - thigh_r, knee[2] - 20.0 - grow),
-                                  (ends[:, 0].max() + 12.0 + thigh_r, ends[:, 1].max() + 26.0 + thigh_r, top[2] + 50.0 + grow))
+        lo, hi = ends.min(0), ends.max(0)
+        parts[f"thigh_{side}"] = ((lo[0] - 12.0 - thigh_r, lo[1] - thigh_r, knee[2] - 20.0 - grow),
+                                  (hi[0] + 12.0 + thigh_r, hi[1] + 26.0 + thigh_r, top[2] + 50.0 + grow))
         reach = septa_reach(body)
-        parts[f"septa_{side}"] = ((ends[:, 0].min() - reach, ends[:, 1].min() - reach, -inf),
-                                  (ends[:, 0].max() + reach, ends[:, 1].max() + reach, body["crotch"] + SEPTA_TOP))
+        parts[f"septa_{side}"] = ((lo[0] - reach, lo[1] - reach, -inf), (hi[0] + reach, hi[1] + reach,
+                                                                             body["crotch"] + SEPTA_TOP))
         ends = np.array([knee, ankle])
-        parts[f"calf_{side}"] = ((ends[:, 0].min() - calf_r, ends[:, 1].min() - calf_r, ankle[2] - 15.0 - grow),
-                                 (ends[:, 0].max() + calf_r, ends[:, 1].max() + 1.6 * calf_r, knee[2] + 20.0 + grow))
+        lo, hi = ends.min(0), ends.max(0)
+        parts[f"calf_{side}"] = ((lo[0] - calf_r, lo[1] - calf_r, ankle[2] - 15.0 - grow),
+                                 (hi[0] + calf_r, hi[1] + 1.6 * calf_r, knee[2] + 20.0 + grow))
     a = max(sx - body["fat"] - body["wall"] - 25.0, 20.0)
     b = max(sy - body["fat"] - body["wall"] - 30.0, 20.0)
     parts["cavity"] = ((body["cx"] - a, body["cy"] - 15.0 - b, -40.0), (body["cx"] + a, body["cy"] - 15.0 + b,
