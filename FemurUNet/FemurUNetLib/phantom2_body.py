@@ -248,11 +248,20 @@ def septa_distance(q, ind, body, side) -> np.ndarray:
     m = ind.marks
     x, y, _ = _leg_axis(q[2], m[f"thigh_top_{side}"], m[f"knee_{side}"])
     dx, dy = q[0] - x, q[1] - y
-    d = None
-    for angle in body["septa"][side]:
+    d = across = None
+    for angle in body["septa"][side]:       # max(|dx c + dy s| - 1.5, 25 - (dy c - dx s)), computed in place
         c, s = math.cos(angle), math.sin(angle)
-        part = np.maximum(np.abs(dx * c + dy * s) - 1.5, -(dy * c - dx * s) + 25.0)
-        d = part if d is None else np.minimum(d, part)
+        part = np.multiply(dx, c)
+        across = np.multiply(dy, s, out=across)
+        part += across
+        np.abs(part, out=part)
+        part -= 1.5
+        np.multiply(dy, c, out=across)
+        across -= dx * s
+        np.negative(across, out=across)
+        across += 25.0
+        np.maximum(part, across, out=part)
+        d = part if d is None else np.minimum(d, part, out=d)
     d = np.maximum(d, np.hypot(dx, dy) - septa_reach(body))
     return np.maximum(d, q[2] - (body["crotch"] + SEPTA_TOP))
 

@@ -18,20 +18,35 @@ def _sphere(q, c, r):
 
 
 def _capsule(q, a, b, r0, r1=None):
-    """Segment a-b thickened by a radius going linearly from r0 (at a) to r1 (at b)."""
+    """Segment a-b thickened by a radius going linearly from r0 (at a) to r1 (at b) (arithmetic in place)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     ba = b - a
     inv = 1.0 / float(ba @ ba)
     (ax, ay, az), (bx, by, bz) = _v(a), _v(ba)
-    px, py, pz = q[0] - ax, q[1] - ay, q[2] - az
-    h = np.clip((px * bx + py * by + pz * bz) * inv, 0.0, 1.0)
-    px -= h * bx
-    py -= h * by
-    pz -= h * bz
-    d = np.sqrt(px * px + py * py + pz * pz)
+    px, py, pz = (c - o for c, o in zip(np.broadcast_arrays(*q), (ax, ay, az)))
+    h = px * bx                                  # clip((px bx + py by + pz bz) inv, 0, 1)
+    t = py * by
+    h += t
+    np.multiply(pz, bz, out=t)
+    h += t
+    h *= inv
+    np.clip(h, 0.0, 1.0, out=h)
+    for p, bc in ((px, bx), (py, by), (pz, bz)):     # p -= h bc
+        np.multiply(h, bc, out=t)
+        p -= t
+    d = np.multiply(px, px)                      # |p|
+    np.multiply(py, py, out=t)
+    d += t
+    np.multiply(pz, pz, out=t)
+    d += t
+    np.sqrt(d, out=d)
     if r1 is None or r1 == r0:
-        return d - float(r0)
-    return d - (float(r0) + float(r1 - r0) * h)
+        d -= float(r0)
+        return d
+    h *= float(r1 - r0)
+    h += float(r0)
+    d -= h
+    return d
 
 
 def _ellipsoid(q, c, e):
@@ -78,9 +93,20 @@ def _plane(q, p, n):
 
 
 def _smin(a, b, k):
-    """Smooth union (polynomial smooth minimum) with blend radius k mm."""
-    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
-    return b + (a - b) * h - k * h * (1.0 - h)
+    """Smooth union (polynomial smooth minimum) with blend radius k mm (arithmetic in place)."""
+    h = np.subtract(b, a)                        # clip(0.5 + 0.5 (b - a) / k, 0, 1)
+    h *= 0.5
+    h /= k
+    h += 0.5
+    np.clip(h, 0.0, 1.0, out=h)
+    out = np.subtract(a, b)                      # b + (a - b) h - k h (1 - h)
+    out *= h
+    out += b
+    blend = np.subtract(1.0, h)
+    h *= k
+    blend *= h
+    out -= blend
+    return out
 
 
 _PRIMITIVES = {"box": _box, "capsule": _capsule, "ellipsoid": _ellipsoid}
