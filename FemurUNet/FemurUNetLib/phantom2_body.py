@@ -155,18 +155,23 @@ def _calf(q, knee, ankle, body) -> np.ndarray:
     return np.maximum(calf, np.maximum(q[2] - knee[2] - 20.0, ankle[2] - 15.0 - q[2]))
 
 
+def _update_where(mask, q, values, update) -> np.ndarray:
+    """``values`` with ``update(points, values)`` applied at the points of ``q`` where ``mask`` holds (elementwise, so
+    the same bits as applying it everywhere and selecting); ``values`` itself is not changed."""
+    if not mask.any():
+        return values
+    if mask.all():
+        return update(q, values)
+    out = values.copy()
+    out[mask] = update(tuple(c[mask] for c in q), values[mask])
+    return out
+
+
 def _union_where_needed(q, known, other, bound, known_first) -> np.ndarray:
     """``np.minimum`` of ``known`` and ``other(q)`` (thigh first), where ``other >= bound`` everywhere: ``other`` is
     evaluated only at the points where ``known`` reaches the bound (elementwise, so the same bits)."""
-    need = known >= bound
-    if not need.any():
-        return known
     pair = lambda a, b: np.minimum(a, b) if known_first else np.minimum(b, a)
-    if need.all():
-        return pair(known, other(q))
-    out = known.copy()
-    out[need] = pair(known[need], other(tuple(c[need] for c in q)))
-    return out
+    return _update_where(known >= bound, q, known, lambda p, k: pair(k, other(p)))
 
 
 def leg_distance(q, ind: Individual, body, side) -> np.ndarray:
@@ -184,18 +189,12 @@ def leg_distance(q, ind: Individual, body, side) -> np.ndarray:
 
 
 def skin_distance(q, ind, body) -> np.ndarray:
-    d = trunk_distance(q, body)
-    legs = q[2] <= max(ind.marks[f"thigh_top_{s}"][2] for s in SIDES) + 80.0    # above: the legs add nothing
-    if not legs.any():
+    def join_legs(p, d):
+        for side in SIDES:
+            d = _smin(d, leg_distance(p, ind, body, side), 25.0)
         return d
-    at = q if legs.all() else tuple(c[legs] for c in q)
-    d_at = d if legs.all() else d[legs]
-    for side in SIDES:
-        d_at = _smin(d_at, leg_distance(at, ind, body, side), 25.0)
-    if legs.all():
-        return d_at
-    d[legs] = d_at
-    return d
+    legs = q[2] <= max(ind.marks[f"thigh_top_{s}"][2] for s in SIDES) + 80.0    # above: the legs add nothing
+    return _update_where(legs, q, trunk_distance(q, body), join_legs)
 
 
 SEPTA_TOP = 60.0      # mm above the crotch, where the thigh's fat planes end
@@ -214,14 +213,13 @@ def body_parts_bounds(ind: Individual, body) -> dict:
     sx, sy = max(body["sx"]), max(body["sy"])
     parts = {"trunk": ((body["cx"] - sx - grow, body["cy"] - sy - grow, body["crotch"] - grow),
                        (body["cx"] + sx + grow, body["cy"] + 0.85 * sy + grow, inf))}
-    thigh_r, calf_r = max(body["thigh_r"]) + grow, max(body["calf_r"]) + grow
+    thigh_r, calf_r, reach = max(body["thigh_r"]) + grow, max(body["calf_r"]) + grow, septa_reach(body)
     for side in SIDES:
         top, knee, ankle = m[f"thigh_top_{side}"], m[f"knee_{side}"], m[f"ankle_{side}"]
         ends = np.array([top, knee])
         lo, hi = ends.min(0), ends.max(0)
         parts[f"thigh_{side}"] = ((lo[0] - 12.0 - thigh_r, lo[1] - thigh_r, knee[2] - 20.0 - grow),
                                   (hi[0] + 12.0 + thigh_r, hi[1] + 26.0 + thigh_r, top[2] + 50.0 + grow))
-        reach = septa_reach(body)
         parts[f"septa_{side}"] = ((lo[0] - reach, lo[1] - reach, -inf), (hi[0] + reach, hi[1] + reach,
                                                                              body["crotch"] + SEPTA_TOP))
         ends = np.array([knee, ankle])
