@@ -420,12 +420,18 @@ def test_init_fine_tunes_from_a_model_that_fits_the_run(phantom_data, tmp_path, 
     resumed = torch.load(checkpoint_path(tmp_path / "tuned.pt"), weights_only=True)
     assert resumed["epoch"] == 2 and resumed["init_training"] == {"epochs": 7, "seed": 3}   # the chain survives
     # a model that does not fit the run: one line naming the file and the mismatch, nothing written
-    for change, message in ((dict(base_filters=8), "base_filters 4, but this run needs 8"),
+    for change, message in ((dict(base_filters=6), "--base-filters 6: a model of base 4 widens only to a multiple of 4"),
                             (dict(input_size=32), "input_size 64, but this run needs 32")):
         with pytest.raises(FemurUNetError, match=message) as err:
             train(tiny_config(train_dir, tmp_path / "no.pt", init=str(start), **change))
         assert str(start) in str(err.value) and "\n" not in str(err.value)
         assert not (tmp_path / "no.pt").exists()
+    # a multiple of the width widens the --init model: the same outputs to start from
+    wide = train(tiny_config(train_dir, tmp_path / "wide.pt", init=str(start), base_filters=8, **still)).model
+    x = torch.randn(2, 1, SIZE, SIZE)
+    with torch.no_grad():
+        expected, got = load_model(start).logits(x), load_model(tmp_path / "wide.pt").logits(x)
+    assert wide.base_filters == 8 and torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     # the CLI takes the width and input size from the --init model
     assert femurunet(["train", str(train_dir), "--out", str(tmp_path / "cli.pt"), "--init", str(start),
                       "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--threads", "1",

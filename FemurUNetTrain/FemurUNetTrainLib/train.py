@@ -42,6 +42,7 @@ from .intensity import draw_intensity
 from .loss import evaluate
 from .options import TrainConfig
 from .step import ADAM_EPSILON, WeightAverage, amp_dtype, augment, load_batch, make_optimizer, optimise
+from .widen import widen
 
 # names other modules and scripts import from here
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "train", "checkpoint_path", "log_path", "curve_path",
@@ -110,13 +111,18 @@ def _check_config(config: TrainConfig) -> None:
 
 
 def initial_model(config: TrainConfig, window: dict) -> UNet2D:
-    """The ``--init`` model, after checking that it fits this run (channels, width, input size, window)."""
+    """The ``--init`` model, after checking that it fits this run (channels, input size, window); widened to the
+    run's ``base_filters`` when that is a multiple of the model's (same outputs, ``widen``)."""
     model = load_model(config.init)
     meta, name = model.metadata, config.init
-    found = {"channels": (model.in_channels, model.out_channels), "base_filters": model.base_filters,
-             "input_size": int(meta["input_size"]), "window": meta["window"]}
-    wanted = {"channels": (1, 1), "base_filters": config.base_filters, "input_size": config.input_size,
-              "window": window}
+    if config.base_filters != model.base_filters:
+        try:
+            model = widen(model, config.base_filters, torch.Generator().manual_seed(config.seed))
+        except FemurUNetError as exc:
+            raise FemurUNetError(f"{name}: {exc}") from None
+    found = {"channels": (model.in_channels, model.out_channels), "input_size": int(meta["input_size"]),
+             "window": meta["window"]}
+    wanted = {"channels": (1, 1), "input_size": config.input_size, "window": window}
     for key in found:
         if found[key] != wanted[key]:
             raise FemurUNetError(f"{name}: --init model has {key} {found[key]}, but this run needs {wanted[key]}")

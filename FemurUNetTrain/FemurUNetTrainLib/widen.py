@@ -1,0 +1,62 @@
+"""Widen a trained U-Net to a multiple of its base filters without changing what it computes (Net2WiderNet,
+Chen et al. 2016): each channel is repeated, and every weight reading a repeated channel is split between its
+copies in random shares that sum to one, so outputs stay the same while the copies learn apart from the first
+step on (equal shares would keep them equal forever)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.model import UNet2D
+
+SHARE_SPREAD = 0.2      # each share is (1 + U(-spread, spread)) / copies before the shares are rescaled to sum to 1
+
+
+def widen(model: UNet2D, base_filters: int, generator: torch.Generator) -> UNet2D:
+    """A new UNet2D of ``base_filters`` (a multiple of ``model.base_filters``) computing ``model``'s function."""
+    old = model.base_filters
+    if base_filters % old or base_filters < old:
+        raise FemurUNetError(f"--base-filters {base_filters}: a model of base {old} widens only to a multiple of {old}")
+    wide = UNet2D(model.in_channels, model.out_channels, base_filters)
+    copies = base_filters // old
+    with torch.no_grad():
+        for conv, wide_conv, (in_map, out_map) in zip(_convs(model), _convs(wide), _channel_maps(model, copies)):
+            _copy_split(conv, wide_conv, in_map, out_map, generator)
+    wide.train(model.training)
+    if hasattr(model, "metadata"):
+        wide.metadata = {**model.metadata, "base_filters": base_filters}
+    return wide
+
+
+def _convs(net: UNet2D) -> list:
+    """The network's convolutions in the order ``_channel_maps`` describes them."""
+    convs = [c for block in net.enc for c in block if isinstance(c, nn.Conv2d)]
+    for up, dec in zip(net.up, net.dec):
+        convs += [up.conv] + [c for c in dec if isinstance(c, nn.Conv2d)]
+    return convs + [net.head]
+
+
+def _channel_maps(net: UNet2D, copies: int) -> list:
+    """Per convolution of the widened net: (its input channels' source channels, its output channels' ones)."""
+    w = [net.base_filters * m for m in (1, 2, 4, 8, 16)]
+    repeat = lambda n: torch.arange(n * copies) % n                       # noqa: E731
+    concat = lambda n: torch.cat([repeat(n), n + repeat(n)])              # noqa: E731  [skip, up] halves
+    maps = [(torch.arange(net.in_channels), repeat(w[0])), (repeat(w[0]), repeat(w[0]))]
+    for level in range(1, 5):
+        maps += [(repeat(w[level - 1]), repeat(w[level])), (repeat(w[level]), repeat(w[level]))]
+    for level in (4, 3, 2, 1):
+        maps += [(repeat(w[level]), repeat(w[level - 1])), (concat(w[level - 1]), repeat(w[level - 1])),
+                 (repeat(w[level - 1]), repeat(w[level - 1]))]
+    return maps + [(repeat(w[0]), torch.arange(net.out_channels))]
+
+
+def _copy_split(conv: nn.Conv2d, wide: nn.Conv2d, in_map: torch.Tensor, out_map: torch.Tensor,
+                generator: torch.Generator) -> None:
+    """``wide``'s weights: ``conv``'s rows repeated by ``out_map``; the weights of each input channel's copies
+    share its weight in random positive shares summing to one."""
+    weight = conv.weight[out_map][:, in_map]
+    shares = 1.0 + SHARE_SPREAD * (2.0 * torch.rand(weight.shape, generator=generator) - 1.0)
+    sums = torch.zeros(weight.shape[0], conv.weight.shape[1], *weight.shape[2:]).index_add_(1, in_map, shares)
+    wide.weight.copy_(weight * shares / sums[:, in_map])
+    wide.bias.copy_(conv.bias[out_map])
