@@ -115,17 +115,17 @@ def initial_model(config: TrainConfig, window: dict) -> UNet2D:
     run's ``base_filters`` when that is a multiple of the model's (same outputs, ``widen``)."""
     model = load_model(config.init)
     meta, name = model.metadata, config.init
-    if config.base_filters != model.base_filters:
-        try:
-            model = widen(model, config.base_filters, torch.Generator().manual_seed(config.seed))
-        except FemurUNetError as exc:
-            raise FemurUNetError(f"{name}: {exc}") from None
     found = {"channels": (model.in_channels, model.out_channels), "input_size": int(meta["input_size"]),
              "window": meta["window"]}
     wanted = {"channels": (1, 1), "input_size": config.input_size, "window": window}
     for key in found:
         if found[key] != wanted[key]:
             raise FemurUNetError(f"{name}: --init model has {key} {found[key]}, but this run needs {wanted[key]}")
+    if config.base_filters != model.base_filters:
+        try:
+            model = widen(model, config.base_filters, torch.Generator().manual_seed(config.seed))
+        except FemurUNetError as exc:
+            raise FemurUNetError(f"{name}: {exc}") from None
     return model
 
 
