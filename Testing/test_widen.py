@@ -6,6 +6,7 @@ import torch
 
 from FemurUNetLib import UNet2D
 from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.model import count_parameters
 from FemurUNetTrainLib.widen import widen
 
 
@@ -34,8 +35,7 @@ def test_widened_net_computes_the_same_map(factor):
         net.drop4.p = net.drop5.p = wide.drop4.p = wide.drop5.p = 0.0
         assert torch.allclose(wide.logits(x), net.logits(x), rtol=1e-4, atol=1e-4 * before.abs().max().item())
     assert wide.metadata == {"base_filters": 4 * factor, "input_size": 32}
-    params = lambda m: sum(p.numel() for p in m.parameters())       # noqa: E731
-    assert params(wide) > (factor ** 2 - 0.1) * params(net)
+    assert count_parameters(wide) > (factor ** 2 - 0.1) * count_parameters(net)
 
 
 def test_copies_of_a_channel_learn_apart():

@@ -40,8 +40,13 @@ def _convs(net: UNet2D) -> list:
 def _channel_maps(net: UNet2D, copies: int) -> list:
     """Per convolution of the widened net: (its input channels' source channels, its output channels' ones)."""
     w = [net.base_filters * m for m in (1, 2, 4, 8, 16)]
-    repeat = lambda n: torch.arange(n * copies) % n                       # noqa: E731
-    concat = lambda n: torch.cat([repeat(n), n + repeat(n)])              # noqa: E731  [skip, up] halves
+
+    def repeat(n: int) -> torch.Tensor:
+        return torch.arange(n * copies) % n
+
+    def concat(n: int) -> torch.Tensor:          # the decoder's [skip, up] input: two repeated halves
+        return torch.cat([repeat(n), n + repeat(n)])
+
     maps = [(torch.arange(net.in_channels), repeat(w[0])), (repeat(w[0]), repeat(w[0]))]
     for level in range(1, 5):
         maps += [(repeat(w[level - 1]), repeat(w[level])), (repeat(w[level]), repeat(w[level]))]
