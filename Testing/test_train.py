@@ -420,7 +420,8 @@ def test_init_fine_tunes_from_a_model_that_fits_the_run(phantom_data, tmp_path, 
     resumed = torch.load(checkpoint_path(tmp_path / "tuned.pt"), weights_only=True)
     assert resumed["epoch"] == 2 and resumed["init_training"] == {"epochs": 7, "seed": 3}   # the chain survives
     # a model that does not fit the run: one line naming the file and the mismatch, nothing written
-    for change, message in ((dict(base_filters=6), "--base-filters 6: a model of base 4 widens only to a multiple of 4"),
+    for change, message in ((dict(base_filters=6), "--base-filters 6: a model of base 4 widens only to a multiple "
+                                                   "of 4"),
                             (dict(input_size=32), "input_size 64, but this run needs 32")):
         with pytest.raises(FemurUNetError, match=message) as err:
             train(tiny_config(train_dir, tmp_path / "no.pt", init=str(start), **change))

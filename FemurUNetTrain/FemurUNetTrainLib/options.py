@@ -157,7 +157,8 @@ class TrainConfig:
                              gui="batchSize", bounds=(1, 1024))
     lr: float = option(1e-5, "--lr", "Adam learning rate (default {:g})", gui="learningRate", bounds=(1e-7, 1.0))
     base_filters: int = option(64, "--base-filters", "filters of the first level (default {}; with --init: the "
-                               "model's, or a multiple of it to widen that model with the same outputs)", gui="baseFilters", bounds=(1, 128))
+                               "model's, or a multiple of it to widen that model with the same outputs)",
+                               gui="baseFilters", bounds=(1, 128))
     input_size: int = option(DEFAULT_INPUT_SIZE, "--input-size", "model input side in pixels, multiple of 16 "
                              "(default {}; with --init: the model's)")
     seed: int = option(1, "--seed", "random seed (default {}: the seed's trainGenerator(seed=1))", gui="seed",

@@ -21,7 +21,11 @@ def widen(model: UNet2D, base_filters: int, generator: torch.Generator) -> UNet2
     wide = UNet2D(model.in_channels, model.out_channels, base_filters)
     copies = base_filters // old
     with torch.no_grad():
-        for conv, wide_conv, (in_map, out_map) in zip(_convs(model), _convs(wide), _channel_maps(model, copies)):
+        for (conv, halves), (wide_conv, _) in zip(_convs(model), _convs(wide)):
+            in_map = (torch.arange(conv.in_channels) if conv is model.enc[0][0]            # reads the image
+                      else _sources(conv.in_channels, copies, 2 if halves else 1))
+            out_map = (torch.arange(conv.out_channels) if conv is model.head                # writes the output
+                       else _sources(conv.out_channels, copies))
             _copy_split(conv, wide_conv, in_map, out_map, generator)
     wide.train(model.training)
     if hasattr(model, "metadata"):
@@ -30,30 +34,18 @@ def widen(model: UNet2D, base_filters: int, generator: torch.Generator) -> UNet2
 
 
 def _convs(net: UNet2D) -> list:
-    """The network's convolutions in the order ``_channel_maps`` describes them."""
-    convs = [c for block in net.enc for c in block if isinstance(c, nn.Conv2d)]
+    """(convolution, whether its input is the decoder's [skip, up] concatenation), in the network's order."""
+    convs = [(c, False) for block in net.enc for c in block if isinstance(c, nn.Conv2d)]
     for up, dec in zip(net.up, net.dec):
-        convs += [up.conv] + [c for c in dec if isinstance(c, nn.Conv2d)]
-    return convs + [net.head]
+        convs += [(up.conv, False)] + [(c, i == 0) for i, c in enumerate(m for m in dec if isinstance(m, nn.Conv2d))]
+    return convs + [(net.head, False)]
 
 
-def _channel_maps(net: UNet2D, copies: int) -> list:
-    """Per convolution of the widened net: (its input channels' source channels, its output channels' ones)."""
-    w = [net.base_filters * m for m in (1, 2, 4, 8, 16)]
-
-    def repeat(n: int) -> torch.Tensor:
-        return torch.arange(n * copies) % n
-
-    def concat(n: int) -> torch.Tensor:          # the decoder's [skip, up] input: two repeated halves
-        return torch.cat([repeat(n), n + repeat(n)])
-
-    maps = [(torch.arange(net.in_channels), repeat(w[0])), (repeat(w[0]), repeat(w[0]))]
-    for level in range(1, 5):
-        maps += [(repeat(w[level - 1]), repeat(w[level])), (repeat(w[level]), repeat(w[level]))]
-    for level in (4, 3, 2, 1):
-        maps += [(repeat(w[level]), repeat(w[level - 1])), (concat(w[level - 1]), repeat(w[level - 1])),
-                 (repeat(w[level - 1]), repeat(w[level - 1]))]
-    return maps + [(repeat(w[0]), torch.arange(net.out_channels))]
+def _sources(channels: int, copies: int, parts: int = 1) -> torch.Tensor:
+    """For each channel of the widened layer, the original channel it copies: each of ``parts`` equal blocks of
+    ``channels`` repeated ``copies`` times, blocks in order."""
+    block = channels // parts
+    return torch.cat([part * block + torch.arange(block * copies) % block for part in range(parts)])
 
 
 def _copy_split(conv: nn.Conv2d, wide: nn.Conv2d, in_map: torch.Tensor, out_map: torch.Tensor,
