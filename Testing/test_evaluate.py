@@ -12,8 +12,8 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from FemurUNetTrainLib import cli
-from FemurUNetLib.evaluate import (dice, evaluate_labels, false_positives, femur_rows, hd95, midline, seed_dice,
-                                   split_at_midline, volume_ml)
+from FemurUNetLib.evaluate import (dice, evaluate_labels, false_positives, femur_rows, hd95, midline, off_target_ml,
+                                   seed_dice, split_at_midline, volume_ml)
 from FemurUNetLib.geometry import Geometry
 
 ANISOTROPIC = (3.0, 1.0, 0.5)   # numpy (k, j, i) order: sz, sy, sx
@@ -314,6 +314,19 @@ def test_cli_errors_for_mismatched_inputs(tmp_path, capsys):
     assert "--no-femur" in _error(capsys, [pred])
     assert "--no-femur" in _error(capsys, [pred, left, "--no-femur"])
     assert str(tmp_path / "nope.nii.gz") in _error(capsys, [pred, left, str(tmp_path / "nope.nii.gz")])
+
+
+def test_off_target_volume_counts_pieces_apart_from_the_reference_not_its_rims():
+    ref = np.zeros((10, 20, 50), bool)
+    ref[2:8, 5:15, 10:20] = True
+    pred = ref.copy()
+    pred[2:8, 5:15, 20] = True                               # a rim on the reference's piece: 60 voxels
+    pred[2:4, 5:7, 40:43] = True                             # a piece apart: 12 voxels
+    pred[8, 15, 21] = True                                   # touches the rim by a corner only: the same piece
+    assert off_target_ml(pred, ref, (3.0, 1.0, 0.5)) == pytest.approx(12 * 1.5 / 1000)
+    assert off_target_ml(ref, ref, (3.0, 1.0, 0.5)) == 0.0
+    everything = np.count_nonzero(pred) * 1.5 / 1000
+    assert off_target_ml(pred, np.zeros_like(ref), (3.0, 1.0, 0.5)) == pytest.approx(everything)
 
 
 def test_false_positives():

@@ -41,6 +41,8 @@ def test_one_model_gives_rows_against_the_truth_and_a_summary(tmp_path, coarse_c
     summary = result["phantom_summary"]
     assert summary["cases"] == 2 and summary["cases_with_femur"] == 1 and summary["dice_mean"] == pelvis["dice"]
     assert summary["femur_free_false_positive_ml_max"] == chest["false_positive_ml"]
+    assert 0 <= pelvis["off_femur_ml"] <= pelvis["false_positive_ml"]
+    assert summary["off_femur_ml_max"] == pelvis["off_femur_ml"]
 
 
 def test_several_models_are_measured_on_cases_made_once(tmp_path, coarse_cases):

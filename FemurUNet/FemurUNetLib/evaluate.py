@@ -7,6 +7,7 @@ compared label by label; a prediction with one label (any non-zero value, as ``f
 split at the patient's midline first (``midline``: midway between the two reference femurs' centroids along the
 patient left-right axis of the canonical LPS frame). Rows ``left``, ``right`` and ``both`` (union vs union).
 ``false_positives`` measures a prediction on a femur-free scan (``femurunet evaluate PRED --no-femur``).
+``off_target_ml``: the volume of labelled pieces that touch no reference voxel (labels on other bones).
 """
 from __future__ import annotations
 
@@ -88,6 +89,14 @@ def hd95(a, b, spacing) -> float:
 def volume_ml(mask, spacing) -> float:
     mask = np.asarray(mask).astype(bool, copy=False)
     return int(np.count_nonzero(mask)) * float(np.prod(_spacing(spacing, mask.ndim))) / 1000.0
+
+
+def off_target_ml(pred, ref, spacing) -> float:
+    """Volume (ml) of the 26-connected pieces of ``pred`` that share no voxel with ``ref``: labels on other bones
+    or tissue, not the rims of the pieces that found the femur."""
+    pred, ref = np.asarray(pred).astype(bool, copy=False), np.asarray(ref).astype(bool, copy=False)
+    pieces, _ = ndimage.label(pred, structure=np.ones((3,) * pred.ndim, bool))
+    return volume_ml(pred & ~np.isin(pieces, np.unique(pieces[pred & ref])), spacing)
 
 
 def _row(label, pred, ref, spacing) -> dict:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from FemurUNetLib import segment_volume
-from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midline, read_femur_reference, \
-    split_at_midline
+from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midline, off_target_ml, \
+    read_femur_reference, split_at_midline
 from FemurUNetLib.resolve import resolve_model
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.phantom2 import generate_case as generate_case_v2
@@ -81,6 +81,7 @@ def case_row(seed, case, predict) -> dict:
     if truth.any():
         left, right = split_sides(pred, case.label == 1, case.label == 2, case.geometry)
         row.update(dice=dice(pred, truth), hd95_mm=hd95(pred, truth, sp), truth_ml=float(truth.sum() * np.prod(sp) / 1000),
+                   off_femur_ml=off_target_ml(pred, truth, sp),
                    dice_left=dice(left, case.label == 1) if (case.label == 1).any() else None,
                    dice_right=dice(right, case.label == 2) if (case.label == 2).any() else None)
     return row
@@ -94,6 +95,7 @@ def phantom_summary(rows) -> dict:
     summary = {"cases": len(rows), "cases_with_femur": len(with_femur), "dice_mean": float(d.mean()),
                "dice_std": float(d.std()), "dice_min": float(d.min()), "hd95_mean_mm": float(np.mean(h[np.isfinite(h)])),
                "femur_free_cases": len(free),
+               "off_femur_ml_max": max(r["off_femur_ml"] for r in with_femur),
                "femur_free_false_positive_ml_max": max([r["false_positive_ml"] for r in free], default=0.0)}
     for coverage in sorted({r["coverage"] for r in rows}):
         part = [r for r in with_femur if r["coverage"] == coverage]
