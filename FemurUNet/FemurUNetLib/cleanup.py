@@ -15,10 +15,9 @@ import numpy as np
 from scipy import ndimage
 
 from .geometry import Geometry
-from .plausibility import SIDES, bounding_box, side_masks
+from .plausibility import CONNECTIVITY, SIDES, bounding_box, side_masks
 
 KEEP_FRACTION = 0.2          # a piece this fraction of its side's largest piece (or larger) stays
-CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 
 def detached_pieces(side_mask: np.ndarray, keep_fraction: float = KEEP_FRACTION) -> np.ndarray:

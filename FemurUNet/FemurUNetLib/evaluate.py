@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from .errors import FemurUNetError
 from .geometry import Geometry, Reorientation
+from .plausibility import CONNECTIVITY
 
 LEFT, RIGHT = 1, 2          # label values of a two-label femur labelmap (as the phantoms and training data)
 FP_COLUMNS = ("label", "voxels_labelled", "voxels_total", "percent", "volume_ml")
@@ -92,10 +93,10 @@ def volume_ml(mask, spacing) -> float:
 
 
 def off_target_ml(pred, ref, spacing) -> float:
-    """Volume (ml) of the 26-connected pieces of ``pred`` that share no voxel with ``ref``: labels on other bones
-    or tissue, not the rims of the pieces that found the femur."""
+    """Volume (ml) of the 26-connected pieces of ``pred`` (3-D) that share no voxel with ``ref``: labels on other
+    bones or tissue, not the rims of the pieces that found the femur."""
     pred, ref = np.asarray(pred).astype(bool, copy=False), np.asarray(ref).astype(bool, copy=False)
-    pieces, _ = ndimage.label(pred, structure=np.ones((3,) * pred.ndim, bool))
+    pieces, _ = ndimage.label(pred, structure=CONNECTIVITY)
     return volume_ml(pred & ~np.isin(pieces, np.unique(pieces[pred & ref])), spacing)
 
 

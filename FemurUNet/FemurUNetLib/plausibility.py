@@ -44,6 +44,7 @@ from scipy import ndimage
 from .geometry import Geometry, Reorientation
 
 SIDES = ("left", "right")
+CONNECTIVITY = np.ones((3, 3, 3), bool)   # 26-connected pieces
 BODY_HU = -300.0                 # body mask for the midline
 CORTEX_HU = 300.0                # cortical bone is above this
 LARGE_ML = 1.0                   # a piece this large counts as a component
@@ -149,7 +150,7 @@ def _measure_side(side: str, mask: np.ndarray, hu: np.ndarray, geometry: Geometr
     if not mask.any():
         return report
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
-    pieces, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    pieces, n = ndimage.label(mask, structure=CONNECTIVITY)
     sizes = np.bincount(pieces.ravel(), minlength=n + 1)[1:] * voxel_ml
     cortex = np.bincount(pieces.ravel(), weights=(hu > CORTEX_HU).ravel(), minlength=n + 1)[1:]
     large = np.nonzero(sizes >= LARGE_ML)[0]
