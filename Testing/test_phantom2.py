@@ -24,6 +24,7 @@ from FemurUNetLib.geometry import Geometry, Reorientation
 from FemurUNetLib.phantom import HU_MAX, HU_MIN
 from FemurUNetLib.phantom2 import COVERAGES, FEMUR_FREE, femur_truth, generate_case, make_grid, make_scene
 from FemurUNetLib.phantom2_anatomy import BODIES, NARROWED_HIP_P, SIDES, hip_joint_space, load_body
+from FemurUNetLib.phantom2_metal import METAL_HU, ParallelBeam, add_metal_artefacts, computed_rows
 from FemurUNetLib.phantom2_body import (body_parts_bounds, cavity_distance, draw_hu, fat_thickness, septa_distance,
                                         skin_distance)
 from FemurUNetLib.sdf import _rotation as sdf_rotation, ramp_width
@@ -714,30 +715,87 @@ def test_ramp_width_is_the_voxel_extent_across_the_surface_of_any_rows(shape):
             assert np.array_equal(ramp_width(d, 0.25, spacing, slice(start, stop)), full[start:stop])
 
 
-def _streaks_of_one_metal_point(direction) -> tuple:
-    """(streak field alone, its canonical axial view, the metal point's height in the scanner frame, geometry) of
-    seed 3's individual with a hip implant, on a 3 mm pelvis grid stored with ``direction``."""
-    scene = make_scene(3)
-    scene.metal_points[:] = [scene.ind.marks["head_left"]]
-    geometry, shape, rotation, _ = phantom2.make_grid(np.random.default_rng(3), scene, "pelvis", (3.0, 3.0, 3.0),
-                                                      direction)
-    renderer = phantom2.Renderer(scene, geometry, shape, rotation, np.random.default_rng(0))
-    hu = np.zeros(shape, np.float32)
-    phantom2.metal_streaks(renderer, hu, np.random.default_rng(1), {"streak_amp": 800.0})
-    height = float((rotation @ scene.ind.marks["head_left"])[2])
-    return hu, Reorientation.for_geometry(geometry).to_canonical(hu), height, geometry
+# --- metal artefacts from projections --------------------------------------------------------------------------
+def _water_disc(n, pixel, radius_mm, mu=0.02):
+    yy, xx = np.mgrid[0:n, 0:n]
+    return (np.hypot(xx - (n - 1) / 2, yy - (n - 1) / 2) * pixel < radius_mm).astype(np.float32) * mu
 
 
-@pytest.mark.parametrize("direction", [np.eye(3), np.array([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]])],
-                         ids=["axial", "stored-sagittal"])
-def test_metal_streaks_lie_in_the_scanners_axial_planes(direction):
-    hu, axial, height, geometry = _streaks_of_one_metal_point(direction)
-    assert np.count_nonzero(hu) > 0.05 * hu.size and np.abs(hu).max() > 100
-    rows = axial.reshape(axial.shape[0], -1).astype(np.float64)
-    singular = np.linalg.svd(rows, compute_uv=False)
-    assert singular[1] < 1e-4 * singular[0]          # every axial slice: one in-plane pattern, scaled by height
-    z_of_slice = geometry.physical_points(hu.shape)[..., 2]
-    loudest = np.unravel_index(np.abs(hu).argmax(), hu.shape)
-    assert abs(z_of_slice[loudest] - height) <= 3.0   # strongest at the metal's own height
-    far = np.abs(z_of_slice - height) > phantom2.STREAK_REACH_MM + 3.0
-    assert not np.any(hu[far])
+def test_projection_keeps_the_mass_and_filtered_backprojection_recovers_a_disc():
+    beam = ParallelBeam((96, 96), 3.0, 3.0)
+    disc = _water_disc(96, 3.0, 120.0)
+    sinogram = beam.project(disc)
+    assert np.allclose(sinogram.sum(axis=1) * beam.ds, disc.sum() * 9.0, rtol=1e-4)      # every view: all of it
+    image = beam.filtered_backprojection(sinogram)
+    assert abs(image[48, 48] - 0.02) < 0.001 and abs(image[48, 16] - 0.02) < 0.001        # inside: within 5 %
+    assert abs(image[2, 2]) < 0.001                                                        # outside: nothing
+
+
+def _hips_with_metal(left=True, right=True, n=256, pixel=1.6):
+    """Three slices of a water ellipse with two bone rings (HU); metal in the heads of slice 1 (``left``,
+    ``right``), in the left head of slice 2, none in slice 0."""
+    yy, xx = np.mgrid[0:n, 0:n]
+    x, y = (xx - (n - 1) / 2) * pixel, (yy - (n - 1) / 2) * pixel
+    hu = np.full((3, n, n), -1000.0, np.float32)
+    hu[:, (x / 180) ** 2 + (y / 120) ** 2 < 1] = 40.0
+    for cx in (-90, 90):
+        hu[:, np.hypot(x - cx, y) < 25] = 1200.0
+    hu[1, np.hypot(x + 90, y) < 14] = 2800.0 if left else 1200.0
+    hu[1, np.hypot(x - 90, y) < 14] = 2800.0 if right else 1200.0
+    hu[2, np.hypot(x + 90, y) < 14] = 2800.0
+    return hu, (x, y)
+
+
+def test_metal_darkens_the_band_between_two_metal_heads_and_streaks_the_soft_tissue():
+    hu, (x, y) = _hips_with_metal()
+    before = hu.copy()
+    assert add_metal_artefacts(hu, (1.6, 1.6, 2.0), np.random.default_rng(0), 1.0)
+    change = hu - before
+    between = (np.abs(y) < 4) & (np.abs(x) < 50)
+    soft = before[1] == 40.0
+    assert change[1][between].mean() < -150                      # a dark band along the longest metal paths
+    assert change[1][soft].std() > 30 and change[1][soft].max() > 150    # bright and dark streaks
+    assert change[2][between].mean() > 0.3 * change[1][between].mean()   # one head: a weaker band (interpolated)
+    assert not change[0].any()                                   # no metal in the slice: untouched
+    assert np.array_equal(hu[before >= METAL_HU], before[before >= METAL_HU])       # the metal itself as painted
+
+
+def test_metal_artefacts_scale_with_strength_and_need_metal_to_draw():
+    hu, _ = _hips_with_metal()
+    weak, strong = hu.copy(), hu.copy()
+    add_metal_artefacts(weak, (1.6, 1.6, 2.0), np.random.default_rng(0), 0.25)
+    add_metal_artefacts(strong, (1.6, 1.6, 2.0), np.random.default_rng(0), 1.0)
+    assert np.allclose(weak - hu, 0.25 * (strong - hu), atol=0.05)
+    plain = hu[:1].copy()
+    rng, untouched = np.random.default_rng(5), np.random.default_rng(5)
+    assert not add_metal_artefacts(plain, (1.6, 1.6, 2.0), rng, 1.0)
+    assert np.array_equal(plain, hu[:1]) and rng.random() == untouched.random()    # no draw: other cases unchanged
+
+
+def test_metal_artefacts_give_the_same_bits_on_two_threads():
+    one, _ = _hips_with_metal()
+    two = one.copy()
+    add_metal_artefacts(one, (1.6, 1.6, 2.0), np.random.default_rng(3), 1.0, threads=1)
+    add_metal_artefacts(two, (1.6, 1.6, 2.0), np.random.default_rng(3), 1.0, threads=2)
+    assert np.array_equal(one, two)
+
+
+def test_computed_rows_are_the_ends_of_each_run_and_every_step_within():
+    assert computed_rows([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21, 30], 4) == [1, 5, 9, 10, 20, 21, 30]
+
+
+@pytest.mark.slow
+def test_a_hip_implant_case_keeps_the_exact_label_under_strong_artefacts(monkeypatch):
+    monkeypatch.setitem(phantom2_scene.IMPLANT_P, "hip", 1.0)
+    seed, coverage, spacing = 11, "pelvis", (2.5, 2.5, 3.0)
+    case = generate_case(seed, spacing=spacing, coverage=coverage, scanner={"metal_artifact": 1.0})
+    plain = generate_case(seed, spacing=spacing, coverage=coverage, scanner={"metal_artifact": 0.0})
+    metal_rows = (case.ct >= METAL_HU).any(axis=(1, 2))
+    assert case.metal and metal_rows.any()
+    assert np.abs(case.ct[metal_rows].astype(float) - plain.ct[metal_rows]).mean() > 20
+    geometry, shape, rotation, fov = _grid(seed, coverage, spacing)
+    lps, anat = _centres(geometry, shape, rotation)
+    inside = _in_fov(geometry, shape, lps, fov, margin=2 * max(spacing))
+    truth = femur_truth(seed, _q(anat))
+    assert np.count_nonzero((case.label != truth) & inside) <= 2         # dark streaks do not erase the label
+    assert not case.label[~_in_fov(geometry, shape, lps, fov)].any()

@@ -4,7 +4,8 @@ A case is a new individual (``phantom2_anatomy``) in a scene of soft tissue, org
 arms and implants (``phantom2_scene``), scanned over a random coverage (pelvis, hip to knee, whole leg,
 knee to ankle, abdomen to thigh, abdomen, chest) on a random grid, then put through scanner physics:
 partial volume (a ramp as wide as the voxel across each surface), in-plane PSF and slice profile, soft or
-sharp kernel, correlated noise, cupping, metal streaks, field-of-view cut-off and table.
+sharp kernel, correlated noise, cupping, metal artefacts from projections (``phantom2_metal``), field-of-view
+cut-off and table.
 The label is exact on any grid: ``label = femur signed distance < 0`` at each voxel centre, the same
 function whatever the spacing, flips, permutation or obliquity (``femur_truth`` evaluates it anywhere).
 """
@@ -23,9 +24,10 @@ from .geometry import Geometry, Reorientation
 from .heap import freed_memory_kept
 from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
 from .phantom2_anatomy import LABEL, Individual, make_individual
+from .phantom2_metal import add_metal_artefacts
 from .phantom2_body import body_parts_bounds, cavity_distance, fat_thickness, septa_distance, skin_distance
 from .phantom2_scene import build_scene
-from .sdf import _rotation, axis_grid_points, grid_points, ramp_width
+from .sdf import _rotation, grid_points, ramp_width
 
 COVERAGES = {"pelvis": 0.24, "hip_to_knee": 0.14, "whole_leg": 0.08, "knee_to_ankle": 0.12,
              "abdomen_to_thigh": 0.18, "abdomen": 0.12, "chest": 0.12}
@@ -171,13 +173,6 @@ class Renderer:
         box = ((max(first[2], rows[0]), min(last[2], rows[1])), (max(first[1], 0), min(last[1], nj)),
                (max(first[0], 0), min(last[0], ni)))
         return None if any(b <= a for a, b in box) else box
-
-    def height_box(self, z0, z1):
-        """Index box of the voxels whose scanner height (LPS z) is within z0-z1; None if empty."""
-        ends = [(0, n - 1) for n in self.shape[::-1]]
-        grid = np.array([self.index_to_lps @ (i, j, k) for i in ends[0] for j in ends[1] for k in ends[2]])
-        (x0, y0, _), (x1, y1, _) = grid.min(0) + self.g.origin, grid.max(0) + self.g.origin
-        return self.index_box([(x, y, z) for x in (x0, x1) for y in (y0, y1) for z in (z0, z1)], (0, self.shape[0]))
 
     def ramp(self, d, rows=None) -> np.ndarray:
         """Ramp widths of ``d`` (of its ``rows`` only: the same values as ``ramp(d)[rows]``)."""
@@ -361,33 +356,19 @@ def draw_scanner(rng) -> dict:
             "sharpen": float(rng.uniform(0.3, 1.0)) if sharp else 0.0,
             "noise": float(rng.uniform(15, 60) if sharp else rng.uniform(4, 30)),
             "noise_grain_mm": float(rng.uniform(0.4, 1.0)), "cupping": float(rng.uniform(0, 35)),
-            "streak_amp": float(rng.uniform(300, 1200))}
+            "metal_artifact": float(rng.uniform(0.2, 1.0))}
 
 
-STREAK_REACH_MM = 60.0       # above and below a metal point
+def radius_squared(spacing, shape) -> np.ndarray:
+    """Squared distance (mm^2) of each pixel of an axial slice (``shape`` j, i; ``spacing`` i, j mm) from its centre."""
+    nj, ni = shape
+    y, x = np.mgrid[0:nj, 0:ni].astype(np.float32)
+    return ((x - (ni - 1) / 2) * spacing[0]) ** 2 + ((y - (nj - 1) / 2) * spacing[1]) ** 2
 
 
-def metal_streaks(renderer: Renderer, hu, rng, scanner) -> None:
-    """Bright/dark lines radiating from each metal object within the scanner's axial planes (where a CT
-    reconstructs them), fading with distance in the plane and with height."""
-    for point in renderer.s.metal_points:
-        angles = rng.uniform(0, math.pi, int(rng.integers(6, 14)))
-        amps = rng.uniform(-1.0, 1.0, angles.size) * scanner["streak_amp"]
-        widths, decay = rng.uniform(1.5, 4.0, angles.size), float(rng.uniform(40, 120))
-        centre = [float(v) for v in renderer.rotation @ point]          # in the scanner (LPS) frame
-        box = renderer.height_box(centre[2] - STREAK_REACH_MM, centre[2] + STREAK_REACH_MM)
-        if box is None:
-            continue
-        p = axis_grid_points(renderer.index_to_lps, np.asarray(renderer.g.origin), box)
-        dx, dy, dz = p[0] - centre[0], p[1] - centre[1], p[2] - centre[2]
-        r = np.sqrt(dx * dx + dy * dy)
-        lines = np.zeros(r.shape, np.float32)
-        for angle, amp, width in zip(angles, amps, widths):
-            perp = (dy * math.cos(angle) - dx * math.sin(angle)) / float(width)
-            lines += np.float32(amp) * np.exp(-perp * perp)
-        in_plane = np.exp(-r / decay) * lines - np.float32(200.0) * np.exp(-r / 15.0)
-        view = hu[tuple(slice(a, b) for a, b in box)]
-        view += np.exp(-(dz / 30.0) ** 2) * in_plane * (view > -500)
+def outside_field(spacing, shape, fov) -> np.ndarray:
+    """Pixels of an axial slice outside the reconstruction circle of diameter ``fov`` mm."""
+    return radius_squared(spacing, shape) > (fov / 2) ** 2
 
 
 def scanner_physics(hu, geometry: Geometry, rng, scanner, fov, threads: int = 1) -> np.ndarray:
@@ -395,8 +376,7 @@ def scanner_physics(hu, geometry: Geometry, rng, scanner, fov, threads: int = 1)
     share the work with the same bits as one)."""
     sp, (nk, nj, ni) = geometry.spacing, hu.shape
     noise_key = int(rng.integers(2**63))
-    y, x = np.mgrid[0:nj, 0:ni].astype(np.float32)
-    rr = ((x - (ni - 1) / 2) * sp[0]) ** 2 + ((y - (nj - 1) / 2) * sp[1]) ** 2
+    rr = radius_squared(sp, (nj, ni))
     cupping = scanner["cupping"] * np.clip(1.0 - rr / (fov / 2) ** 2, 0, 1)
     outside = rr > (fov / 2) ** 2
     profile = scanner["profile"] * sp[2] / max(sp[2], 1e-6)
@@ -510,12 +490,13 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     jobs = default_jobs() if jobs is None else int(jobs)
     with freed_memory_kept():
         hu, label = render(renderer, shape, jobs)
-        metal_streaks(renderer, hu, noise_rng, scanner)
         axial = Reorientation.for_geometry(geometry)      # views: physics runs in the scanner's axial frame
-        scanner_physics(axial.to_canonical(hu), Geometry(axial.canonical_spacing(geometry)), noise_rng, scanner, fov,
-                        jobs)
+        axial_spacing = axial.canonical_spacing(geometry)
+        add_metal_artefacts(axial.to_canonical(hu), axial_spacing, noise_rng, scanner["metal_artifact"], jobs)
+        scanner_physics(axial.to_canonical(hu), Geometry(axial_spacing), noise_rng, scanner, fov, jobs)
     ct = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
-    label[ct == HU_MIN] = 0      # outside the reconstructed field of view (bone is never that dark inside it)
+    axial_label = axial.to_canonical(label)         # a view: outside the reconstructed field of view, no label
+    axial_label[:, outside_field(axial_spacing, axial_label.shape[1:], fov)] = 0
     return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}",
                        metal=bool(scene.metal_points), arms=any(i.name.startswith("arm") for i in scene.items),
                        coverage=coverage, body=scene.ind.body)

@@ -17,8 +17,11 @@
 # Stage 7's data (session 13, phantom code of commit 4969a13: the subchondral cortex of the femur's and tibia's
 # ends drawn 0.35-1.3 mm): seeds 26000-26065 (train7/) and 26066-26075 (val7/), drawn, all slices; merged with
 # stage 6's into train67/ and val67/. Stages 6 and 7 trained runs 6 and 7, neither shipped (docs/MODEL_HISTORY.md).
-# Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5, 6
-# or 7: that stage's data only)
+# Stage 10's data (session 18, phantom code of the commit that computes metal artefacts from projections):
+# seeds 27000-27031 (train10/) and 27032-27039 (val10/), coverage drawn, implants 3-4x as often as drawn (hip 50 %,
+# knee, neck screws and pedicle screws 25 % each), all slices; merged with stages 6-7 into train10m/ and val10m/.
+# Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5, 6,
+# 7 or 10: that stage's data only)
 set -euo pipefail
 WORK=${1:?usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]}
 JOBS=${2:-2}
@@ -83,6 +86,22 @@ stage7_data() {   # seeds 26000-26075 as drawn, all slices: train7/ and val7/; w
   merge_exports train67 train6 train7
   merge_exports val67 val6 val7
 }
+stage10_data() {   # seeds 27000-27039, implants often: train10/, val10/; with stages 6-7: train10m/, val10m/
+  mkdir -p "$WORK/phantoms10"
+  seq 27000 27039 | xargs -P "$JOBS" -I{} sh -c '[ -f "$0/phantoms10/phantom{}_femur.nii.gz" ] || python3 -c "
+import sys
+from FemurUNetLib import phantom2_scene
+from FemurUNetLib.phantom import write_case
+from FemurUNetLib.phantom2 import generate_case
+phantom2_scene.IMPLANT_P.update(hip=0.5, knee=0.25, screws=0.25, spine=0.25)
+write_case(generate_case(int(sys.argv[1]), jobs=1), sys.argv[2])
+" {} "$0/phantoms10"' "$WORK"
+  export_cases phantoms10 27000 27039 27032 train10 val10 1.0
+  [ -f "$WORK/train67/dataset.json" ] || stage7_data
+  merge_exports train10m train67 train10
+  merge_exports val10m val67 val10
+}
+[ "$FIRST" = 10 ] && { stage10_data; exit 0; }
 [ "$FIRST" = 7 ] && { stage7_data; exit 0; }
 [ "$FIRST" = 6 ] && { stage6_data; exit 0; }
 [ "$FIRST" = 5 ] && { stage5_data; exit 0; }
