@@ -780,6 +780,14 @@ def test_metal_artefacts_give_the_same_bits_on_two_threads():
     assert np.array_equal(one, two)
 
 
+@pytest.mark.parametrize("shape", [(2, 6, 5), (1, 1, 9), (3, 20, 300)])
+def test_metal_artefacts_on_small_and_thin_slices(shape):
+    hu = np.full(shape, 40.0, np.float32)
+    hu[0, 0, 0] = 3000.0
+    assert add_metal_artefacts(hu, (4.0, 4.0, 4.0), np.random.default_rng(0), 1.0)
+    assert np.isfinite(hu).all() and hu[0, 0, 0] == 3000.0 and (hu[1:] == 40.0).all()
+
+
 def test_computed_rows_are_the_ends_of_each_run_and_every_step_within():
     assert computed_rows([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21, 30], 4) == [1, 5, 9, 10, 20, 21, 30]
 

@@ -76,11 +76,11 @@ class ParallelBeam:
         return (values.sum(axis=0) * np.float32(math.pi / ANGLES)).reshape(self.shape)
 
 
-def slice_artefact(beam: ParallelBeam, coarse: ParallelBeam, hu_low, metal_low, metal, rng) -> np.ndarray:
+def slice_artefact(beam: ParallelBeam, coarse, hu_low, metal_low, metal, rng) -> np.ndarray:
     """HU error of one slice on ``beam``'s grid (``hu_low`` HU, ``metal_low`` metal fraction per pixel); the
-    tissue is projected on ``coarse`` (half the resolution, the same detector)."""
+    tissue is projected on ``coarse`` (half the resolution, the same detector; None: on ``beam``)."""
     tissue = WATER_MU * np.clip(1.0 + np.minimum(hu_low, 2000.0) / 1000.0, 0.0, None) * (1.0 - metal_low)
-    body = coarse.project(_block_mean(tissue, 2, 2))
+    body = beam.project(tissue) if coarse is None else coarse.project(_block_mean(tissue, 2, 2))
     ideal_metal = beam.project(metal_low * np.float32(metal["mu"]))
     hardened = ideal_metal / (1.0 + metal["hardening"] * ideal_metal)
     excess_var = np.maximum(np.exp(np.minimum(body + hardened, 60.0)) - np.exp(np.minimum(body, 60.0)), 0.0)
@@ -120,9 +120,10 @@ class MetalScan:
         nj, ni = shape
         side = max(nj * spacing[1], ni * spacing[0]) / LOW_RES_PIXELS
         self.fj, self.fi = max(1, round(side / spacing[1])), max(1, round(side / spacing[0]))
-        self.beam = ParallelBeam((nj // self.fj, ni // self.fi), self.fj * spacing[1], self.fi * spacing[0])
-        self.coarse = ParallelBeam((nj // self.fj // 2, ni // self.fi // 2), 2 * self.fj * spacing[1],
-                                   2 * self.fi * spacing[0], self.beam.ds, self.beam.bins)
+        low = (nj // self.fj, ni // self.fi)
+        self.beam = ParallelBeam(low, self.fj * spacing[1], self.fi * spacing[0])
+        self.coarse = None if min(low) < 8 else ParallelBeam((low[0] // 2, low[1] // 2), 2 * self.fj * spacing[1],
+                                                             2 * self.fi * spacing[0], self.beam.ds, self.beam.bins)
         self.up_j, self.up_i = upsampling(nj, self.fj), upsampling(ni, self.fi)
 
     def artefact(self, image, metal, key: int, k: int) -> np.ndarray:
