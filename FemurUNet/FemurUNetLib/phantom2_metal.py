@@ -37,13 +37,13 @@ def _block_mean(image, fj, fi) -> np.ndarray:
 class ParallelBeam:
     """Pixel-driven projector and back-projector of one coarse grid (pixel sizes dj, di mm), ``ANGLES`` views."""
 
-    def __init__(self, shape, dj: float, di: float, ds: float = 0.0, bins: int = 0):
+    def __init__(self, shape, dj: float, di: float):
         nj, ni = shape
         y = (np.arange(nj, dtype=np.float32) - (nj - 1) / 2) * dj
         x = (np.arange(ni, dtype=np.float32) - (ni - 1) / 2) * di
         theta = np.arange(ANGLES, dtype=np.float32) * np.float32(math.pi / ANGLES)
-        self.ds = ds or min(dj, di)
-        self.bins = bins or int(math.ceil(math.hypot(nj * dj, ni * di) / self.ds)) + 3
+        self.ds = min(dj, di)          # bins as wide as the pixels: a pixel never skips a bin
+        self.bins = int(math.ceil(math.hypot(nj * dj, ni * di) / self.ds)) + 3
         s = (x[None, None, :] * np.cos(theta)[:, None, None] + y[None, :, None] * np.sin(theta)[:, None, None])
         u = s.reshape(ANGLES, -1) / np.float32(self.ds) + np.float32(self.bins / 2)
         self.lower = np.floor(u).astype(np.int32)
@@ -62,14 +62,25 @@ class ParallelBeam:
         out = np.bincount(flat, (w * (1 - frac)).ravel(), total) + np.bincount(flat + 1, (w * frac).ravel(), total)
         return out.reshape(ANGLES, self.bins)
 
+    @property
+    def positions(self) -> np.ndarray:
+        """Detector position (mm from the centre) of each bin."""
+        return (np.arange(self.bins) - self.bins / 2) * self.ds
+
+    def resampled(self, sinogram, target: "ParallelBeam") -> np.ndarray:
+        """``sinogram`` of this beam at ``target``'s bins (linear; nothing beyond the detector's ends)."""
+        return np.stack([np.interp(target.positions, self.positions, row, 0.0, 0.0) for row in sinogram])
+
     def filtered_backprojection(self, sinogram) -> np.ndarray:
-        """Ram-Lak filtered back-projection (per mm) of ``sinogram``."""
+        """Filtered back-projection (per mm) of ``sinogram``: the Ram-Lak ramp rolled off by a Hann window, as a
+        standard reconstruction kernel is (the plain ramp makes the bins' noise into stripes a pixel wide)."""
         n = np.arange(-(self.bins - 1), self.bins)
         kernel, odd = np.zeros(n.size), n % 2 != 0
         kernel[odd] = -1.0 / (np.pi * n[odd] * self.ds) ** 2
         kernel[n == 0] = 1.0 / (4 * self.ds ** 2)
         size = 1 << int(math.ceil(math.log2(3 * self.bins)))
-        q = np.fft.irfft(np.fft.rfft(sinogram, size, axis=1) * np.fft.rfft(kernel, size), size, axis=1)
+        hann = 0.5 * (1.0 + np.cos(np.linspace(0.0, np.pi, size // 2 + 1)))
+        q = np.fft.irfft(np.fft.rfft(sinogram, size, axis=1) * (np.fft.rfft(kernel, size) * hann), size, axis=1)
         q = (q[:, self.bins - 1:2 * self.bins - 1] * self.ds).astype(np.float32).ravel()
         low = q[self.flat]
         values = low + (q[self.flat + 1] - low) * self.frac
@@ -78,9 +89,9 @@ class ParallelBeam:
 
 def slice_artefact(beam: ParallelBeam, coarse, hu_low, metal_low, metal, rng) -> np.ndarray:
     """HU error of one slice on ``beam``'s grid (``hu_low`` HU, ``metal_low`` metal fraction per pixel); the
-    tissue is projected on ``coarse`` (half the resolution, the same detector; None: on ``beam``)."""
+    tissue is projected on ``coarse`` (half the resolution; None: on ``beam``)."""
     tissue = WATER_MU * np.clip(1.0 + np.minimum(hu_low, 2000.0) / 1000.0, 0.0, None) * (1.0 - metal_low)
-    body = beam.project(tissue) if coarse is None else coarse.project(_block_mean(tissue, 2, 2))
+    body = beam.project(tissue) if coarse is None else coarse.resampled(coarse.project(_block_mean(tissue, 2, 2)), beam)
     ideal_metal = beam.project(metal_low * np.float32(metal["mu"]))
     hardened = ideal_metal / (1.0 + metal["hardening"] * ideal_metal)
     excess_var = np.maximum(np.exp(np.minimum(body + hardened, 60.0)) - np.exp(np.minimum(body, 60.0)), 0.0)
@@ -123,7 +134,7 @@ class MetalScan:
         low = (nj // self.fj, ni // self.fi)
         self.beam = ParallelBeam(low, self.fj * spacing[1], self.fi * spacing[0])
         self.coarse = None if min(low) < 8 else ParallelBeam((low[0] // 2, low[1] // 2), 2 * self.fj * spacing[1],
-                                                             2 * self.fi * spacing[0], self.beam.ds, self.beam.bins)
+                                                             2 * self.fi * spacing[0])
         self.up_j, self.up_i = upsampling(nj, self.fj), upsampling(ni, self.fi)
 
     def artefact(self, image, metal, key: int, k: int) -> np.ndarray:
