@@ -17,7 +17,7 @@
 # Stage 7's data (session 13, phantom code of commit 4969a13: the subchondral cortex of the femur's and tibia's
 # ends drawn 0.35-1.3 mm): seeds 26000-26065 (train7/) and 26066-26075 (val7/), drawn, all slices; merged with
 # stage 6's into train67/ and val67/. Stages 6 and 7 trained runs 6 and 7, neither shipped (docs/MODEL_HISTORY.md).
-# Stage 10's data (session 18, phantom code of the commit that computes metal artefacts from projections):
+# Stage 10's data (session 18, phantom code of commit fba824d: metal artefacts computed from projections):
 # seeds 27000-27031 (train10/) and 27032-27039 (val10/), coverage drawn, implants 3-4x as often as drawn (hip 50 %,
 # knee, neck screws and pedicle screws 25 % each), all slices; merged with stages 6-7 into train10m/ and val10m/.
 # Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5, 6,
