@@ -51,6 +51,7 @@ class ParallelBeam:
         self.flat = self.lower + (np.arange(ANGLES, dtype=np.int32) * self.bins)[:, None]
         self.area = dj * di
         self.shape = shape
+        self.filter = self._filter(1 << int(math.ceil(math.log2(3 * self.bins))))
 
     def project(self, image) -> np.ndarray:
         """Line integrals (ANGLES, bins) of ``image`` (per mm) through the grid (its non-zero pixels only)."""
@@ -71,16 +72,19 @@ class ParallelBeam:
         """``sinogram`` of this beam at ``target``'s bins (linear; nothing beyond the detector's ends)."""
         return np.stack([np.interp(target.positions, self.positions, row, 0.0, 0.0) for row in sinogram])
 
-    def filtered_backprojection(self, sinogram) -> np.ndarray:
-        """Filtered back-projection (per mm) of ``sinogram``: the Ram-Lak ramp rolled off by a Hann window, as a
-        standard reconstruction kernel is (the plain ramp makes the bins' noise into stripes a pixel wide)."""
+    def _filter(self, size: int) -> np.ndarray:
+        """Spectrum of the Ram-Lak kernel (``size``-point transform) times a Hann window."""
         n = np.arange(-(self.bins - 1), self.bins)
         kernel, odd = np.zeros(n.size), n % 2 != 0
         kernel[odd] = -1.0 / (np.pi * n[odd] * self.ds) ** 2
         kernel[n == 0] = 1.0 / (4 * self.ds ** 2)
-        size = 1 << int(math.ceil(math.log2(3 * self.bins)))
-        hann = 0.5 * (1.0 + np.cos(np.linspace(0.0, np.pi, size // 2 + 1)))
-        q = np.fft.irfft(np.fft.rfft(sinogram, size, axis=1) * (np.fft.rfft(kernel, size) * hann), size, axis=1)
+        return np.fft.rfft(kernel, size) * (0.5 * (1.0 + np.cos(np.linspace(0.0, np.pi, size // 2 + 1))))
+
+    def filtered_backprojection(self, sinogram) -> np.ndarray:
+        """Filtered back-projection (per mm) of ``sinogram``: the Ram-Lak ramp rolled off by a Hann window, as a
+        standard reconstruction kernel is (the plain ramp makes the bins' noise into stripes a pixel wide)."""
+        size = self.filter.size * 2 - 2
+        q = np.fft.irfft(np.fft.rfft(sinogram, size, axis=1) * self.filter, size, axis=1)
         q = (q[:, self.bins - 1:2 * self.bins - 1] * self.ds).astype(np.float32).ravel()
         low = q[self.flat]
         values = low + (q[self.flat + 1] - low) * self.frac
