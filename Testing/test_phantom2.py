@@ -281,10 +281,10 @@ def test_landmarks_follow_the_deformed_bones():
     worst = 0.0
     for seed in SEEDS[:10]:
         ind = _scene(seed).ind
-        bones, atlas_marks = load_body(ind.body)
+        atlas_marks = load_body(ind.body)[1]
         for side in SIDES:
             for mark in ("head", "knee"):
-                expected = bones[f"femur_{side}"].distance(_point(atlas_marks[f"{mark}_{side}"]))[0]
+                expected = ind.bones[f"femur_{side}"].distance(_point(atlas_marks[f"{mark}_{side}"]))[0]
                 got = ind.bone_distance(f"femur_{side}", _point(ind.marks[f"{mark}_{side}"]))[0]
                 worst = max(worst, abs(got - expected))
     assert worst < 0.5, f"a landmark is {worst:.1f} mm (in bone distance) off its bone"
@@ -473,8 +473,7 @@ def test_drawn_coverages_follow_the_coverage_probabilities(monkeypatch):
 
     def stop(rng, scene, coverage, *grid):
         raise Drawn(coverage)
-    monkeypatch.setattr(phantom2, "make_individual", lambda rng: None)
-    monkeypatch.setattr(phantom2, "build_scene", lambda rng, ind: None)
+    monkeypatch.setattr(phantom2, "_scene", lambda anatomy_rng, femur_rng: None)
     monkeypatch.setattr(phantom2, "make_grid", stop)
     n, drawn = 4000, []
     for seed in range(n):

@@ -24,6 +24,7 @@ from .geometry import Geometry, Reorientation
 from .heap import freed_memory_kept
 from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
 from .phantom2_anatomy import LABEL, Individual, make_individual
+from .phantom2_libhip import with_real_femurs
 from .phantom2_metal import add_metal_artefacts
 from .phantom2_body import body_parts_bounds, cavity_distance, fat_thickness, septa_distance, skin_distance
 from .phantom2_scene import build_scene
@@ -438,13 +439,16 @@ def _streams(seed):
     seed = int(seed)
     if seed < 0:
         raise FemurUNetError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, 2]).spawn(5)
+    return np.random.default_rng([seed, 2]).spawn(6)     # the 6th (femur shapes) came later: the 5 stay as they were
+
+
+def _scene(anatomy_rng, femur_rng):
+    return build_scene(anatomy_rng, with_real_femurs(make_individual(anatomy_rng), femur_rng))
 
 
 def make_scene(seed: int):
-    anatomy_rng = _streams(seed)[0]
-    ind = make_individual(anatomy_rng)
-    return build_scene(anatomy_rng, ind)
+    streams = _streams(seed)
+    return _scene(streams[0], streams[5])
 
 
 def femur_truth(seed: int, points_anat) -> np.ndarray:
@@ -478,9 +482,9 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     drawn field of view and coverage and derives the spacing. ``jobs``: processes painting slabs (default: up
     to 2 CPUs); the result does not depend on it. ``scanner``: fixed scanner settings over the drawn ones
     (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel)."""
-    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng = _streams(seed)
+    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng = _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
-    scene = build_scene(anatomy_rng, make_individual(anatomy_rng))
+    scene = _scene(anatomy_rng, femur_rng)
     if coverage is None:
         coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
     if coverage not in COVERAGES:
