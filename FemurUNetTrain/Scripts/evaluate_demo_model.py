@@ -75,8 +75,9 @@ def case_row(seed, case, predict) -> dict:
     seconds = time.perf_counter() - t
     truth = case.label > 0
     sp = case.geometry.spacing[::-1]
-    row = {"seed": seed, "coverage": case.coverage or "hip", "body": case.body, "shape": list(case.ct.shape),
-           "spacing": [round(v, 3) for v in case.geometry.spacing], "metal": case.metal, "arms": case.arms,
+    row = {"seed": seed, "coverage": case.coverage or "hip", "body": case.body, "femurs": case.femurs,
+           "shape": list(case.ct.shape), "spacing": [round(v, 3) for v in case.geometry.spacing],
+           "metal": case.metal, "arms": case.arms,
            "seconds": round(seconds, 2), "false_positive_ml": float((pred & ~truth).sum() * np.prod(sp) / 1000)}
     if truth.any():
         left, right = split_sides(pred, case.label == 1, case.label == 2, case.geometry)
@@ -101,6 +102,10 @@ def phantom_summary(rows) -> dict:
         part = [r for r in with_femur if r["coverage"] == coverage]
         if part:
             summary[f"dice_mean_{coverage}"] = float(np.mean([r["dice"] for r in part]))
+    for source, part in (("atlas", [r for r in with_femur if r.get("femurs") == "atlas"]),
+                         ("libhip", [r for r in with_femur if r.get("femurs") not in ("atlas", "", None)])):
+        if part:
+            summary[f"dice_mean_{source}_femurs"] = float(np.mean([r["dice"] for r in part]))
     return summary
 
 

@@ -20,8 +20,10 @@
 # Stage 10's data (session 18, phantom code of commit fba824d: metal artefacts computed from projections):
 # seeds 27000-27031 (train10/) and 27032-27039 (val10/), coverage drawn, implants 3-4x as often as drawn (hip 50 %,
 # knee, neck screws and pedicle screws 25 % each), all slices; merged with stages 6-7 into train10m/ and val10m/.
+# Stage 12's data (session 19, phantom code of commit 53af2db: half of the individuals with the real proximal femurs
+# of a LibHip man): seeds 28000-28079 (train12/) and 28080-28099 (val12/), coverage drawn, all slices.
 # Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5, 6,
-# 7 or 10: that stage's data only)
+# 7, 10 or 12: that stage's data only)
 set -euo pipefail
 WORK=${1:?usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]}
 JOBS=${2:-2}
@@ -101,6 +103,11 @@ write_case(generate_case(int(sys.argv[1]), jobs=1), sys.argv[2])
   merge_exports train10m train67 train10
   merge_exports val10m val67 val10
 }
+stage12_data() {   # seeds 28000-28099 as drawn, all slices: train12/ and val12/
+  sample_drawn phantoms12 28000 28099
+  export_cases phantoms12 28000 28099 28080 train12 val12 1.0
+}
+[ "$FIRST" = 12 ] && { stage12_data; exit 0; }
 [ "$FIRST" = 10 ] && { stage10_data; exit 0; }
 [ "$FIRST" = 7 ] && { stage7_data; exit 0; }
 [ "$FIRST" = 6 ] && { stage6_data; exit 0; }
