@@ -43,6 +43,16 @@ def test_one_model_gives_rows_against_the_truth_and_a_summary(tmp_path, coarse_c
     assert summary["femur_free_false_positive_ml_max"] == chest["false_positive_ml"]
     assert 0 <= pelvis["off_femur_ml"] <= pelvis["false_positive_ml"]
     assert summary["off_femur_ml_max"] == pelvis["off_femur_ml"]
+    assert pelvis["femurs"] == "atlas" and summary["dice_mean_atlas_femurs"] == pelvis["dice"]
+
+
+def test_the_summary_splits_dice_by_whose_femurs_the_case_has():
+    rows = [{"coverage": "pelvis", "femurs": f, "dice": d, "hd95_mm": 2.0, "off_femur_ml": 0.0, "false_positive_ml": 1.0}
+            for f, d in (("atlas", 0.9), ("m3", 0.8), ("m7", 0.7), ("atlas", 0.95))]
+    summary = script.phantom_summary(rows + [{"coverage": "chest", "femurs": "m4", "false_positive_ml": 0.5}])
+    assert summary["dice_mean_atlas_femurs"] == pytest.approx(0.925)
+    assert summary["dice_mean_libhip_femurs"] == pytest.approx(0.75)
+    assert summary["femur_free_false_positive_ml_max"] == 0.5
 
 
 def test_several_models_are_measured_on_cases_made_once(tmp_path, coarse_cases):
