@@ -609,17 +609,18 @@ def test_sample_command_writes_a_pelvis_case(tmp_path):
     out = tmp_path / "phantoms"
     exe = shutil.which("femurunet")
     command = [exe] if exe else [sys.executable, "-m", "FemurUNetTrainLib.cli"]
-    run = subprocess.run(command + ["sample", str(out), "--phantom", "2", "--coverage", "pelvis", "--seed", "3"],
+    run = subprocess.run(command + ["sample", str(out), "--phantom", "2", "--coverage", "pelvis", "--seed", "7"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("phantom0003") and "pelvis" in run.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["phantom0003_ct.nii.gz", "phantom0003_femur.nii.gz"]
-    ct_image = sitk.ReadImage(str(out / "phantom0003_ct.nii.gz"))
-    label_image = sitk.ReadImage(str(out / "phantom0003_femur.nii.gz"))
+    assert run.stdout.startswith("phantom0007") and "pelvis" in run.stdout
+    assert "femurs of LibHip m3" in run.stdout                          # seed 7: a LibHip man's proximal femurs
+    assert sorted(p.name for p in out.iterdir()) == ["phantom0007_ct.nii.gz", "phantom0007_femur.nii.gz"]
+    ct_image = sitk.ReadImage(str(out / "phantom0007_ct.nii.gz"))
+    label_image = sitk.ReadImage(str(out / "phantom0007_femur.nii.gz"))
     assert ct_image.GetPixelID() == sitk.sitkInt16 and label_image.GetPixelID() == sitk.sitkUInt8
     geometry = Geometry.from_sitk(label_image)
     assert Geometry.from_sitk(ct_image) == geometry and ct_image.GetSize() == label_image.GetSize()
-    expected, shape, rotation, _ = _grid(3, "pelvis")                    # the drawn full-resolution grid
+    expected, shape, rotation, _ = _grid(7, "pelvis")                    # the drawn full-resolution grid
     assert geometry == expected
     label = sitk.GetArrayFromImage(label_image)
     ct = sitk.GetArrayFromImage(ct_image)
@@ -629,7 +630,7 @@ def test_sample_command_writes_a_pelvis_case(tmp_path):
     k = np.arange(0, shape[0], 7)                                        # every 7th slice: exact truth there
     kk, jj, ii = np.meshgrid(k, np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
     lps = np.stack([ii, jj, kk], axis=-1) @ geometry.ijk_to_lps()[:3, :3].T + np.asarray(geometry.origin)
-    assert np.array_equal(label[k], femur_truth(3, _q(lps @ rotation)))
+    assert np.array_equal(label[k], femur_truth(7, _q(lps @ rotation)))
 
 
 def test_sample_rejects_an_unknown_coverage(tmp_path, capsys):

@@ -21,8 +21,10 @@ def run_sample(args) -> int:
         ct_path, label_path = phantom.write_case(case, args.outdir)
         nk, nj, ni = case.ct.shape
         sp = case.geometry.spacing
-        extra = [getattr(case, "coverage", ""), getattr(case, "body", ""), "metal" if case.metal else "",
-                 "arms" if case.arms else ""]
+        femurs = getattr(case, "femurs", "")
+        extra = [getattr(case, "coverage", ""), getattr(case, "body", ""),
+                 f"femurs of LibHip {femurs}" if femurs not in ("", "atlas") else "",
+                 "metal" if case.metal else "", "arms" if case.arms else ""]
         print(f"{case.name}: {ni}x{nj}x{nk} voxels, {sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:.2f} mm"
               f"{''.join(', ' + e for e in extra if e)} -> {ct_path} {label_path.name}")
     return 0
