@@ -71,6 +71,19 @@ def _about(point, m3) -> np.ndarray:
     return _affine(t=p) @ _affine(m3) @ _affine(t=-p)
 
 
+def affine_points(m, x) -> list:
+    """The 4x4 ``m`` applied to points given as coordinate arrays ``x = (x, y, z)``, in float32."""
+    return [np.float32(m[r, 0]) * x[0] + np.float32(m[r, 1]) * x[1] + np.float32(m[r, 2]) * x[2]
+            + np.float32(m[r, 3]) for r in range(3)]
+
+
+def box_through(m, lo, hi) -> tuple:
+    """(lo, hi) of the box holding the box ``lo``-``hi`` mapped by the 4x4 ``m``."""
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    pts = (m @ corners.T).T[:, :3]
+    return pts.min(0), pts.max(0)
+
+
 @dataclass
 class Deformation:
     """Smooth displacement d(x) = sum_m a_m sin(k_m . x + phase_m); |grad d| <= 0.4 keeps it invertible."""
@@ -116,10 +129,7 @@ class Individual:
 
     def bone_distance(self, name, x) -> np.ndarray:
         """Signed distance of bone ``name`` at anatomical points ``x`` (arrays)."""
-        m = self.to_atlas[name]
-        y = self.deformation(x)
-        a = [np.float32(m[r, 0]) * y[0] + np.float32(m[r, 1]) * y[1] + np.float32(m[r, 2]) * y[2]
-             + np.float32(m[r, 3]) for r in range(3)]
+        a = affine_points(self.to_atlas[name], self.deformation(x))
         d = self.bones[name].distance(a)
         if name in self.hip_carve:
             c, r = self.hip_carve[name]
@@ -129,11 +139,9 @@ class Individual:
 
     def bone_bounds(self, name) -> tuple:
         """Anatomical-frame box holding the posed bone (with the deformation's reach)."""
-        lo, hi = self.bones[name].bounds
-        corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        pts = (np.linalg.inv(self.to_atlas[name]) @ corners.T).T[:, :3]
+        lo, hi = box_through(np.linalg.inv(self.to_atlas[name]), *self.bones[name].bounds)
         reach = self.deformation.max_shift + 2.0
-        return pts.min(0) - reach, pts.max(0) + reach
+        return lo - reach, hi + reach
 
 
 def make_individual(rng, body=None) -> Individual:

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .phantom2_anatomy import ATLAS_DIR, SDF_STEP, Bone
+from .phantom2_anatomy import ATLAS_DIR, SDF_STEP, Bone, affine_points, box_through
 
 LIBHIP_P = 0.5                 # share of individuals with real proximal femurs
 BLEND = (10.0, 40.0)           # mm above the cut: the atlas femur below the first, LibHip's above the second
@@ -54,16 +54,12 @@ class BlendedFemur:
 
     @property
     def bounds(self):
-        lo, hi = self.real.bounds
-        corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        pts = (np.linalg.inv(self.to_real) @ corners.T).T[:, :3]
+        r_lo, r_hi = box_through(np.linalg.inv(self.to_real), *self.real.bounds)
         a_lo, a_hi = self.atlas.bounds
-        return np.minimum(a_lo, pts.min(0)), np.maximum(a_hi, pts.max(0))
+        return np.minimum(a_lo, r_lo), np.maximum(a_hi, r_hi)
 
     def distance(self, a) -> np.ndarray:
-        m = self.to_real
-        v = [np.float32(m[r, 0]) * a[0] + np.float32(m[r, 1]) * a[1] + np.float32(m[r, 2]) * a[2]
-             + np.float32(m[r, 3]) for r in range(3)]
+        v = affine_points(self.to_real, a)
         lo, hi = BLEND
         w = np.clip((v[2] - np.float32(self.cut + lo)) / np.float32(hi - lo), 0.0, 1.0)
         d = np.empty(np.shape(w), np.float32)
