@@ -2,7 +2,11 @@
 README's evaluation), the real CTs in ../shared/data, and its provenance against the reproduction script."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +130,27 @@ def test_demo_model_predicts_almost_no_femur_in_a_femur_free_real_ct(model, real
     ct, geometry = read_volume(real_ct / "abdomen_dicom")           # upper abdomen: spine, ribs, both upper arms
     pred = _segment(model, ct, geometry)
     assert np.count_nonzero(pred) / pred.size < MAX_FEMUR_FREE_FRACTION
+
+
+def test_the_script_runs_only_the_stages_after_the_model_files_it_finds(tmp_path):
+    """Stage 6 alone from a stage-5 file: one training run (a stand-in femurunet copies --init to --out), then the
+    blend; no earlier stage and no data of earlier stages is asked for."""
+    work, bin_dir = tmp_path / "demo", tmp_path / "bin"
+    for folder in ("train12", "val12"):
+        (work / folder).mkdir(parents=True)
+        (work / folder / "dataset.json").write_text("{}")
+    shutil.copy(DEFAULT_MODEL_PATH, work / "femurunet_demo_b16_stage5.pt")
+    bin_dir.mkdir()
+    fake = bin_dir / "femurunet"
+    fake.write_text(f"#!{sys.executable}\nimport shutil, sys\na = sys.argv\nprint(' '.join(a[1:3]), flush=True)\n"
+                    "shutil.copy(a[a.index('--init') + 1], a[a.index('--out') + 1])\n")
+    fake.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts" / "train_demo_model.sh"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(script), str(work)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0] == f"train {work / 'train12'}" and run.stdout.count("train ") == 1
+    blended = load_model(work / "femurunet_demo_b16.pt")
+    assert blended.metadata["blend"]["tuned"] == "femurunet_demo_b16_stage6.pt"
+    assert sorted(p.name for p in work.glob("*.pt")) == ["femurunet_demo_b16.pt", "femurunet_demo_b16_stage5.pt",
+                                                          "femurunet_demo_b16_stage6.pt", "femurunet_demo_b16_v2.pt"]

@@ -36,40 +36,43 @@
 set -euo pipefail
 WORK=${1:-out/demo}
 HERE=$(cd "$(dirname "$0")" && pwd)
-FIRST=1; [ -f "$WORK/femurunet_demo_b16_stage4.pt" ] && FIRST=5
+have_from() {   # N: a model file of stage N or a later stage is in WORKDIR (so stage N is not needed)
+  for n in $(seq "$1" 6); do [ -f "$WORK/femurunet_demo_b16_stage$n.pt" ] && return 0; done; return 1
+}
+FIRST=1; have_from 4 && FIRST=5
 STAGE5="$WORK/femurunet_demo_b16_stage5.pt"
-if [ ! -f "$STAGE5" ]; then
+if ! have_from 5; then
   [ -f "$WORK/train5/dataset.json" ] && [ -f "$WORK/val5/dataset.json" ] || "$HERE/make_demo_data.sh" "$WORK" 2 "$FIRST"
 fi
 [ -f "$WORK/train12/dataset.json" ] && [ -f "$WORK/val12/dataset.json" ] || "$HERE/make_demo_data.sh" "$WORK" 2 12
 INIT="$WORK/femurunet_demo_b16_v2.pt"
 [ -f "$INIT" ] || git -C "$HERE" show 11a7126:FemurUNet/FemurUNetLib/models/femurunet_demo_b16.pt > "$INIT"
 STAGE1="$WORK/femurunet_demo_b16_stage1.pt"
-[ -f "$STAGE1" ] || femurunet train "$WORK/train" --val "$WORK/val" --out "$STAGE1" --init "$INIT" \
+have_from 1 || femurunet train "$WORK/train" --val "$WORK/val" --out "$STAGE1" --init "$INIT" \
   --epochs 40 --steps-per-epoch 75 --batch-size 8 \
   --lr 3e-4 --warmup-epochs 2 --lr-schedule cosine --min-lr 1e-5 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 3 --threads 2 "${@:2}"
 STAGE2="$WORK/femurunet_demo_b16_stage2.pt"
-[ -f "$STAGE2" ] || femurunet train "$WORK/train_all" --val "$WORK/val_all" --out "$STAGE2" --init "$STAGE1" \
+have_from 2 || femurunet train "$WORK/train_all" --val "$WORK/val_all" --out "$STAGE2" --init "$STAGE1" \
   --epochs 25 --steps-per-epoch 75 --batch-size 8 \
   --lr 1.5e-4 --warmup-epochs 1 --lr-schedule cosine --min-lr 1e-5 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 4 --threads 2 "${@:2}"
 STAGE3="$WORK/femurunet_demo_b16_stage3.pt"
-[ -f "$STAGE3" ] || femurunet train "$WORK/train3" --val "$WORK/val3" --out "$STAGE3" --init "$STAGE2" \
+have_from 3 || femurunet train "$WORK/train3" --val "$WORK/val3" --out "$STAGE3" --init "$STAGE2" \
   --epochs 20 --steps-per-epoch 75 --batch-size 8 \
   --lr 1e-4 --warmup-epochs 1 --lr-schedule cosine --min-lr 1e-5 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 5 --threads 2 "${@:2}"
 STAGE4="$WORK/femurunet_demo_b16_stage4.pt"
-[ -f "$STAGE4" ] || femurunet train "$WORK/train4" --val "$WORK/val4" --out "$STAGE4" --init "$STAGE3" \
+have_from 4 || femurunet train "$WORK/train4" --val "$WORK/val4" --out "$STAGE4" --init "$STAGE3" \
   --epochs 10 --steps-per-epoch 75 --batch-size 8 \
   --lr 7e-5 --warmup-epochs 1 --lr-schedule cosine --min-lr 1e-5 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 6 --threads 2 "${@:2}"
-[ -f "$STAGE5" ] || femurunet train "$WORK/train5" --val "$WORK/val5" --out "$STAGE5" --init "$STAGE4" \
+have_from 5 || femurunet train "$WORK/train5" --val "$WORK/val5" --out "$STAGE5" --init "$STAGE4" \
   --epochs 20 --steps-per-epoch 75 --batch-size 8 \
   --lr 1e-4 --warmup-epochs 1 --lr-schedule cosine --min-lr 1e-5 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 8 --threads 2 "${@:2}"
 STAGE6="$WORK/femurunet_demo_b16_stage6.pt"
-[ -f "$STAGE6" ] || femurunet train "$WORK/train12" --val "$WORK/val12" --out "$STAGE6" --init "$STAGE5" \
+have_from 6 || femurunet train "$WORK/train12" --val "$WORK/val12" --out "$STAGE6" --init "$STAGE5" \
   --epochs 2 --steps-per-epoch 150 --batch-size 32 \
   --lr 2e-5 --warmup-epochs 0 --lr-schedule none --ema 0.998 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 15 --threads 2 "${@:2}"
