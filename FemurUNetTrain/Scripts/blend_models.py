@@ -26,9 +26,8 @@ def blend(weight: float, tuned_path, start_path, out_path) -> Path:
     with torch.no_grad():
         tuned.load_state_dict({k: (weight * a[k].double() + (1.0 - weight) * b[k].double()).to(a[k].dtype)
                                if a[k].is_floating_point() else a[k] for k in a})
-    meta = dict(tuned.metadata)
-    meta["blend"] = {"weight": weight, "tuned": Path(tuned_path).name, "start": Path(start_path).name}
-    return save_model(tuned, out_path, **meta)
+    return save_model(tuned, out_path,         # save_model keeps the model's own metadata
+                      blend={"weight": weight, "tuned": Path(tuned_path).name, "start": Path(start_path).name})
 
 
 def main(argv) -> int:
