@@ -73,7 +73,8 @@ class BlendedFemur:
 def with_real_femurs(ind, rng):
     """``ind`` with one drawn man's proximal femurs in a LIBHIP_P share of draws (one draw of ``rng``)."""
     if rng.random() < LIBHIP_P:
-        subject = subjects()[int(rng.integers(len(subjects())))]
+        names = subjects()
+        subject = names[int(rng.integers(len(names)))]
         ind.bones = {**ind.bones, **real_femurs(subject, ind.body, ind.bones)}
         ind.femurs = subject
     return ind
