@@ -318,6 +318,13 @@ class Renderer:
             return h["lung"] + 25.0 * tex + 500.0 * (tex > 2.2)
         return h[material] + {"organ": 8.0, "urine": 3.0}.get(material, 4.0) * tex
 
+    def _head_density(self, q, centre) -> np.ndarray:
+        """The femoral head's denser trabecular bone (its compressive trabeculae): the drawn factor from 4 mm
+        inside the head's sphere, 1 from 4 mm outside it (the neck), a linear ramp between."""
+        r = np.sqrt(sum((c - np.float32(x)) ** 2 for c, x in zip(q, centre)))
+        inside = np.clip((np.float32(self.s.ind.head_radius + 4.0) - r) / np.float32(8.0), 0.0, 1.0)
+        return np.float32(1.0) + np.float32(self.s.hu.get("head_density", 1.0) - 1.0) * inside
+
     def _bone(self, item, d, w, q, hu, tex) -> None:
         h, m = self.s.hu, self.s.ind.marks
         kind = item.material[5:]
@@ -333,6 +340,8 @@ class Renderer:
             end = np.float32(self.s.body.get("end_cortex", 1.2))     # subchondral plate: faint at 3 mm voxels
             thickness = end + shaft * np.float32(1.2 + self.s.body.get("shaft_cortex", 5.0) - end)
             interior = trabecular + shaft * (h["canal"] + 15.0 * tex - trabecular)
+            if kind.startswith("femur"):
+                interior = interior * self._head_density(q, m[f"head_{side}"])
         elif kind in ("arm", "rib"):
             thickness = np.float32(2.5 if kind == "arm" else 1.0)
         self.paint(hu, d, w, h["cortex"] + 40.0 * tex)

@@ -87,9 +87,9 @@ def draw_hu(rng) -> dict:
             "kidney": _u(rng, 30, 45) if phase == "none" else _u(rng, 150, 260),
             "bowel_wall": _u(rng, 30, 60), "fluid": _u(rng, 0, 25), "oral": _u(rng, 150, 450),
             "stool": _u(rng, -60, 40), "lung": _u(rng, -900, -780), "disc": _u(rng, 70, 110),
-            "cartilage": _u(rng, 90, 220), "tendon": _u(rng, 65, 110), "csf": _u(rng, 0, 20), "metal": _u(rng, 2500, 3071),
-            "cortex": _u(rng, 850, 1200) if porotic else _u(rng, 1150, 1850),
-            "trabecular": _u(rng, 60, 150) if porotic else _u(rng, 150, 350),
+            "head_density": _u(rng, 1.0, 1.5), "tendon": _u(rng, 65, 110), "csf": _u(rng, 0, 20), "metal": _u(rng, 2500, 3071),
+            "cortex": _u(rng, 650, 1200) if porotic else _u(rng, 900, 1850),
+            "trabecular": _u(rng, 60, 150) if porotic else _u(rng, 150, 400),
             "canal": _u(rng, -90, 30), "porotic": porotic,
             "table_shell": _u(rng, 100, 400), "table_core": _u(rng, -950, -750)}
 

@@ -22,8 +22,10 @@
 # knee, neck screws and pedicle screws 25 % each), all slices; merged with stages 6-7 into train10m/ and val10m/.
 # Stage 12's data (session 19, phantom code of commit 53af2db: half of the individuals with the real proximal femurs
 # of a LibHip man): seeds 28000-28079 (train12/) and 28080-28099 (val12/), coverage drawn, all slices.
+# Stage 13's data (session 20, phantom code with bone values drawn wider: cortex 650-1850 HU, trabecular up to 400,
+# the femoral head 1-1.5x denser): seeds 29000-29079 (train13/) and 29080-29099 (val13/), coverage drawn, all slices.
 # Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5, 6,
-# 7, 10 or 12: that stage's data only)
+# 7, 10, 12 or 13: that stage's data only)
 set -euo pipefail
 WORK=${1:?usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]}
 JOBS=${2:-2}
@@ -107,6 +109,11 @@ stage12_data() {   # seeds 28000-28099 as drawn, all slices: train12/ and val12/
   sample_drawn phantoms12 28000 28099
   export_cases phantoms12 28000 28099 28080 train12 val12 1.0
 }
+stage13_data() {   # seeds 29000-29099 as drawn, all slices: train13/ and val13/
+  sample_drawn phantoms13 29000 29099
+  export_cases phantoms13 29000 29099 29080 train13 val13 1.0
+}
+[ "$FIRST" = 13 ] && { stage13_data; exit 0; }
 [ "$FIRST" = 12 ] && { stage12_data; exit 0; }
 [ "$FIRST" = 10 ] && { stage10_data; exit 0; }
 [ "$FIRST" = 7 ] && { stage7_data; exit 0; }
