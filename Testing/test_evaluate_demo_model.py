@@ -23,9 +23,9 @@ def coarse_cases(monkeypatch):
     """Seeds 1 (a pelvis) and 2 (a femur-free chest) on 5 mm grids; counts how often each case is made."""
     made = []
 
-    def make(seed, phantom):
-        made.append(seed)
-        return generate_case(seed, spacing=(5.0, 5.0, 5.0), coverage=COVERAGE[seed])
+    def make(seed, phantom, tissue=None):
+        made.append((seed, tissue) if tissue else seed)
+        return generate_case(seed, spacing=(5.0, 5.0, 5.0), coverage=COVERAGE[seed], tissue=tissue)
     monkeypatch.setattr(script, "make_phantom", make)
     return made
 
@@ -73,3 +73,17 @@ def test_seed_lists_and_bad_seeds():
     for bad in ("90000-abc", "", "1,,2"):
         with pytest.raises(SystemExit, match="--seeds"):
             script.parse_seeds(bad)
+
+
+def test_fixed_tissue_values_reach_the_phantoms_and_the_record(tmp_path, coarse_cases, capsys):
+    out = tmp_path / "eval.json"
+    assert script.main(["--seeds", "1", "--no-real", "--tissue", "cortex=650, trabecular=60", "--json", str(out)]) == 0
+    assert coarse_cases == [(1, {"cortex": 650.0, "trabecular": 60.0})]
+    assert json.loads(out.read_text())["tissue"] == {"cortex": 650.0, "trabecular": 60.0}
+    for bad in ("cortex", "cortex=abc", "cortex=1=2"):
+        with pytest.raises(SystemExit, match="--tissue: expected KEY=VALUE"):
+            script.parse_tissue(bad)
+    with pytest.raises(SystemExit):
+        script.main(["--seeds", "1", "--no-real", "--phantom", "1", "--tissue", "cortex=900"])
+    assert "--tissue: only phantom v2 draws tissue values" in capsys.readouterr().err
+    assert len(coarse_cases) == 1

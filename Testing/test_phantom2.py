@@ -349,11 +349,25 @@ def test_a_thin_subchondral_cortex_makes_the_femoral_head_rim_fainter(monkeypatc
     assert abs(interiors[0.35] - interiors[1.3]) < 5, interiors
 
 
-def test_the_femoral_head_is_denser_than_the_neck_by_the_drawn_factor(monkeypatch):
+def test_fixed_tissue_values_change_the_ct_only():
+    seed, coverage, spacing = 3, "pelvis", (8.0, 8.0, 8.0)
+    drawn = {k: v for k, v in _scene(seed).hu.items() if isinstance(v, float)}
+    plain = generate_case(seed, spacing=spacing, coverage=coverage)
+    same = generate_case(seed, spacing=spacing, coverage=coverage, tissue=drawn)     # the same bits
+    faint = generate_case(seed, spacing=spacing, coverage=coverage, tissue={"cortex": 300.0, "trabecular": 100.0})
+    assert np.array_equal(plain.ct, same.ct) and np.array_equal(plain.label, faint.label)
+    femur = plain.label > 0
+    assert faint.ct[femur].mean() < plain.ct[femur].mean() - 80       # 8 mm voxels: mostly partial volume
+    with pytest.raises(FemurUNetError, match="unknown tissue setting.*known: .*cortex"):
+        generate_case(seed, spacing=spacing, coverage=coverage, tissue={"bone": 1.0})
+    with pytest.raises(FemurUNetError, match="tissue setting cortex must be a finite number, got nan"):
+        generate_case(seed, spacing=spacing, coverage=coverage, tissue={"cortex": float("nan")})
+
+
+def test_the_femoral_head_is_denser_than_the_neck_by_the_drawn_factor():
     """The head's trabecular bone is ``head_density`` x the drawn trabecular value; the neck's and the hip bone's
     stay as drawn (textured and noisy, so compared as means of many voxels)."""
     seed, coverage, spacing = 3, "pelvis", (2.0, 2.0, 2.0)
-    drawn = phantom2_scene.draw_hu
     geometry, shape, rotation, fov = _grid(seed, coverage, spacing)
     lps, anat = _centres(geometry, shape, rotation)
     q, ind = _q(anat), _scene(seed).ind
@@ -367,9 +381,8 @@ def test_the_femoral_head_is_denser_than_the_neck_by_the_drawn_factor(monkeypatc
     inside = _in_fov(geometry, shape, lps, fov, margin=10.0)
     means = {}
     for factor in (1.0, 1.5):
-        monkeypatch.setattr(phantom2_scene, "draw_hu",
-                            lambda rng, f=factor: {**drawn(rng), "trabecular": 300.0, "head_density": f})
-        ct = generate_case(seed, spacing=spacing, coverage=coverage).ct.astype(float)
+        tissue = {"trabecular": 300.0, "head_density": factor}
+        ct = generate_case(seed, spacing=spacing, coverage=coverage, tissue=tissue).ct.astype(float)
         means[factor] = [ct[region & inside].mean() for region in (head, neck, hip)]
     (head1, neck1, hip1), (head15, neck15, hip15) = means[1.0], means[1.5]
     assert head.sum() > 300 and neck.sum() > 300

@@ -472,28 +472,40 @@ def femur_truth(seed: int, points_anat) -> np.ndarray:
 def scanner_settings(rng, overrides=None) -> dict:
     """The drawn scanner (``draw_scanner``) with ``overrides`` (a dict of its keys) put over it; the draw is made
     either way, so the rest of the case does not change."""
-    scanner = draw_scanner(rng)
-    unknown = sorted(set(overrides or {}) - set(scanner))
+    return _overridden(draw_scanner(rng), overrides, "scanner", minimum=0.0)
+
+
+def tissue_settings(hu: dict, overrides=None) -> dict:
+    """The drawn tissue values (``draw_hu``: HU, and ``head_density``) with ``overrides`` put over them."""
+    numeric = {k: v for k, v in hu.items() if isinstance(v, float)}
+    return {**hu, **_overridden(numeric, overrides, "tissue", minimum=-math.inf)}
+
+
+def _overridden(drawn: dict, overrides, what: str, minimum: float) -> dict:
+    unknown = sorted(set(overrides or {}) - set(drawn))
     if unknown:
-        raise FemurUNetError(f"unknown scanner setting(s) {', '.join(unknown)}; known: {', '.join(scanner)}")
+        raise FemurUNetError(f"unknown {what} setting(s) {', '.join(unknown)}; known: {', '.join(drawn)}")
     for key, value in (overrides or {}).items():
-        if not math.isfinite(float(value)) or float(value) < 0:
-            raise FemurUNetError(f"scanner setting {key} must be a finite number >= 0, got {value!r}")
-        scanner[key] = float(value)
-    return scanner
+        if not math.isfinite(float(value)) or float(value) < minimum:
+            bound = " >= 0" if minimum == 0 else ""
+            raise FemurUNetError(f"{what} setting {key} must be a finite number{bound}, got {value!r}")
+        drawn[key] = float(value)
+    return drawn
 
 
 def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None, jobs=None,
-                  scanner=None) -> PhantomCase:
+                  scanner=None, tissue=None) -> PhantomCase:
     """One phantom v2 case, deterministic per seed (the individual depends on the seed only, so every grid of
     a seed shows the same patient). ``coverage``: one of COVERAGES (drawn when None); ``spacing`` (i, j, k) mm
     and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape`` (numpy k, j, i) keeps the
     drawn field of view and coverage and derives the spacing. ``jobs``: processes painting slabs (default: up
     to 2 CPUs); the result does not depend on it. ``scanner``: fixed scanner settings over the drawn ones
-    (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel)."""
+    (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel).
+    ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g. ``{"cortex": 900}``)."""
     anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng = _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
     scene = _scene(anatomy_rng, femur_rng)
+    scene.hu = tissue_settings(scene.hu, tissue)
     if coverage is None:
         coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
     if coverage not in COVERAGES:

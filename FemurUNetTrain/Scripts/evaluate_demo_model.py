@@ -1,7 +1,7 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
-       [--no-real] [--json OUT.json] [--device cpu] [--mirror] [--keep-all-pieces]
+       [--tissue cortex=900,trabecular=400] [--no-real] [--json OUT.json] [--device cpu] [--mirror] [--keep-all-pieces]
 
 Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
 one entry per model, each as a single model's file). ``--seeds`` takes ranges and seeds: ``25096-25111,26066``.
@@ -64,8 +64,18 @@ def parse_seeds(text: str) -> list:
     return seeds
 
 
-def make_phantom(seed, phantom: int):
-    return generate_case_v2(seed) if phantom == 2 else generate_case(seed)
+def parse_tissue(text) -> dict:
+    """``cortex=900,trabecular=400`` -> {"cortex": 900.0, "trabecular": 400.0} (phantom v2's fixed tissue values)."""
+    if not text:
+        return {}
+    try:
+        return {key.strip(): float(value) for key, value in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise SystemExit(f"--tissue: expected KEY=VALUE pairs like cortex=900,trabecular=400, got {text!r}") from None
+
+
+def make_phantom(seed, phantom: int, tissue=None):
+    return generate_case_v2(seed, tissue=tissue or None) if phantom == 2 else generate_case(seed)
 
 
 def case_row(seed, case, predict) -> dict:
@@ -148,6 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="90000-90039", help="held-out phantom seeds: A-B ranges and seeds, "
                         "comma-separated (default 90000-90039)")
     parser.add_argument("--phantom", type=int, choices=(1, 2), default=2, help="phantom generator (default 2)")
+    parser.add_argument("--tissue", help="phantom v2 tissue values fixed over the drawn ones, e.g. "
+                        "cortex=900,trabecular=400,head_density=1.5 (a stress test of the bone values)")
     parser.add_argument("--no-real", action="store_true", help="phantoms only (model selection never looks at real CT)")
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
@@ -155,7 +167,11 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-all-pieces", action="store_true", help="keep detached pieces (segment --keep-all-pieces)")
     args = parser.parse_args(argv)
     seeds, names = parse_seeds(args.seeds), args.models or [None]
-    runs = [{"model": name or "default", "phantom": args.phantom, "phantoms": []} for name in names]
+    tissue = parse_tissue(args.tissue)
+    if tissue and args.phantom != 2:
+        parser.error("--tissue: only phantom v2 draws tissue values")
+    runs = [{"model": name or "default", "phantom": args.phantom, **({"tissue": tissue} if tissue else {}),
+             "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
 
     def segment(net, ct, geometry) -> np.ndarray:
@@ -168,7 +184,7 @@ def main(argv=None) -> int:
                 *(["--keep-all-pieces"] if args.keep_all_pieces else [])]
 
     for seed in seeds:
-        case = make_phantom(seed, args.phantom)
+        case = make_phantom(seed, args.phantom, tissue)
         for run, net in zip(runs, nets):
             run["phantoms"].append(case_row(seed, case, lambda ct, g, net=net: segment(net, ct, g) > 0))
             print(json.dumps({**run["phantoms"][-1], **({"model": run["model"]} if len(runs) > 1 else {})}), flush=True)
