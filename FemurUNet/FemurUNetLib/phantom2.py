@@ -505,7 +505,8 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng = _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
     scene = _scene(anatomy_rng, femur_rng)
-    scene.hu = tissue_settings(scene.hu, tissue)
+    if tissue:
+        scene.hu = tissue_settings(scene.hu, tissue)
     if coverage is None:
         coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
     if coverage not in COVERAGES:
