@@ -86,4 +86,7 @@ def test_fixed_tissue_values_reach_the_phantoms_and_the_record(tmp_path, coarse_
     with pytest.raises(SystemExit):
         script.main(["--seeds", "1", "--no-real", "--phantom", "1", "--tissue", "cortex=900"])
     assert "--tissue: only phantom v2 draws tissue values" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--seeds", "1", "--no-real", "--tissue", "bone=900"])
+    assert "--tissue: unknown tissue setting(s) bone; known: " in capsys.readouterr().err
     assert len(coarse_cases) == 1

@@ -26,7 +26,9 @@ from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midli
     read_femur_reference, split_at_midline
 from FemurUNetLib.resolve import resolve_model
 from FemurUNetLib.phantom import generate_case
-from FemurUNetLib.phantom2 import generate_case as generate_case_v2
+from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.phantom2 import generate_case as generate_case_v2, tissue_settings
+from FemurUNetLib.phantom2_body import draw_hu
 from FemurUNetLib.volume_io import read_volume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,6 +172,10 @@ def main(argv=None) -> int:
     tissue = parse_tissue(args.tissue)
     if tissue and args.phantom != 2:
         parser.error("--tissue: only phantom v2 draws tissue values")
+    try:
+        tissue_settings(draw_hu(np.random.default_rng(0)), tissue)       # unknown keys: refused before any work
+    except FemurUNetError as exc:
+        parser.error(f"--tissue: {exc}")
     runs = [{"model": name or "default", "phantom": args.phantom, **({"tissue": tissue} if tissue else {}),
              "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
