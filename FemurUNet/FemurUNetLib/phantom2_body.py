@@ -76,6 +76,8 @@ def _box_of(points, radius):
 
 # --- tissue values ------------------------------------------------------------------------------------------
 def draw_hu(rng) -> dict:
+    """Tissue values (HU) of one individual; ``head_density`` is the femoral head's trabecular factor (drawn where an
+    unused cartilage value was, so every seed keeps the draws after it)."""
     phase = rng.choice(["none", "arterial", "venous"], p=[0.4, 0.3, 0.3])
     artery = {"none": _u(rng, 35, 55), "arterial": _u(rng, 220, 450), "venous": _u(rng, 130, 200)}[phase]
     vein = {"none": _u(rng, 35, 55), "arterial": _u(rng, 60, 140), "venous": _u(rng, 130, 210)}[phase]
