@@ -23,8 +23,8 @@ def coarse_cases(monkeypatch):
     """Seeds 1 (a pelvis) and 2 (a femur-free chest) on 5 mm grids; counts how often each case is made."""
     made = []
 
-    def make(seed, phantom, tissue=None):
-        made.append((seed, tissue) if tissue else seed)
+    def make(seed, phantom, tissue=None, coarse=False):
+        made.append((seed, tissue) if tissue else (seed, "coarse") if coarse else seed)
         return generate_case(seed, spacing=(5.0, 5.0, 5.0), coverage=COVERAGE[seed], tissue=tissue)
     monkeypatch.setattr(script, "make_phantom", make)
     return made
@@ -90,3 +90,23 @@ def test_fixed_tissue_values_reach_the_phantoms_and_the_record(tmp_path, coarse_
         script.main(["--seeds", "1", "--no-real", "--tissue", "bone=900"])
     assert "--tissue: unknown tissue setting(s) bone; known: " in capsys.readouterr().err
     assert len(coarse_cases) == 1
+
+
+def test_coarse_grids_reach_the_phantoms_and_the_record(tmp_path, coarse_cases):
+    out = tmp_path / "eval.json"
+    assert script.main(["--seeds", "1", "--no-real", "--coarse", "--json", str(out)]) == 0
+    assert coarse_cases == [(1, "coarse")] and json.loads(out.read_text())["coarse"] is True
+
+
+def test_coarse_grids_are_isotropic_2_to_3_mm_drawn_per_seed(monkeypatch, capsys):
+    asked = []
+    monkeypatch.setattr(script, "generate_case_v2", lambda seed, **kw: asked.append((seed, kw)))
+    script.make_phantom(7, 2, coarse=True)
+    script.make_phantom(7, 2)
+    assert asked == [(7, {"tissue": None, "spacing": script.coarse_spacing(7)}), (7, {"tissue": None, "spacing": None})]
+    spacings = [script.coarse_spacing(seed) for seed in range(200)]
+    assert all(s[0] == s[1] == s[2] and 2.0 <= s[0] <= 3.0 for s in spacings)
+    assert len(set(spacings)) == 200 and spacings == [script.coarse_spacing(seed) for seed in range(200)]
+    with pytest.raises(SystemExit):
+        script.main(["--seeds", "1", "--no-real", "--phantom", "1", "--coarse"])
+    assert "--coarse: only phantom v2 renders resampled grids" in capsys.readouterr().err

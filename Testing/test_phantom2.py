@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from FemurUNetLib import phantom2, phantom2_scene
+from FemurUNetLib import phantom2, phantom2_native, phantom2_scene
 from FemurUNetTrainLib import cli
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import Geometry, Reorientation
@@ -25,6 +25,7 @@ from FemurUNetLib.phantom import HU_MAX, HU_MIN
 from FemurUNetLib.phantom2 import COVERAGES, FEMUR_FREE, femur_truth, generate_case, make_grid, make_scene
 from FemurUNetLib.phantom2_anatomy import BODIES, NARROWED_HIP_P, SIDES, hip_joint_space, load_body
 from FemurUNetLib.phantom2_metal import METAL_HU, ParallelBeam, add_metal_artefacts, computed_rows
+from FemurUNetLib.phantom2_native import draw_native, native_factors, native_grid, resampled
 from FemurUNetLib.phantom2_body import (body_parts_bounds, cavity_distance, draw_hu, fat_thickness, septa_distance,
                                         skin_distance)
 from FemurUNetLib.sdf import _rotation as sdf_rotation, ramp_width
@@ -862,3 +863,78 @@ def test_a_hip_implant_case_keeps_the_exact_label_under_strong_artefacts(monkeyp
     truth = femur_truth(seed, _q(anat))
     assert np.count_nonzero((case.label != truth) & inside) <= 2         # dark streaks do not erase the label
     assert not case.label[~_in_fov(geometry, shape, lps, fov)].any()
+
+
+# --- coarse grids rendered on a native grid, then resampled -------------------------------------------------
+@pytest.mark.parametrize("spacing, direction, factors", [
+    ((3.0, 3.0, 3.0), np.eye(3), (3, 3, 3)),
+    ((2.0, 2.0, 5.0), np.eye(3), (1, 3, 3)),           # thick slices stay the scanner's own
+    ((0.8, 0.8, 2.5), np.eye(3), None),                # a scanner's pixels: rendered directly
+    ((3.5, 3.5, 3.0), np.eye(3), None),                # coarser than anything drawn: rendered directly
+    ((2.5, 3.0, 1.0), np.eye(3)[:, [2, 0, 1]], (1, 3, 3)),   # permuted: i along the slices (world z), j along x
+    ((2.5, 1.0, 1.0), np.eye(3)[:, [2, 0, 1]], None),        # ... and fine pixels: thin slices' spacing only
+])
+def test_native_rendering_is_for_resampled_in_plane_pixels_only(spacing, direction, factors):
+    assert native_factors(Geometry(spacing, (0, 0, 0), direction), (10, 10, 10)) == factors
+
+
+def test_a_native_grid_too_large_drops_the_slice_factor_first(monkeypatch):
+    geometry = Geometry((2.5, 2.5, 2.5), (0, 0, 0), np.eye(3))
+    monkeypatch.setattr(phantom2_native, "MAX_NATIVE_VOXELS", 10 * 10 * 10 * 9)
+    assert native_factors(geometry, (10, 10, 10)) == (1, 3, 3)
+    monkeypatch.setattr(phantom2_native, "MAX_NATIVE_VOXELS", 10 * 10 * 10 * 8)
+    assert native_factors(geometry, (10, 10, 10)) is None
+
+
+def test_every_coarse_voxel_centre_is_a_native_voxel_centre():
+    direction = _rotation(10, -15, 25) @ np.eye(3)[:, [1, 0, 2]]
+    coarse = Geometry((2.5, 3.0, 2.0), (-12.0, 40.0, 7.0), direction)
+    factors = (3, 1, 3)
+    fine, shape = native_grid(coarse, (4, 5, 6), factors)
+    assert shape == (12, 5, 18) and np.allclose(fine.spacing, (2.5 / 3, 3.0, 2.0 / 3))
+    points = fine.physical_points(shape)[1::3, :, 1::3]
+    assert np.allclose(points, coarse.physical_points((4, 5, 6)), atol=1e-9)
+
+
+def test_resampling_blends_the_centre_samples_with_the_block_means():
+    fine = np.random.default_rng(0).normal(size=(6, 3, 9)).astype(np.float32)
+    centre = fine[1::3, :, 1::3]
+    mean = fine.reshape(2, 3, 3, 1, 3, 3).mean(axis=(1, 3, 5))
+    assert np.array_equal(resampled(fine, (3, 1, 3), 0.0), centre)
+    assert np.allclose(resampled(fine, (3, 1, 3), 1.0), mean, atol=1e-6)
+    assert np.allclose(resampled(fine, (3, 1, 3), 0.25), 0.75 * centre + 0.25 * mean, atol=1e-6)
+
+
+def test_native_rendering_is_drawn_for_most_cases_with_any_antialiasing():
+    draws = [draw_native(phantom2._streams(seed)[6]) for seed in range(2000)]
+    rate = np.mean([d["native"] for d in draws])
+    antialias = np.array([d["antialias"] for d in draws])
+    assert abs(rate - phantom2_native.NATIVE_P) < 4 * np.sqrt(0.21 / 2000)
+    assert antialias.min() >= 0 and antialias.max() <= 1 and abs(antialias.mean() - 0.5) < 0.03
+
+
+@pytest.mark.slow
+def test_a_resampled_case_keeps_the_exact_label_and_looks_resampled(monkeypatch):
+    seed, spacing = 24, (3.0, 3.0, 6.0)                 # slices of 6 mm: in-plane pixels rendered 3x finer only
+    monkeypatch.setattr(phantom2_native, "NATIVE_P", 0.0)
+    direct = generate_case(seed, spacing=spacing, coverage="pelvis")
+    monkeypatch.setattr(phantom2_native, "NATIVE_P", 1.0)
+    case = generate_case(seed, spacing=spacing, coverage="pelvis")
+    geometry, shape, rotation, fov = _grid(seed, "pelvis", spacing)
+    assert case.geometry == geometry == direct.geometry and case.ct.shape == shape
+    assert np.array_equal(case.label, direct.label)
+    lps, anat = _centres(geometry, shape, rotation)
+    inside = _in_fov(geometry, shape, lps, fov, margin=2 * max(spacing))
+    assert np.array_equal(case.label[inside], femur_truth(seed, _q(anat))[inside])
+    bone = (case.label > 0) & inside
+    assert bone.sum() > 500 and abs(case.ct[bone].mean() - direct.ct[bone].mean()) < 150   # the same bone
+    assert np.mean(case.ct != direct.ct) > 0.5                                             # imaged another way
+
+
+def test_scanner_grids_are_rendered_as_before(monkeypatch):
+    spacing = (1.9, 1.9, 8.0)
+    monkeypatch.setattr(phantom2_native, "NATIVE_P", 1.0)
+    a = generate_case(3, spacing=spacing, coverage="knee_to_ankle")
+    monkeypatch.setattr(phantom2_native, "NATIVE_P", 0.0)
+    b = generate_case(3, spacing=spacing, coverage="knee_to_ankle")
+    assert np.array_equal(a.ct, b.ct) and np.array_equal(a.label, b.label)

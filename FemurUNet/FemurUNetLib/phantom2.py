@@ -3,7 +3,8 @@
 A case is a new individual (``phantom2_anatomy``) in a scene of soft tissue, organs, vessels, spine, ribs,
 arms and implants (``phantom2_scene``), scanned over a random coverage (pelvis, hip to knee, whole leg,
 knee to ankle, abdomen to thigh, abdomen, chest) on a random grid, then put through scanner physics:
-partial volume (a ramp as wide as the voxel across each surface), in-plane PSF and slice profile, soft or
+partial volume (a ramp as wide as the voxel across each surface; coarse in-plane grids are mostly rendered on a
+finer native grid and resampled, ``phantom2_native``), in-plane PSF and slice profile, soft or
 sharp kernel, correlated noise, cupping, metal artefacts from projections (``phantom2_metal``), field-of-view
 cut-off and table.
 The label is exact on any grid: ``label = femur signed distance < 0`` at each voxel centre, the same
@@ -26,6 +27,7 @@ from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
 from .phantom2_anatomy import LABEL, Individual, make_individual
 from .phantom2_libhip import with_real_femurs
 from .phantom2_metal import add_metal_artefacts
+from .phantom2_native import at_coarse_centres, draw_native, native_factors, native_grid, resampled
 from .phantom2_body import body_parts_bounds, cavity_distance, fat_thickness, septa_distance, skin_distance
 from .phantom2_scene import build_scene
 from .sdf import _rotation, grid_points, ramp_width
@@ -448,11 +450,22 @@ def _streams(seed):
     seed = int(seed)
     if seed < 0:
         raise FemurUNetError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, 2]).spawn(6)     # the 6th (femur shapes) came later: the 5 stay as they were
+    return np.random.default_rng([seed, 2]).spawn(7)     # later streams (femur shapes, native grid): the first stay
 
 
 def _scene(anatomy_rng, femur_rng):
     return build_scene(anatomy_rng, with_real_femurs(make_individual(anatomy_rng), femur_rng))
+
+
+def _scanned(scene, grid, rotation, rngs, scanner, fov, jobs) -> tuple:
+    """HU (after metal artefacts and scanner physics) and label of ``scene`` on ``grid`` (Geometry, shape)."""
+    (geometry, shape), (tex_rng, noise_rng) = grid, rngs
+    hu, label = render(Renderer(scene, geometry, shape, rotation, tex_rng), shape, jobs)
+    axial = Reorientation.for_geometry(geometry)      # views: physics runs in the scanner's axial frame
+    axial_spacing = axial.canonical_spacing(geometry)
+    add_metal_artefacts(axial.to_canonical(hu), axial_spacing, noise_rng, scanner["metal_artifact"], jobs)
+    scanner_physics(axial.to_canonical(hu), Geometry(axial_spacing), noise_rng, scanner, fov, jobs)
+    return hu, label
 
 
 def make_scene(seed: int):
@@ -502,7 +515,7 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     to 2 CPUs); the result does not depend on it. ``scanner``: fixed scanner settings over the drawn ones
     (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel).
     ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g. ``{"cortex": 900}``)."""
-    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng = _streams(seed)
+    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng = _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
     scene = _scene(anatomy_rng, femur_rng)
     if tissue:
@@ -512,14 +525,16 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     if coverage not in COVERAGES:
         raise FemurUNetError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
     geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction, shape)
-    renderer = Renderer(scene, geometry, shape, rotation, tex_rng)
+    native = draw_native(native_rng)
+    factors = native_factors(geometry, shape) if native["native"] else None
+    grid = (geometry, shape) if factors is None else native_grid(geometry, shape, factors)
     jobs = default_jobs() if jobs is None else int(jobs)
     with freed_memory_kept():
-        hu, label = render(renderer, shape, jobs)
-        axial = Reorientation.for_geometry(geometry)      # views: physics runs in the scanner's axial frame
-        axial_spacing = axial.canonical_spacing(geometry)
-        add_metal_artefacts(axial.to_canonical(hu), axial_spacing, noise_rng, scanner["metal_artifact"], jobs)
-        scanner_physics(axial.to_canonical(hu), Geometry(axial_spacing), noise_rng, scanner, fov, jobs)
+        hu, label = _scanned(scene, grid, rotation, (tex_rng, noise_rng), scanner, fov, jobs)
+        if factors is not None:
+            hu, label = resampled(hu, factors, native["antialias"]), at_coarse_centres(label, factors)
+    axial = Reorientation.for_geometry(geometry)
+    axial_spacing = axial.canonical_spacing(geometry)
     ct = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
     axial_label = axial.to_canonical(label)         # a view: outside the reconstructed field of view, no label
     axial_label[:, outside_field(axial_spacing, axial_label.shape[1:], fov)] = 0

@@ -1,7 +1,7 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
-       [--tissue cortex=900,trabecular=400] [--no-real] [--json OUT.json] [--device cpu] [--mirror] [--keep-all-pieces]
+       [--tissue cortex=900,trabecular=400] [--coarse] [--no-real] [--json OUT.json] [--device cpu] [--mirror] [--keep-all-pieces]
 
 Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
 one entry per model, each as a single model's file). ``--seeds`` takes ranges and seeds: ``25096-25111,26066``.
@@ -29,6 +29,7 @@ from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.phantom2 import generate_case as generate_case_v2, tissue_settings
 from FemurUNetLib.phantom2_body import draw_hu
+from FemurUNetLib.phantom2_native import coarse_spacing
 from FemurUNetLib.volume_io import read_volume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,8 +77,10 @@ def parse_tissue(text) -> dict:
         raise SystemExit(f"--tissue: expected KEY=VALUE pairs like cortex=900,trabecular=400, got {text!r}") from None
 
 
-def make_phantom(seed, phantom: int, tissue=None):
-    return generate_case_v2(seed, tissue=tissue or None) if phantom == 2 else generate_case(seed)
+def make_phantom(seed, phantom: int, tissue=None, coarse=False):
+    if phantom != 2:
+        return generate_case(seed)
+    return generate_case_v2(seed, tissue=tissue or None, spacing=coarse_spacing(seed) if coarse else None)
 
 
 def case_row(seed, case, predict) -> dict:
@@ -162,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--phantom", type=int, choices=(1, 2), default=2, help="phantom generator (default 2)")
     parser.add_argument("--tissue", help="phantom v2 tissue values fixed over the drawn ones, e.g. "
                         "cortex=900,trabecular=400,head_density=1.5 (a stress test of the bone values)")
+    parser.add_argument("--coarse", action="store_true", help="phantom v2 on an isotropic 2-3 mm grid drawn per seed, "
+                        "as resampled scans are (a stress test of coarse grids)")
     parser.add_argument("--no-real", action="store_true", help="phantoms only (model selection never looks at real CT)")
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
@@ -172,12 +177,14 @@ def main(argv=None) -> int:
     tissue = parse_tissue(args.tissue)
     if tissue and args.phantom != 2:
         parser.error("--tissue: only phantom v2 draws tissue values")
+    if args.coarse and args.phantom != 2:
+        parser.error("--coarse: only phantom v2 renders resampled grids")
     try:
         tissue_settings(draw_hu(np.random.default_rng(0)), tissue)       # unknown keys: refused before any work
     except FemurUNetError as exc:
         parser.error(f"--tissue: {exc}")
     runs = [{"model": name or "default", "phantom": args.phantom, **({"tissue": tissue} if tissue else {}),
-             "phantoms": []} for name in names]
+             **({"coarse": True} if args.coarse else {}), "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
 
     def segment(net, ct, geometry) -> np.ndarray:
@@ -190,7 +197,7 @@ def main(argv=None) -> int:
                 *(["--keep-all-pieces"] if args.keep_all_pieces else [])]
 
     for seed in seeds:
-        case = make_phantom(seed, args.phantom, tissue)
+        case = make_phantom(seed, args.phantom, tissue, args.coarse)
         for run, net in zip(runs, nets):
             run["phantoms"].append(case_row(seed, case, lambda ct, g, net=net: segment(net, ct, g) > 0))
             print(json.dumps({**run["phantoms"][-1], **({"model": run["model"]} if len(runs) > 1 else {})}), flush=True)

@@ -24,8 +24,11 @@
 # of a LibHip man): seeds 28000-28079 (train12/) and 28080-28099 (val12/), coverage drawn, all slices.
 # Stage 13's data (session 20, phantom code with bone values drawn wider: cortex 650-1850 HU, trabecular up to 400,
 # the femoral head 1-1.5x denser): seeds 29000-29079 (train13/) and 29080-29099 (val13/), coverage drawn, all slices.
+# Stage 14's data (session 21, phantom code with coarse in-plane grids rendered on a native grid, then resampled):
+# seeds 30000-30099, even seeds as drawn, odd seeds on the isotropic 2-3 mm grid of `coarse_spacing(seed)`;
+# 30000-30079 train14/, 30080-30099 val14/, all slices.
 # Usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]   (JOBS phantoms at a time, default 2; FIRST_STAGE 5, 6,
-# 7, 10, 12 or 13: that stage's data only)
+# 7, 10, 12, 13 or 14: that stage's data only)
 set -euo pipefail
 WORK=${1:?usage: make_demo_data.sh WORKDIR [JOBS] [FIRST_STAGE]}
 JOBS=${2:-2}
@@ -113,6 +116,19 @@ stage13_data() {   # seeds 29000-29099 as drawn, all slices: train13/ and val13/
   sample_drawn phantoms13 29000 29099
   export_cases phantoms13 29000 29099 29080 train13 val13 1.0
 }
+stage14_data() {   # seeds 30000-30099, odd seeds on coarse isotropic grids: train14/ and val14/
+  mkdir -p "$WORK/phantoms14"
+  seq 30000 30099 | xargs -P "$JOBS" -I{} sh -c '[ -f "$0/phantoms14/phantom{}_femur.nii.gz" ] || python3 -c "
+import sys
+from FemurUNetLib.phantom import write_case
+from FemurUNetLib.phantom2 import generate_case
+from FemurUNetLib.phantom2_native import coarse_spacing
+seed, out = int(sys.argv[1]), sys.argv[2]
+write_case(generate_case(seed, spacing=coarse_spacing(seed) if seed % 2 else None, jobs=1), out)
+" {} "$0/phantoms14"' "$WORK"
+  export_cases phantoms14 30000 30099 30080 train14 val14 1.0
+}
+[ "$FIRST" = 14 ] && { stage14_data; exit 0; }
 [ "$FIRST" = 13 ] && { stage13_data; exit 0; }
 [ "$FIRST" = 12 ] && { stage12_data; exit 0; }
 [ "$FIRST" = 10 ] && { stage10_data; exit 0; }
