@@ -1,13 +1,13 @@
 """Coarse grids of phantom v2 made the way they are in practice: rendered on a finer native grid, then resampled.
 
 A scanner reconstructs axial pixels of about 0.5-1 mm; pixels of 2-3 mm come from resampling (research pipelines,
-model inputs, exports). Such a case is rendered on a grid ``FACTOR`` times finer along each axis of 2-3 mm (a
-native grid of 0.67-1 mm), put through the scanner physics there, then resampled to the coarse grid: the fine voxel at each
-coarse centre (the centres coincide, so the label stays exact) blended with the block mean by a drawn
-``antialias`` weight (0: no antialiasing, as nearest or linear resampling at coinciding centres; 1: the area
-average). Rendering such a grid straight at the coarse spacing would give partial volume and the kernel's halo
-at the coarse scale, which no resampled scan shows. Grids coarser than 3 mm are never drawn (tests and
-evaluations ask for them): they are rendered directly, as before.
+model inputs, exports). Such a case is rendered on a grid ``FACTOR`` times finer along each axis of 2-3 mm (a native
+grid of 0.67-1 mm), put through the scanner physics there, then resampled to the coarse grid: the fine voxel at each
+coarse centre (the centres coincide, so the label stays exact) blended with the block mean by a drawn ``antialias``
+weight (0: no antialiasing, as nearest or linear resampling at coinciding centres; 1: the area average). Rendering
+such a grid straight at the coarse spacing would give partial volume and the kernel's halo at the coarse scale,
+which no resampled scan shows. Grids coarser than 3 mm are never drawn (tests and evaluations ask for them): they
+are rendered directly, as before.
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def native_grid(geometry: Geometry, shape, factors) -> tuple:
     f_ijk = np.asarray(factors[::-1], float)
     spacing = np.asarray(geometry.spacing) / f_ijk
     origin = np.asarray(geometry.origin) - geometry.direction @ (spacing * (f_ijk - 1) / 2)
-    return Geometry(tuple(spacing), tuple(origin), geometry.direction), tuple(int(n * f) for n, f in zip(shape, factors))
+    fine_shape = tuple(int(n * f) for n, f in zip(shape, factors))
+    return Geometry(tuple(spacing), tuple(origin), geometry.direction), fine_shape
 
 
 def at_coarse_centres(fine: np.ndarray, factors) -> np.ndarray:

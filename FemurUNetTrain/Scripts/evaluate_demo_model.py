@@ -1,7 +1,8 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
-       [--tissue cortex=900,trabecular=400] [--coarse] [--no-real] [--json OUT.json] [--device cpu] [--mirror] [--keep-all-pieces]
+       [--tissue cortex=900,trabecular=400] [--coarse] [--no-real] [--json OUT.json] [--device cpu] [--mirror]
+       [--keep-all-pieces]
 
 Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
 one entry per model, each as a single model's file). ``--seeds`` takes ranges and seeds: ``25096-25111,26066``.
