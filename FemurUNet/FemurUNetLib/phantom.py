@@ -23,7 +23,6 @@ from .errors import FemurUNetError
 from .fileio import atomic_outputs
 from .geometry import Geometry
 from .sdf import _PRIMITIVES, grid_points, ramp_width, _box, _capsule, _ellipse_xy, _ellipsoid, _plane, _plate, _rotation, _smin, _sphere, _unit
-from .volume_io import write_image
 
 LEFT, RIGHT = 1, 2
 TISSUE = {"air": 0, "fat": 1, "soft_tissue": 2, "femur_cortex": 3, "femur_marrow": 4, "pelvis_cortex": 5,
@@ -637,6 +636,7 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, metal=
 # --- files and CLI ------------------------------------------------------------------------------------------
 def write_case(case: PhantomCase, outdir) -> tuple:
     """Write ``<name>_ct.nii.gz`` (int16) and ``<name>_femur.nii.gz`` (uint8), both or neither; return both paths."""
+    from .volume_io import write_image      # here: generating cases in memory needs no SimpleITK
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise FemurUNetError(f"{outdir}: exists and is not a folder")

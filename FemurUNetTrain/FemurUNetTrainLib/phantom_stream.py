@@ -1,0 +1,257 @@
+"""Training on phantoms made while the network trains: every case a new individual, never a fixed dataset.
+
+Worker processes generate phantom v2 cases and turn each into model-size slices the way ``femurunet export`` +
+``load_dataset`` do (canonical axial slices, the engine's 8-bit window, the engine's pad-and-resize; every slice of
+the case, stored as 8-bit at model size); the training process keeps them in a pool on the device (the oldest
+cases give way when it is full) and draws every batch uniformly from it. The step is ``femurunet train``'s:
+the seed's augmentation, optionally ``--intensity-augment``, 1 - Dice + W x BCE, Adam, autocast, a weight
+average (EMA) that is validated and saved. The rate warms up, then follows a cosine over the time budget.
+Validation: fixed seeds generated first, evaluated every ``--val-every`` seconds; the best average is saved.
+Made for a GPU machine with many cores; not bit-reproducible (what is in the pool depends on the workers' timing).
+
+    python3 -m FemurUNetTrainLib.phantom_stream --init MODEL.pt --out OUT.pt --minutes 7 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import queue
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from FemurUNetLib.device import pick_device
+from FemurUNetLib.geometry import CANONICAL_ORIENTATION, Reorientation
+from FemurUNetLib.model import UNet2D
+from FemurUNetLib.modelfile import load_model, save_model
+from FemurUNetLib.phantom2 import generate_case
+from FemurUNetLib.phantom2_native import coarse_spacing
+from FemurUNetLib.preprocess import window_to_uint8
+
+from .augment import draw_params
+from .dataset import SliceDataset, to_model_tensors
+from .distributed import Dist
+from .intensity import draw_intensity
+from .loss import evaluate
+from .options import AugmentConfig, IntensityConfig, TrainConfig
+from .step import WeightAverage, amp_dtype, augment, make_optimizer, optimise
+
+
+def coarse_seed(seed: int) -> bool:
+    """A third of the seeds are rendered on the isotropic 2-3 mm grid of ``coarse_spacing`` (stage 14's way)."""
+    return seed % 3 == 1
+
+
+def case_slices(seed: int, window: dict, input_size: int, **grid) -> tuple:
+    """(seed, images uint8 (n, S, S), masks bool (n, S, S)): every canonical axial slice of phantom ``seed``
+    at model size. ``grid``: ``generate_case`` overrides (``shape``, ``spacing``); default: drawn, coarse by seed."""
+    torch.set_num_threads(1)
+    if not grid and coarse_seed(seed):
+        grid = {"spacing": coarse_spacing(seed)}
+    case = generate_case(seed, jobs=1, **grid)
+    axial = Reorientation.for_geometry(case.geometry)
+    ct, label = axial.to_canonical(case.ct), axial.to_canonical(case.label != 0)
+    images = [window_to_uint8(s, window["center"], window["width"]) for s in ct]
+    x, y = to_model_tensors(images, [m.astype(np.uint8) * 255 for m in label], input_size)
+    return seed, x[:, 0].mul(255.0).round_().to(torch.uint8).numpy(), y[:, 0].numpy()
+
+
+class SlicePool:
+    """Model-size slices on the device, a ring of ``capacity`` slices (the oldest go first when full)."""
+
+    def __init__(self, capacity: int, size: int, device: torch.device):
+        self.images = torch.empty((capacity, 1, size, size), dtype=torch.uint8, device=device)
+        self.masks = torch.empty((capacity, 1, size, size), dtype=torch.bool, device=device)
+        self.capacity, self.added, self.cases = capacity, 0, []
+
+    def __len__(self) -> int:
+        return min(self.added, self.capacity)
+
+    def add(self, seed: int, images: np.ndarray, masks: np.ndarray) -> None:
+        images, masks = images[-self.capacity:], masks[-self.capacity:]
+        at = (self.added + np.arange(len(images))) % self.capacity
+        index = torch.from_numpy(at).to(self.images.device)
+        self.images[index] = torch.from_numpy(images).unsqueeze(1).to(self.images.device)
+        self.masks[index] = torch.from_numpy(masks).unsqueeze(1).to(self.masks.device)
+        self.added += len(images)
+        self.cases.append(int(seed))
+
+    def batch(self, indices: torch.Tensor) -> tuple:
+        indices = indices.to(self.images.device)
+        return self.images[indices].float().div_(255.0), self.masks[indices]
+
+    def dataset(self) -> SliceDataset:
+        """The whole pool as a ``SliceDataset`` (float images), for ``evaluate``."""
+        n = len(self)
+        return SliceDataset(images=self.images[:n].float().div_(255.0), masks=self.masks[:n],
+                            names=[str(i) for i in range(n)], manifest={"cases": {}}, root=Path("."))
+
+
+def scheduled_rate(lr: float, min_lr: float, warmup_steps: int, step: int, fraction: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then a cosine from ``lr`` to ``min_lr`` over the time budget."""
+    cosine = min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
+    return cosine * min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def seed_range(text: str) -> list:
+    """'A-B' -> [A, ..., B]."""
+    first, _, last = text.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+class _Run:
+    """The network, its average, the optimiser and the two pools of one streaming run."""
+
+    def __init__(self, args, device: torch.device):
+        start = load_model(args.init)
+        self.args, self.device, self.start = args, device, start
+        self.window, self.size = start.metadata["window"], int(start.metadata["input_size"])
+        self.config = TrainConfig(out=args.out, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                  base_filters=start.base_filters, input_size=self.size, bce_weight=args.bce_weight,
+                                  ema=args.ema, augment=AugmentConfig(),
+                                  intensity=IntensityConfig(enabled=args.intensity_augment))
+        torch.manual_seed(args.seed)
+        self.net = UNet2D(1, 1, start.base_filters)
+        self.net.load_state_dict(start.state_dict())
+        self.net.to(device).to(memory_format=torch.channels_last)
+        self.average = WeightAverage(self.net, args.ema)
+        self.optimizer = make_optimizer(self.net, args.lr)
+        self.amp = amp_dtype(args.amp, device)
+        self.train = SlicePool(args.capacity, self.size, device)
+        self.val = SlicePool(args.capacity, self.size, device)
+        self.val_seeds = set(seed_range(args.val_seeds))
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.intensity_gen = torch.Generator().manual_seed(args.seed + 1)
+        self.steps, self.best, self.log = 0, math.inf, []
+
+    def add(self, result) -> None:
+        seed, images, masks = result
+        (self.val if seed in self.val_seeds else self.train).add(seed, images, masks)
+
+    def step(self, lr: float) -> float:
+        c, n = self.config, self.args.batch_size
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = self.train.batch(torch.randint(len(self.train), (n,), generator=self.gen))
+        params = draw_params(n, self.size, self.size, c.augment, self.gen)
+        drawn = draw_intensity(n, c.intensity, self.intensity_gen) if c.intensity.enabled else None
+        x, y = augment(x, y, params, drawn, c, float(self.window["width"]))
+        loss = optimise(self.net, x, y, self.optimizer, None, Dist(), self.amp, c.bce_weight)
+        self.average.update(self.net)
+        self.steps += 1
+        return loss
+
+    def validate(self, model=None) -> tuple:
+        return evaluate(model or self.average.net, self.val.dataset(), self.device, self.amp, 128, Dist(), True)
+
+    def save(self, path, val_loss: float, val_dice: float) -> None:
+        training = {"recipe": "phantom stream (femurunet train's step on phantoms made while training)",
+                    "init": str(self.args.init), "steps": self.steps, "batch_size": self.args.batch_size,
+                    "lr": self.args.lr, "min_lr": self.args.min_lr, "ema": self.args.ema,
+                    "bce_weight": self.args.bce_weight, "intensity": self.config.intensity.to_dict(),
+                    "train_cases": len(self.train.cases), "val_seeds": self.args.val_seeds,
+                    "seeds": self.args.seeds, "val_loss": val_loss, "val_dice": val_dice,
+                    "torch": str(torch.__version__), "device": self.device.type}
+        save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
+                   input_size=self.size, training=training)
+
+
+def _record(run: _Run, started: float, losses: list, out: Path) -> dict:
+    """Validate the average (once every validation seed has arrived), keep it when best, log a line."""
+    record = {"seconds": round(time.time() - started, 1), "steps": run.steps, "train_cases": len(run.train.cases),
+              "train_slices": len(run.train), "loss": float(np.mean(losses)) if losses else None,
+              "lr": run.optimizer.param_groups[0]["lr"]}
+    if len(run.val.cases) == len(run.val_seeds):
+        if run.start is not None:     # the starting model's figures, once, then it is dropped
+            record["start_val_loss"], record["start_val_dice"] = run.validate(run.start.to(run.device))
+            run.start = None
+        record["val_loss"], record["val_dice"] = run.validate()
+        if record["val_loss"] < run.best:
+            run.best, record["best"] = record["val_loss"], True
+            run.save(out, record["val_loss"], record["val_dice"])
+    run.log.append(record)
+    with open(out.with_suffix(".log.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def _train_until(run: _Run, arrived: queue.Queue, deadline: float, out: Path) -> None:
+    args, started = run.args, time.time()
+    t0, losses, last_record = None, [], time.time()
+    while time.time() < deadline:
+        while not arrived.empty():
+            run.add(arrived.get())
+        if len(run.train.cases) < args.min_cases:
+            time.sleep(0.2)
+            continue
+        t0 = t0 or time.time()
+        fraction = (time.time() - t0) / max(1e-6, deadline - t0)
+        losses.append(run.step(scheduled_rate(args.lr, args.min_lr, args.warmup_steps, run.steps, fraction)))
+        if time.time() - last_record >= args.val_every:
+            _record(run, started, losses, out)
+            losses, last_record = [], time.time()
+    _record(run, started, losses, out)
+    last = run.log[-1]
+    run.save(out.with_name(out.stem + "_last.pt"), last.get("val_loss", math.nan), last.get("val_dice", math.nan))
+
+
+def stream_train(args) -> list:
+    """Run the workers and the training until ``args.minutes`` have passed; returns the log records."""
+    started = time.time()
+    device = pick_device(args.device)
+    torch.set_num_threads(max(1, args.threads))
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".log.jsonl").unlink(missing_ok=True)
+    run = _Run(args, device)
+    arrived = queue.Queue()
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = "1"                      # the workers' (spawned processes read it at start)
+    context = multiprocessing.get_context("spawn")
+    grid = {"shape": tuple(int(v) for v in args.shape.split(","))} if args.shape else {}
+    with context.Pool(args.workers, initializer=os.nice, initargs=(args.worker_nice,)) as workers:
+        for seed in seed_range(args.val_seeds) + seed_range(args.seeds):
+            workers.apply_async(case_slices, (seed, run.window, run.size), grid, callback=arrived.put,
+                                error_callback=lambda exc: print(f"phantom failed: {exc!r}", flush=True))
+        _train_until(run, arrived, started + 60.0 * args.minutes, out)
+        workers.terminate()
+    return run.log
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m FemurUNetTrainLib.phantom_stream", description=__doc__.split("\n")[0])
+    p.add_argument("--init", required=True, help="model to start from (its width, input size and window)")
+    p.add_argument("--out", required=True, help="best model (the weight average at its best validation)")
+    p.add_argument("--minutes", type=float, default=7.0, help="wall time of the whole run (default %(default)s)")
+    p.add_argument("--seeds", default="50000-59999", help="training phantom seeds A-B (default %(default)s)")
+    p.add_argument("--val-seeds", default="49000-49011", help="validation phantom seeds (default %(default)s)")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="phantom processes")
+    p.add_argument("--worker-nice", type=int, default=10, help="niceness of the phantom processes")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of the training process")
+    p.add_argument("--min-cases", type=int, default=8, help="training cases before the first step")
+    p.add_argument("--capacity", type=int, default=120000, help="slices kept in the pool on the device")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--min-lr", type=float, default=2e-6)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--bce-weight", type=float, default=10.0)
+    p.add_argument("--intensity-augment", action="store_true")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
+    p.add_argument("--val-every", type=float, default=60.0, help="seconds between validations")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--shape", default="", help="K,J,I: every phantom on a grid of this shape (tests)")
+    return p
+
+
+if __name__ == "__main__":       # run from the package, so the workers find case_slices by its module name
+    from FemurUNetTrainLib import phantom_stream
+    phantom_stream.stream_train(phantom_stream.parser().parse_args())

@@ -1,0 +1,88 @@
+"""Training on phantoms made while training (FemurUNetTrainLib.phantom_stream): the slices are those of the export
+route, the pool is a ring, the rate schedule, and a short run writes a loadable model and its log."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from FemurUNetLib.modelfile import load_model
+from FemurUNetLib.paths import DEFAULT_MODEL_PATH
+from FemurUNetLib.phantom2 import generate_case
+from FemurUNetTrainLib.dataset import load_dataset
+from FemurUNetTrainLib.export import export_arrays
+from FemurUNetTrainLib.phantom_stream import (SlicePool, case_slices, coarse_seed, parser, scheduled_rate,
+                                              seed_range, stream_train)
+
+WINDOW = {"center": 400.0, "width": 2000.0}
+SHAPE = (18, 40, 36)
+
+
+def test_case_slices_are_the_exported_slices_at_model_size(tmp_path):
+    seed, images, masks = case_slices(7, WINDOW, 64, shape=SHAPE)
+    case = generate_case(7, shape=SHAPE, jobs=1)
+    assert case.label.any(), "the test needs a case with femur"
+    export_arrays(case.ct, case.label, case.geometry, tmp_path, "c7", window=WINDOW, empty_fraction=1.0)
+    exported = load_dataset(tmp_path, 64)
+    assert seed == 7 and images.dtype == np.uint8 and masks.dtype == bool
+    assert images.shape == masks.shape == (SHAPE[0], 64, 64) == (len(exported), 64, 64)
+    difference = np.abs(images / 255.0 - exported.images[:, 0].numpy())
+    assert difference.max() <= 0.5 / 255 + 1e-6          # 8-bit storage of the resized slice, nothing else
+    assert np.array_equal(masks, exported.masks[:, 0].numpy())
+
+
+def test_a_third_of_the_seeds_are_coarse():
+    assert sum(coarse_seed(s) for s in range(300)) == 100
+
+
+def test_pool_is_a_ring_that_drops_the_oldest_slices():
+    pool = SlicePool(5, 4, torch.device("cpu"))
+    for seed, n in ((1, 3), (2, 3)):
+        pool.add(seed, np.full((n, 4, 4), seed * 10, np.uint8), np.full((n, 4, 4), seed == 2))
+    assert len(pool) == 5 and pool.cases == [1, 2]
+    x, y = pool.batch(torch.arange(5))
+    assert x[:, 0, 0, 0].mul(255).round().tolist() == [20, 10, 10, 20, 20]   # slot 0 overwritten by case 2
+    assert y[:, 0, 0, 0].tolist() == [True, False, False, True, True]
+    data = pool.dataset()
+    assert len(data) == 5 and data.images.dtype == torch.float32 and float(data.images.max()) == pytest.approx(20 / 255)
+
+
+def test_rate_warms_up_then_follows_a_cosine_over_the_budget():
+    assert scheduled_rate(1e-4, 1e-6, 100, 0, 0.0) == pytest.approx(1e-6)
+    assert scheduled_rate(1e-4, 1e-6, 100, 99, 0.0) == pytest.approx(1e-4)
+    assert scheduled_rate(1e-4, 1e-6, 100, 500, 0.5) == pytest.approx((1e-4 + 1e-6) / 2)
+    assert scheduled_rate(1e-4, 1e-6, 100, 500, 1.5) == pytest.approx(1e-6)
+    assert seed_range("5-7") == [5, 6, 7] and seed_range("9") == [9]
+
+
+def test_the_stream_needs_no_simpleitk(tmp_path):
+    code = ("import sys\nclass Block:\n    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == 'SimpleITK': raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\nfrom FemurUNetTrainLib import phantom_stream\n"
+            "print(phantom_stream.case_slices(3, {'center': 400.0, 'width': 2000.0}, 32, shape=(4, 20, 20))[1].shape)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(4,", "32,", "32)"]
+
+
+@pytest.mark.slow
+def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path):
+    out = tmp_path / "s.pt"
+    args = parser().parse_args(["--init", str(DEFAULT_MODEL_PATH), "--out", str(out), "--minutes", "0.4",
+                                "--workers", "1", "--shape", "10,40,40", "--val-seeds", "49000-49001",
+                                "--seeds", "50000-50100", "--min-cases", "2", "--batch-size", "2",
+                                "--val-every", "5", "--device", "cpu", "--warmup-steps", "2"])
+    log = stream_train(args)
+    lines = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
+    assert lines == json.loads(json.dumps(log)) and lines[-1]["steps"] > 0
+    validated = [r for r in lines if "val_loss" in r]
+    assert validated and "start_val_loss" in validated[0] and any(r.get("best") for r in validated)
+    model = load_model(out)
+    training = model.metadata["training"]
+    assert training["val_loss"] == min(r["val_loss"] for r in validated)
+    assert training["steps"] <= lines[-1]["steps"] and training["init"] == str(DEFAULT_MODEL_PATH)
+    assert load_model(tmp_path / "s_last.pt").metadata["training"]["steps"] == lines[-1]["steps"]
+    assert math.isfinite(training["val_dice"])
