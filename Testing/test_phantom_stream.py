@@ -84,5 +84,7 @@ def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path):
     training = model.metadata["training"]
     assert training["val_loss"] == min(r["val_loss"] for r in validated)
     assert training["steps"] <= lines[-1]["steps"] and training["init"] == str(DEFAULT_MODEL_PATH)
+    start = load_model(DEFAULT_MODEL_PATH).metadata      # the chain of runs stays traceable
+    assert training["init_training"] == {**start["training"], **({"blend": start["blend"]} if "blend" in start else {})}
     assert load_model(tmp_path / "s_last.pt").metadata["training"]["steps"] == lines[-1]["steps"]
     assert math.isfinite(training["val_dice"])

@@ -47,9 +47,12 @@ def test_demo_model_file_is_the_documented_one(model):
     meta = model.metadata
     assert meta["base_filters"] == 16 and meta["input_size"] == 256 and meta["orientation"] == "LPS"
     assert meta["window"] == {"center": 400.0, "width": 2000.0}
-    assert meta["blend"] == {"weight": 0.5, "tuned": "femurunet_demo_b16_stage7.pt",
-                             "start": "femurunet_demo_b16_stage6b.pt"}
-    stage7 = meta["training"]
+    stage8 = meta["training"]                        # the phantom-stream run (GPU) from the stage-7 blend
+    assert stage8["recipe"].startswith("phantom stream") and stage8["seeds"] == "50000-59999"
+    assert stage8["val_seeds"] == "49000-49011" and stage8["train_cases"] >= 200
+    stage7 = stage8["init_training"]
+    assert stage7["blend"] == {"weight": 0.5, "tuned": "femurunet_demo_b16_stage7.pt",
+                               "start": "femurunet_demo_b16_stage6b.pt"}
     assert stage7["cases"] == [f"phantom{s}" for s in STAGE7_TRAIN_SEEDS]
     assert stage7["val_cases"] == [f"phantom{s}" for s in STAGE7_VAL_SEEDS]
     stage6 = stage7["init_training"]                 # the stage-6 blend: its tuned run's record and the blend's
@@ -89,16 +92,18 @@ def _check_run(t: dict, flags: dict) -> None:
 
 def test_demo_model_was_trained_by_the_reproduction_scripts_seven_stages_and_blends(model):
     script = (Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts" / "train_demo_model.sh").read_text()
-    runs = script.split("femurunet train")[1:]
+    runs = script.split("STAGE7B=")[0].split("femurunet train")[1:]
     flags = [dict(re.findall(r"--([a-z-]+) ([0-9.e-]+|[a-z0-9]+)\b", part)) for part in runs]
     assert len(flags) == 7 and all("--intensity-augment" in part for part in runs)
     assert 'blend_models.py" 0.5 "$STAGE6" "$STAGE5" "$STAGE6B"' in script
-    assert 'blend_models.py" 0.5 "$STAGE7" "$STAGE6B" "$WORK/femurunet_demo_b16.pt"' in script
-    t = model.metadata["training"]
-    for stage in reversed(flags):                     # stage 7 (blended into the file), then the run it started from
+    assert 'blend_models.py" 0.5 "$STAGE7" "$STAGE6B" "$STAGE7B"' in script
+    assert 'phantom_stream --init "$STAGE7B" --out "$WORK/femurunet_demo_b16.pt" --minutes 8' in script
+    assert model.metadata["training"]["steps"] > 10000          # stage 8: the phantom-stream run of the file
+    t = model.metadata["training"]["init_training"]
+    for stage in reversed(flags):                     # stage 7 (blended into stage 7b), then the run it started from
         _check_run(t, stage)
         t = t.get("init_training")
-    run7 = model.metadata["training"]
+    run7 = model.metadata["training"]["init_training"]
     assert run7["epoch"] == 2 and run7["ema"] == 0.998
     run6 = run7["init_training"]
     assert run6["epoch"] == 2 and run6["ema"] == 0.998
@@ -167,13 +172,13 @@ def test_the_script_runs_only_the_stages_after_the_model_files_it_finds(tmp_path
     work, printed = _run_script(tmp_path / "a", "femurunet_demo_b16_stage5.pt", ("train12", "val12", "train13", "val13"))
     assert printed == [f"train {work / 'train12'}", f"train {work / 'train13'}"]
     assert load_model(work / "femurunet_demo_b16_stage6b.pt").metadata["blend"]["tuned"] == "femurunet_demo_b16_stage6.pt"
-    assert load_model(work / "femurunet_demo_b16.pt").metadata["blend"] == {
+    assert load_model(work / "femurunet_demo_b16_stage7b.pt").metadata["blend"] == {
         "weight": 0.5, "tuned": "femurunet_demo_b16_stage7.pt", "start": "femurunet_demo_b16_stage6b.pt"}
     assert sorted(p.name for p in work.glob("*.pt")) == [
-        "femurunet_demo_b16.pt", *(f"femurunet_demo_b16_stage{n}.pt" for n in ("5", "6", "6b", "7")),
+        *(f"femurunet_demo_b16_stage{n}.pt" for n in ("5", "6", "6b", "7", "7b")),
         "femurunet_demo_b16_v2.pt"]
     work, printed = _run_script(tmp_path / "b", "femurunet_demo_b16_stage6b.pt", ("train13", "val13"))
     assert printed == [f"train {work / 'train13'}"]
     assert sorted(p.name for p in work.glob("*.pt")) == [
-        "femurunet_demo_b16.pt", "femurunet_demo_b16_stage6b.pt", "femurunet_demo_b16_stage7.pt",
+        "femurunet_demo_b16_stage6b.pt", "femurunet_demo_b16_stage7.pt", "femurunet_demo_b16_stage7b.pt",
         "femurunet_demo_b16_v2.pt"]

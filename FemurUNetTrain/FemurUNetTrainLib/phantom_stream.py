@@ -40,6 +40,7 @@ from .intensity import draw_intensity
 from .loss import evaluate
 from .options import AugmentConfig, IntensityConfig, TrainConfig
 from .step import WeightAverage, amp_dtype, augment, make_optimizer, optimise
+from .train import start_provenance
 
 
 def coarse_seed(seed: int) -> bool:
@@ -110,6 +111,7 @@ class _Run:
     def __init__(self, args, device: torch.device):
         start = load_model(args.init)
         self.args, self.device, self.start = args, device, start
+        self.init_training = start_provenance(start.metadata)
         self.window, self.size = start.metadata["window"], int(start.metadata["input_size"])
         self.config = TrainConfig(out=args.out, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                   base_filters=start.base_filters, input_size=self.size, bce_weight=args.bce_weight,
@@ -156,7 +158,7 @@ class _Run:
                     "bce_weight": self.args.bce_weight, "intensity": self.config.intensity.to_dict(),
                     "train_cases": len(self.train.cases), "val_seeds": self.args.val_seeds,
                     "seeds": self.args.seeds, "val_loss": val_loss, "val_dice": val_dice,
-                    "torch": str(torch.__version__), "device": self.device.type}
+                    "torch": str(torch.__version__), "device": self.device.type, "init_training": self.init_training}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
                    input_size=self.size, training=training)
 

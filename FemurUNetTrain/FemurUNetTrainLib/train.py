@@ -217,7 +217,7 @@ def _load_data(config: TrainConfig) -> tuple:
     return train_data, val_data
 
 
-def _start_provenance(metadata: dict) -> Optional[dict]:
+def start_provenance(metadata: dict) -> Optional[dict]:
     """The --init model's training record, with its ``blend`` record when it is a blend of two runs."""
     training = metadata.get("training") or None
     if metadata.get("blend"):
@@ -238,7 +238,7 @@ def _build_net(config: TrainConfig, saved: Optional[dict], window: dict, device:
     elif config.init:
         start = initial_model(config, window)
         net.load_state_dict(start.state_dict())
-        init_training = _start_provenance(start.metadata)
+        init_training = start_provenance(start.metadata)
     net.to(device)
     if config.channels_last:
         net.to(memory_format=torch.channels_last)

@@ -96,4 +96,13 @@ have_from 7 || femurunet train "$WORK/train13" --val "$WORK/val13" --out "$STAGE
   --epochs 2 --steps-per-epoch 150 --batch-size 32 \
   --lr 2e-5 --warmup-epochs 0 --lr-schedule none --ema 0.998 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 16 --threads 2 "${@:2}"
-python3 "$HERE/blend_models.py" 0.5 "$STAGE7" "$STAGE6B" "$WORK/femurunet_demo_b16.pt"
+STAGE7B="$WORK/femurunet_demo_b16_stage7b.pt"
+[ -f "$STAGE7B" ] || python3 "$HERE/blend_models.py" 0.5 "$STAGE7" "$STAGE6B" "$STAGE7B"
+# Stage 8 (session 22; a GPU machine with 16 cores): 8 minutes on phantoms made while training (docs/TRAINING.md),
+# seeds 50000 on, validation seeds 49000-49011; the shipped file is that run's best weight average.
+if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  python3 -m FemurUNetTrainLib.phantom_stream --init "$STAGE7B" --out "$WORK/femurunet_demo_b16.pt" --minutes 8 \
+    --device cuda --intensity-augment --min-cases 24 --batch-size 64
+else
+  echo "stage 8 needs a CUDA GPU (and ~16 cores): $STAGE7B holds stages 1-7" >&2
+fi
