@@ -219,7 +219,7 @@ def test_sample_rejects_no_cases(tmp_path, capsys):
 
 
 def test_write_case_writes_both_files_or_neither(tmp_path, monkeypatch):
-    from FemurUNetLib import phantom, volume_io
+    from FemurUNetLib import volume_io
     case = generate_case(5, shape=(8, 32, 32))
     real = volume_io.write_image
     calls = []
@@ -230,7 +230,7 @@ def test_write_case_writes_both_files_or_neither(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(phantom, "write_image", second_fails)
+    monkeypatch.setattr(volume_io, "write_image", second_fails)   # write_case imports it when called
     with pytest.raises(FemurUNetError, match="cannot write the phantom files"):
         write_case(case, tmp_path)
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []       # the CT written first did not appear alone
