@@ -14,6 +14,7 @@ import evaluate_demo_model as script  # noqa: E402
 
 from FemurUNetLib.paths import DEFAULT_MODEL_PATH  # noqa: E402
 from FemurUNetLib.phantom2 import generate_case  # noqa: E402
+from FemurUNetTrainLib.options import seed_list  # noqa: E402
 
 COVERAGE = {1: "pelvis", 2: "chest"}
 
@@ -67,12 +68,13 @@ def test_several_models_are_measured_on_cases_made_once(tmp_path, coarse_cases):
     assert first["phantoms"] == [{**r, "seconds": f["seconds"]} for r, f in zip(second["phantoms"], first["phantoms"])]
 
 
-def test_seed_lists_and_bad_seeds():
-    assert script.parse_seeds("25096-25098,26066") == [25096, 25097, 25098, 26066]
-    assert script.parse_seeds("90000-90000") == [90000]
-    for bad in ("90000-abc", "", "1,,2"):
-        with pytest.raises(SystemExit, match="--seeds"):
-            script.parse_seeds(bad)
+def test_seed_lists_and_bad_seeds(capsys):
+    assert seed_list("25096-25098,26066") == [25096, 25097, 25098, 26066]
+    assert seed_list("90000-90000") == [90000]
+    for bad in ("90000-abc", "", "1,,2", "5-3", "-4"):
+        with pytest.raises(SystemExit):
+            script.main(["--seeds", bad, "--no-real"])
+        assert f"argument --seeds: {bad!r}: expected" in capsys.readouterr().err
 
 
 def test_fixed_tissue_values_reach_the_phantoms_and_the_record(tmp_path, coarse_cases, capsys):

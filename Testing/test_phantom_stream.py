@@ -1,5 +1,7 @@
 """Training on phantoms made while training (FemurUNetTrainLib.phantom_stream): the slices are those of the export
-route, the pool is a ring, the rate schedule, and a short run writes a loadable model and its log."""
+route, the pool is a ring, the validation set, the rate schedule, one-line errors, and a short run (through
+``femurunet train-phantoms``) writes a loadable model and its log."""
+import argparse
 import json
 import math
 import subprocess
@@ -14,8 +16,8 @@ from FemurUNetLib.paths import DEFAULT_MODEL_PATH
 from FemurUNetLib.phantom2 import generate_case
 from FemurUNetTrainLib.dataset import load_dataset
 from FemurUNetTrainLib.export import export_arrays
-from FemurUNetTrainLib.phantom_stream import (SlicePool, case_slices, coarse_seed, parser, scheduled_rate,
-                                              seed_range, stream_train)
+from FemurUNetTrainLib import cli
+from FemurUNetTrainLib.phantom_stream import SlicePool, _Run, add_arguments, case_slices, coarse_seed, scheduled_rate
 
 WINDOW = {"center": 400.0, "width": 2000.0}
 SHAPE = (18, 40, 36)
@@ -55,7 +57,44 @@ def test_rate_warms_up_then_follows_a_cosine_over_the_budget():
     assert scheduled_rate(1e-4, 1e-6, 100, 99, 0.0) == pytest.approx(1e-4)
     assert scheduled_rate(1e-4, 1e-6, 100, 500, 0.5) == pytest.approx((1e-4 + 1e-6) / 2)
     assert scheduled_rate(1e-4, 1e-6, 100, 500, 1.5) == pytest.approx(1e-6)
-    assert seed_range("5-7") == [5, 6, 7] and seed_range("9") == [9]
+
+
+def _args(*extra):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--init", str(DEFAULT_MODEL_PATH), "--out", "unused.pt", "--device", "cpu", *extra])
+
+
+def test_validation_cases_go_to_the_device_once_all_have_arrived_in_seed_order():
+    run = _Run(_args("--val-seeds", "7-9", "--seeds", "20-30", "--capacity", "4"), torch.device("cpu"))
+    size = run.size
+    def result(seed, n):
+        return seed, np.full((n, size, size), seed, np.uint8), np.zeros((n, size, size), bool)
+    for seed, n in ((9, 2), (20, 3), (7, 1)):
+        run.add(result(seed, n))
+        assert run.val is None
+    run.add(result(8, 4))
+    assert run.train.cases == [20] and run.val.cases == [7, 8, 9] and len(run.val) == 7 > run.train.capacity
+    assert run.val.batch(torch.arange(7))[0][:, 0, 0, 0].mul(255).round().tolist() == [7, 8, 8, 8, 8, 9, 9]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--seeds", "1-5", "--val-seeds", "5-6"), "--seeds 1-5 and --val-seeds 5-6 overlap"),
+    (("--seeds", "1-x"), "--seeds '1-x': expected ranges like 90000-90039 or seeds like 25096"),
+    (("--init", "missing.pt"), "missing.pt: model file not found")])
+def test_bad_runs_are_one_line_errors_before_anything_is_written(tmp_path, capsys, extra, message):
+    out = tmp_path / "run" / "s.pt"
+    argv = ["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(out), "--device", "cpu", *extra]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == f"femurunet train-phantoms: error: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_module_entry_gives_the_same_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "FemurUNetTrainLib.phantom_stream", "--init", "missing.pt",
+                           "--out", "s.pt"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "s.log.jsonl").exists()
+    assert done.stderr == "python3 -m FemurUNetTrainLib.phantom_stream: error: missing.pt: model file not found\n"
 
 
 def test_the_stream_needs_no_simpleitk(tmp_path):
@@ -69,17 +108,19 @@ def test_the_stream_needs_no_simpleitk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path):
+def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path, capsys):
     out = tmp_path / "s.pt"
-    args = parser().parse_args(["--init", str(DEFAULT_MODEL_PATH), "--out", str(out), "--minutes", "0.4",
-                                "--workers", "1", "--shape", "10,40,40", "--val-seeds", "49000-49001",
-                                "--seeds", "50000-50100", "--min-cases", "2", "--batch-size", "2",
-                                "--val-every", "5", "--device", "cpu", "--warmup-steps", "2"])
-    log = stream_train(args)
+    assert cli.main(["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(out), "--minutes", "0.4",
+                     "--workers", "1", "--shape", "10,40,40", "--val-seeds", "49000-49001",
+                     "--seeds", "50000-50100", "--min-cases", "2", "--batch-size", "2",
+                     "--val-every", "5", "--device", "cpu", "--warmup-steps", "2"]) == 0
     lines = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
-    assert lines == json.loads(json.dumps(log)) and lines[-1]["steps"] > 0
+    assert lines[-1]["steps"] > 0
     validated = [r for r in lines if "val_loss" in r]
     assert validated and "start_val_loss" in validated[0] and any(r.get("best") for r in validated)
+    best = [r for r in validated if r.get("best")][-1]
+    assert capsys.readouterr().out.splitlines()[-1] == (f"best validation: loss {best['val_loss']:.4f}, "
+                                                        f"Dice {best['val_dice']:.4f} at step {best['steps']}")
     model = load_model(out)
     training = model.metadata["training"]
     assert training["val_loss"] == min(r["val_loss"] for r in validated)

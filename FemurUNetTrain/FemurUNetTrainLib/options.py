@@ -38,6 +38,20 @@ def zoom_value(text: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def seed_list(text: str) -> list:
+    """Phantom seeds from ``A-B`` ranges and single seeds separated by commas (``90000-90039,25096``), in order."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            seeds.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ranges like 90000-90039 or seeds like 25096") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one seed, none negative")
+    return seeds
+
+
 FILL_MODES = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
 
 

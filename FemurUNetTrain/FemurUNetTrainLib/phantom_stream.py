@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import queue
+import sys
 import time
 from pathlib import Path
 
@@ -26,19 +27,21 @@ import numpy as np
 import torch
 
 from FemurUNetLib.device import pick_device
+from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import CANONICAL_ORIENTATION, Reorientation
 from FemurUNetLib.model import UNet2D
 from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.phantom2 import generate_case
 from FemurUNetLib.phantom2_native import coarse_spacing
 from FemurUNetLib.preprocess import window_to_uint8
+from FemurUNetLib.segment_options import positive_int
 
 from .augment import draw_params
 from .dataset import SliceDataset, to_model_tensors
 from .distributed import Dist
 from .intensity import draw_intensity
 from .loss import evaluate
-from .options import AugmentConfig, IntensityConfig, TrainConfig
+from .options import AMP_MODES, AugmentConfig, IntensityConfig, TrainConfig, seed_list
 from .step import WeightAverage, amp_dtype, augment, make_optimizer, optimise
 from .train import start_provenance
 
@@ -99,16 +102,20 @@ def scheduled_rate(lr: float, min_lr: float, warmup_steps: int, step: int, fract
     return cosine * min(1.0, (step + 1) / max(1, warmup_steps))
 
 
-def seed_range(text: str) -> list:
-    """'A-B' -> [A, ..., B]."""
-    first, _, last = text.partition("-")
-    return list(range(int(first), int(last or first) + 1))
+def _seeds(text: str, flag: str) -> list:
+    try:
+        return seed_list(text)
+    except argparse.ArgumentTypeError as exc:
+        raise FemurUNetError(f"{flag} {exc}") from None
 
 
 class _Run:
     """The network, its average, the optimiser and the two pools of one streaming run."""
 
     def __init__(self, args, device: torch.device):
+        self.train_seeds, self.val_seeds = _seeds(args.seeds, "--seeds"), _seeds(args.val_seeds, "--val-seeds")
+        if set(self.train_seeds) & set(self.val_seeds):
+            raise FemurUNetError(f"--seeds {args.seeds} and --val-seeds {args.val_seeds} overlap")
         start = load_model(args.init)
         self.args, self.device, self.start = args, device, start
         self.init_training = start_provenance(start.metadata)
@@ -125,15 +132,21 @@ class _Run:
         self.optimizer = make_optimizer(self.net, args.lr)
         self.amp = amp_dtype(args.amp, device)
         self.train = SlicePool(args.capacity, self.size, device)
-        self.val = SlicePool(args.capacity, self.size, device)
-        self.val_seeds = set(seed_range(args.val_seeds))
+        self.val, self.val_parts = None, {}
         self.gen = torch.Generator().manual_seed(args.seed)
         self.intensity_gen = torch.Generator().manual_seed(args.seed + 1)
         self.steps, self.best, self.log = 0, math.inf, []
 
     def add(self, result) -> None:
         seed, images, masks = result
-        (self.val if seed in self.val_seeds else self.train).add(seed, images, masks)
+        if seed not in self.val_seeds:
+            self.train.add(seed, images, masks)
+            return
+        self.val_parts[seed] = (images, masks)
+        if len(self.val_parts) == len(self.val_seeds):      # complete: on the device, in seed order
+            self.val = SlicePool(sum(len(i) for i, _ in self.val_parts.values()), self.size, self.device)
+            for s in self.val_seeds:
+                self.val.add(s, *self.val_parts.pop(s))
 
     def step(self, lr: float) -> float:
         c, n = self.config, self.args.batch_size
@@ -168,7 +181,7 @@ def _record(run: _Run, started: float, losses: list, out: Path) -> dict:
     record = {"seconds": round(time.time() - started, 1), "steps": run.steps, "train_cases": len(run.train.cases),
               "train_slices": len(run.train), "loss": float(np.mean(losses)) if losses else None,
               "lr": run.optimizer.param_groups[0]["lr"]}
-    if len(run.val.cases) == len(run.val_seeds):
+    if run.val is not None:
         if run.start is not None:     # the starting model's figures, once, then it is dropped
             record["start_val_loss"], record["start_val_dice"] = run.validate(run.start.to(run.device))
             run.start = None
@@ -209,17 +222,17 @@ def stream_train(args) -> list:
     device = pick_device(args.device)
     torch.set_num_threads(max(1, args.threads))
     torch.backends.cudnn.benchmark = device.type == "cuda"
+    run = _Run(args, device)               # checks the seeds and the starting model before anything is written
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".log.jsonl").unlink(missing_ok=True)
-    run = _Run(args, device)
     arrived = queue.Queue()
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = "1"                      # the workers' (spawned processes read it at start)
     context = multiprocessing.get_context("spawn")
-    grid = {"shape": tuple(int(v) for v in args.shape.split(","))} if args.shape else {}
+    grid = {"shape": args.shape} if args.shape else {}
     with context.Pool(args.workers, initializer=os.nice, initargs=(args.worker_nice,)) as workers:
-        for seed in seed_range(args.val_seeds) + seed_range(args.seeds):
+        for seed in run.val_seeds + run.train_seeds:
             workers.apply_async(case_slices, (seed, run.window, run.size), grid, callback=arrived.put,
                                 error_callback=lambda exc: print(f"phantom failed: {exc!r}", flush=True))
         _train_until(run, arrived, started + 60.0 * args.minutes, out)
@@ -227,33 +240,72 @@ def stream_train(args) -> list:
     return run.log
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m FemurUNetTrainLib.phantom_stream", description=__doc__.split("\n")[0])
+def _shape(text: str) -> tuple:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three voxel counts K,J,I")
+    return shape
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a streaming run (``femurunet train-phantoms`` and ``python3 -m`` this module)."""
     p.add_argument("--init", required=True, help="model to start from (its width, input size and window)")
     p.add_argument("--out", required=True, help="best model (the weight average at its best validation)")
-    p.add_argument("--minutes", type=float, default=7.0, help="wall time of the whole run (default %(default)s)")
+    p.add_argument("--minutes", type=_positive, default=7.0, help="wall time of the whole run (default %(default)s)")
     p.add_argument("--seeds", default="50000-59999", help="training phantom seeds A-B (default %(default)s)")
     p.add_argument("--val-seeds", default="49000-49011", help="validation phantom seeds (default %(default)s)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="phantom processes")
+    p.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2), help="phantom processes")
     p.add_argument("--worker-nice", type=int, default=10, help="niceness of the phantom processes")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of the training process")
-    p.add_argument("--min-cases", type=int, default=8, help="training cases before the first step")
-    p.add_argument("--capacity", type=int, default=120000, help="slices kept in the pool on the device")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of the training process")
+    p.add_argument("--min-cases", type=positive_int, default=8, help="training cases before the first step")
+    p.add_argument("--capacity", type=positive_int, default=120000, help="slices kept in the pool on the device")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=_positive, default=1e-4)
     p.add_argument("--min-lr", type=float, default=2e-6)
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--bce-weight", type=float, default=10.0)
     p.add_argument("--intensity-augment", action="store_true")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
-    p.add_argument("--val-every", type=float, default=60.0, help="seconds between validations")
+    p.add_argument("--amp", default="auto", choices=AMP_MODES)
+    p.add_argument("--val-every", type=_positive, default=60.0, help="seconds between validations")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto")
-    p.add_argument("--shape", default="", help="K,J,I: every phantom on a grid of this shape (tests)")
-    return p
+    p.add_argument("--shape", type=_shape, help="K,J,I: every phantom on a grid of this shape (tests)")
+
+
+def main(argv=None) -> int:
+    """``python3 -m FemurUNetTrainLib.phantom_stream``: for machines without SimpleITK (the ``femurunet`` command
+    needs it); errors as the command gives them."""
+    prog = "python3 -m FemurUNetTrainLib.phantom_stream"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    add_arguments(p)
+    try:
+        summary(stream_train(p.parse_args(argv)))
+    except FemurUNetError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def summary(log: list) -> None:
+    best = [r for r in log if r.get("best")]
+    if best:
+        r = best[-1]
+        print(f"best validation: loss {r['val_loss']:.4f}, Dice {r['val_dice']:.4f} at step {r['steps']}", flush=True)
+    else:
+        print("no validation finished: the validation phantoms did not all arrive in time", flush=True)
 
 
 if __name__ == "__main__":       # run from the package, so the workers find case_slices by its module name
     from FemurUNetTrainLib import phantom_stream
-    phantom_stream.stream_train(phantom_stream.parser().parse_args())
+    sys.exit(phantom_stream.main())

@@ -32,6 +32,7 @@ from FemurUNetLib.phantom2 import generate_case as generate_case_v2, tissue_sett
 from FemurUNetLib.phantom2_body import draw_hu
 from FemurUNetLib.phantom2_native import coarse_spacing
 from FemurUNetLib.volume_io import read_volume
+from FemurUNetTrainLib.options import seed_list
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_CT = REPO.parent / "shared" / "data" / "real_ct"
@@ -52,20 +53,6 @@ def reproduce(*commands) -> list:
 
 def print_reproduce(lines) -> None:
     print("  reproduce with:  " + "\n                   ".join(lines), flush=True)
-
-
-def parse_seeds(text: str) -> list:
-    """Seeds from ``A-B`` ranges and single seeds separated by commas, in the order given."""
-    seeds = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            seeds.extend(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise SystemExit(f"--seeds: expected ranges like 90000-90039 or seeds like 25096, got {text!r}") from None
-    if not seeds:
-        raise SystemExit(f"--seeds: no seed in {text!r}")
-    return seeds
 
 
 def parse_tissue(text) -> dict:
@@ -161,7 +148,7 @@ def real_ct(args, segment, segment_command) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("models", nargs="*", metavar="model", help="model .pt (default: the shipped demo model)")
-    parser.add_argument("--seeds", default="90000-90039", help="held-out phantom seeds: A-B ranges and seeds, "
+    parser.add_argument("--seeds", type=seed_list, default="90000-90039", help="held-out phantom seeds: A-B ranges and seeds, "
                         "comma-separated (default 90000-90039)")
     parser.add_argument("--phantom", type=int, choices=(1, 2), default=2, help="phantom generator (default 2)")
     parser.add_argument("--tissue", help="phantom v2 tissue values fixed over the drawn ones, e.g. "
@@ -174,7 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation (segment --mirror)")
     parser.add_argument("--keep-all-pieces", action="store_true", help="keep detached pieces (segment --keep-all-pieces)")
     args = parser.parse_args(argv)
-    seeds, names = parse_seeds(args.seeds), args.models or [None]
+    seeds, names = args.seeds, args.models or [None]
     tissue = parse_tissue(args.tissue)
     if tissue and args.phantom != 2:
         parser.error("--tissue: only phantom v2 draws tissue values")

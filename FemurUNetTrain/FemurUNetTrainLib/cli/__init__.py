@@ -9,11 +9,11 @@ import sys
 
 from FemurUNetLib.errors import FemurUNetError
 
-from . import benchmark, evaluate, export, import_keras, sample, segment, segment_folder, train
+from . import benchmark, evaluate, export, import_keras, sample, segment, segment_folder, train, train_phantoms
 from .common import OneLineParser, TerminalLine
 from .messages import add_verbose_argument, library_messages
 
-COMMANDS = (segment, segment_folder, evaluate, sample, export, train, import_keras, benchmark)
+COMMANDS = (segment, segment_folder, evaluate, sample, export, train, train_phantoms, import_keras, benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:
