@@ -64,7 +64,9 @@ def _case(seed, coverage, spacing=COARSE, direction=None):
 
 def _grid(seed, coverage, spacing=None, direction=None):
     """(geometry, shape, scanner rotation, fov) of the seed's case, drawn again from its grid stream."""
-    return make_grid(phantom2._streams(seed)[1], make_scene(seed), coverage, spacing, direction)
+    streams = phantom2._streams(seed)
+    hip = phantom2.draw_hip_field(streams[7], coverage)
+    return make_grid(streams[1], make_scene(seed), coverage, spacing, direction, hip=hip)
 
 
 def _centres(geometry, shape, rotation):
@@ -604,6 +606,41 @@ def test_leg_scans_hold_the_legs_they_aim_at():
         if (one_leg and max(shares) < 0.95) or (not one_leg and min(shares) < 0.5):
             failures.append((seed, round(fov), [round(float(s), 2) for s in shares]))
     assert not failures, failures
+
+
+def test_targeted_hip_fields_are_drawn_for_pelvis_and_hip_to_knee_scans_only():
+    n = 4000
+    for coverage in COVERAGES:
+        fields = [phantom2.draw_hip_field(np.random.default_rng(s), coverage) for s in range(n)]
+        drawn = [f for f in fields if f is not None]
+        if coverage not in phantom2.HIP_FIELD_COVERAGES:
+            assert not drawn, coverage
+            continue
+        p = phantom2.HIP_FIELD_P
+        assert abs(len(drawn) / n - p) < 4.5 * np.sqrt(p * (1 - p) / n), coverage
+        fov = np.array([f["fov"] for f in drawn])
+        assert fov.min() >= 150.0 and fov.max() <= 250.0 and np.ptp(fov) > 80.0
+        assert abs(np.mean([f["side"] == "left" for f in drawn]) - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("coverage", ["pelvis", "hip_to_knee"])
+def test_a_targeted_hip_field_holds_that_hip_only_with_its_exact_label(coverage):
+    """The field (150-250 mm) holds the aimed femoral head; the other femur is outside; the label is exact."""
+    seed = next(s for s in range(200) if phantom2.draw_hip_field(phantom2._streams(s)[7], coverage))
+    side = phantom2.draw_hip_field(phantom2._streams(seed)[7], coverage)["side"]
+    case = generate_case(seed, spacing=COARSE, coverage=coverage, direction=np.eye(3))
+    geometry, shape, rotation, fov = _grid(seed, coverage, COARSE, np.eye(3))
+    assert 150.0 <= fov <= 250.0 and case.label.shape == shape
+    head = rotation @ _scene(seed).ind.marks[f"head_{side}"]
+    assert _in_fov(geometry, shape, head[None], fov, margin=30.0)[0], "the aimed femoral head is not in the field"
+    lps, anat = _centres(geometry, shape, rotation)
+    truth = femur_truth(seed, _q(anat))
+    inside = _in_fov(geometry, shape, lps, fov, margin=2 * max(COARSE))
+    assert (truth[inside] == phantom2.LABEL[side]).sum() > 100
+    other = "right" if side == "left" else "left"
+    assert not (case.label == phantom2.LABEL[other]).any(), "the other femur is labelled"
+    wrong = (case.label != truth) & inside
+    assert not wrong.any(), f"{int(wrong.sum())} voxels differ from the truth"
 
 
 def test_field_of_view_is_a_scanner_axial_disc_on_a_permuted_grid():

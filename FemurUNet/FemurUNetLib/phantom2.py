@@ -42,6 +42,8 @@ CAVITY_ONLY = ("bowel",)
 BODY_CUT_P = 0.1        # trunk scans whose field is narrower than the body
 RESAMPLED_P = 0.1       # isotropic 1.5-3 mm voxels
 CROPPED_P = 0.2         # a rectangular field: the front-back extent cropped to 65-100 % of the width
+HIP_FIELD_P = 0.15      # pelvis and hip-to-knee scans reconstructed on one hip (orthopaedic CT)
+HIP_FIELD_COVERAGES = ("pelvis", "hip_to_knee")
 
 
 def coverage_range(rng, ind: Individual, scene, coverage) -> tuple:
@@ -58,8 +60,26 @@ def coverage_range(rng, ind: Individual, scene, coverage) -> tuple:
     return ranges[coverage]
 
 
-def _draw_scan(rng, scene, coverage) -> dict:
-    """Field of view (mm), its centre in the scanner frame, matrix, slice spacing and the patient's rotation."""
+def draw_hip_field(rng, coverage):
+    """A targeted one-hip field ({"side", "fov", "shift"}) for a share of pelvis and hip-to-knee scans, else None.
+    Drawn from its own stream, the same number of draws for every coverage."""
+    u, side, fov, shift = rng.random(), rng.random(), rng.uniform(150, 250), rng.uniform(-15, 15, 2)
+    if coverage not in HIP_FIELD_COVERAGES or u >= HIP_FIELD_P:
+        return None
+    return {"side": "left" if side < 0.5 else "right", "fov": float(fov), "shift": shift}
+
+
+def _aim_at_hip(centre, fov, rotation, marks, hip, coverage) -> tuple:
+    """Centre and field of a targeted hip scan: on the femoral head (pelvis), or between it and the knee."""
+    head, knee = (rotation @ marks[f"{m}_{hip['side']}"] for m in ("head", "knee"))
+    aim = head if coverage == "pelvis" else 0.5 * (head + knee)
+    centre[:2] = aim[:2] + hip["shift"]
+    return centre, min(fov, hip["fov"])
+
+
+def _draw_scan(rng, scene, coverage, hip=None) -> dict:
+    """Field of view (mm), its centre in the scanner frame, matrix, slice spacing and the patient's rotation;
+    ``hip``: a targeted one-hip field (``draw_hip_field``) put over the drawn one."""
     lo, hi = coverage_range(rng, scene.ind, scene, coverage)
     body, marks = scene.body, scene.ind.marks
     legs_only = coverage in ("knee_to_ankle",) or (coverage == "whole_leg" and rng.random() < 0.5)
@@ -88,16 +108,18 @@ def _draw_scan(rng, scene, coverage) -> dict:
             need = float(np.ptp(legs, axis=0).max()) + 180.0
             fov = min(500.0, max(fov, need))
             centre[:2] += jitter if need <= 500.0 else 0.0      # legs spread wide: centred, no room to be off
+    if hip is not None:
+        centre, fov = _aim_at_hip(centre, fov, rotation, marks, hip, coverage)
     return {"fov": fov, "fov_y": fov * crop_y, "centre": centre, "resampled": n_xy == 0, "s_z": s_z,
             "n_xy": n_xy or max(16, int(round(fov / s_z))),
             "n_z": max(1, int(round((hi - lo) / s_z))), "rotation": rotation}
 
 
-def make_grid(rng, scene, coverage, spacing=None, direction=None, shape=None) -> tuple:
+def make_grid(rng, scene, coverage, spacing=None, direction=None, shape=None, hip=None) -> tuple:
     """(Geometry, numpy shape, patient rotation, field of view) of an axial scan over the coverage. ``spacing``
     (i, j, k), ``direction`` and ``shape`` (numpy k, j, i) override the drawn ones; a shape alone keeps the
-    drawn extent and derives the spacing."""
-    scan = _draw_scan(rng, scene, coverage)
+    drawn extent and derives the spacing. ``hip``: a targeted one-hip field (``draw_hip_field``)."""
+    scan = _draw_scan(rng, scene, coverage, hip)
     use_random = rng.random() < 0.3
     random_direction = _random_direction(rng)
     direction = np.asarray((random_direction if use_random else np.eye(3)) if direction is None else direction, float)
@@ -450,7 +472,8 @@ def _streams(seed):
     seed = int(seed)
     if seed < 0:
         raise FemurUNetError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, 2]).spawn(7)     # later streams (femur shapes, native grid): the first stay
+    return np.random.default_rng([seed, 2]).spawn(8)     # later streams (femur shapes, native grid, hip field):
+                                                         # the first stay
 
 
 def _scene(anatomy_rng, femur_rng):
@@ -515,7 +538,7 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     to 2 CPUs); the result does not depend on it. ``scanner``: fixed scanner settings over the drawn ones
     (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel).
     ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g. ``{"cortex": 900}``)."""
-    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng = _streams(seed)
+    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng = _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
     scene = _scene(anatomy_rng, femur_rng)
     if tissue:
@@ -524,7 +547,8 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
         coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
     if coverage not in COVERAGES:
         raise FemurUNetError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
-    geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction, shape)
+    hip = draw_hip_field(hip_rng, coverage)
+    geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction, shape, hip)
     native = draw_native(native_rng)
     factors = native_factors(geometry, shape) if native["native"] else None
     grid = (geometry, shape) if factors is None else native_grid(geometry, shape, factors)

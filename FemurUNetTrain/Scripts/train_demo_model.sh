@@ -99,7 +99,8 @@ have_from 7 || femurunet train "$WORK/train13" --val "$WORK/val13" --out "$STAGE
 STAGE7B="$WORK/femurunet_demo_b16_stage7b.pt"
 [ -f "$STAGE7B" ] || python3 "$HERE/blend_models.py" 0.5 "$STAGE7" "$STAGE6B" "$STAGE7B"
 # Stage 8 (session 22; a GPU machine with 16 cores): 8 minutes on phantoms made while training (docs/TRAINING.md),
-# seeds 50000 on, validation seeds 49000-49011; the shipped file is that run's best weight average.
+# seeds 50000 on, validation seeds 49000-49011 (phantom code of commit 5baa9fe: before the targeted hip fields);
+# the shipped file is that run's best weight average.
 if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   python3 -m FemurUNetTrainLib.phantom_stream --init "$STAGE7B" --out "$WORK/femurunet_demo_b16.pt" --minutes 8 \
     --device cuda --intensity-augment --min-cases 24 --batch-size 64
