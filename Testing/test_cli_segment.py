@@ -158,6 +158,23 @@ def test_segment_mirror_flag_averages_with_the_mirrored_slices(tmp_path, capsys,
     assert np.abs(probs[()] - expected).max() > 1e-4
 
 
+def test_segment_min_field_pads_small_fields_as_the_engine_does(tmp_path, capsys, tiny_model_file):
+    from FemurUNetLib import segment_volume
+    from FemurUNetLib.modelfile import load_model
+    hu = np.random.default_rng(4).integers(-1000, 1500, (3, 40, 48)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.nii.gz"))          # 1 mm pixels: 48 mm
+    out = tmp_path / "p.nii.gz"
+    code, _, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / "l.nii.gz", "--model",
+                           tiny_model_file, "--probabilities", out, "--no-autocast", "--quiet", "--min-field", "96")
+    assert code == 0, err
+    net = load_model(tiny_model_file)
+    padded = segment_volume(hu, None, net, autocast=False, min_field_mm=96, return_probabilities=True)
+    plain = segment_volume(hu, None, net, autocast=False, min_field_mm=0, return_probabilities=True)
+    assert padded.stats["min_side"] == 96 and plain.stats["min_side"] == 0
+    assert np.allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), padded.probabilities, atol=1e-6)
+    assert np.abs(padded.probabilities - plain.probabilities).max() > 1e-4
+
+
 def test_version_names_the_installed_package(capsys):
     from importlib.metadata import version
     with pytest.raises(SystemExit) as done:
@@ -169,7 +186,9 @@ def test_version_names_the_installed_package(capsys):
                                                   ("--threshold", "0", "not between 0 and 1"),
                                                   ("--threshold", "nan", "not a finite number"),
                                                   ("--batch-size", "0", "at least 1"),
-                                                  ("--batch-size", "2.5", "not a whole number")])
+                                                  ("--batch-size", "2.5", "not a whole number"),
+                                                  ("--min-field", "-5", "not a field of view of 0..2000 mm"),
+                                                  ("--min-field", "inf", "not a finite number")])
 def test_out_of_range_options_are_one_line_errors_before_any_work(tmp_path, capsys, flag, value, problem):
     out = tmp_path / "out.nii.gz"
     with pytest.raises(SystemExit) as done:

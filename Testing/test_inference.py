@@ -206,6 +206,31 @@ def test_mirror_averages_each_slice_with_its_left_right_mirror():
     assert np.array_equal(r.labelmap[clear], (expected[clear] > 0.5).astype(np.uint8))
 
 
+def test_a_small_field_is_padded_with_air_to_the_minimum_field():
+    """min_field_mm: the probabilities of the slices padded with air to that field of view, cropped back; the
+    in-plane spacing sets the padding (not the slice spacing); the model's metadata gives the default."""
+    torch.manual_seed(0)
+    net = UNet2D(base_filters=4).eval()
+    net.metadata = model_metadata(net)
+    hu, g = blob_volume((3, 48, 40)), Geometry((2.0, 2.0, 0.5))        # a 80 x 96 mm field
+    padded = np.full((3, 100, 100), -1000, np.int16)                  # 200 mm at 2 mm, the slices centred
+    padded[:, 26:74, 30:70] = hu
+    run = lambda volume, **kw: segment_volume(volume, g, net, autocast=False, return_probabilities=True,
+                                              keep_all_pieces=True, **kw)
+    expected = run(padded).probabilities[:, 26:74, 30:70]
+    r = run(hu, min_field_mm=200)
+    assert r.stats["min_side"] == 100 and np.allclose(r.probabilities, expected, atol=1e-6)
+    assert np.array_equal(r.labelmap, (r.probabilities > 0.5).astype(np.uint8))
+    plain = run(hu).probabilities
+    assert np.abs(plain - expected).max() > 1e-3                      # the padding changes what the network sees
+    assert np.array_equal(run(hu, min_field_mm=90).probabilities, plain)    # the field is already that large
+    net.metadata["min_field_mm"] = 200.0
+    assert np.allclose(run(hu).probabilities, expected, atol=1e-6)
+    assert np.array_equal(run(hu, min_field_mm=0).probabilities, plain)
+    with pytest.raises(FemurUNetError, match="minimum field of view must be 0..2000 mm, got -1"):
+        run(hu, min_field_mm=-1)
+
+
 @pytest.mark.parametrize("depth", [9, 10])
 def test_fast_runs_every_other_slice_and_fills_from_neighbours(depth):
     net = CountingUNet(base_filters=4)

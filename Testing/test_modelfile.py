@@ -87,6 +87,15 @@ def test_invalid_metadata_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_minimum_field_is_kept_and_checked(tmp_path):
+    net = UNet2D(base_filters=4)
+    assert load_model(save_model(net, tmp_path / "m.pt", min_field_mm=300.0)).metadata["min_field_mm"] == 300.0
+    for bad in (-5, "300", 1e9):
+        with pytest.raises(FemurUNetError, match=f"min_field_mm {bad!r} must be a number of mm, 0..2000"):
+            save_model(net, tmp_path / "bad.pt", min_field_mm=bad)
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_resolve_model_accepts_modules_and_paths(tmp_path):
     net = UNet2D(base_filters=4)
     assert resolve_model(net) is net and net.metadata["base_filters"] == 4

@@ -14,7 +14,9 @@ import torch
 from FemurUNetLib.modelfile import load_model
 from FemurUNetLib.paths import DEFAULT_MODEL_PATH
 from FemurUNetLib.phantom2 import generate_case
-from FemurUNetTrainLib.dataset import load_dataset
+from FemurUNetLib.geometry import Reorientation
+from FemurUNetLib.preprocess import window_to_uint8
+from FemurUNetTrainLib.dataset import load_dataset, to_model_tensors
 from FemurUNetTrainLib.export import export_arrays
 from FemurUNetTrainLib import cli
 from FemurUNetTrainLib.phantom_stream import SlicePool, _Run, add_arguments, case_slices, coarse_seed, scheduled_rate
@@ -34,6 +36,24 @@ def test_case_slices_are_the_exported_slices_at_model_size(tmp_path):
     difference = np.abs(images / 255.0 - exported.images[:, 0].numpy())
     assert difference.max() <= 0.5 / 255 + 1e-6          # 8-bit storage of the resized slice, nothing else
     assert np.array_equal(masks, exported.masks[:, 0].numpy())
+
+
+def test_case_slices_are_padded_with_air_to_the_minimum_field():
+    """The same model-size slices as the case's windowed slices padded with air (0) to the field's square."""
+    case = generate_case(7, shape=SHAPE, jobs=1)
+    axial = Reorientation.for_geometry(case.geometry)
+    ct, label = axial.to_canonical(case.ct), axial.to_canonical(case.label != 0)
+    sx, sy, _ = axial.canonical_spacing(case.geometry)
+    side = 2 * max(ct.shape[1:])
+    _, images, masks = case_slices(7, WINDOW, 64, side * min(sx, sy), shape=SHAPE)
+    top, left = (side - ct.shape[1]) // 2, (side - ct.shape[2]) // 2
+    padded = np.zeros((len(ct), side, side), np.uint8)
+    padded_masks = np.zeros(padded.shape, np.uint8)
+    padded[:, top:top + ct.shape[1], left:left + ct.shape[2]] = [window_to_uint8(s, **WINDOW) for s in ct]
+    padded_masks[:, top:top + ct.shape[1], left:left + ct.shape[2]] = label * 255
+    x, y = to_model_tensors(list(padded), list(padded_masks), 64)
+    assert masks.any() and np.array_equal(masks, y[:, 0].numpy())
+    assert np.abs(images / 255.0 - x[:, 0].numpy()).max() <= 0.5 / 255 + 1e-6
 
 
 def test_a_third_of_the_seeds_are_coarse():

@@ -16,7 +16,7 @@ from .cleanup import remove_detached_pieces
 from .resolve import resolve_model
 from .transfer import SliceTransfer
 from .quantize import quantize_int8
-from .preprocess import from_model_output, labels_from_probabilities, to_model_input, window_hu
+from .preprocess import from_model_output, labels_from_probabilities, min_side, to_model_input, window_hu
 
 CPU_BATCH_SIZE = 8
 
@@ -50,8 +50,8 @@ class SliceSegmenter:
     """The per-batch work, on one device: HU slices in, uint8 labels (and optional probabilities) out."""
 
     def __init__(self, model, device: torch.device, autocast: bool = True, threshold: Optional[float] = None,
-                 channels_last: bool = True, compile: bool = False, mirror: bool = False):
-        self.model = model
+                 channels_last: bool = True, compile: bool = False, mirror: bool = False, min_side: int = 0):
+        self.model, self.min_side = model, min_side
         meta = model.metadata
         self.window = (float(meta["window"]["center"]), float(meta["window"]["width"]))
         self.size = int(meta["input_size"])
@@ -110,7 +110,7 @@ class SliceSegmenter:
         ``pad_to``: the batch size, so a compiled model sees one shape (a smaller last batch is zero-padded).
         """
         n, h, w = hu.shape
-        x = to_model_input(window_hu(hu.to(self.device, non_blocking=True), *self.window), self.size)
+        x = to_model_input(window_hu(hu.to(self.device, non_blocking=True), *self.window), self.size, self.min_side)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._amp():
@@ -119,7 +119,7 @@ class SliceSegmenter:
                 fmt = torch.channels_last if self.channels_last else torch.contiguous_format
                 mirrored = x.flip(-1).contiguous(memory_format=fmt)
                 probs = (probs + self._forward(mirrored, pad_to).float().flip(-1)) / 2
-        probs = from_model_output(probs, h, w)
+        probs = from_model_output(probs, h, w, self.min_side)
         labels = labels_from_probabilities(probs, self.threshold)
         return labels, (probs if want_probabilities else None)
 
@@ -129,7 +129,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                    return_probabilities: bool = False, progress: Optional[Callable[[int, int], None]] = None,
                    cancel: Optional[Callable[[], bool]] = None, channels_last: bool = True,
                    fast: bool = False, compile: bool = False, mirror: bool = False,
-                   keep_all_pieces: bool = False) -> SegmentationResult:
+                   keep_all_pieces: bool = False, min_field_mm: Optional[float] = None) -> SegmentationResult:
     """Segment the femur in a 3-D CT array (numpy (k, j, i), HU) and return a uint8 labelmap on the same grid.
 
     ``model``: a UNet2D (with ``.metadata``), a ``.pt``/``.hdf5`` path, or None for the shipped demo model.
@@ -143,6 +143,9 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     ``keep_all_pieces``: keep labelled pieces detached from each femur (by default they are removed:
     ``cleanup.remove_detached_pieces``; the probabilities are the network's, before that).
     ``compile``: ``torch.compile`` the model (one static batch shape; a one-off compile of tens of seconds).
+    ``min_field_mm``: slices whose field of view is smaller are padded with air to it before the resize (and the
+    output cropped back), so small fields are seen at the scale the model knows; None: the model's
+    (``min_field_mm`` in its metadata, else 0: off).
     On CUDA ``cudnn.benchmark`` is switched on.
     """
     started = time.perf_counter()
@@ -154,12 +157,16 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     geometry = geometry or Geometry()
     dev = pick_device(device)
     net = resolve_model(model)
-    runner = SliceSegmenter(net, dev, autocast, threshold, channels_last, compile, mirror)
+    reorient = Reorientation.for_geometry(geometry)
+    field = float(net.metadata.get("min_field_mm", 0.0) if min_field_mm is None else min_field_mm)
+    if not 0 <= field <= 2000:
+        raise FemurUNetError(f"minimum field of view must be 0..2000 mm, got {field}")
+    runner = SliceSegmenter(net, dev, autocast, threshold, channels_last, compile, mirror,
+                            min_side(field, reorient.canonical_spacing(geometry)))
     batch = int(batch_size or auto_batch_size(dev, net.base_filters, runner.size))
     if batch < 1:
         raise FemurUNetError(f"batch size must be at least 1, got {batch}")
 
-    reorient = Reorientation.for_geometry(geometry)
     source = reorient.to_canonical(volume)
     labelmap = np.zeros(volume.shape, dtype=np.uint8)
     target = reorient.to_canonical(labelmap)
@@ -177,7 +184,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                               seconds=time.perf_counter() - started,
                               stats={"slices": source.shape[0], "threshold": runner.threshold,
                                      "autocast": runner.precision_name(),
-                                     "input_size": runner.size, "detached_voxels_removed": removed})
+                                     "input_size": runner.size, "min_side": runner.min_side,
+                                     "detached_voxels_removed": removed})
 
 
 def _segment_every_slice(runner: SliceSegmenter, source: np.ndarray, target: np.ndarray,

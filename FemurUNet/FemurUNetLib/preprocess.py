@@ -5,6 +5,7 @@ The window quantises to 8-bit steps, so inference sees exactly the values the ex
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,15 +30,25 @@ def window_to_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     return (x * 255.0).round_().to(torch.uint8).numpy()
 
 
+def min_side(min_field_mm: float, spacing) -> int:
+    """Side (pixels) of the square that holds a field of view of ``min_field_mm`` at in-plane ``spacing`` (x, y)
+    mm; 0 when ``min_field_mm`` is 0 (off)."""
+    if not min_field_mm:
+        return 0
+    return int(math.ceil(min_field_mm / min(float(spacing[0]), float(spacing[1])) - 1e-6))
+
+
 @dataclass(frozen=True)
 class SquarePad:
-    """Centred zero padding of an H x W slice to a square of side ``side``."""
+    """Centred zero padding of an H x W slice to a square of side ``side``: the larger of H and W, or
+    ``min_side`` when that is larger (a small field of view padded with air to the model's minimum field)."""
     height: int
     width: int
+    min_side: int = 0
 
     @property
     def side(self) -> int:
-        return max(self.height, self.width)
+        return max(self.height, self.width, self.min_side)
 
     @property
     def pads(self) -> tuple:  # F.pad order: left, right, top, bottom
@@ -45,13 +56,14 @@ class SquarePad:
         return (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
 
 
-def to_model_input(slices: torch.Tensor, size: int = DEFAULT_INPUT_SIZE) -> torch.Tensor:
-    """(N, H, W) in [0, 1] -> (N, 1, size, size): centred pad to square, then bilinear resize.
+def to_model_input(slices: torch.Tensor, size: int = DEFAULT_INPUT_SIZE, min_side: int = 0) -> torch.Tensor:
+    """(N, H, W) in [0, 1] -> (N, 1, size, size): centred pad to square (of at least ``min_side``), then bilinear
+    resize.
 
     Downsampling is antialiased (like scikit-image's ``resize``), so thin cortex is not aliased away.
     """
     n, h, w = slices.shape
-    pad = SquarePad(h, w)
+    pad = SquarePad(h, w, min_side)
     x = slices.unsqueeze(1)
     if pad.side != h or pad.side != w:
         x = F.pad(x, pad.pads, value=0.0)
@@ -61,13 +73,13 @@ def to_model_input(slices: torch.Tensor, size: int = DEFAULT_INPUT_SIZE) -> torc
     return x
 
 
-def from_model_output(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def from_model_output(probs: torch.Tensor, height: int, width: int, min_side: int = 0) -> torch.Tensor:
     """(N, C, size, size) probabilities -> (N, C, height, width) on the slice grid (inverse of to_model_input).
 
     Bilinear point sampling at the original voxel centres (no antialiasing): a voxel gets the probability
     at its own centre, not a blur of its neighbours'.
     """
-    pad = SquarePad(height, width)
+    pad = SquarePad(height, width, min_side)
     x = probs
     if x.shape[-1] != pad.side:
         x = F.interpolate(x, size=(pad.side, pad.side), mode="bilinear", align_corners=False)

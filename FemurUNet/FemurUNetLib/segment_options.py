@@ -24,6 +24,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def field_mm(text: str) -> float:
+    """A field of view in mm, 0..2000 (0: off)."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 2000.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a field of view of 0..2000 mm")
+    return value
+
+
 def _number(text: str, kind):
     try:
         value = kind(text)
@@ -35,7 +43,8 @@ def _number(text: str, kind):
 
 
 def add_segment_options(parser, fast: bool = True) -> None:
-    """--model --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces."""
+    """--model --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces
+    --min-field."""
     parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=positive_int,
@@ -55,13 +64,16 @@ def add_segment_options(parser, fast: bool = True) -> None:
     parser.add_argument("--keep-all-pieces", action="store_true", help="keep labelled pieces detached from each "
                         "femur (by default only each side's femur and pieces of at least a fifth of its volume stay; "
                         "the others are usually other bones, e.g. the tibia)")
+    parser.add_argument("--min-field", type=field_mm, metavar="MM", help="pad slices with air to at least this "
+                        "field of view before the resize, so a small field is seen at the scale the model knows "
+                        "(default: the model's: the demo model's 300 mm; 0: off)")
 
 
 def segment_keywords(args) -> dict:
     """``segment_volume`` / ``segment_and_import`` keywords of options parsed by ``add_segment_options``."""
     keywords = {"device": args.device, "batch_size": args.batch_size, "threshold": args.threshold,
                 "autocast": autocast_value("fp32" if args.no_autocast else args.precision), "mirror": args.mirror,
-                "keep_all_pieces": args.keep_all_pieces}
+                "keep_all_pieces": args.keep_all_pieces, "min_field_mm": args.min_field}
     if hasattr(args, "fast"):
         keywords["fast"] = args.fast
     return keywords

@@ -107,8 +107,9 @@ def read_pairs(datadir, names) -> tuple:
     return images, labels
 
 
-def to_model_tensors(images, labels, input_size: int = DEFAULT_INPUT_SIZE, chunk: int = 64) -> tuple:
-    """uint8 slice lists -> (images (N,1,S,S) float32, masks (N,1,S,S) bool), grouped by native size."""
+def to_model_tensors(images, labels, input_size: int = DEFAULT_INPUT_SIZE, chunk: int = 64, min_side: int = 0) -> tuple:
+    """uint8 slice lists -> (images (N,1,S,S) float32, masks (N,1,S,S) bool), grouped by native size; ``min_side``:
+    ``to_model_input``'s (slices padded to at least that square)."""
     n = len(images)
     out_images = torch.empty((n, 1, input_size, input_size), dtype=torch.float32)
     out_masks = torch.empty((n, 1, input_size, input_size), dtype=torch.bool)
@@ -120,8 +121,8 @@ def to_model_tensors(images, labels, input_size: int = DEFAULT_INPUT_SIZE, chunk
             part = indices[start:start + chunk]
             img = torch.from_numpy(np.stack([images[i] for i in part])).float().div_(255.0)
             lab = torch.from_numpy(np.stack([labels[i] for i in part])).float().div_(255.0)
-            out_images[part] = to_model_input(img, input_size)
-            out_masks[part] = to_model_input(lab, input_size) > 0.5
+            out_images[part] = to_model_input(img, input_size, min_side)
+            out_masks[part] = to_model_input(lab, input_size, min_side) > 0.5
     return out_images, out_masks
 
 

@@ -33,7 +33,7 @@ from FemurUNetLib.model import UNet2D
 from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.phantom2 import generate_case
 from FemurUNetLib.phantom2_native import coarse_spacing
-from FemurUNetLib.preprocess import window_to_uint8
+from FemurUNetLib.preprocess import min_side, window_to_uint8
 from FemurUNetLib.segment_options import positive_int
 
 from .augment import draw_params
@@ -51,9 +51,10 @@ def coarse_seed(seed: int) -> bool:
     return seed % 3 == 1
 
 
-def case_slices(seed: int, window: dict, input_size: int, **grid) -> tuple:
+def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0, **grid) -> tuple:
     """(seed, images uint8 (n, S, S), masks bool (n, S, S)): every canonical axial slice of phantom ``seed``
-    at model size. ``grid``: ``generate_case`` overrides (``shape``, ``spacing``); default: drawn, coarse by seed."""
+    at model size, padded to the model's minimum field (``min_field`` mm) as inference pads them. ``grid``:
+    ``generate_case`` overrides (``shape``, ``spacing``); default: drawn, coarse by seed."""
     torch.set_num_threads(1)
     if not grid and coarse_seed(seed):
         grid = {"spacing": coarse_spacing(seed)}
@@ -61,7 +62,8 @@ def case_slices(seed: int, window: dict, input_size: int, **grid) -> tuple:
     axial = Reorientation.for_geometry(case.geometry)
     ct, label = axial.to_canonical(case.ct), axial.to_canonical(case.label != 0)
     images = [window_to_uint8(s, window["center"], window["width"]) for s in ct]
-    x, y = to_model_tensors(images, [m.astype(np.uint8) * 255 for m in label], input_size)
+    side = min_side(min_field, axial.canonical_spacing(case.geometry))
+    x, y = to_model_tensors(images, [m.astype(np.uint8) * 255 for m in label], input_size, min_side=side)
     return seed, x[:, 0].mul(255.0).round_().to(torch.uint8).numpy(), y[:, 0].numpy()
 
 
@@ -120,6 +122,7 @@ class _Run:
         self.args, self.device, self.start = args, device, start
         self.init_training = start_provenance(start.metadata)
         self.window, self.size = start.metadata["window"], int(start.metadata["input_size"])
+        self.min_field = float(start.metadata.get("min_field_mm", 0.0))
         self.config = TrainConfig(out=args.out, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                   base_filters=start.base_filters, input_size=self.size, bce_weight=args.bce_weight,
                                   ema=args.ema, augment=AugmentConfig(),
@@ -173,7 +176,7 @@ class _Run:
                     "seeds": self.args.seeds, "val_loss": val_loss, "val_dice": val_dice,
                     "torch": str(torch.__version__), "device": self.device.type, "init_training": self.init_training}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
-                   input_size=self.size, training=training)
+                   input_size=self.size, min_field_mm=self.min_field, training=training)
 
 
 def _record(run: _Run, started: float, losses: list, out: Path) -> dict:
@@ -233,7 +236,8 @@ def stream_train(args) -> list:
     grid = {"shape": args.shape} if args.shape else {}
     with context.Pool(args.workers, initializer=os.nice, initargs=(args.worker_nice,)) as workers:
         for seed in run.val_seeds + run.train_seeds:
-            workers.apply_async(case_slices, (seed, run.window, run.size), grid, callback=arrived.put,
+            workers.apply_async(case_slices, (seed, run.window, run.size, run.min_field), grid,
+                                callback=arrived.put,
                                 error_callback=lambda exc: print(f"phantom failed: {exc!r}", flush=True))
         _train_until(run, arrived, started + 60.0 * args.minutes, out)
         workers.terminate()

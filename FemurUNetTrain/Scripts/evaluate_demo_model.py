@@ -2,6 +2,7 @@
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
        [--tissue cortex=900,trabecular=400] [--coarse] [--no-real] [--json OUT.json] [--device cpu] [--mirror]
+       [--min-field MM]
        [--keep-all-pieces]
 
 Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
@@ -26,6 +27,7 @@ from FemurUNetLib import segment_volume
 from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midline, off_target_ml, \
     read_femur_reference, split_at_midline
 from FemurUNetLib.resolve import resolve_model
+from FemurUNetLib.segment_options import field_mm
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.phantom2 import generate_case as generate_case_v2, tissue_settings
@@ -159,6 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
     parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation (segment --mirror)")
+    parser.add_argument("--min-field", type=field_mm, help="minimum field of view, mm (segment --min-field; "
+                        "default: each model's)")
     parser.add_argument("--keep-all-pieces", action="store_true", help="keep detached pieces (segment --keep-all-pieces)")
     args = parser.parse_args(argv)
     seeds, names = args.seeds, args.models or [None]
@@ -172,17 +176,19 @@ def main(argv=None) -> int:
     except FemurUNetError as exc:
         parser.error(f"--tissue: {exc}")
     runs = [{"model": name or "default", "phantom": args.phantom, **({"tissue": tissue} if tissue else {}),
+             **({"min_field_mm": args.min_field} if args.min_field is not None else {}),
              **({"coarse": True} if args.coarse else {}), "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
 
     def segment(net, ct, geometry) -> np.ndarray:
         return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror,
-                              keep_all_pieces=args.keep_all_pieces).labelmap
+                              keep_all_pieces=args.keep_all_pieces, min_field_mm=args.min_field).labelmap
 
     def segment_command(name, source, output):    # the flags that make `femurunet segment` predict as segment() does
         return ["femurunet", "segment", source, output, "--device", args.device,
                 *(["--model", name] if name else []), *(["--mirror"] if args.mirror else []),
-                *(["--keep-all-pieces"] if args.keep_all_pieces else [])]
+                *(["--keep-all-pieces"] if args.keep_all_pieces else []),
+                *(["--min-field", f"{args.min_field:g}"] if args.min_field is not None else [])]
 
     for seed in seeds:
         case = make_phantom(seed, args.phantom, tissue, args.coarse)
