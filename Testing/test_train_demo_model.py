@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from FemurUNetLib import segment_volume
 from FemurUNetLib.evaluate import dice, femur_rows, read_femur_reference
@@ -46,7 +47,7 @@ def test_demo_model_file_is_the_documented_one(model):
     assert DEFAULT_MODEL_PATH.stat().st_size < 35e6
     meta = model.metadata
     assert meta["base_filters"] == 16 and meta["input_size"] == 256 and meta["orientation"] == "LPS"
-    assert meta["window"] == {"center": 400.0, "width": 2000.0}
+    assert meta["window"] == {"center": 400.0, "width": 2000.0} and meta["min_field_mm"] == 300.0
     stage8 = meta["training"]                        # the phantom-stream run (GPU) from the stage-7 blend
     assert stage8["recipe"].startswith("phantom stream") and stage8["seeds"] == "50000-59999"
     assert stage8["val_seeds"] == "49000-49011" and stage8["train_cases"] >= 200
@@ -97,7 +98,7 @@ def test_demo_model_was_trained_by_the_reproduction_scripts_seven_stages_and_ble
     assert len(flags) == 7 and all("--intensity-augment" in part for part in runs)
     assert 'blend_models.py" 0.5 "$STAGE6" "$STAGE5" "$STAGE6B"' in script
     assert 'blend_models.py" 0.5 "$STAGE7" "$STAGE6B" "$STAGE7B"' in script
-    assert 'phantom_stream --init "$STAGE7B" --out "$WORK/femurunet_demo_b16.pt" --minutes 8' in script
+    assert 'phantom_stream --init "$STAGE7B" --out "$STAGE8" --minutes 8' in script
     assert model.metadata["training"]["steps"] > 10000          # stage 8: the phantom-stream run of the file
     t = model.metadata["training"]["init_training"]
     for stage in reversed(flags):                     # stage 7 (blended into stage 7b), then the run it started from
@@ -150,6 +151,7 @@ def _run_script(tmp_path, model_file, data):
     """train_demo_model.sh in tmp_path/demo holding ``model_file`` and the exported ``data`` folders, with a stand-in
     femurunet that prints its first arguments and copies --init to --out; (WORKDIR, the training runs it printed)."""
     work, bin_dir = tmp_path / "demo", tmp_path / "bin"
+    work.mkdir(parents=True)
     for folder in data:
         (work / folder).mkdir(parents=True)
         (work / folder / "dataset.json").write_text("{}")
@@ -182,3 +184,12 @@ def test_the_script_runs_only_the_stages_after_the_model_files_it_finds(tmp_path
     assert sorted(p.name for p in work.glob("*.pt")) == [
         "femurunet_demo_b16_stage6b.pt", "femurunet_demo_b16_stage7.pt", "femurunet_demo_b16_stage7b.pt",
         "femurunet_demo_b16_v2.pt"]
+
+
+def test_from_the_stage8_file_the_script_only_sets_the_minimum_field(tmp_path):
+    work, printed = _run_script(tmp_path, "femurunet_demo_b16_stage8.pt", ())
+    assert printed == [] and sorted(p.name for p in work.glob("*.pt")) == [
+        "femurunet_demo_b16.pt", "femurunet_demo_b16_stage8.pt", "femurunet_demo_b16_v2.pt"]
+    stage8, shipped = load_model(work / "femurunet_demo_b16_stage8.pt"), load_model(work / "femurunet_demo_b16.pt")
+    assert shipped.metadata == {**stage8.metadata, "min_field_mm": 300.0}
+    assert all(torch.equal(v, stage8.state_dict()[k]) for k, v in shipped.state_dict().items())

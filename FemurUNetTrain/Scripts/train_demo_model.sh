@@ -44,7 +44,7 @@ set -euo pipefail
 WORK=${1:-out/demo}
 HERE=$(cd "$(dirname "$0")" && pwd)
 have_from() {   # N: a model file of stage N or a later stage (or its blend, stageNb) is in WORKDIR: N is not needed
-  for n in $(seq "$1" 7); do
+  for n in $(seq "$1" 8); do
     [ -f "$WORK/femurunet_demo_b16_stage$n.pt" ] || [ -f "$WORK/femurunet_demo_b16_stage${n}b.pt" ] && return 0
   done; return 1
 }
@@ -97,13 +97,18 @@ have_from 7 || femurunet train "$WORK/train13" --val "$WORK/val13" --out "$STAGE
   --lr 2e-5 --warmup-epochs 0 --lr-schedule none --ema 0.998 --bce-weight 10 --intensity-augment \
   --amp bf16 --seed 16 --threads 2 "${@:2}"
 STAGE7B="$WORK/femurunet_demo_b16_stage7b.pt"
-[ -f "$STAGE7B" ] || python3 "$HERE/blend_models.py" 0.5 "$STAGE7" "$STAGE6B" "$STAGE7B"
+[ -f "$STAGE7B" ] || have_from 8 || python3 "$HERE/blend_models.py" 0.5 "$STAGE7" "$STAGE6B" "$STAGE7B"
 # Stage 8 (session 22; a GPU machine with 16 cores): 8 minutes on phantoms made while training (docs/TRAINING.md),
 # seeds 50000 on, validation seeds 49000-49011 (phantom code of commit 5baa9fe: before the targeted hip fields);
-# the shipped file is that run's best weight average.
-if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-  python3 -m FemurUNetTrainLib.phantom_stream --init "$STAGE7B" --out "$WORK/femurunet_demo_b16.pt" --minutes 8 \
+# the file is that run's best weight average.
+STAGE8="$WORK/femurunet_demo_b16_stage8.pt"
+if have_from 8; then :
+elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  python3 -m FemurUNetTrainLib.phantom_stream --init "$STAGE7B" --out "$STAGE8" --minutes 8 \
     --device cuda --intensity-augment --min-cases 24 --batch-size 64
 else
   echo "stage 8 needs a CUDA GPU (and ~16 cores): $STAGE7B holds stages 1-7" >&2
 fi
+# The shipped file (session 23): stage 8's weights with a minimum field of view of 300 mm (slices of smaller fields
+# padded with air before the resize), chosen on phantom validation seeds (docs/MODEL_HISTORY.md, run 16).
+if [ -f "$STAGE8" ]; then python3 "$HERE/set_min_field.py" "$STAGE8" 300 "$WORK/femurunet_demo_b16.pt"; fi
