@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .device import autocast, autocast_dtype, cpu_supports_bf16, pick_device  # noqa: F401  (cpu_supports_bf16: re-exported)
+from .defaults import MAX_FIELD_MM
 from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
@@ -158,11 +159,11 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     dev = pick_device(device)
     net = resolve_model(model)
     reorient = Reorientation.for_geometry(geometry)
-    field = float(net.metadata.get("min_field_mm", 0.0) if min_field_mm is None else min_field_mm)
-    if not 0 <= field <= 2000:
-        raise FemurUNetError(f"minimum field of view must be 0..2000 mm, got {field}")
+    min_field = float(net.metadata.get("min_field_mm", 0.0) if min_field_mm is None else min_field_mm)
+    if not 0 <= min_field <= MAX_FIELD_MM:
+        raise FemurUNetError(f"minimum field of view must be 0..{MAX_FIELD_MM:g} mm, got {min_field}")
     runner = SliceSegmenter(net, dev, autocast, threshold, channels_last, compile, mirror,
-                            min_side(field, reorient.canonical_spacing(geometry)))
+                            min_side(min_field, reorient.canonical_spacing(geometry)))
     batch = int(batch_size or auto_batch_size(dev, net.base_filters, runner.size))
     if batch < 1:
         raise FemurUNetError(f"batch size must be at least 1, got {batch}")

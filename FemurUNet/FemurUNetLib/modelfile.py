@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .defaults import BONE_COLOR
+from .defaults import BONE_COLOR, MAX_FIELD_MM
 from .errors import FemurUNetError
 from .fileio import atomic_write
 from .geometry import CANONICAL_ORIENTATION
@@ -112,8 +112,9 @@ def _validate_metadata(meta: dict, path) -> None:
                              f"finite numbers")
     if not 0 < _number(meta["threshold"]) < 1:
         raise FemurUNetError(f"{path}: threshold {meta['threshold']!r} must lie strictly between 0 and 1")
-    if not 0 <= _number(meta.get("min_field_mm", 0.0)) <= 2000:
-        raise FemurUNetError(f"{path}: min_field_mm {meta['min_field_mm']!r} must be a number of mm, 0..2000")
+    if not 0 <= _number(meta.get("min_field_mm", 0.0)) <= MAX_FIELD_MM:
+        raise FemurUNetError(f"{path}: min_field_mm {meta['min_field_mm']!r} must be a number of mm, "
+                             f"0..{MAX_FIELD_MM:g}")
     if meta["orientation"] != CANONICAL_ORIENTATION:
         raise FemurUNetError(f"{path}: orientation {meta['orientation']!r} is not supported "
                              f"(expected {CANONICAL_ORIENTATION!r})")

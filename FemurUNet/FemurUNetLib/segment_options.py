@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from .defaults import MAX_FIELD_MM
+
 PRECISIONS = ("auto", "bf16", "fp32", "int8")
 
 
@@ -25,10 +27,10 @@ def positive_int(text: str) -> int:
 
 
 def field_mm(text: str) -> float:
-    """A field of view in mm, 0..2000 (0: off)."""
+    """A field of view in mm, 0..MAX_FIELD_MM (0: off)."""
     value = _number(text, float)
-    if not 0.0 <= value <= 2000.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a field of view of 0..2000 mm")
+    if not 0.0 <= value <= MAX_FIELD_MM:
+        raise argparse.ArgumentTypeError(f"{text} is not a field of view of 0..{MAX_FIELD_MM:g} mm")
     return value
 
 

@@ -107,7 +107,8 @@ def read_pairs(datadir, names) -> tuple:
     return images, labels
 
 
-def to_model_tensors(images, labels, input_size: int = DEFAULT_INPUT_SIZE, chunk: int = 64, min_side: int = 0) -> tuple:
+def to_model_tensors(images, labels, input_size: int = DEFAULT_INPUT_SIZE, chunk: int = 64,
+                     min_side: int = 0) -> tuple:
     """uint8 slice lists -> (images (N,1,S,S) float32, masks (N,1,S,S) bool), grouped by native size; ``min_side``:
     ``to_model_input``'s (slices padded to at least that square)."""
     n = len(images)
