@@ -164,9 +164,10 @@ def test_segment_min_field_pads_small_fields_as_the_engine_does(tmp_path, capsys
     hu = np.random.default_rng(4).integers(-1000, 1500, (3, 40, 48)).astype(np.int16)
     sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.nii.gz"))          # 1 mm pixels: 48 mm
     out = tmp_path / "p.nii.gz"
-    code, _, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / "l.nii.gz", "--model",
-                           tiny_model_file, "--probabilities", out, "--no-autocast", "--quiet", "--min-field", "96")
+    code, stdout, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / "l.nii.gz", "--model",
+                                tiny_model_file, "--probabilities", out, "--no-autocast", "--quiet", "--min-field", "96")
     assert code == 0, err
+    assert "precision off, small field padded to 96 mm) ->" in stdout
     net = load_model(tiny_model_file)
     padded = segment_volume(hu, None, net, autocast=False, min_field_mm=96, return_probabilities=True)
     plain = segment_volume(hu, None, net, autocast=False, min_field_mm=0, return_probabilities=True)

@@ -219,11 +219,13 @@ def test_a_small_field_is_padded_with_air_to_the_minimum_field():
                                               keep_all_pieces=True, **kw)
     expected = run(padded).probabilities[:, 26:74, 30:70]
     r = run(hu, min_field_mm=200)
-    assert r.stats["min_side"] == 100 and np.allclose(r.probabilities, expected, atol=1e-6)
+    assert r.stats["min_side"] == 100 and r.stats["padded_field_mm"] == 200
+    assert np.allclose(r.probabilities, expected, atol=1e-6)
     assert np.array_equal(r.labelmap, (r.probabilities > 0.5).astype(np.uint8))
     plain = run(hu).probabilities
     assert np.abs(plain - expected).max() > 1e-3                      # the padding changes what the network sees
-    assert np.array_equal(run(hu, min_field_mm=90).probabilities, plain)    # the field is already that large
+    large = run(hu, min_field_mm=90)                                  # the field is already that large
+    assert np.array_equal(large.probabilities, plain) and large.stats["padded_field_mm"] == 0
     net.metadata["min_field_mm"] = 200.0
     assert np.allclose(run(hu).probabilities, expected, atol=1e-6)
     assert np.array_equal(run(hu, min_field_mm=0).probabilities, plain)

@@ -186,6 +186,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                               stats={"slices": source.shape[0], "threshold": runner.threshold,
                                      "autocast": runner.precision_name(),
                                      "input_size": runner.size, "min_side": runner.min_side,
+                                     "padded_field_mm": min_field if runner.min_side > max(source.shape[1:]) else 0.0,
                                      "detached_voxels_removed": removed})
 
 
