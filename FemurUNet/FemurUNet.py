@@ -297,6 +297,8 @@ class FemurUNetLogic(ScriptedLoadableModuleLogic):
         counts = np.bincount(r.labelmap.ravel(), minlength=256)
         parts = [f"{label['name']}: {counts[label['value']] * voxelMl:.1f} ml" for label in r.labels]
         text = f"{'; '.join(parts)}. {r.stats.get('slices', 0)} slices in {r.seconds:.1f} s on {r.device}."
+        if r.stats.get("padded_field_mm"):
+            text += f" Small field of view: padded to {r.stats['padded_field_mm']:g} mm (the model's minimum)."
         return "\n".join([text] + [f"Warning: {warning}" for warning in self.lastWarnings()])
 
     @staticmethod

@@ -273,6 +273,11 @@ def test_a_successful_segmentation_adds_the_model_to_the_history(app, femurunet,
     warnings = widget.logic.lastWarnings()
     assert all(w in widget.ui.statusLabel.text for w in warnings)
     assert (len(app.warnings) == 1) == bool(warnings)
+    # a small field padded to the model's minimum field is said so
+    padded = widget.logic.lastResult.stats["padded_field_mm"]
+    assert ("Small field of view" in widget.ui.statusLabel.text) == bool(padded)
+    widget.logic.lastResult.stats["padded_field_mm"] = 300.0
+    assert "Small field of view: padded to 300 mm (the model's minimum)." in widget.logic.describeLastResult()
 
 
 def test_the_demo_model_is_the_engines(femurunet):
