@@ -71,7 +71,7 @@ def test_several_models_are_measured_on_cases_made_once(tmp_path, coarse_cases):
 def test_seed_lists_and_bad_seeds(capsys):
     assert seed_list("25096-25098,26066") == [25096, 25097, 25098, 26066]
     assert seed_list("90000-90000") == [90000]
-    for bad in ("90000-abc", "", "1,,2", "5-3", "-4"):
+    for bad in ("90000-abc", "", "1,,2", "5-3", "-4", "3-5,4"):
         with pytest.raises(SystemExit):
             script.main(["--seeds", bad, "--no-real"])
         assert f"argument --seeds: {bad!r}: expected" in capsys.readouterr().err

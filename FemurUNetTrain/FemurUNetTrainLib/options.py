@@ -49,6 +49,8 @@ def seed_list(text: str) -> list:
         raise argparse.ArgumentTypeError(f"{text!r}: expected ranges like 90000-90039 or seeds like 25096") from None
     if not seeds or min(seeds) < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected at least one seed, none negative")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected each seed once")
     return seeds
 
 
