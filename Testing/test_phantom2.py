@@ -609,6 +609,7 @@ def test_leg_scans_hold_the_legs_they_aim_at():
 
 
 def test_targeted_hip_fields_are_drawn_for_pelvis_and_hip_to_knee_scans_only():
+    assert _case(3, "pelvis").hip_field == "" and phantom2.draw_hip_field(phantom2._streams(3)[7], "pelvis") is None
     n = 4000
     for coverage in COVERAGES:
         fields = [phantom2.draw_hip_field(np.random.default_rng(s), coverage) for s in range(n)]
@@ -630,7 +631,7 @@ def test_a_targeted_hip_field_holds_that_hip_only_with_its_exact_label(coverage)
     side = phantom2.draw_hip_field(phantom2._streams(seed)[7], coverage)["side"]
     case = generate_case(seed, spacing=COARSE, coverage=coverage, direction=np.eye(3))
     geometry, shape, rotation, fov = _grid(seed, coverage, COARSE, np.eye(3))
-    assert 150.0 <= fov <= 250.0 and case.label.shape == shape
+    assert 150.0 <= fov <= 250.0 and case.label.shape == shape and case.hip_field == side
     head = rotation @ _scene(seed).ind.marks[f"head_{side}"]
     assert _in_fov(geometry, shape, head[None], fov, margin=30.0)[0], "the aimed femoral head is not in the field"
     lps, anat = _centres(geometry, shape, rotation)

@@ -46,6 +46,7 @@ class PhantomCase:
     coverage: str = ""      # phantom v2: scan range (phantom2.COVERAGES)
     body: str = ""          # phantom v2: atlas body the individual was made from
     femurs: str = ""        # phantom v2: whose proximal femurs ("atlas" or a LibHip man, phantom2_libhip)
+    hip_field: str = ""     # phantom v2: the side of a targeted one-hip field of view ("" for none)
 
 
 # --- anatomy ------------------------------------------------------------------------------------------------

@@ -564,4 +564,5 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     axial_label[:, outside_field(axial_spacing, axial_label.shape[1:], fov)] = 0
     return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}",
                        metal=bool(scene.metal_points), arms=any(i.name.startswith("arm") for i in scene.items),
-                       coverage=coverage, body=scene.ind.body, femurs=scene.ind.femurs)
+                       coverage=coverage, body=scene.ind.body, femurs=scene.ind.femurs,
+                       hip_field=hip["side"] if hip else "")
