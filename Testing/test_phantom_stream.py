@@ -110,6 +110,17 @@ def test_bad_runs_are_one_line_errors_before_anything_is_written(tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flag, value, problem", [("--minutes", "inf", "inf is not a finite number"),
+                                                  ("--lr", "0", "0 is not a positive number"),
+                                                  ("--shape", "4,5", "'4,5': expected three voxel counts K,J,I")])
+def test_bad_option_values_are_one_line_errors(tmp_path, capsys, flag, value, problem):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(tmp_path / "s.pt"), flag, value])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and problem in err and flag in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_the_module_entry_gives_the_same_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "FemurUNetTrainLib.phantom_stream", "--init", "missing.pt",
                            "--out", "s.pt"], cwd=tmp_path, capture_output=True, text=True, timeout=120)

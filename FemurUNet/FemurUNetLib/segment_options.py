@@ -26,6 +26,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_number(text: str) -> float:
+    """A finite number above 0 (a duration, a rate)."""
+    value = _number(text, float)
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def field_mm(text: str) -> float:
     """A field of view in mm, 0..MAX_FIELD_MM (0: off)."""
     value = _number(text, float)

@@ -34,7 +34,7 @@ from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.phantom2 import generate_case
 from FemurUNetLib.phantom2_native import coarse_spacing
 from FemurUNetLib.preprocess import min_side, window_to_uint8
-from FemurUNetLib.segment_options import positive_int
+from FemurUNetLib.segment_options import positive_int, positive_number
 
 from .augment import draw_params
 from .dataset import SliceDataset, to_model_tensors
@@ -254,18 +254,11 @@ def _shape(text: str) -> tuple:
     return shape
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a streaming run (``femurunet train-phantoms`` and ``python3 -m`` this module)."""
     p.add_argument("--init", required=True, help="model to start from (its width, input size and window)")
     p.add_argument("--out", required=True, help="best model (the weight average at its best validation)")
-    p.add_argument("--minutes", type=_positive, default=7.0, help="wall time of the whole run (default %(default)s)")
+    p.add_argument("--minutes", type=positive_number, default=7.0, help="wall time of the whole run (default %(default)s)")
     p.add_argument("--seeds", default="50000-59999", help="training phantom seeds A-B (default %(default)s)")
     p.add_argument("--val-seeds", default="49000-49011", help="validation phantom seeds (default %(default)s)")
     p.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2), help="phantom processes")
@@ -274,14 +267,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-cases", type=positive_int, default=8, help="training cases before the first step")
     p.add_argument("--capacity", type=positive_int, default=120000, help="slices kept in the pool on the device")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=_positive, default=1e-4)
+    p.add_argument("--lr", type=positive_number, default=1e-4)
     p.add_argument("--min-lr", type=float, default=2e-6)
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--bce-weight", type=float, default=10.0)
     p.add_argument("--intensity-augment", action="store_true")
     p.add_argument("--amp", default="auto", choices=AMP_MODES)
-    p.add_argument("--val-every", type=_positive, default=60.0, help="seconds between validations")
+    p.add_argument("--val-every", type=positive_number, default=60.0, help="seconds between validations")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--shape", type=_shape, help="K,J,I: every phantom on a grid of this shape (tests)")
