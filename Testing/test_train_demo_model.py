@@ -29,7 +29,7 @@ EVAL_SEEDS = range(90000, 90040)                   # README's held-out evaluatio
 FRESH = ((91000, "pelvis"), (91001, "hip_to_knee"))   # outside both; fixed moderate grid to keep the suite fast
 FRESH_SPACING = (2.0, 2.0, 3.0)
 MIN_DICE = 0.94                                    # measured 0.981 (91000), 0.974 (91001) (session 21's phantom)
-MIN_PELVIS_DICE = 0.45                             # measured 0.52 / 0.79 (issue 13 goal 0.90: not met)
+MIN_PELVIS_DICE = 0.45                             # measured 0.47 / 0.81 (issue 13 goal 0.90: not met)
 MAX_FEMUR_FREE_FRACTION = 0.0005                   # issue 13's goal (< 0.05 % of the voxels)
 MAX_SHIN_ML = 40.0        # regression bound: measured 4.5 ml on 91002 (session 21's phantom); goal 2 ml
 
@@ -48,7 +48,10 @@ def test_demo_model_file_is_the_documented_one(model):
     meta = model.metadata
     assert meta["base_filters"] == 16 and meta["input_size"] == 256 and meta["orientation"] == "LPS"
     assert meta["window"] == {"center": 400.0, "width": 2000.0} and meta["min_field_mm"] == 300.0
-    stage8 = meta["training"]                        # the phantom-stream run (GPU) from the stage-7 blend
+    stage9 = meta["training"]                        # the second phantom-stream run (GPU), from stage 8m
+    assert stage9["recipe"].startswith("phantom stream") and stage9["seeds"] == "51000-59999"
+    assert stage9["val_seeds"] == "49000-49011" and stage9["train_cases"] >= 150
+    stage8 = stage9["init_training"]                 # the first, from the stage-7 blend
     assert stage8["recipe"].startswith("phantom stream") and stage8["seeds"] == "50000-59999"
     assert stage8["val_seeds"] == "49000-49011" and stage8["train_cases"] >= 200
     stage7 = stage8["init_training"]
@@ -99,12 +102,14 @@ def test_demo_model_was_trained_by_the_reproduction_scripts_seven_stages_and_ble
     assert 'blend_models.py" 0.5 "$STAGE6" "$STAGE5" "$STAGE6B"' in script
     assert 'blend_models.py" 0.5 "$STAGE7" "$STAGE6B" "$STAGE7B"' in script
     assert 'phantom_stream --init "$STAGE7B" --out "$STAGE8" --minutes 8' in script
-    assert model.metadata["training"]["steps"] > 10000          # stage 8: the phantom-stream run of the file
-    t = model.metadata["training"]["init_training"]
+    assert 'phantom_stream --init "$STAGE8M" --out "$STAGE9" --seeds 51000-59999 --minutes 7.5' in script
+    stage8 = model.metadata["training"]["init_training"]
+    assert stage8["steps"] > 10000 and model.metadata["training"]["steps"] > 8000   # the two phantom-stream runs
+    t = stage8["init_training"]
     for stage in reversed(flags):                     # stage 7 (blended into stage 7b), then the run it started from
         _check_run(t, stage)
         t = t.get("init_training")
-    run7 = model.metadata["training"]["init_training"]
+    run7 = stage8["init_training"]
     assert run7["epoch"] == 2 and run7["ema"] == 0.998
     run6 = run7["init_training"]
     assert run6["epoch"] == 2 and run6["ema"] == 0.998
@@ -149,7 +154,8 @@ def test_demo_model_predicts_almost_no_femur_in_a_femur_free_real_ct(model, real
 
 def _run_script(tmp_path, model_file, data):
     """train_demo_model.sh in tmp_path/demo holding ``model_file`` and the exported ``data`` folders, with a stand-in
-    femurunet that prints its first arguments and copies --init to --out; (WORKDIR, the training runs it printed)."""
+    femurunet that prints its first arguments and copies --init to --out; no GPU visible. (WORKDIR, the training
+    runs it printed, the script's stderr)."""
     work, bin_dir = tmp_path / "demo", tmp_path / "bin"
     work.mkdir(parents=True)
     for folder in data:
@@ -162,16 +168,17 @@ def _run_script(tmp_path, model_file, data):
                     "shutil.copy(a[a.index('--init') + 1], a[a.index('--out') + 1])\n")
     fake.chmod(0o755)
     script = Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts" / "train_demo_model.sh"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": ""}   # no GPU stage
     run = subprocess.run(["bash", str(script), str(work)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
-    return work, [line for line in run.stdout.splitlines() if line.startswith("train ")]
+    return work, [line for line in run.stdout.splitlines() if line.startswith("train ")], run.stderr
 
 
 def test_the_script_runs_only_the_stages_after_the_model_files_it_finds(tmp_path):
     """Stages 6-7 from a stage-5 file: two training runs and both blends; stage 7 alone from the stage-6 blend: one
     run and the last blend. No earlier stage and no data of an earlier stage is asked for."""
-    work, printed = _run_script(tmp_path / "a", "femurunet_demo_b16_stage5.pt", ("train12", "val12", "train13", "val13"))
+    data = ("train12", "val12", "train13", "val13")
+    work, printed, _ = _run_script(tmp_path / "a", "femurunet_demo_b16_stage5.pt", data)
     assert printed == [f"train {work / 'train12'}", f"train {work / 'train13'}"]
     assert load_model(work / "femurunet_demo_b16_stage6b.pt").metadata["blend"]["tuned"] == "femurunet_demo_b16_stage6.pt"
     assert load_model(work / "femurunet_demo_b16_stage7b.pt").metadata["blend"] == {
@@ -179,17 +186,25 @@ def test_the_script_runs_only_the_stages_after_the_model_files_it_finds(tmp_path
     assert sorted(p.name for p in work.glob("*.pt")) == [
         *(f"femurunet_demo_b16_stage{n}.pt" for n in ("5", "6", "6b", "7", "7b")),
         "femurunet_demo_b16_v2.pt"]
-    work, printed = _run_script(tmp_path / "b", "femurunet_demo_b16_stage6b.pt", ("train13", "val13"))
+    work, printed, _ = _run_script(tmp_path / "b", "femurunet_demo_b16_stage6b.pt", ("train13", "val13"))
     assert printed == [f"train {work / 'train13'}"]
     assert sorted(p.name for p in work.glob("*.pt")) == [
         "femurunet_demo_b16_stage6b.pt", "femurunet_demo_b16_stage7.pt", "femurunet_demo_b16_stage7b.pt",
         "femurunet_demo_b16_v2.pt"]
 
 
-def test_from_the_stage8_file_the_script_only_sets_the_minimum_field(tmp_path):
-    work, printed = _run_script(tmp_path, "femurunet_demo_b16_stage8.pt", ())
+def test_from_the_stage8_file_the_script_sets_the_minimum_field_and_asks_for_a_gpu(tmp_path):
+    work, printed, stderr = _run_script(tmp_path, "femurunet_demo_b16_stage8.pt", ())
     assert printed == [] and sorted(p.name for p in work.glob("*.pt")) == [
-        "femurunet_demo_b16.pt", "femurunet_demo_b16_stage8.pt", "femurunet_demo_b16_v2.pt"]
-    stage8, shipped = load_model(work / "femurunet_demo_b16_stage8.pt"), load_model(work / "femurunet_demo_b16.pt")
-    assert shipped.metadata == {**stage8.metadata, "min_field_mm": 300.0}
-    assert all(torch.equal(v, stage8.state_dict()[k]) for k, v in shipped.state_dict().items())
+        "femurunet_demo_b16_stage8.pt", "femurunet_demo_b16_stage8m.pt", "femurunet_demo_b16_v2.pt"]
+    stage8, stage8m = (load_model(work / f"femurunet_demo_b16_stage8{s}.pt") for s in ("", "m"))
+    assert stage8m.metadata == {**stage8.metadata, "min_field_mm": 300.0}
+    assert "stage 9 needs a CUDA GPU" in stderr
+    assert all(torch.equal(v, stage8.state_dict()[k]) for k, v in stage8m.state_dict().items())
+
+
+def test_from_the_stage9_file_the_script_writes_the_shipped_file_only(tmp_path):
+    work, printed, _ = _run_script(tmp_path, "femurunet_demo_b16_stage9.pt", ())
+    assert printed == [] and sorted(p.name for p in work.glob("*.pt")) == [
+        "femurunet_demo_b16.pt", "femurunet_demo_b16_stage9.pt", "femurunet_demo_b16_v2.pt"]
+    assert (work / "femurunet_demo_b16.pt").read_bytes() == (work / "femurunet_demo_b16_stage9.pt").read_bytes()

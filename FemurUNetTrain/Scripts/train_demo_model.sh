@@ -44,8 +44,8 @@ set -euo pipefail
 WORK=${1:-out/demo}
 HERE=$(cd "$(dirname "$0")" && pwd)
 have_from() {   # N: a model file of stage N or a later stage (or its blend, stageNb) is in WORKDIR: N is not needed
-  for n in $(seq "$1" 8); do
-    [ -f "$WORK/femurunet_demo_b16_stage$n.pt" ] || [ -f "$WORK/femurunet_demo_b16_stage${n}b.pt" ] && return 0
+  for n in $(seq "$1" 9); do
+    for suffix in "" b m; do [ -f "$WORK/femurunet_demo_b16_stage$n$suffix.pt" ] && return 0; done
   done; return 1
 }
 FIRST=1; have_from 4 && FIRST=5
@@ -101,14 +101,30 @@ STAGE7B="$WORK/femurunet_demo_b16_stage7b.pt"
 # Stage 8 (session 22; a GPU machine with 16 cores): 8 minutes on phantoms made while training (docs/TRAINING.md),
 # seeds 50000 on, validation seeds 49000-49011 (phantom code of commit 5baa9fe: before the targeted hip fields);
 # the file is that run's best weight average.
+has_cuda() { python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; }
 STAGE8="$WORK/femurunet_demo_b16_stage8.pt"
 if have_from 8; then :
-elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+elif has_cuda; then
   python3 -m FemurUNetTrainLib.phantom_stream --init "$STAGE7B" --out "$STAGE8" --minutes 8 \
     --device cuda --intensity-augment --min-cases 24 --batch-size 64
 else
   echo "stage 8 needs a CUDA GPU (and ~16 cores): $STAGE7B holds stages 1-7" >&2
 fi
-# The shipped file (session 23): stage 8's weights with a minimum field of view of 300 mm (slices of smaller fields
+# Stage 8m (session 23, run 16): stage 8's weights with a minimum field of view of 300 mm (slices of smaller fields
 # padded with air before the resize), chosen on phantom validation seeds (docs/MODEL_HISTORY.md, run 16).
-if [ -f "$STAGE8" ]; then python3 "$HERE/set_min_field.py" "$STAGE8" 300 "$WORK/femurunet_demo_b16.pt"; fi
+STAGE8M="$WORK/femurunet_demo_b16_stage8m.pt"
+if [ -f "$STAGE8" ] && ! have_from 9 && [ ! -f "$STAGE8M" ]; then
+  python3 "$HERE/set_min_field.py" "$STAGE8" 300 "$STAGE8M"
+fi
+# Stage 9 (session 24, run 17; the GPU machine): 7.5 minutes more on phantoms made while training, from stage 8m
+# (the stream pads small fields as inference does), phantom code with targeted one-hip fields (commit a9b050b),
+# seeds 51000 on, the same validation seeds. The shipped file is that run's best weight average.
+STAGE9="$WORK/femurunet_demo_b16_stage9.pt"
+if have_from 9; then :
+elif [ -f "$STAGE8M" ] && has_cuda; then
+  python3 -m FemurUNetTrainLib.phantom_stream --init "$STAGE8M" --out "$STAGE9" --seeds 51000-59999 --minutes 7.5 \
+    --device cuda --intensity-augment --min-cases 24 --batch-size 64
+elif [ -f "$STAGE8M" ]; then
+  echo "stage 9 needs a CUDA GPU (and ~16 cores): $STAGE8M holds stages 1-8 and the minimum field" >&2
+fi
+if [ -f "$STAGE9" ]; then cp "$STAGE9" "$WORK/femurunet_demo_b16.pt"; fi
