@@ -108,6 +108,49 @@ def test_empty_labelmap_is_no_warning():
     assert report.warnings == [] and report.summary_lines() == ["left femur: none", "right femur: none"]
 
 
+def one_hip_field(femur_x=10.0, slices=40):
+    """A field inside the body (soft tissue to every edge, as in a targeted hip scan): the body's centroid is
+    the field's centre, x = 0, and one femur at ``femur_x`` lies across it."""
+    g, shape = leg_grid(slices)
+    hu, label = np.full(shape, 40, np.int16), np.zeros(shape, np.uint8)
+    add_bone(hu, label, g, femur_x, 0, slices)
+    return hu, label, g
+
+
+def test_a_field_holding_one_femur_is_reported_beside_it_not_through_it():
+    hu, label, g = one_hip_field()
+    assert midline_x(hu, g) == pytest.approx(0.0, abs=PIXEL)       # the body's centre cuts the femur
+    report = check_plausibility(label, hu, g)
+    assert report.split == "one-sided" and report.warnings == []
+    left, right = report.sides["left"], report.sides["right"]      # its mean x is +10 mm: the patient's left
+    assert len(left.components_ml) == 1 and right.volume_ml == 0
+    assert left.volume_ml == pytest.approx(np.count_nonzero(label) * PIXEL * PIXEL * 5.0 / 1000)
+    lines = report.summary_lines()
+    assert lines[1] == "right femur: none" and lines[2].startswith("one-sided field (one hip or leg)")
+    (fhu, flabel), fg = flip_x([hu, label], g)
+    flipped = check_plausibility(flabel, fhu, fg)
+    assert flipped.split == "one-sided" and flipped.sides["left"].volume_ml == pytest.approx(left.volume_ml)
+
+
+def test_a_one_sided_field_names_sides_by_the_scanner_centre_and_keeps_a_second_femur_apart():
+    hu, label, g = one_hip_field()
+    add_bone(hu, label, g, -130.0, 0, 10, radius=10.0)              # the other knee at the field's edge
+    moved = Geometry(g.spacing, (g.origin[0] - 200.0, *g.origin[1:]), g.direction)   # origin moved: x < 0 all over
+    near, far = check_plausibility(label, hu, g), check_plausibility(label, hu, moved)
+    assert near.split == far.split == "one-sided"
+    assert len(near.sides["left"].components_ml) == len(near.sides["right"].components_ml) == 1
+    assert far.sides["right"].volume_ml == near.sides["left"].volume_ml      # the name follows x = 0 only
+    assert far.sides["left"].volume_ml == near.sides["right"].volume_ml > 0
+
+
+def test_the_midline_split_stays_when_the_largest_piece_is_wider_than_one_femur():
+    hu, label, g = two_femurs()
+    label[18:22, 60:68, :] = 1                                      # a bar joins both femurs: one 2-femur piece
+    report = check_plausibility(label, hu, g)
+    assert report.split == "midline" and report.sides["left"].volume_ml == pytest.approx(
+        report.sides["right"].volume_ml, rel=0.05)
+
+
 def test_too_large_cross_section_warns():
     hu, label, g = two_femurs()
     add_bone(hu, label, g, 60.0, 10, 30, radius=55.0)     # 95 cm2: a thigh, not a femur

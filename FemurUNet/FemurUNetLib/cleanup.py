@@ -2,7 +2,7 @@
 
 A 2-D network sees one axial slice at a time, and in one slice the shaft of a tibia or a humerus looks much like a
 femoral shaft; in 3-D such a false positive is a separate piece of the labelmap. A femur is one piece of bone,
-so per side (the model's left/right labels, else the body's midline, as ``plausibility`` splits them) the
+so per side (the model's left/right labels, else the body's midline: never the report's one-sided split) the
 largest 26-connected piece is kept, with any other piece of at least ``KEEP_FRACTION`` of its volume (a femoral
 head cut off from the shaft where the network missed the neck). The rule and its constant were chosen on
 held-out phantoms (docs/MODEL_HISTORY.md, "Detached pieces"). ``segment ... --keep-all-pieces`` turns it off.

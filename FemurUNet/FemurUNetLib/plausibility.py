@@ -4,7 +4,14 @@ Pure numpy/scipy (no torch, no Slicer): ``check_plausibility(labelmap, hu, geome
 
 Sides. A model whose label records all carry ``side`` ('left'/'right', e.g. 1 = left, 2 = right) is trusted:
 its labels give the sides. Otherwise every labelled voxel goes to the side of the patient's midline it lies
-on: the LPS x of the body's centroid (voxels above -300 HU; +x is the patient's left).
+on: the LPS x of the body's centroid (voxels above -300 HU; +x is the patient's left). In a field that holds
+one hip or one leg that centroid lies on the femur itself; so when it cuts the largest labelled piece (at least
+``ONE_SIDED_FRACTION`` of it on each side) and that piece is one femur wide (under ``ONE_FEMUR_WIDTH_MM`` of x),
+the report's split is "one-sided": that piece's x band, widened by ``SIDE_MARGIN_MM``, is one side and the rest
+the other; the band is named by the sign of the piece's mean LPS x (DICOM's patient coordinates put x = 0 at
+the scanner's isocentre, where the patient is centred; a volume whose origin was moved makes the name a guess).
+The removal of detached pieces keeps the midline split (the one-sided split failed its rule there:
+docs/MODEL_HISTORY.md, run 17).
 
 Per side the report holds the volume, the pieces ("components", 26-connected) of at least ``LARGE_ML``,
 the cranio-caudal length the large pieces cover (first to last labelled slice along the axis closest to
@@ -55,6 +62,9 @@ MAX_LENGTH_MM = 550.0
 MIN_CORTEX_FRACTION = 0.02
 BONE_HU = 150.0                  # cancellous bone and cortex are above this, soft tissue below ~100
 MIN_BONE_FRACTION = 0.20
+ONE_SIDED_FRACTION = 0.01      # the midline cuts the largest piece when this share of it lies on each side
+ONE_FEMUR_WIDTH_MM = 200.0     # one femur spans under ~150 mm of x (head or trochanter to condyles); two more
+SIDE_MARGIN_MM = 20.0          # a one-sided split: the largest piece's x band widened by this
 
 
 @dataclass
@@ -87,15 +97,19 @@ class SideReport:
 class PlausibilityReport:
     sides: dict                      # 'left'/'right' -> SideReport
     warnings: list                   # one line each
-    split: str = "midline"           # 'labels' (the model's left/right labels) or 'midline'
-    midline_x: Optional[float] = None   # LPS x (mm) of the split, for 'midline'
+    split: str = "midline"           # 'labels' (the model's left/right labels), 'midline' or 'one-sided'
+    midline_x: Optional[float] = None   # LPS x (mm) of the body's centroid, for 'midline' and 'one-sided'
 
     @property
     def plausible(self) -> bool:
         return not self.warnings
 
     def summary_lines(self) -> list:
-        return [self.sides[s].summary() for s in SIDES]
+        lines = [self.sides[s].summary() for s in SIDES]
+        if self.split == "one-sided":
+            lines.append("one-sided field (one hip or leg): sides split beside the largest piece, not at the body's "
+                         "centre; left/right from the scanner's centre (x = 0)")
+        return lines
 
 
 def midline_x(hu: np.ndarray, geometry: Geometry) -> float:
@@ -133,15 +147,38 @@ def _has_sides(labels) -> bool:
     return bool(labels) and all(l.get("side") in SIDES for l in labels)
 
 
-def side_masks(labels_box: np.ndarray, offset, geometry: Geometry, hu: np.ndarray, labels) -> tuple:
-    """({side: bool mask in the box}, split method, midline x or None)."""
+def side_masks(labels_box: np.ndarray, offset, geometry: Geometry, hu: np.ndarray, labels,
+               one_sided: bool = False) -> tuple:
+    """({side: bool mask in the box}, split method, midline x or None). ``one_sided``: allow the one-sided split."""
     if _has_sides(labels):
         return ({s: np.isin(labels_box, [l["value"] for l in labels if l["side"] == s]) for s in SIDES},
                 "labels", None)
     mid = midline_x(hu, geometry)
-    left = _lps_x(labels_box.shape, offset, geometry) > mid
+    x = _lps_x(labels_box.shape, offset, geometry)
     femur = labels_box > 0
+    band = one_sided_band(femur, x, mid) if one_sided else None
+    if band is not None:
+        inside, side = band
+        other = SIDES[1 - SIDES.index(side)]
+        return {side: femur & inside, other: femur & ~inside}, "one-sided", mid
+    left = x > mid
     return {"left": femur & left, "right": femur & ~left}, "midline", mid
+
+
+def one_sided_band(femur: np.ndarray, x: np.ndarray, mid: float):
+    """(bool mask of the largest piece's x band widened by SIDE_MARGIN_MM, that piece's side) when the midline x
+    ``mid`` cuts that piece and it is one femur wide, else None. ``x``: LPS x of every voxel of ``femur``."""
+    pieces, count = ndimage.label(femur, structure=CONNECTIVITY)
+    if count == 0:
+        return None
+    sizes = np.bincount(pieces.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    px = x[pieces == int(sizes.argmax())]
+    across = min(np.count_nonzero(px > mid), np.count_nonzero(px <= mid)) / px.size
+    if across < ONE_SIDED_FRACTION or np.ptp(px) > ONE_FEMUR_WIDTH_MM:
+        return None
+    inside = (x >= px.min() - SIDE_MARGIN_MM) & (x <= px.max() + SIDE_MARGIN_MM)
+    return inside, "left" if px.mean() > 0 else "right"          # x = 0: the scanner's isocentre
 
 
 def _measure_side(side: str, mask: np.ndarray, hu: np.ndarray, geometry: Geometry, z_axis: int) -> SideReport:
@@ -227,7 +264,7 @@ def check_plausibility(labelmap: np.ndarray, hu: np.ndarray, geometry: Geometry,
     """Per-side report and warnings for a femur labelmap (uint8, (k, j, i)) on the grid of ``hu``.
 
     ``labels``: the model's label records (value, name, optional side); with a side on every record the
-    labels give the sides, otherwise the body's midline does.
+    labels give the sides, otherwise the body's midline does (or, in a one-sided field, the largest piece).
     """
     labelmap, hu = np.asarray(labelmap), np.asarray(hu)
     if labelmap.shape != hu.shape:
@@ -236,7 +273,7 @@ def check_plausibility(labelmap: np.ndarray, hu: np.ndarray, geometry: Geometry,
     if box is None:
         return PlausibilityReport({s: SideReport(s) for s in SIDES}, [], "labels" if _has_sides(labels) else "midline")
     offset = tuple(b.start for b in box)
-    masks, split, mid = side_masks(labelmap[box], offset, geometry, hu, labels)
+    masks, split, mid = side_masks(labelmap[box], offset, geometry, hu, labels, one_sided=True)
     z_axis = Reorientation.for_geometry(geometry).axes[0]
     sides = {s: _measure_side(s, masks[s], hu[box], geometry, z_axis) for s in SIDES}
     warnings = _component_warnings(sides)
