@@ -15,7 +15,7 @@ import torch
 
 from FemurUNetLib import segment_volume
 from FemurUNetLib.evaluate import dice, femur_rows, read_femur_reference
-from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH, load_model
+from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH, load_model, save_model
 from FemurUNetLib.phantom2 import generate_case
 from FemurUNetLib.volume_io import read_volume
 
@@ -152,16 +152,16 @@ def test_demo_model_predicts_almost_no_femur_in_a_femur_free_real_ct(model, real
     assert np.count_nonzero(pred) / pred.size < MAX_FEMUR_FREE_FRACTION
 
 
-def _run_script(tmp_path, model_file, data):
+def _run_script(tmp_path, model_file, data, source=DEFAULT_MODEL_PATH):
     """train_demo_model.sh in tmp_path/demo holding ``model_file`` and the exported ``data`` folders, with a stand-in
-    femurunet that prints its first arguments and copies --init to --out; no GPU visible. (WORKDIR, the training
-    runs it printed, the script's stderr)."""
+    femurunet that prints its first arguments and copies --init to --out; no GPU visible. ``model_file`` is a copy
+    of ``source``. (WORKDIR, the training runs it printed, the script's stderr)."""
     work, bin_dir = tmp_path / "demo", tmp_path / "bin"
     work.mkdir(parents=True)
     for folder in data:
         (work / folder).mkdir(parents=True)
         (work / folder / "dataset.json").write_text("{}")
-    shutil.copy(DEFAULT_MODEL_PATH, work / model_file)
+    shutil.copy(source, work / model_file)
     bin_dir.mkdir()
     fake = bin_dir / "femurunet"
     fake.write_text(f"#!{sys.executable}\nimport shutil, sys\na = sys.argv\nprint(' '.join(a[1:3]), flush=True)\n"
@@ -194,10 +194,12 @@ def test_the_script_runs_only_the_stages_after_the_model_files_it_finds(tmp_path
 
 
 def test_from_the_stage8_file_the_script_sets_the_minimum_field_and_asks_for_a_gpu(tmp_path):
-    work, printed, stderr = _run_script(tmp_path, "femurunet_demo_b16_stage8.pt", ())
+    unpadded = save_model(load_model(DEFAULT_MODEL_PATH), tmp_path / "unpadded.pt", min_field_mm=0.0)
+    work, printed, stderr = _run_script(tmp_path, "femurunet_demo_b16_stage8.pt", (), source=unpadded)
     assert printed == [] and sorted(p.name for p in work.glob("*.pt")) == [
         "femurunet_demo_b16_stage8.pt", "femurunet_demo_b16_stage8m.pt", "femurunet_demo_b16_v2.pt"]
     stage8, stage8m = (load_model(work / f"femurunet_demo_b16_stage8{s}.pt") for s in ("", "m"))
+    assert stage8.metadata["min_field_mm"] == 0.0
     assert stage8m.metadata == {**stage8.metadata, "min_field_mm": 300.0}
     assert "stage 9 needs a CUDA GPU" in stderr
     assert all(torch.equal(v, stage8.state_dict()[k]) for k, v in stage8m.state_dict().items())
