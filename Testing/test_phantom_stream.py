@@ -98,10 +98,22 @@ def test_validation_cases_go_to_the_device_once_all_have_arrived_in_seed_order()
     assert run.val.batch(torch.arange(7))[0][:, 0, 0, 0].mul(255).round().tolist() == [7, 8, 8, 8, 8, 9, 9]
 
 
+def test_a_wider_run_starts_from_the_same_outputs():
+    run = _Run(_args("--base-filters", "32"), torch.device("cpu"))
+    start = load_model(DEFAULT_MODEL_PATH).eval()
+    x = torch.rand(2, 1, run.size, run.size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        wide, narrow = run.net.eval()(x), start(x)
+    assert run.net.base_filters == run.config.base_filters == 32 and start.base_filters == 16
+    assert torch.allclose(wide, narrow, atol=1e-4) and run.init_base == 16
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--seeds", "1-5", "--val-seeds", "5-6"), "--seeds 1-5 and --val-seeds 5-6 overlap"),
     (("--seeds", "1-x"), "--seeds '1-x': expected ranges like 90000-90039 or seeds like 25096"),
-    (("--init", "missing.pt"), "missing.pt: model file not found")])
+    (("--init", "missing.pt"), "missing.pt: model file not found"),
+    (("--base-filters", "24"), f"{DEFAULT_MODEL_PATH}: --base-filters 24: a model of base 16 widens only to a "
+                               "multiple of 16")])
 def test_bad_runs_are_one_line_errors_before_anything_is_written(tmp_path, capsys, extra, message):
     out = tmp_path / "run" / "s.pt"
     argv = ["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(out), "--device", "cpu", *extra]

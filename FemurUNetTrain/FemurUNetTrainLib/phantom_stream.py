@@ -44,6 +44,7 @@ from .loss import evaluate
 from .options import AMP_MODES, AugmentConfig, IntensityConfig, TrainConfig, seed_list
 from .step import WeightAverage, amp_dtype, augment, make_optimizer, optimise
 from .train import start_provenance
+from .widen import widen
 
 
 def coarse_seed(seed: int) -> bool:
@@ -119,17 +120,18 @@ class _Run:
         if set(self.train_seeds) & set(self.val_seeds):
             raise FemurUNetError(f"--seeds {args.seeds} and --val-seeds {args.val_seeds} overlap")
         start = load_model(args.init)
-        self.args, self.device, self.start = args, device, start
+        self.args, self.device, self.start, self.init_base = args, device, start, start.base_filters
         self.init_training = start_provenance(start.metadata)
         self.window, self.size = start.metadata["window"], int(start.metadata["input_size"])
         self.min_field = float(start.metadata.get("min_field_mm", 0.0))
+        base = args.base_filters or start.base_filters
         self.config = TrainConfig(out=args.out, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                  base_filters=start.base_filters, input_size=self.size, bce_weight=args.bce_weight,
+                                  base_filters=base, input_size=self.size, bce_weight=args.bce_weight,
                                   ema=args.ema, augment=AugmentConfig(),
                                   intensity=IntensityConfig(enabled=args.intensity_augment))
         torch.manual_seed(args.seed)
-        self.net = UNet2D(1, 1, start.base_filters)
-        self.net.load_state_dict(start.state_dict())
+        self.net = UNet2D(1, 1, base)
+        self.net.load_state_dict(_widened(start, base, args).state_dict())
         self.net.to(device).to(memory_format=torch.channels_last)
         self.average = WeightAverage(self.net, args.ema)
         self.optimizer = make_optimizer(self.net, args.lr)
@@ -174,9 +176,20 @@ class _Run:
                     "bce_weight": self.args.bce_weight, "intensity": self.config.intensity.to_dict(),
                     "train_cases": len(self.train.cases), "val_seeds": self.args.val_seeds,
                     "seeds": self.args.seeds, "val_loss": val_loss, "val_dice": val_dice,
-                    "torch": str(torch.__version__), "device": self.device.type, "init_training": self.init_training}
+                    "torch": str(torch.__version__), "device": self.device.type, "init_training": self.init_training,
+                    "init_base_filters": self.init_base}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
                    input_size=self.size, min_field_mm=self.min_field, training=training)
+
+
+def _widened(start: UNet2D, base: int, args) -> UNet2D:
+    """The starting model at ``base`` filters: itself, or widened to a multiple of its width (same outputs)."""
+    if base == start.base_filters:
+        return start
+    try:
+        return widen(start, base, torch.Generator().manual_seed(args.seed))
+    except FemurUNetError as exc:
+        raise FemurUNetError(f"{args.init}: {exc}") from None
 
 
 def _record(run: _Run, started: float, losses: list, out: Path) -> dict:
@@ -266,6 +279,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of the training process")
     p.add_argument("--min-cases", type=positive_int, default=8, help="training cases before the first step")
     p.add_argument("--capacity", type=positive_int, default=120000, help="slices kept in the pool on the device")
+    p.add_argument("--base-filters", type=positive_int, help="widen the --init model to this multiple of its width "
+                   "(same outputs to start from; default: its width)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_number, default=1e-4)
     p.add_argument("--min-lr", type=float, default=2e-6)
