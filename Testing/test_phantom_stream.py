@@ -19,7 +19,8 @@ from FemurUNetLib.preprocess import window_to_uint8
 from FemurUNetTrainLib.dataset import load_dataset, to_model_tensors
 from FemurUNetTrainLib.export import export_arrays
 from FemurUNetTrainLib import cli
-from FemurUNetTrainLib.phantom_stream import SlicePool, _Run, add_arguments, case_slices, coarse_seed, scheduled_rate
+from FemurUNetTrainLib.phantom_stream import (SlicePool, _Run, add_arguments, case_slices, coarse_seed,
+                                              parse_coverage_mix, scheduled_rate, stream_coverage)
 
 WINDOW = {"center": 400.0, "width": 2000.0}
 SHAPE = (18, 40, 36)
@@ -54,6 +55,34 @@ def test_case_slices_are_padded_with_air_to_the_minimum_field():
     x, y = to_model_tensors(list(padded), list(padded_masks), 64)
     assert masks.any() and np.array_equal(masks, y[:, 0].numpy())
     assert np.abs(images / 255.0 - x[:, 0].numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def test_a_coverage_given_is_the_case_made():
+    _, _, masks = case_slices(7, WINDOW, 32, coverage="chest", shape=SHAPE)
+    _, _, leg = case_slices(7, WINDOW, 32, coverage="hip_to_knee", shape=SHAPE)
+    assert not masks.any() and leg.any()
+
+
+def test_the_coverage_mix_draws_by_its_weights_the_same_on_every_run():
+    mix = parse_coverage_mix("knee_to_ankle=3, pelvis=1,chest=0")
+    assert mix == {"knee_to_ankle": 0.75, "pelvis": 0.25, "chest": 0.0}
+    drawn = [stream_coverage(seed, mix) for seed in range(70000, 72000)]
+    assert drawn == [stream_coverage(seed, mix) for seed in range(70000, 72000)]
+    assert set(drawn) == {"knee_to_ankle", "pelvis"} and abs(drawn.count("pelvis") / 2000 - 0.25) < 0.03
+    assert stream_coverage(70000, None) is None
+
+
+@pytest.mark.parametrize("text, problem", [("knee=1", "'knee' is not a coverage (pelvis, hip_to_knee"),
+                                           ("pelvis=x", "pelvis's weight must be a number >= 0, got 'x'"),
+                                           ("pelvis=-1", "pelvis's weight must be a number >= 0, got '-1'"),
+                                           ("pelvis=0", "the weights sum to 0")])
+def test_a_bad_coverage_mix_is_a_one_line_error(tmp_path, capsys, text, problem):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(tmp_path / "s.pt"),
+                  "--coverage-mix", text])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and problem in err and "--coverage-mix" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_third_of_the_seeds_are_coarse():
@@ -156,7 +185,8 @@ def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path, capsys):
     assert cli.main(["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(out), "--minutes", "0.4",
                      "--workers", "1", "--shape", "10,40,40", "--val-seeds", "49000-49001",
                      "--seeds", "50000-50100", "--min-cases", "2", "--batch-size", "2",
-                     "--val-every", "5", "--device", "cpu", "--warmup-steps", "2"]) == 0
+                     "--val-every", "5", "--device", "cpu", "--warmup-steps", "2",
+                     "--coverage-mix", "knee_to_ankle=1"]) == 0
     lines = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
     assert lines[-1]["steps"] > 0
     validated = [r for r in lines if "val_loss" in r]
@@ -168,6 +198,7 @@ def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path, capsys):
     training = model.metadata["training"]
     assert training["val_loss"] == min(r["val_loss"] for r in validated)
     assert training["steps"] <= lines[-1]["steps"] and training["init"] == str(DEFAULT_MODEL_PATH)
+    assert training["coverage_mix"] == {"knee_to_ankle": 1.0} and training["init_base_filters"] == 16
     start = load_model(DEFAULT_MODEL_PATH).metadata      # the chain of runs stays traceable
     assert training["init_training"] == {**start["training"], **({"blend": start["blend"]} if "blend" in start else {})}
     assert load_model(tmp_path / "s_last.pt").metadata["training"]["steps"] == lines[-1]["steps"]

@@ -31,7 +31,7 @@ from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import CANONICAL_ORIENTATION, Reorientation
 from FemurUNetLib.model import UNet2D
 from FemurUNetLib.modelfile import load_model, save_model
-from FemurUNetLib.phantom2 import generate_case
+from FemurUNetLib.phantom2 import COVERAGES, generate_case
 from FemurUNetLib.phantom2_native import coarse_spacing
 from FemurUNetLib.preprocess import min_side, window_to_uint8
 from FemurUNetLib.segment_options import positive_int, positive_number
@@ -52,14 +52,43 @@ def coarse_seed(seed: int) -> bool:
     return seed % 3 == 1
 
 
-def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0, **grid) -> tuple:
+def parse_coverage_mix(text: str) -> dict:
+    """``--coverage-mix`` ``name=weight,...`` (names of phantom2.COVERAGES) -> {name: probability}."""
+    mix = {}
+    for item in text.split(","):
+        name, _, weight = item.partition("=")
+        name = name.strip()
+        if name not in COVERAGES:
+            raise argparse.ArgumentTypeError(f"{text!r}: {name!r} is not a coverage ({', '.join(COVERAGES)})")
+        try:
+            mix[name] = float(weight)
+        except ValueError:
+            mix[name] = math.nan
+        if not math.isfinite(mix[name]) or mix[name] < 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: {name}'s weight must be a number >= 0, got {weight!r}")
+    total = sum(mix.values())
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the weights sum to 0")
+    return {name: w / total for name, w in mix.items()}
+
+
+def stream_coverage(seed: int, mix) -> object:
+    """The coverage a training seed is made with under ``mix`` (its own stream: the same for a seed on every run);
+    None without a mix (the generator draws it)."""
+    if not mix:
+        return None
+    return str(np.random.default_rng([int(seed), 11]).choice(list(mix), p=list(mix.values())))
+
+
+def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0, coverage=None, **grid) -> tuple:
     """(seed, images uint8 (n, S, S), masks bool (n, S, S)): every canonical axial slice of phantom ``seed``
-    at model size, padded to the model's minimum field (``min_field`` mm) as inference pads them. ``grid``:
-    ``generate_case`` overrides (``shape``, ``spacing``); default: drawn, coarse by seed."""
+    at model size, padded to the model's minimum field (``min_field`` mm) as inference pads them. ``coverage``:
+    one of phantom2.COVERAGES (default: drawn); ``grid``: ``generate_case`` overrides (``shape``, ``spacing``);
+    default: drawn, coarse by seed."""
     torch.set_num_threads(1)
     if not grid and coarse_seed(seed):
         grid = {"spacing": coarse_spacing(seed)}
-    case = generate_case(seed, jobs=1, **grid)
+    case = generate_case(seed, jobs=1, coverage=coverage, **grid)
     axial = Reorientation.for_geometry(case.geometry)
     ct, label = axial.to_canonical(case.ct), axial.to_canonical(case.label != 0)
     images = [window_to_uint8(s, window["center"], window["width"]) for s in ct]
@@ -177,7 +206,7 @@ class _Run:
                     "train_cases": len(self.train.cases), "val_seeds": self.args.val_seeds,
                     "seeds": self.args.seeds, "val_loss": val_loss, "val_dice": val_dice,
                     "torch": str(torch.__version__), "device": self.device.type, "init_training": self.init_training,
-                    "init_base_filters": self.init_base}
+                    "init_base_filters": self.init_base, "coverage_mix": self.args.coverage_mix}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
                    input_size=self.size, min_field_mm=self.min_field, training=training)
 
@@ -248,8 +277,9 @@ def stream_train(args) -> list:
     context = multiprocessing.get_context("spawn")
     grid = {"shape": args.shape} if args.shape else {}
     with context.Pool(args.workers, initializer=os.nice, initargs=(args.worker_nice,)) as workers:
-        for seed in run.val_seeds + run.train_seeds:
-            workers.apply_async(case_slices, (seed, run.window, run.size, run.min_field), grid,
+        for seed in run.val_seeds + run.train_seeds:     # validation cases as drawn, training ones by the mix
+            coverage = None if seed in run.val_seeds else stream_coverage(seed, args.coverage_mix)
+            workers.apply_async(case_slices, (seed, run.window, run.size, run.min_field, coverage), grid,
                                 callback=arrived.put,
                                 error_callback=lambda exc: print(f"phantom failed: {exc!r}", flush=True))
         _train_until(run, arrived, started + 60.0 * args.minutes, out)
@@ -274,6 +304,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=positive_number, default=7.0, help="wall time of the whole run (default %(default)s)")
     p.add_argument("--seeds", default="50000-59999", help="training phantom seeds A-B (default %(default)s)")
     p.add_argument("--val-seeds", default="49000-49011", help="validation phantom seeds (default %(default)s)")
+    p.add_argument("--coverage-mix", type=parse_coverage_mix, help="coverages of the training phantoms, weighted: "
+                   "e.g. knee_to_ankle=2,pelvis=1 (default: as the generator draws them; validation always so)")
     p.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2), help="phantom processes")
     p.add_argument("--worker-nice", type=int, default=10, help="niceness of the phantom processes")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of the training process")
