@@ -75,6 +75,8 @@ def test_the_coverage_mix_draws_by_its_weights_the_same_on_every_run():
 @pytest.mark.parametrize("text, problem", [("knee=1", "'knee' is not a coverage (pelvis, hip_to_knee"),
                                            ("pelvis=x", "pelvis's weight must be a number >= 0, got 'x'"),
                                            ("pelvis=-1", "pelvis's weight must be a number >= 0, got '-1'"),
+                                           ("pelvis=inf", "pelvis's weight must be a number >= 0, got 'inf'"),
+                                           ("pelvis=1,pelvis=2", "pelvis is given twice"),
                                            ("pelvis=0", "the weights sum to 0")])
 def test_a_bad_coverage_mix_is_a_one_line_error(tmp_path, capsys, text, problem):
     with pytest.raises(SystemExit) as done:

@@ -22,6 +22,7 @@ import queue
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from .loss import evaluate
 from .options import AMP_MODES, AugmentConfig, IntensityConfig, TrainConfig, seed_list
 from .step import WeightAverage, amp_dtype, augment, make_optimizer, optimise
 from .train import start_provenance
-from .widen import widen
+from .widen import widened_start
 
 
 def coarse_seed(seed: int) -> bool:
@@ -60,11 +61,13 @@ def parse_coverage_mix(text: str) -> dict:
         name = name.strip()
         if name not in COVERAGES:
             raise argparse.ArgumentTypeError(f"{text!r}: {name!r} is not a coverage ({', '.join(COVERAGES)})")
+        if name in mix:
+            raise argparse.ArgumentTypeError(f"{text!r}: {name} is given twice")
         try:
             mix[name] = float(weight)
         except ValueError:
             mix[name] = math.nan
-        if not math.isfinite(mix[name]) or mix[name] < 0:
+        if not mix[name] >= 0 or math.isinf(mix[name]):
             raise argparse.ArgumentTypeError(f"{text!r}: {name}'s weight must be a number >= 0, got {weight!r}")
     total = sum(mix.values())
     if total <= 0:
@@ -72,7 +75,7 @@ def parse_coverage_mix(text: str) -> dict:
     return {name: w / total for name, w in mix.items()}
 
 
-def stream_coverage(seed: int, mix) -> object:
+def stream_coverage(seed: int, mix: Optional[dict]) -> Optional[str]:
     """The coverage a training seed is made with under ``mix`` (its own stream: the same for a seed on every run);
     None without a mix (the generator draws it)."""
     if not mix:
@@ -160,7 +163,7 @@ class _Run:
                                   intensity=IntensityConfig(enabled=args.intensity_augment))
         torch.manual_seed(args.seed)
         self.net = UNet2D(1, 1, base)
-        self.net.load_state_dict(_widened(start, base, args).state_dict())
+        self.net.load_state_dict(widened_start(start, base, args.seed, args.init).state_dict())
         self.net.to(device).to(memory_format=torch.channels_last)
         self.average = WeightAverage(self.net, args.ema)
         self.optimizer = make_optimizer(self.net, args.lr)
@@ -209,16 +212,6 @@ class _Run:
                     "init_base_filters": self.init_base, "coverage_mix": self.args.coverage_mix}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
                    input_size=self.size, min_field_mm=self.min_field, training=training)
-
-
-def _widened(start: UNet2D, base: int, args) -> UNet2D:
-    """The starting model at ``base`` filters: itself, or widened to a multiple of its width (same outputs)."""
-    if base == start.base_filters:
-        return start
-    try:
-        return widen(start, base, torch.Generator().manual_seed(args.seed))
-    except FemurUNetError as exc:
-        raise FemurUNetError(f"{args.init}: {exc}") from None
 
 
 def _record(run: _Run, started: float, losses: list, out: Path) -> dict:

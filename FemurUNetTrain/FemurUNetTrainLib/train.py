@@ -42,7 +42,7 @@ from .intensity import draw_intensity
 from .loss import evaluate
 from .options import TrainConfig
 from .step import ADAM_EPSILON, WeightAverage, amp_dtype, augment, load_batch, make_optimizer, optimise
-from .widen import widen
+from .widen import widened_start
 
 # names other modules and scripts import from here
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "train", "checkpoint_path", "log_path", "curve_path",
@@ -121,12 +121,7 @@ def initial_model(config: TrainConfig, window: dict) -> UNet2D:
     for key in found:
         if found[key] != wanted[key]:
             raise FemurUNetError(f"{name}: --init model has {key} {found[key]}, but this run needs {wanted[key]}")
-    if config.base_filters != model.base_filters:
-        try:
-            model = widen(model, config.base_filters, torch.Generator().manual_seed(config.seed))
-        except FemurUNetError as exc:
-            raise FemurUNetError(f"{name}: {exc}") from None
-    return model
+    return widened_start(model, config.base_filters, config.seed, name)
 
 
 def _make_scheduler(config: TrainConfig, optimizer):

@@ -33,6 +33,16 @@ def widen(model: UNet2D, base_filters: int, generator: torch.Generator) -> UNet2
     return wide
 
 
+def widened_start(model: UNet2D, base_filters: int, seed: int, name) -> UNet2D:
+    """A starting model at ``base_filters``: itself, or widened (``widen``); an error names its file ``name``."""
+    if base_filters == model.base_filters:
+        return model
+    try:
+        return widen(model, base_filters, torch.Generator().manual_seed(seed))
+    except FemurUNetError as exc:
+        raise FemurUNetError(f"{name}: {exc}") from None
+
+
 def _convs(net: UNet2D) -> list:
     """(convolution, whether its input is the decoder's [skip, up] concatenation), in the network's order."""
     convs = [(c, False) for block in net.enc for c in block if isinstance(c, nn.Conv2d)]
