@@ -292,7 +292,8 @@ def _shape(text: str) -> tuple:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a streaming run (``femurunet train-phantoms`` and ``python3 -m`` this module)."""
-    p.add_argument("--init", required=True, help="model to start from (its input size, window and, unless --base-filters, width)")
+    p.add_argument("--init", required=True,
+                   help="model to start from (its input size, window and, unless --base-filters, width)")
     p.add_argument("--out", required=True, help="best model (the weight average at its best validation)")
     p.add_argument("--minutes", type=positive_number, default=7.0, help="wall time of the whole run (default %(default)s)")
     p.add_argument("--seeds", default="50000-59999", help="training phantom seeds A-B (default %(default)s)")
