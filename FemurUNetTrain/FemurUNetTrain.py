@@ -454,37 +454,10 @@ class FemurUNetTrainLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return FemurUNetTrainParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def outputModelFile(path: str) -> str:
-        """The model file a training writes for the output field: '.pt' is added to a name without a suffix."""
-        return path + ".pt" if path and not os.path.splitext(path)[1] else path
-
-    @staticmethod
-    def exportPathProblem(datasetPath: str) -> str:
-        """Why pairs cannot be exported into this folder (one line), or "" (a missing folder is created)."""
-        if not datasetPath:
-            return "Choose the dataset folder to export into"
-        if os.path.exists(datasetPath) and not os.path.isdir(datasetPath):
-            return f"The dataset folder is a file: {datasetPath}"
-        return ""
-
-    @classmethod
-    def trainingPathsProblem(cls, datasetPath: str, validationPath: str, outputModelPath: str) -> str:
-        """Why these paths cannot start a training (one line), or "" when they can."""
-        if not datasetPath:
-            return "Choose the dataset folder (export pairs into it first)"
-        if not os.path.isdir(datasetPath):
-            return f"Dataset folder not found: {datasetPath}"
-        if validationPath and not os.path.isdir(validationPath):
-            return f"Validation folder not found: {validationPath}"
-        if not outputModelPath:
-            return "Choose the output model file (.pt)"
-        out = cls.outputModelFile(outputModelPath)
-        if not out.endswith(".pt"):
-            return f"The output model must be a .pt file: {outputModelPath}"
-        if os.path.isdir(out):
-            return f"The output model is a folder: {out}"
-        return ""
+    # the path checks of the module's fields (FemurUNetTrainLib.options, tested there)
+    outputModelFile = staticmethod(trainOptions.output_model_file)
+    exportPathProblem = staticmethod(trainOptions.export_path_problem)
+    trainingPathsProblem = staticmethod(trainOptions.training_paths_problem)
 
     @classmethod
     def exportPair(cls, volumeNode, segmentationNode, segmentIds, datasetPath, emptyFraction=trainOptions.EMPTY_FRACTION):

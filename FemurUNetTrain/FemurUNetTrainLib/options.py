@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -331,3 +332,35 @@ def config_from_gui(values: dict, **overrides) -> TrainConfig:
             fields[name] = None if value == "" and name == "val" else value
     fields.update(overrides)
     return TrainConfig(**fields)
+
+
+def output_model_file(path: str) -> str:
+    """The model file a training writes for an output field: '.pt' is added to a name without a suffix."""
+    return path + ".pt" if path and not os.path.splitext(path)[1] else path
+
+
+def export_path_problem(dataset: str) -> str:
+    """Why pairs cannot be exported into this folder (one line), or "" (a missing folder is created)."""
+    if not dataset:
+        return "Choose the dataset folder to export into"
+    if os.path.exists(dataset) and not os.path.isdir(dataset):
+        return f"The dataset folder is a file: {dataset}"
+    return ""
+
+
+def training_paths_problem(dataset: str, validation: str, output_model: str) -> str:
+    """Why these paths (the training module's fields) cannot start a training (one line), or "" when they can."""
+    if not dataset:
+        return "Choose the dataset folder (export pairs into it first)"
+    if not os.path.isdir(dataset):
+        return f"Dataset folder not found: {dataset}"
+    if validation and not os.path.isdir(validation):
+        return f"Validation folder not found: {validation}"
+    if not output_model:
+        return "Choose the output model file (.pt)"
+    out = output_model_file(output_model)
+    if not out.endswith(".pt"):
+        return f"The output model must be a .pt file: {output_model}"
+    if os.path.isdir(out):
+        return f"The output model is a folder: {out}"
+    return ""
