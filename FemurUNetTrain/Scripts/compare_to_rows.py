@@ -1,0 +1,87 @@
+"""Compare a candidate's phantom rows with a stored model's rows on the same seeds (the rule sets kept in
+docs/benchmarks, e.g. 2026-12-04_run17_rule_sets.json), so the stored model need not run again.
+
+    python3 FemurUNetTrain/Scripts/compare_to_rows.py STORED_SETS.json NEW.json [NEW2.json ...]
+
+NEW.json: what ``evaluate_demo_model.py MODEL --no-real --json NEW.json`` writes (one model, or several under
+"runs": each is compared). For every stored set whose seeds all have a row in the NEW files, one line: cases, mean
+Dice stored -> new, min Dice, largest false positives, labels off the femur (sum), and the seeds that moved most;
+a set the NEW files cover in part, or with other grids (a seed's shape differs), is named so. The rows are only
+comparable while the phantom code is the stored file's ("phantom_code"). Rules are judged on these numbers; the
+script decides nothing.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+PROG = "compare_to_rows.py"
+
+
+def read_json(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{PROG}: error: {path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"{PROG}: error: {path}: not JSON ({exc})") from None
+
+
+def new_rows(paths: list) -> dict:
+    """{model: {seed: row}} from evaluate_demo_model.py files (a later file's row for a seed wins)."""
+    models = {}
+    for path in paths:
+        result = read_json(path)
+        for run in result.get("runs", [result]):
+            if "phantoms" not in run:
+                raise SystemExit(f"{PROG}: error: {path}: no phantom rows (evaluate_demo_model.py --json output?)")
+            models.setdefault(str(run.get("model")), {}).update({int(r["seed"]): r for r in run["phantoms"]})
+    return models
+
+
+def summary(rows: list) -> dict:
+    """Mean and min Dice over the rows with femur, largest false positives, labels off the femur (sum), in ml."""
+    dice = [r["dice"] for r in rows if r.get("dice") is not None]
+    return {"mean": sum(dice) / len(dice) if dice else float("nan"), "min": min(dice, default=float("nan")),
+            "fp_max": max((r.get("false_positive_ml") or 0.0 for r in rows), default=0.0),
+            "off": sum(r.get("off_femur_ml") or 0.0 for r in rows)}
+
+
+def compare_line(name: str, stored: list, new: dict) -> str:
+    """One line for a stored set against the new rows by seed."""
+    missing = [r["seed"] for r in stored if int(r["seed"]) not in new]
+    if missing:
+        return f"{name}: not covered ({len(missing)} of {len(stored)} seeds missing, e.g. {missing[0]})"
+    mine = [new[int(r["seed"])] for r in stored]
+    other = [(s, n) for s, n in zip(stored, mine) if "shape" in s and "shape" in n and s["shape"] != n["shape"]]
+    if other:
+        s, n = other[0]
+        return (f"{name}: different cases (seed {s['seed']}: shape {s['shape']} stored, {n['shape']} new; "
+                "another grid option or phantom code?)")
+    a, b = summary(stored), summary(mine)
+    moved = sorted((n["dice"] - s["dice"], int(s["seed"])) for s, n in zip(stored, mine)
+                   if s.get("dice") is not None and n.get("dice") is not None)
+    worst = ", ".join(f"{seed} {delta:+.3f}" for delta, seed in moved[:3])
+    return (f"{name}: {len(stored)} cases, Dice {a['mean']:.4f} -> {b['mean']:.4f} ({b['mean'] - a['mean']:+.4f}), "
+            f"min {a['min']:.3f} -> {b['min']:.3f}, largest false positives {a['fp_max']:.1f} -> {b['fp_max']:.1f} ml, "
+            f"off the femur {a['off']:.1f} -> {b['off']:.1f} ml; moved most: {worst}")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        print(f"usage: {PROG} STORED_SETS.json NEW.json [NEW2.json ...]", file=sys.stderr)
+        return 2
+    stored = read_json(argv[0])
+    if "sets" not in stored:
+        raise SystemExit(f"{PROG}: error: {argv[0]}: no \"sets\" (a stored rule-sets file?)")
+    for model, rows in new_rows(argv[1:]).items():
+        print(f"{model} against {stored.get('model', argv[0])}")
+        for name, entry in stored["sets"].items():
+            print("  " + compare_line(name, entry["rows"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""FemurUNetTrain/Scripts/compare_to_rows.py: a candidate's phantom rows against stored rows of the same seeds."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts"))
+import compare_to_rows as script  # noqa: E402
+
+STORED_SETS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "2026-12-04_run17_rule_sets.json"
+
+
+def row(seed, dice, fp=1.0, off=0.0, shape=(10, 20, 20)):
+    return {"seed": seed, "dice": dice, "false_positive_ml": fp, "off_femur_ml": off, "shape": list(shape)}
+
+
+def write(path, data):
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
+    stored = write(tmp_path / "sets.json", {"model": "old", "sets": {
+        "a": {"rows": [row(1, 0.90, fp=5.0), row(2, 0.96), {"seed": 3, "false_positive_ml": 0.5}]},
+        "b": {"rows": [row(1, 0.90), row(4, 0.95)]},
+        "c": {"rows": [row(2, 0.96, shape=(5, 20, 20))]}}})
+    new = write(tmp_path / "new.json", {"model": "cand.pt", "phantoms": [
+        row(1, 0.94, fp=2.0, off=1.5), row(2, 0.95), {"seed": 3, "false_positive_ml": 0.2}]})
+    assert script.main([stored, new]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "cand.pt against old"
+    assert lines[1] == ("  a: 3 cases, Dice 0.9300 -> 0.9450 (+0.0150), min 0.900 -> 0.940, largest false positives "
+                        "5.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml; moved most: 2 -0.010, 1 +0.040")
+    assert lines[2] == "  b: not covered (1 of 2 seeds missing, e.g. 4)"
+    assert lines[3] == ("  c: different cases (seed 2: shape [5, 20, 20] stored, [10, 20, 20] new; another grid "
+                        "option or phantom code?)")
+
+
+def test_the_stored_model_against_its_own_rows_moves_nothing(tmp_path, capsys):
+    sets = json.loads(STORED_SETS.read_text())
+    rows = sets["sets"]["hip stress"]["rows"]
+    new = write(tmp_path / "same.json", {"runs": [{"model": "again", "phantoms": rows}]})
+    assert script.main([str(STORED_SETS), new]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  hip stress:"))
+    assert f"Dice {sets['sets']['hip stress']['dice_mean']:.4f} -> " in line and "(+0.0000)" in line
+
+
+@pytest.mark.parametrize("content, problem", [(None, "file not found"), ("{", "not JSON"),
+                                              ('{"model": "m"}', "no phantom rows")])
+def test_bad_files_are_one_line_errors(tmp_path, content, problem):
+    new = tmp_path / "new.json"
+    if content is not None:
+        new.write_text(content)
+    with pytest.raises(SystemExit) as done:
+        script.main([str(STORED_SETS), str(new)])
+    assert str(done.value).startswith(f"compare_to_rows.py: error: {new}: {problem}")
+    assert "\n" not in str(done.value)
+
+
+def test_a_stored_file_without_sets_is_a_one_line_error(tmp_path):
+    stored = write(tmp_path / "eval.json", {"model": "m", "phantoms": []})
+    with pytest.raises(SystemExit) as done:
+        script.main([stored, stored])
+    assert str(done.value) == f'compare_to_rows.py: error: {stored}: no "sets" (a stored rule-sets file?)'
