@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from FemurUNetLib import UNet2D, count_parameters, dice_coefficient, dice_loss
 from FemurUNetLib.model import _UpConv, forward_macs

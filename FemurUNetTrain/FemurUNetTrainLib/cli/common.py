@@ -5,7 +5,6 @@ import argparse
 import sys
 
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.segment_options import positive_int, probability  # noqa: F401  (the commands' types)
 
 
 def window_arg(text):

@@ -20,10 +20,9 @@ from FemurUNetLib.batch import (FINISHED, PART_GLOB, RESULTS_NAME, case_cost, ca
                                 duplicate_cases, new_row, part_name, previous_rows, report,
                                 segment_case, select_inputs, shard, skipped_rows, write_csv, write_index)
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.segment_options import add_segment_options, segment_keywords
+from FemurUNetLib.segment_options import add_segment_options, positive_int, segment_keywords
 
 from ..distributed import Dist
-from .common import positive_int
 
 WAIT = timedelta(days=7)   # a process done early waits this long for the others (the default is 30 minutes)
 
