@@ -65,3 +65,11 @@ def test_a_stored_file_without_sets_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit) as done:
         script.main([stored, stored])
     assert str(done.value) == f'compare_to_rows.py: error: {stored}: no "sets" (a stored rule-sets file?)'
+
+
+def test_a_figure_the_stored_rows_lack_is_not_made_up(tmp_path, capsys):
+    stored = write(tmp_path / "sets.json", {"model": "old", "sets": {"a": {"rows": [
+        {"seed": 1, "dice": 0.9, "false_positive_ml": 2.0}]}}})
+    new = write(tmp_path / "new.json", {"model": "cand.pt", "phantoms": [row(1, 0.92, off=3.0)]})
+    assert script.main([stored, new]) == 0
+    assert "off the femur n/a -> 3.0 ml" in capsys.readouterr().out
