@@ -12,21 +12,18 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from scipy import ndimage
 
 from .geometry import Geometry
-from .plausibility import CONNECTIVITY, SIDES, bounding_box, side_masks
+from .plausibility import SIDES, bounding_box, labelled_pieces, side_masks
 
 KEEP_FRACTION = 0.2          # a piece this fraction of its side's largest piece (or larger) stays
 
 
 def detached_pieces(side_mask: np.ndarray, keep_fraction: float = KEEP_FRACTION) -> np.ndarray:
     """Boolean mask of the pieces of ``side_mask`` smaller than ``keep_fraction`` x its largest piece."""
-    pieces, count = ndimage.label(side_mask, structure=CONNECTIVITY)
-    if count < 2:
+    pieces, sizes = labelled_pieces(side_mask)
+    if len(sizes) < 3:
         return np.zeros(side_mask.shape, bool)
-    sizes = np.bincount(pieces.ravel(), minlength=count + 1)
-    sizes[0] = 0
     drop = sizes < keep_fraction * sizes.max()
     drop[0] = False
     return drop[pieces]

@@ -165,14 +165,20 @@ def side_masks(labels_box: np.ndarray, offset, geometry: Geometry, hu: np.ndarra
     return {"left": femur & left, "right": femur & ~left}, "midline", mid
 
 
+def labelled_pieces(mask: np.ndarray) -> tuple:
+    """(26-connected pieces of ``mask`` numbered from 1, voxel count per number with 0 for the background)."""
+    pieces, count = ndimage.label(mask, structure=CONNECTIVITY)
+    sizes = np.bincount(pieces.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    return pieces, sizes
+
+
 def one_sided_band(femur: np.ndarray, x: np.ndarray, mid: float):
     """(bool mask of the largest piece's x band widened by SIDE_MARGIN_MM, that piece's side) when the midline x
     ``mid`` cuts that piece and it is one femur wide, else None. ``x``: LPS x of every voxel of ``femur``."""
-    pieces, count = ndimage.label(femur, structure=CONNECTIVITY)
-    if count == 0:
+    pieces, sizes = labelled_pieces(femur)
+    if len(sizes) < 2:
         return None
-    sizes = np.bincount(pieces.ravel(), minlength=count + 1)
-    sizes[0] = 0
     px = x[pieces == int(sizes.argmax())]
     across = min(np.count_nonzero(px > mid), np.count_nonzero(px <= mid)) / px.size
     if across < ONE_SIDED_FRACTION or np.ptp(px) > ONE_FEMUR_WIDTH_MM:
