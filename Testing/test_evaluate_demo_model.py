@@ -24,9 +24,9 @@ def coarse_cases(monkeypatch):
     """Seeds 1 (a pelvis) and 2 (a femur-free chest) on 5 mm grids; counts how often each case is made."""
     made = []
 
-    def make(seed, phantom, tissue=None, coarse=False):
-        made.append((seed, tissue) if tissue else (seed, "coarse") if coarse else seed)
-        return generate_case(seed, spacing=(5.0, 5.0, 5.0), coverage=COVERAGE[seed], tissue=tissue)
+    def make(seed, phantom, tissue=None, coarse=False, hips=None):
+        made.append((seed, tissue) if tissue else (seed, "coarse") if coarse else (seed, hips) if hips else seed)
+        return generate_case(seed, spacing=(5.0, 5.0, 5.0), coverage=COVERAGE[seed], tissue=tissue, hips=hips)
     monkeypatch.setattr(script, "make_phantom", make)
     return made
 
@@ -100,12 +100,25 @@ def test_coarse_grids_reach_the_phantoms_and_the_record(tmp_path, coarse_cases):
     assert coarse_cases == [(1, "coarse")] and json.loads(out.read_text())["coarse"] is True
 
 
+def test_a_forced_hip_shape_reaches_the_phantoms_the_rows_and_the_record(tmp_path, coarse_cases):
+    out = tmp_path / "eval.json"
+    assert script.main(["--seeds", "1", "--no-real", "--hips", "mri2psm", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert coarse_cases == [(1, "mri2psm")] and result["hips"] == "mri2psm"
+    assert result["phantoms"][0]["hips"] == "mri2psm"
+    assert result["phantom_summary"]["dice_mean_mri2psm_hips"] == result["phantoms"][0]["dice"]
+    assert "dice_mean_atlas_hips" not in result["phantom_summary"]
+    with pytest.raises(SystemExit):
+        script.main(["--seeds", "1", "--no-real", "--hips", "mri2psm", "--phantom", "1"])
+
+
 def test_coarse_grids_are_isotropic_2_to_3_mm_drawn_per_seed(monkeypatch, capsys):
     asked = []
     monkeypatch.setattr(script, "generate_case_v2", lambda seed, **kw: asked.append((seed, kw)))
     script.make_phantom(7, 2, coarse=True)
     script.make_phantom(7, 2)
-    assert asked == [(7, {"tissue": None, "spacing": script.coarse_spacing(7)}), (7, {"tissue": None, "spacing": None})]
+    assert asked == [(7, {"tissue": None, "spacing": script.coarse_spacing(7), "hips": None}),
+                     (7, {"tissue": None, "spacing": None, "hips": None})]
     spacings = [script.coarse_spacing(seed) for seed in range(200)]
     assert all(s[0] == s[1] == s[2] and 2.0 <= s[0] <= 3.0 for s in spacings)
     assert len(set(spacings)) == 200 and spacings == [script.coarse_spacing(seed) for seed in range(200)]

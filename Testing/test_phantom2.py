@@ -525,7 +525,7 @@ def test_drawn_coverages_follow_the_coverage_probabilities(monkeypatch):
 
     def stop(rng, scene, coverage, *grid):
         raise Drawn(coverage)
-    monkeypatch.setattr(phantom2, "_scene", lambda anatomy_rng, femur_rng: None)
+    monkeypatch.setattr(phantom2, "_scene", lambda *streams, hips=None: None)
     monkeypatch.setattr(phantom2, "make_grid", stop)
     n, drawn = 4000, []
     for seed in range(n):

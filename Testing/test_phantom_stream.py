@@ -18,9 +18,10 @@ from FemurUNetLib.geometry import Reorientation
 from FemurUNetLib.preprocess import window_to_uint8
 from FemurUNetTrainLib.dataset import load_dataset, to_model_tensors
 from FemurUNetTrainLib.export import export_arrays
-from FemurUNetTrainLib import cli
+from FemurUNetTrainLib import cli, phantom_stream
 from FemurUNetTrainLib.phantom_stream import (SlicePool, _Run, add_arguments, case_slices, coarse_seed,
-                                              parse_coverage_mix, scheduled_rate, stream_coverage)
+                                              parse_coverage_mix, scheduled_rate, stream_coverage,
+                                              stream_hips)
 
 WINDOW = {"center": 400.0, "width": 2000.0}
 SHAPE = (18, 40, 36)
@@ -84,6 +85,35 @@ def test_a_bad_coverage_mix_is_a_one_line_error(tmp_path, capsys, text, problem)
                   "--coverage-mix", text])
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1 and problem in err and "--coverage-mix" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_hip_shape_given_is_the_case_made(monkeypatch):
+    made = []
+    real = phantom_stream.generate_case
+    monkeypatch.setattr(phantom_stream, "generate_case", lambda seed, **kw: made.append(kw["hips"]) or real(seed, **kw))
+    case_slices(7, WINDOW, 32, coverage="pelvis", hips="mri2psm", shape=SHAPE)
+    case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE)
+    assert made == ["mri2psm", None]
+
+
+def test_the_mri2psm_hip_share_draws_per_seed_the_same_on_every_run():
+    drawn = [stream_hips(seed, 0.5) for seed in range(60000, 62000)]
+    assert drawn == [stream_hips(seed, 0.5) for seed in range(60000, 62000)]
+    assert set(drawn) == {"atlas", "mri2psm"} and abs(drawn.count("mri2psm") / 2000 - 0.5) < 0.035
+    assert {stream_hips(s, 0.0) for s in range(100)} == {"atlas"} and {stream_hips(s, 1.0) for s in range(100)} == {"mri2psm"}
+    assert stream_hips(60000, None) is None
+
+
+@pytest.mark.parametrize("text, problem", [("1.5", "1.5 is not a share between 0 and 1"),
+                                           ("-0.1", "-0.1 is not a share between 0 and 1"),
+                                           ("half", "'half' is not a number"), ("nan", "nan is not a finite number")])
+def test_a_bad_mri2psm_hip_share_is_a_one_line_error(tmp_path, capsys, text, problem):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(tmp_path / "s.pt"),
+                  "--mri-hips", text])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and problem in err and "--mri-hips" in err
     assert not any(tmp_path.iterdir())
 
 
@@ -188,7 +218,7 @@ def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path, capsys):
                      "--workers", "1", "--shape", "10,40,40", "--val-seeds", "49000-49001",
                      "--seeds", "50000-50100", "--min-cases", "2", "--batch-size", "2",
                      "--val-every", "5", "--device", "cpu", "--warmup-steps", "2",
-                     "--coverage-mix", "knee_to_ankle=1"]) == 0
+                     "--coverage-mix", "knee_to_ankle=1", "--mri-hips", "1"]) == 0
     lines = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
     assert lines[-1]["steps"] > 0
     validated = [r for r in lines if "val_loss" in r]
@@ -201,6 +231,7 @@ def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path, capsys):
     assert training["val_loss"] == min(r["val_loss"] for r in validated)
     assert training["steps"] <= lines[-1]["steps"] and training["init"] == str(DEFAULT_MODEL_PATH)
     assert training["coverage_mix"] == {"knee_to_ankle": 1.0} and training["init_base_filters"] == 16
+    assert training["mri_hips"] == 1.0
     start = load_model(DEFAULT_MODEL_PATH).metadata      # the chain of runs stays traceable
     assert training["init_training"] == {**start["training"], **({"blend": start["blend"]} if "blend" in start else {})}
     assert load_model(tmp_path / "s_last.pt").metadata["training"]["steps"] == lines[-1]["steps"]

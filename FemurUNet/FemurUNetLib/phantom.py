@@ -47,6 +47,7 @@ class PhantomCase:
     body: str = ""          # phantom v2: atlas body the individual was made from
     femurs: str = ""        # phantom v2: whose proximal femurs ("atlas" or a LibHip man, phantom2_libhip)
     hip_field: str = ""     # phantom v2: the side of a targeted one-hip field of view ("" for none)
+    hips: str = ""          # phantom v2: whose hip bones ("atlas" or "mri2psm", phantom2_hips)
 
 
 # --- anatomy ------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .geometry import Geometry, Reorientation
 from .heap import freed_memory_kept
 from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
 from .phantom2_anatomy import LABEL, Individual, make_individual
+from .phantom2_hips import HIP_SHAPES, with_hip_shape
 from .phantom2_libhip import with_real_femurs
 from .phantom2_metal import add_metal_artefacts
 from .phantom2_native import at_coarse_centres, draw_native, native_factors, native_grid, resampled
@@ -472,12 +473,13 @@ def _streams(seed):
     seed = int(seed)
     if seed < 0:
         raise FemurUNetError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, 2]).spawn(8)     # later streams (femur shapes, native grid, hip field):
-                                                         # the first stay
+    return np.random.default_rng([seed, 2]).spawn(9)     # later streams (femur shapes, native grid, hip field,
+                                                         # hip bones): the first stay
 
 
-def _scene(anatomy_rng, femur_rng):
-    return build_scene(anatomy_rng, with_real_femurs(make_individual(anatomy_rng), femur_rng))
+def _scene(anatomy_rng, femur_rng, hips_rng, hips=None):
+    individual = with_hip_shape(make_individual(anatomy_rng), hips_rng, hips)
+    return build_scene(anatomy_rng, with_real_femurs(individual, femur_rng))
 
 
 def _scanned(scene, grid, rotation, rngs, scanner, fov, jobs) -> tuple:
@@ -493,7 +495,7 @@ def _scanned(scene, grid, rotation, rngs, scanner, fov, jobs) -> tuple:
 
 def make_scene(seed: int):
     streams = _streams(seed)
-    return _scene(streams[0], streams[5])
+    return _scene(streams[0], streams[5], streams[8])
 
 
 def femur_truth(seed: int, points_anat) -> np.ndarray:
@@ -530,17 +532,20 @@ def _overridden(drawn: dict, overrides, what: str, minimum: float) -> dict:
 
 
 def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None, jobs=None,
-                  scanner=None, tissue=None) -> PhantomCase:
+                  scanner=None, tissue=None, hips=None) -> PhantomCase:
     """One phantom v2 case, deterministic per seed (the individual depends on the seed only, so every grid of
     a seed shows the same patient). ``coverage``: one of COVERAGES (drawn when None); ``spacing`` (i, j, k) mm
     and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape`` (numpy k, j, i) keeps the
     drawn field of view and coverage and derives the spacing. ``jobs``: processes painting slabs (default: up
     to 2 CPUs); the result does not depend on it. ``scanner``: fixed scanner settings over the drawn ones
     (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel).
-    ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g. ``{"cortex": 900}``)."""
-    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng = _streams(seed)
+    ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g. ``{"cortex": 900}``).
+    ``hips``: the hip bones' shape (one of HIP_SHAPES) over the drawn one; the rest of the case stays as drawn."""
+    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng = _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
-    scene = _scene(anatomy_rng, femur_rng)
+    if hips is not None and hips not in HIP_SHAPES:
+        raise FemurUNetError(f"hips must be one of {', '.join(HIP_SHAPES)}, got {hips!r}")
+    scene = _scene(anatomy_rng, femur_rng, hips_rng, hips)
     if tissue:
         scene.hu = tissue_settings(scene.hu, tissue)
     if coverage is None:
@@ -565,4 +570,4 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}",
                        metal=bool(scene.metal_points), arms=any(i.name.startswith("arm") for i in scene.items),
                        coverage=coverage, body=scene.ind.body, femurs=scene.ind.femurs,
-                       hip_field=hip["side"] if hip else "")
+                       hip_field=hip["side"] if hip else "", hips=scene.ind.hips)

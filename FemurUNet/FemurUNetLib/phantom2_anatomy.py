@@ -126,6 +126,7 @@ class Individual:
     hip_gap: dict                 # side -> hip joint space (mm)
     hip_carve: dict = field(default_factory=dict)   # hip bone -> (centre in its atlas frame, radius)
     femurs: str = "atlas"         # whose proximal femurs: the atlas body's, or a LibHip man's (phantom2_libhip)
+    hips: str = "atlas"           # whose hip bones: the atlas body's, or MRI2PSM's (phantom2_hips)
 
     def bone_distance(self, name, x) -> np.ndarray:
         """Signed distance of bone ``name`` at anatomical points ``x`` (arrays)."""

@@ -19,6 +19,14 @@ def probability(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """A fraction of cases, 0 to 1 inclusive."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = _number(text, int)
     if value < 1:

@@ -33,9 +33,10 @@ from FemurUNetLib.geometry import CANONICAL_ORIENTATION, Reorientation
 from FemurUNetLib.model import UNet2D
 from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.phantom2 import COVERAGES, generate_case
+from FemurUNetLib.phantom2_hips import HIP_SHAPES
 from FemurUNetLib.phantom2_native import coarse_spacing
 from FemurUNetLib.preprocess import min_side, window_to_uint8
-from FemurUNetLib.segment_options import positive_int, positive_number
+from FemurUNetLib.segment_options import positive_int, positive_number, share
 
 from .augment import draw_params
 from .dataset import SliceDataset, to_model_tensors
@@ -83,15 +84,24 @@ def stream_coverage(seed: int, mix: Optional[dict]) -> Optional[str]:
     return str(np.random.default_rng([int(seed), 11]).choice(list(mix), p=list(mix.values())))
 
 
-def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0, coverage=None, **grid) -> tuple:
+def stream_hips(seed: int, share: Optional[float]) -> Optional[str]:
+    """The hip bone shape a training seed is made with when ``share`` of them get MRI2PSM's (its own stream);
+    None without a share (the generator draws it)."""
+    if share is None:
+        return None
+    return HIP_SHAPES[1] if np.random.default_rng([int(seed), 12]).random() < share else HIP_SHAPES[0]
+
+
+def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0, coverage=None, hips=None,
+                **grid) -> tuple:
     """(seed, images uint8 (n, S, S), masks bool (n, S, S)): every canonical axial slice of phantom ``seed``
-    at model size, padded to the model's minimum field (``min_field`` mm) as inference pads them. ``coverage``:
-    one of phantom2.COVERAGES (default: drawn); ``grid``: ``generate_case`` overrides (``shape``, ``spacing``);
-    default: drawn, coarse by seed."""
+    at model size, padded to the model's minimum field (``min_field`` mm) as inference pads them. ``coverage``
+    and ``hips``: one of phantom2.COVERAGES and of HIP_SHAPES (default: drawn); ``grid``: ``generate_case``
+    overrides (``shape``, ``spacing``); default: drawn, coarse by seed."""
     torch.set_num_threads(1)
     if not grid and coarse_seed(seed):
         grid = {"spacing": coarse_spacing(seed)}
-    case = generate_case(seed, jobs=1, coverage=coverage, **grid)
+    case = generate_case(seed, jobs=1, coverage=coverage, hips=hips, **grid)
     axial = Reorientation.for_geometry(case.geometry)
     ct, label = axial.to_canonical(case.ct), axial.to_canonical(case.label != 0)
     images = [window_to_uint8(s, window["center"], window["width"]) for s in ct]
@@ -209,7 +219,8 @@ class _Run:
                     "train_cases": len(self.train.cases), "val_seeds": self.args.val_seeds,
                     "seeds": self.args.seeds, "val_loss": val_loss, "val_dice": val_dice,
                     "torch": str(torch.__version__), "device": self.device.type, "init_training": self.init_training,
-                    "init_base_filters": self.init_base, "coverage_mix": self.args.coverage_mix}
+                    "init_base_filters": self.init_base, "coverage_mix": self.args.coverage_mix,
+                    "mri_hips": self.args.mri_hips}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
                    input_size=self.size, min_field_mm=self.min_field, training=training)
 
@@ -271,8 +282,10 @@ def stream_train(args) -> list:
     grid = {"shape": args.shape} if args.shape else {}
     with context.Pool(args.workers, initializer=os.nice, initargs=(args.worker_nice,)) as workers:
         for seed in run.val_seeds + run.train_seeds:     # validation cases as drawn, training ones by the mix
-            coverage = None if seed in run.val_seeds else stream_coverage(seed, args.coverage_mix)
-            workers.apply_async(case_slices, (seed, run.window, run.size, run.min_field, coverage), grid,
+            drawn = seed in run.val_seeds
+            coverage = None if drawn else stream_coverage(seed, args.coverage_mix)
+            hips = None if drawn else stream_hips(seed, args.mri_hips)
+            workers.apply_async(case_slices, (seed, run.window, run.size, run.min_field, coverage, hips), grid,
                                 callback=arrived.put,
                                 error_callback=lambda exc: print(f"phantom failed: {exc!r}", flush=True))
         _train_until(run, arrived, started + 60.0 * args.minutes, out)
@@ -300,6 +313,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-seeds", default="49000-49011", help="validation phantom seeds (default %(default)s)")
     p.add_argument("--coverage-mix", type=parse_coverage_mix, help="coverages of the training phantoms, weighted: "
                    "e.g. knee_to_ankle=2,pelvis=1 (default: as the generator draws them; validation always so)")
+    p.add_argument("--mri-hips", type=share, metavar="SHARE", help="share of the training phantoms with "
+                   "MRI2PSM's hip bones (phantom2_hips; default: as the generator draws them, a third)")
     p.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2), help="phantom processes")
     p.add_argument("--worker-nice", type=int, default=10, help="niceness of the phantom processes")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of the training process")

@@ -1,9 +1,8 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
-       [--tissue cortex=900,trabecular=400] [--coarse] [--no-real] [--json OUT.json] [--device cpu] [--mirror]
-       [--min-field MM]
-       [--keep-all-pieces]
+       [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--no-real] [--json OUT.json]
+       [--device cpu] [--mirror] [--min-field MM] [--keep-all-pieces]
 
 Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
 one entry per model, each as a single model's file). ``--seeds`` takes ranges and seeds: ``25096-25111,26066``.
@@ -31,6 +30,7 @@ from FemurUNetLib.segment_options import field_mm
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.phantom2 import generate_case as generate_case_v2, tissue_settings
+from FemurUNetLib.phantom2_hips import HIP_SHAPES
 from FemurUNetLib.phantom2_body import draw_hu
 from FemurUNetLib.phantom2_native import coarse_spacing
 from FemurUNetLib.volume_io import read_volume
@@ -67,10 +67,10 @@ def parse_tissue(text) -> dict:
         raise SystemExit(f"--tissue: expected KEY=VALUE pairs like cortex=900,trabecular=400, got {text!r}") from None
 
 
-def make_phantom(seed, phantom: int, tissue=None, coarse=False):
+def make_phantom(seed, phantom: int, tissue=None, coarse=False, hips=None):
     if phantom != 2:
         return generate_case(seed)
-    return generate_case_v2(seed, tissue=tissue or None, spacing=coarse_spacing(seed) if coarse else None)
+    return generate_case_v2(seed, tissue=tissue or None, spacing=coarse_spacing(seed) if coarse else None, hips=hips)
 
 
 def case_row(seed, case, predict) -> dict:
@@ -81,7 +81,7 @@ def case_row(seed, case, predict) -> dict:
     truth = case.label > 0
     sp = case.geometry.spacing[::-1]
     row = {"seed": seed, "coverage": case.coverage or "hip", "body": case.body, "femurs": case.femurs,
-           "shape": list(case.ct.shape), "spacing": [round(v, 3) for v in case.geometry.spacing],
+           "hips": case.hips, "shape": list(case.ct.shape), "spacing": [round(v, 3) for v in case.geometry.spacing],
            "metal": case.metal, "arms": case.arms,
            "seconds": round(seconds, 2), "false_positive_ml": float((pred & ~truth).sum() * np.prod(sp) / 1000)}
     if truth.any():
@@ -111,6 +111,10 @@ def phantom_summary(rows) -> dict:
                          ("libhip", [r for r in with_femur if r.get("femurs") not in ("atlas", "", None)])):
         if part:
             summary[f"dice_mean_{source}_femurs"] = float(np.mean([r["dice"] for r in part]))
+    for shape in HIP_SHAPES:
+        part = [r for r in with_femur if r.get("hips") == shape]
+        if part:
+            summary[f"dice_mean_{shape}_hips"] = float(np.mean([r["dice"] for r in part]))
     return summary
 
 
@@ -157,6 +161,8 @@ def main(argv=None) -> int:
                         "cortex=900,trabecular=400,head_density=1.5 (a stress test of the bone values)")
     parser.add_argument("--coarse", action="store_true", help="phantom v2 on an isotropic 2-3 mm grid drawn per seed, "
                         "as resampled scans are (a stress test of coarse grids)")
+    parser.add_argument("--hips", choices=HIP_SHAPES, help="phantom v2 hip bones of this shape for every seed "
+                        "(default: as each seed draws them)")
     parser.add_argument("--no-real", action="store_true", help="phantoms only (model selection never looks at real CT)")
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
@@ -171,13 +177,16 @@ def main(argv=None) -> int:
         parser.error("--tissue: only phantom v2 draws tissue values")
     if args.coarse and args.phantom != 2:
         parser.error("--coarse: only phantom v2 renders resampled grids")
+    if args.hips and args.phantom != 2:
+        parser.error("--hips: only phantom v2 draws hip bone shapes")
     try:
         tissue_settings(draw_hu(np.random.default_rng(0)), tissue)       # unknown keys: refused before any work
     except FemurUNetError as exc:
         parser.error(f"--tissue: {exc}")
     runs = [{"model": name or "default", "phantom": args.phantom, **({"tissue": tissue} if tissue else {}),
              **({"min_field_mm": args.min_field} if args.min_field is not None else {}),
-             **({"coarse": True} if args.coarse else {}), "phantoms": []} for name in names]
+             **({"coarse": True} if args.coarse else {}), **({"hips": args.hips} if args.hips else {}),
+             "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
 
     def segment(net, ct, geometry) -> np.ndarray:
@@ -191,7 +200,7 @@ def main(argv=None) -> int:
                 *(["--min-field", f"{args.min_field:g}"] if args.min_field is not None else [])]
 
     for seed in seeds:
-        case = make_phantom(seed, args.phantom, tissue, args.coarse)
+        case = make_phantom(seed, args.phantom, tissue, args.coarse, args.hips)
         for run, net in zip(runs, nets):
             run["phantoms"].append(case_row(seed, case, lambda ct, g, net=net: segment(net, ct, g) > 0))
             print(json.dumps({**run["phantoms"][-1], **({"model": run["model"]} if len(runs) > 1 else {})}), flush=True)

@@ -25,6 +25,7 @@ def run_sample(args) -> int:
         extra = [getattr(case, "coverage", ""), getattr(case, "body", ""),
                  f"femurs of LibHip {femurs}" if femurs not in ("", "atlas") else "",
                  f"a targeted {case.hip_field} hip field" if case.hip_field else "",
+                 "hip bones of MRI2PSM" if getattr(case, "hips", "") == "mri2psm" else "",
                  "metal" if case.metal else "", "arms" if case.arms else ""]
         print(f"{case.name}: {ni}x{nj}x{nk} voxels, {sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:.2f} mm"
               f"{''.join(', ' + e for e in extra if e)} -> {ct_path} {label_path.name}")
