@@ -40,11 +40,15 @@ def fit_head(points) -> tuple:
     nearest to it (the neck and trochanters trimmed away)."""
     top = points[:, 2].max()
     cap = points[points[:, 2] > top - 12]
-    centre = np.array([*cap[:, :2].mean(0), top - 24.0])
-    radius = 24.0
+    return refit_sphere(points, np.array([*cap[:, :2].mean(0), top - 24.0]), 24.0, band=0.25)
+
+
+def refit_sphere(points, centre, radius, band) -> tuple:
+    """(centre, radius) of a sphere refitted 12 times to the points within ``band`` x radius of the last one
+    (the 60 % nearest of those: the rest of the bone trimmed away)."""
     for _ in range(12):
         dist = np.linalg.norm(points - centre, axis=1)
-        near = points[np.abs(dist - radius) < 0.25 * radius]
+        near = points[np.abs(dist - radius) < band * radius]
         resid = np.abs(np.linalg.norm(near - centre, axis=1) - radius)
         near = near[resid <= np.quantile(resid, 0.6)]
         a = np.hstack([2 * near, np.ones((len(near), 1))])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from build_bone_atlas import quantise, signed_distance
-from build_libhip_femurs import fit_onto
+from build_libhip_femurs import fit_onto, refit_sphere
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from FemurUNetLib.phantom2_anatomy import BODIES, load_body  # noqa: E402
@@ -37,19 +37,6 @@ def read_mri2psm_stl(path) -> np.ndarray:
     n = struct.unpack("<I", data[80:84])[0]
     rec = np.frombuffer(data[84:84 + 50 * n], dtype=np.dtype([("n", "<f4", 3), ("v", "<f4", (3, 3)), ("a", "<u2")]))
     return rec["v"].astype(np.float64) @ MRI2PSM_TO_LPS.T
-
-
-def fit_socket(points, centre, radius) -> tuple:
-    """(centre, radius) of the acetabulum: a sphere refitted to the hip's surface points nearest the guess."""
-    for _ in range(12):
-        dist = np.linalg.norm(points - centre, axis=1)
-        near = points[np.abs(dist - radius) < 0.2 * radius]
-        resid = np.abs(np.linalg.norm(near - centre, axis=1) - radius)
-        near = near[resid <= np.quantile(resid, 0.6)]
-        a = np.hstack([2 * near, np.ones((len(near), 1))])
-        sol = np.linalg.lstsq(a, (near ** 2).sum(1), rcond=None)[0]
-        centre, radius = sol[:3], float(np.sqrt(sol[3] + sol[:3] @ sol[:3]))
-    return centre, radius
 
 
 def meet_at_symphysis(fit, points, head_x) -> tuple:
@@ -68,7 +55,7 @@ def main(argv) -> int:
     out = Path(argv[2] if len(argv) > 2 else Path(__file__).resolve().parents[1] / "FemurUNetLib" / "anatomy")
     tris = read_mri2psm_stl(root / "hip_right.stl")
     pts = np.unique(tris.reshape(-1, 3), axis=0)
-    socket, radius = fit_socket(pts, *SOCKET_GUESS)
+    socket, radius = refit_sphere(pts, *SOCKET_GUESS, band=0.2)      # the acetabulum's sphere
     sdf, lo = signed_distance(tris)
     arrays = {"sdf": quantise(sdf), "origin": lo.astype(np.float32)}
     print(f"socket centre {np.round(socket, 1)} mm, radius {radius:.1f} mm; {(sdf < 0).sum() / 1000:.0f} ml")
