@@ -10,7 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts"))
 import compare_to_rows as script  # noqa: E402
 
-STORED_SETS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "2026-12-04_run17_rule_sets.json"
+REPO = Path(__file__).resolve().parents[1]
+STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-04_run17_rule_sets_s26.json"     # today's phantom code
+SHIPPED_EVAL = REPO / "FemurUNet" / "FemurUNetLib" / "models" / "femurunet_demo_b16.eval.json"
 
 
 def row(seed, dice, fp=1.0, off=0.0, shape=(10, 20, 20)):
@@ -46,6 +48,15 @@ def test_the_stored_model_against_its_own_rows_moves_nothing(tmp_path, capsys):
     assert script.main([str(STORED_SETS), new]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  hip stress:"))
     assert f"Dice {sets['sets']['hip stress']['dice_mean']:.4f} -> " in line and "(+0.0000)" in line
+
+
+def test_the_stored_held_out_rows_are_the_shipped_models_evaluation():
+    stored = json.loads(STORED_SETS.read_text())["sets"]["held-out 90000-90039"]["rows"]
+    shipped = json.loads(SHIPPED_EVAL.read_text())["phantoms"]
+    assert [r["seed"] for r in stored] == [r["seed"] for r in shipped] == list(range(90000, 90040))
+    for a, b in zip(stored, shipped):
+        assert (a.get("dice"), a["false_positive_ml"], a["shape"], a["hips"]) == \
+               (b.get("dice"), b["false_positive_ml"], b["shape"], b["hips"])
 
 
 @pytest.mark.parametrize("content, problem", [(None, "file not found"), ("{", "not JSON"),
