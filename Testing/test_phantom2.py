@@ -729,6 +729,23 @@ def test_sample_rejects_an_unknown_coverage(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_sample_makes_the_hip_shape_asked_for_and_names_it(tmp_path, capsys, monkeypatch):
+    asked = []
+
+    def small_case(seed, **kw):
+        asked.append(kw)
+        return generate_case(seed, spacing=(6.0, 6.0, 6.0), **kw)
+    monkeypatch.setattr(phantom2, "generate_case", small_case)
+    assert cli.main(["sample", str(tmp_path / "x"), "--seed", "9001", "--coverage", "pelvis", "--hips", "mri2psm"]) == 0
+    assert asked == [{"coverage": "pelvis", "hips": "mri2psm"}]
+    assert "hip bones of MRI2PSM" in capsys.readouterr().out
+    assert cli.main(["sample", str(tmp_path / "y"), "--seed", "9001", "--coverage", "pelvis"]) == 0
+    assert asked[-1] == {"coverage": "pelvis"} and "MRI2PSM" not in capsys.readouterr().out   # 9001 draws the atlas's
+    assert cli.main(["sample", str(tmp_path / "z"), "--phantom", "1", "--hips", "mri2psm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--hips needs --phantom 2" in err and not (tmp_path / "z").exists()
+
+
 def test_sample_rejects_a_coverage_for_phantom_v1(tmp_path, capsys):
     assert cli.main(["sample", str(tmp_path / "x"), "--phantom", "1", "--coverage", "pelvis"]) == 2
     err = capsys.readouterr().err.strip()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from FemurUNetLib import phantom, phantom2
+from FemurUNetLib.phantom2_hips import HIP_SHAPES
 from FemurUNetLib.errors import FemurUNetError
 
 
@@ -12,12 +13,15 @@ def run_sample(args) -> int:
         raise FemurUNetError(f"--seed must be >= 0, got {args.seed}")
     if args.coverage and args.phantom != 2:
         raise FemurUNetError("--coverage needs --phantom 2")
+    if args.hips and args.phantom != 2:
+        raise FemurUNetError("--hips needs --phantom 2")
     if args.phantom == 2:
         generate = phantom2.generate_case
     else:
         generate = phantom.generate_case
     for n in range(args.cases):
-        case = generate(args.seed + n, **({"coverage": args.coverage} if args.coverage else {}))
+        forced = {"coverage": args.coverage, "hips": args.hips}
+        case = generate(args.seed + n, **{k: v for k, v in forced.items() if v})
         ct_path, label_path = phantom.write_case(case, args.outdir)
         nk, nj, ni = case.ct.shape
         sp = case.geometry.spacing
@@ -44,4 +48,6 @@ def register(subparsers) -> None:
                         "1: the analytic hip phantom of the first demo models")
     p.add_argument("--coverage", choices=tuple(phantom2.COVERAGES),
                    help="phantom 2 only: scan range (default: drawn per case)")
+    p.add_argument("--hips", choices=HIP_SHAPES, help="phantom 2 only: hip bone shape (default: drawn per case; "
+                   "mri2psm: sockets that hug the femoral head)")
     p.set_defaults(func=run_sample)
