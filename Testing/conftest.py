@@ -43,6 +43,15 @@ def session_temp_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def bone_meshes():
+    """The shared bone meshes (../shared/data/bone_meshes); tests that need them skip only when they are absent."""
+    meshes = SHARED_DATA / "bone_meshes"
+    if not meshes.is_dir():
+        pytest.skip(f"shared bone meshes not found at {meshes} (clone the project beside ../shared)")
+    return meshes
+
+
+@pytest.fixture(scope="session")
 def real_ct():
     """The shared real CT folder (../shared/data/real_ct); tests that need it skip only when it is absent."""
     if not REAL_CT.is_dir():

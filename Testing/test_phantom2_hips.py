@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA
+from conftest import REPO
 
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.phantom2 import _scene, _streams, femur_truth, generate_case, make_scene
@@ -96,12 +96,9 @@ def test_an_unknown_hip_shape_is_refused_with_the_choices():
     assert HIP_SHAPES == ("atlas", "mri2psm")
 
 
-def test_the_shipped_file_is_what_the_build_script_makes_from_the_meshes(tmp_path):
-    meshes = SHARED_DATA / "bone_meshes"
-    if not (meshes / "mri2psm_vh_pelvis").is_dir():
-        pytest.skip(f"bone meshes not found at {meshes} (clone the project beside ../shared)")
+def test_the_shipped_file_is_what_the_build_script_makes_from_the_meshes(tmp_path, bone_meshes):
     script = REPO / "FemurUNet" / "Scripts" / "build_mri2psm_hip.py"
-    done = subprocess.run([sys.executable, str(script), str(meshes), str(tmp_path)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(script), str(bone_meshes), str(tmp_path)], capture_output=True, text=True,
                           cwd=script.parent)
     assert done.returncode == 0, done.stderr
     shipped = ATLAS_DIR / "mri2psm_hip.npz"
