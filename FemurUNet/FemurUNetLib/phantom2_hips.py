@@ -28,11 +28,7 @@ class PlacedBone:
     """A bone stored in its own frame, placed in an atlas frame (the interface of ``Bone``: atlas-frame points)."""
     bone: Bone
     to_own: np.ndarray         # 4x4 atlas frame -> the bone's own frame
-    box: tuple                 # (lo, hi) atlas-frame box of the placed bone
-
-    @property
-    def bounds(self):
-        return self.box
+    bounds: tuple              # (lo, hi) atlas-frame box of the placed bone
 
     def distance(self, a) -> np.ndarray:
         return self.bone.distance(affine_points(self.to_own, a))
