@@ -164,8 +164,7 @@ def make_individual(rng, body=None) -> Individual:
     top = bones["sacrum"].bounds
     s1 = np.array([0.5 * (top[0][0] + top[1][0]), top[0][1] + 0.35 * (top[1][1] - top[0][1]), top[1][2] - 8.0, 1.0])
     marks["s1"] = (forward["sacrum"] @ s1)[:3]
-    marks["pelvis_halfwidth"] = float(max(abs(bones["hip_left"].bounds[1][0]), abs(bones["hip_right"].bounds[0][0]))
-                                      * scale[0])
+    marks["pelvis_halfwidth"] = pelvis_halfwidth(bones, scale)
     marks["scale"] = scale
     to_atlas = {b: np.linalg.inv(m) for b, m in forward.items()}
     deformation = Deformation.draw(rng)
@@ -173,6 +172,11 @@ def make_individual(rng, body=None) -> Individual:
         if isinstance(value, np.ndarray) and key != "scale":
             marks[key] = _undeform(deformation, value)
     return Individual(body, bones, to_atlas, deformation, marks, head_r * float(np.mean(scale)), hip_gap, hip_carve)
+
+
+def pelvis_halfwidth(bones, scale) -> float:
+    """mm from the midline to the outer edge of the wider hip bone (atlas bounds, scaled like the individual)."""
+    return float(max(abs(bones["hip_left"].bounds[1][0]), abs(bones["hip_right"].bounds[0][0])) * scale[0])
 
 
 NARROWED_HIP_P = 0.3      # share of hips with a narrowed (osteoarthritic) joint space

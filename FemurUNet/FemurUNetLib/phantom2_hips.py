@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .phantom2_anatomy import ATLAS_DIR, SDF_STEP, Bone, affine_points
+from .phantom2_anatomy import ATLAS_DIR, SDF_STEP, Bone, affine_points, pelvis_halfwidth
 from .phantom2_libhip import MIRROR_X
 
 MRI_HIP_P = 1.0 / 3.0          # share of individuals with MRI2PSM's hip bones
@@ -60,7 +60,6 @@ def with_hip_shape(ind, rng, shape=None):
     shape = shape or drawn
     if shape == "mri2psm":
         ind.bones = {**ind.bones, **mri2psm_hips(ind.body)}
-        left, right = ind.bones["hip_left"].bounds, ind.bones["hip_right"].bounds
-        ind.marks["pelvis_halfwidth"] = float(max(abs(left[1][0]), abs(right[0][0])) * ind.marks["scale"][0])
+        ind.marks["pelvis_halfwidth"] = pelvis_halfwidth(ind.bones, ind.marks["scale"])
     ind.hips = shape
     return ind

@@ -8,20 +8,20 @@ right one into a signed-distance volume like the atlas bones (build_bone_atlas.p
 LPS mm, and fits it onto each atlas body's right hip: the centre of its acetabulum (a sphere fitted to the socket)
 on the body's femoral head centre, scaled so the socket has the radius of the body's femoral head (the phantom
 then carves the drawn joint space), rotated about that centre to lie closest to the body's hip bone
-(build_libhip_femurs.fit_onto), then stretched along x to meet its mirror image at the symphysis. It also stores the fitted bone's atlas-frame box. Altered from the source: frame
-and units converted, signed distances computed, scaled and placed (zlib licence, point 2).
+(build_libhip_femurs.fit_onto), then stretched along x to meet its mirror image at the symphysis. It also stores
+the fitted bone's atlas-frame box. Altered from the source: frame and units converted, signed distances computed,
+scaled and placed (zlib licence, point 2).
 """
 from __future__ import annotations
 
 import shutil
-import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from build_bone_atlas import quantise, signed_distance
-from build_libhip_femurs import fit_onto, refit_sphere
+from build_libhip_femurs import fit_onto, read_stl_lps, refit_sphere
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from FemurUNetLib.phantom2_anatomy import BODIES, load_body  # noqa: E402
@@ -33,10 +33,7 @@ SYMPHYSIS_HALF_GAP = 2.0   # mm from the midline to the pubic symphysis's face (
 
 def read_mri2psm_stl(path) -> np.ndarray:
     """Triangles (N, 3, 3) of a binary STL in MRI2PSM's frame, converted to LPS mm."""
-    data = Path(path).read_bytes()
-    n = struct.unpack("<I", data[80:84])[0]
-    rec = np.frombuffer(data[84:84 + 50 * n], dtype=np.dtype([("n", "<f4", 3), ("v", "<f4", (3, 3)), ("a", "<u2")]))
-    return rec["v"].astype(np.float64) @ MRI2PSM_TO_LPS.T
+    return read_stl_lps(path) @ MRI2PSM_TO_LPS.T
 
 
 def meet_at_symphysis(fit, points, head_x) -> tuple:
@@ -66,8 +63,9 @@ def main(argv) -> int:
         placed = pts @ fit[:3, :3].T + fit[:3, 3]
         arrays[f"to_{body}"] = fit.astype(np.float32)
         arrays[f"box_{body}"] = np.stack([placed.min(0), placed.max(0)]).astype(np.float32)
-        print(f"-> {body}: scale {float(marks['head_radius']) / radius:.3f}, x stretch {stretch:.3f}, residual {resid:.2f} mm, "
-              f"x {placed[:, 0].min():.1f}..{placed[:, 0].max():.1f}, z {placed[:, 2].min():.1f}..{placed[:, 2].max():.1f}")
+        lo_x, hi_x, lo_z, hi_z = placed[:, 0].min(), placed[:, 0].max(), placed[:, 2].min(), placed[:, 2].max()
+        print(f"-> {body}: scale {float(marks['head_radius']) / radius:.3f}, x stretch {stretch:.3f}, "
+              f"residual {resid:.2f} mm, x {lo_x:.1f}..{hi_x:.1f}, z {lo_z:.1f}..{hi_z:.1f}")
     np.savez_compressed(out / "mri2psm_hip.npz", **arrays)
     shutil.copyfile(root / "LICENSE_mri2psm_zlib.txt", out / "LICENSE_mri2psm_zlib.txt")
     print(f"{out / 'mri2psm_hip.npz'}: {(out / 'mri2psm_hip.npz').stat().st_size / 1e6:.2f} MB")
