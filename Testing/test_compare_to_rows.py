@@ -15,8 +15,9 @@ STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-04_run17_rule_sets_s26.jso
 SHIPPED_EVAL = REPO / "FemurUNet" / "FemurUNetLib" / "models" / "femurunet_demo_b16.eval.json"
 
 
-def row(seed, dice, fp=1.0, off=0.0, shape=(10, 20, 20)):
-    return {"seed": seed, "dice": dice, "false_positive_ml": fp, "off_femur_ml": off, "shape": list(shape)}
+def row(seed, dice, fp=1.0, off=0.0, shape=(10, 20, 20), hips="atlas"):
+    return {"seed": seed, "dice": dice, "false_positive_ml": fp, "off_femur_ml": off, "shape": list(shape),
+            "hips": hips}
 
 
 def write(path, data):
@@ -28,7 +29,8 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
     stored = write(tmp_path / "sets.json", {"model": "old", "sets": {
         "a": {"rows": [row(1, 0.90, fp=5.0), row(2, 0.96), {"seed": 3, "false_positive_ml": 0.5}]},
         "b": {"rows": [row(1, 0.90), row(4, 0.95)]},
-        "c": {"rows": [row(2, 0.96, shape=(5, 20, 20))]}}})
+        "c": {"rows": [row(2, 0.96, shape=(5, 20, 20))]},
+        "d": {"rows": [row(1, 0.90, hips="mri2psm")]}}})
     new = write(tmp_path / "new.json", {"model": "cand.pt", "phantoms": [
         row(1, 0.94, fp=2.0, off=1.5), row(2, 0.95), {"seed": 3, "false_positive_ml": 0.2}]})
     assert script.main([stored, new]) == 0
@@ -38,7 +40,9 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
                         "5.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml; moved most: 2 -0.010, 1 +0.040")
     assert lines[2] == "  b: not covered (1 of 2 seeds missing, e.g. 4)"
     assert lines[3] == ("  c: different cases (seed 2: shape [5, 20, 20] stored, [10, 20, 20] new; another grid "
-                        "option or phantom code?)")
+                        "or --hips option, or phantom code?)")
+    assert lines[4] == ("  d: different cases (seed 1: hips mri2psm stored, atlas new; another grid or --hips option, "
+                        "or phantom code?)")
 
 
 def test_the_stored_model_against_its_own_rows_moves_nothing(tmp_path, capsys):

@@ -6,7 +6,7 @@ docs/benchmarks, e.g. 2026-12-04_run17_rule_sets_s26.json), so the stored model 
 NEW.json: what ``evaluate_demo_model.py MODEL --no-real --json NEW.json`` writes (one model, or several under
 "runs": each is compared). For every stored set whose seeds all have a row in the NEW files, one line: cases, mean
 Dice stored -> new, min Dice, largest false positives, labels off the femur (sum), and the seeds that moved most;
-a set the NEW files cover in part, or with other grids (a seed's shape differs), is named so. The rows are only
+a set the NEW files cover in part, or with other cases (a seed's grid shape or hip shape differs), is named so. The rows are only
 comparable while the phantom code is the stored file's ("phantom_code"). Rules are judged on these numbers; the
 script decides nothing.
 """
@@ -56,11 +56,12 @@ def compare_line(name: str, stored: list, new: dict) -> str:
     if missing:
         return f"{name}: not covered ({len(missing)} of {len(stored)} seeds missing, e.g. {missing[0]})"
     mine = [new[int(r["seed"])] for r in stored]
-    other = [(s, n) for s, n in zip(stored, mine) if "shape" in s and "shape" in n and s["shape"] != n["shape"]]
+    other = [(key, s, n) for s, n in zip(stored, mine) for key in ("shape", "hips")
+             if key in s and key in n and s[key] != n[key]]
     if other:
-        s, n = other[0]
-        return (f"{name}: different cases (seed {s['seed']}: shape {s['shape']} stored, {n['shape']} new; "
-                "another grid option or phantom code?)")
+        key, s, n = other[0]
+        return (f"{name}: different cases (seed {s['seed']}: {key} {s[key]} stored, {n[key]} new; "
+                "another grid or --hips option, or phantom code?)")
     a, b = summary(stored), summary(mine)
     moved = sorted((n["dice"] - s["dice"], int(s["seed"])) for s, n in zip(stored, mine)
                    if s.get("dice") is not None and n.get("dice") is not None)
