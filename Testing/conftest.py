@@ -14,7 +14,7 @@ import torch
 
 from FemurUNetLib import UNet2D
 from FemurUNetLib.modelfile import model_metadata, save_model
-from FemurUNetLib.preprocess import DEFAULT_WINDOW
+from FemurUNetLib.defaults import DEFAULT_WINDOW
 
 if os.environ.get("PYTEST_XDIST_WORKER"):       # one test process per core (pytest -n): one torch thread each,
     torch.set_num_threads(1)

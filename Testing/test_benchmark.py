@@ -16,7 +16,7 @@ from FemurUNetLib import UNet2D, segment_volume
 from FemurUNetLib.benchmark import SLICE_SIZE
 from FemurUNetTrainLib.cli.benchmark import SECTIONS
 from FemurUNetTrainLib.cli import main
-from FemurUNetLib.inference import autocast_dtype, cpu_supports_bf16
+from FemurUNetLib.device import autocast_dtype, cpu_supports_bf16
 from FemurUNetLib.model import forward_macs
 
 SECTION_KEYS = ("machine", "gemm", "forward", "phantom", "end_to_end", "seed_baseline", "memory", "training",

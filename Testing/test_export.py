@@ -81,6 +81,7 @@ def test_empty_fraction_picks_that_share_of_label_free_slices_reproducibly(tmp_p
     ct, label = synthetic_case(shape=(40, 16, 16))
     a = export_arrays(ct, label, None, tmp_path / "a", "c", empty_fraction=0.25, seed=3)
     b = export_arrays(ct, label, None, tmp_path / "b", "c", empty_fraction=0.25, seed=3)
+    assert (a["positive"], a["negative"]) == (b["positive"], b["negative"])
     assert a["positive"] == 6 and a["negative"] == round(0.25 * 34) == 8
     assert read_manifest(tmp_path / "a")["cases"]["c"]["slices"] == read_manifest(tmp_path / "b")["cases"]["c"]["slices"]
     none = export_arrays(ct, label, None, tmp_path / "n", "c", empty_fraction=0.0)
@@ -144,7 +145,7 @@ def test_failure_midway_rolls_back_everything(tmp_path, monkeypatch, fail_at):
     export_arrays(ct, label, None, out, "first")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     calls = {"n": 0}
-    real_save, real_atomic = export_mod._save_png, export_mod.atomic_write
+    real_save = export_mod._save_png
 
     def flaky_save(path, pixels):
         calls["n"] += 1

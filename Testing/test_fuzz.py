@@ -34,7 +34,7 @@ from FemurUNetLib.volume_io import read_volume
 from FemurUNetTrainLib.cli import main
 
 from conftest import expected_threshold_labels, threshold_unet
-from test_damaged_input import ct_array, ct_image, write_dicom_series
+from test_damaged_input import ct_image, write_dicom_series
 
 EXAMPLES = int(os.environ.get("FEMURUNET_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=EXAMPLES or 8, deadline=None, derandomize=not EXAMPLES, database=None,

@@ -8,7 +8,7 @@ import torch
 
 from FemurUNetLib import Cancelled, FemurUNetError, Geometry, UNet2D, segment_volume
 from FemurUNetLib.geometry import Reorientation
-from FemurUNetLib.inference import autocast_dtype, pick_device
+from FemurUNetLib.device import autocast_dtype, pick_device
 from FemurUNetLib.modelfile import model_metadata
 from conftest import expected_threshold_labels, threshold_unet
 

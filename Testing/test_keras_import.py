@@ -16,7 +16,7 @@ from FemurUNetTrainLib.cli import main as cli_main
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.keras_import import convert_keras_file, import_keras, read_keras_weights
 from FemurUNetLib.modelfile import load_model
-from FemurUNetLib.preprocess import DEFAULT_WINDOW
+from FemurUNetLib.defaults import DEFAULT_WINDOW
 
 FIXTURES = Path(__file__).resolve().parent / "keras" / "fixtures"
 TOLERANCE = 1e-5

@@ -382,7 +382,7 @@ def test_self_test_case_checks_dice_and_geometry(scene):
 @pytest.mark.slow     # the shipped model on a full phantom CT
 def test_self_test_case_with_the_demo_model(scene):
     """What FemurUNetTest runs inside Slicer: a held-out phantom, the shipped demo model, Dice >= 0.8."""
-    from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH
+    from FemurUNetLib.paths import DEFAULT_MODEL_PATH
     assert DEFAULT_MODEL_PATH.is_file(), f"{DEFAULT_MODEL_PATH} (the demo model) is not in the repository yet"
     measured = mrml.self_test_case(scene, model=None, min_dice=0.8)
     assert measured["dice"] >= 0.8 and measured["segment_ids"]

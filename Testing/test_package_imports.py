@@ -36,9 +36,9 @@ def test_every_public_name_resolves_to_its_definition():
     exec("from FemurUNetLib import *", namespace)
     assert set(FemurUNetLib.__all__) <= set(namespace)
     assert set(FemurUNetLib.__all__) <= set(dir(FemurUNetLib))
-    from FemurUNetLib import errors, modelfile, paths
+    from FemurUNetLib import errors, paths
     assert FemurUNetLib.Cancelled is errors.Cancelled and issubclass(errors.Cancelled, errors.FemurUNetError)
-    assert FemurUNetLib.DEFAULT_MODEL_PATH == modelfile.DEFAULT_MODEL_PATH == paths.DEFAULT_MODEL_PATH
+    assert FemurUNetLib.DEFAULT_MODEL_PATH == paths.DEFAULT_MODEL_PATH
     assert paths.DEFAULT_MODEL_PATH.is_file()
     with pytest.raises(AttributeError):
         FemurUNetLib.no_such_name

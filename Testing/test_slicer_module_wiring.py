@@ -252,7 +252,7 @@ def test_model_field_every_edit_reaches_the_parameter_node(app, femurunet, tmp_p
 
 
 def test_a_successful_segmentation_adds_the_model_to_the_history(app, femurunet, tmp_path):
-    from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH
+    from FemurUNetLib.paths import DEFAULT_MODEL_PATH
     phantom_volume(app.mrmlScene, shape=(12, 48, 48))
     widget = open_widget(femurunet.FemurUNetWidget)
     field = widget.ui.modelPathLineEdit
@@ -281,7 +281,7 @@ def test_a_successful_segmentation_adds_the_model_to_the_history(app, femurunet,
 
 
 def test_the_demo_model_is_the_engines(femurunet):
-    from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH
+    from FemurUNetLib.paths import DEFAULT_MODEL_PATH
     assert femurunet.FemurUNetLogic.demoModelPath() == str(DEFAULT_MODEL_PATH)
     assert femurunet.FemurUNetLogic.modelProblem("") == ""        # shipped: the empty field is usable
 

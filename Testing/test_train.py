@@ -23,7 +23,7 @@ from FemurUNetTrainLib.cli import main as femurunet
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.phantom import generate_case
-from FemurUNetLib.inference import cpu_supports_bf16
+from FemurUNetLib.device import cpu_supports_bf16
 from FemurUNetTrainLib.export import export_arrays
 from FemurUNetTrainLib.distributed import Dist
 from FemurUNetTrainLib.loss import batch_dice_loss, training_loss

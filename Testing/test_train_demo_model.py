@@ -15,7 +15,8 @@ import torch
 
 from FemurUNetLib import segment_volume
 from FemurUNetLib.evaluate import dice, femur_rows, read_femur_reference
-from FemurUNetLib.modelfile import DEFAULT_MODEL_PATH, load_model, save_model
+from FemurUNetLib.modelfile import load_model, save_model
+from FemurUNetLib.paths import DEFAULT_MODEL_PATH
 from FemurUNetLib.phantom2 import generate_case
 from FemurUNetLib.volume_io import read_volume
 

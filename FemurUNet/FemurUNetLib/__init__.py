@@ -14,7 +14,7 @@ _LAZY = {
     "SegmentationResult": "inference", "segment_volume": "inference",
     "UNet2D": "model", "count_parameters": "model", "dice_coefficient": "model", "dice_loss": "model",
     "DEFAULT_MODEL_PATH": "paths", "load_model": "modelfile", "save_model": "modelfile",
-    "DEFAULT_INPUT_SIZE": "preprocess", "DEFAULT_WINDOW": "preprocess",
+    "DEFAULT_INPUT_SIZE": "defaults", "DEFAULT_WINDOW": "defaults",
     "read_volume": "volume_io", "write_labelmap": "volume_io",
 }
 

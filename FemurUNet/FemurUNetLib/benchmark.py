@@ -28,17 +28,17 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .device import autocast
+from .defaults import DEFAULT_WINDOW
+from .device import autocast, autocast_dtype, cpu_supports_bf16, pick_device
 from .errors import FemurUNetError
 from .evaluate import dice
-from .inference import (SliceSegmenter, auto_batch_size, autocast_dtype, cpu_supports_bf16, pick_device,
-                        segment_volume)
+from .inference import SliceSegmenter, auto_batch_size, segment_volume
 from .model import UNet2D, forward_macs
 from .quantize import int8_unavailable_reason, quantize_int8
-from .modelfile import DEFAULT_MODEL_PATH, model_metadata
+from .modelfile import model_metadata
+from .paths import DEFAULT_MODEL_PATH
 from .resolve import resolve_model
-from .preprocess import (DEFAULT_WINDOW, from_model_output, labels_from_probabilities, to_model_input, window_hu,
-                         window_to_uint8)
+from .preprocess import from_model_output, labels_from_probabilities, to_model_input, window_hu, window_to_uint8
 
 BENCHMARK_VERSION = 1
 SLICE_SIZE = 512

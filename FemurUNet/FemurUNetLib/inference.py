@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .device import autocast, autocast_dtype, cpu_supports_bf16, pick_device  # noqa: F401  (cpu_supports_bf16: re-exported)
+from .device import autocast, autocast_dtype, pick_device
 from .defaults import MAX_FIELD_MM
 from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation

@@ -26,7 +26,7 @@ import torch
 from .errors import FemurUNetError
 from .model import UNet2D
 from .modelfile import default_metadata, load_model, save_model
-from .preprocess import DEFAULT_WINDOW
+from .defaults import DEFAULT_WINDOW
 
 DAMAGED_FILE_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError, AttributeError,
                        EOFError, zipfile.BadZipFile, UnicodeDecodeError)

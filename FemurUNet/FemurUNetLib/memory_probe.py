@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from FemurUNetLib import UNet2D, segment_volume
-from FemurUNetLib.inference import auto_batch_size, pick_device
+from FemurUNetLib.device import pick_device
+from FemurUNetLib.inference import auto_batch_size
 from FemurUNetLib.modelfile import model_metadata
 
 SCALE = 1 if sys.platform == "darwin" else 1024     # ru_maxrss: bytes on macOS, KiB on Linux

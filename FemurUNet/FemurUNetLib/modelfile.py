@@ -14,8 +14,7 @@ from .errors import FemurUNetError
 from .fileio import atomic_write
 from .geometry import CANONICAL_ORIENTATION
 from .model import ARCHITECTURE, UNet2D
-from .paths import DEFAULT_MODEL_PATH  # noqa: F401  (re-exported; defined torch-free in paths.py)
-from .preprocess import DEFAULT_INPUT_SIZE, DEFAULT_WINDOW
+from .defaults import DEFAULT_INPUT_SIZE, DEFAULT_WINDOW
 
 FORMAT_NAME = "femurunet-model"
 FORMAT_VERSION = 1

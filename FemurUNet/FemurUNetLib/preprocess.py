@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .defaults import DEFAULT_INPUT_SIZE, DEFAULT_WINDOW  # noqa: F401  (re-exported)
+from .defaults import DEFAULT_INPUT_SIZE
 
 
 def window_hu(hu: torch.Tensor, center: float, width: float) -> torch.Tensor:

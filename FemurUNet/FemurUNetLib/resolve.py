@@ -8,7 +8,8 @@ from pathlib import Path
 from .errors import FemurUNetError
 from .keras_import import convert_keras_file
 from .model import UNet2D
-from .modelfile import DEFAULT_MODEL_PATH, load_model, model_metadata
+from .modelfile import load_model, model_metadata
+from .paths import DEFAULT_MODEL_PATH
 
 
 def resolve_model(model=None, map_location="cpu") -> UNet2D:

@@ -22,7 +22,8 @@ import torch
 
 from FemurUNetLib import UNet2D, segment_volume
 from FemurUNetLib.evaluate import dice
-from FemurUNetLib.inference import auto_batch_size, pick_device
+from FemurUNetLib.device import pick_device
+from FemurUNetLib.inference import auto_batch_size
 from FemurUNetLib.modelfile import default_metadata, load_model
 from FemurUNetLib.phantom import generate_case
 from FemurUNetTrainLib.export import export_arrays

@@ -13,7 +13,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.preprocess import DEFAULT_INPUT_SIZE, to_model_input
+from FemurUNetLib.defaults import DEFAULT_INPUT_SIZE
+from FemurUNetLib.preprocess import to_model_input
 
 from .manifest import IMAGE_DIR, LABEL_DIR, MANIFEST_NAME, read_manifest
 

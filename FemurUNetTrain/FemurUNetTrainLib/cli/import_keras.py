@@ -6,7 +6,7 @@ from pathlib import Path
 from FemurUNetLib.keras_import import default_output_path, import_keras
 from FemurUNetLib.model import ARCHITECTURE
 from FemurUNetLib.modelfile import save_model
-from FemurUNetLib.preprocess import DEFAULT_WINDOW
+from FemurUNetLib.defaults import DEFAULT_WINDOW
 
 from .common import window_args
 
