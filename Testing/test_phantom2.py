@@ -26,8 +26,8 @@ from FemurUNetLib.phantom2 import COVERAGES, FEMUR_FREE, femur_truth, generate_c
 from FemurUNetLib.phantom2_anatomy import BODIES, NARROWED_HIP_P, SIDES, hip_joint_space, load_body
 from FemurUNetLib.phantom2_metal import METAL_HU, ParallelBeam, add_metal_artefacts, computed_rows
 from FemurUNetLib.phantom2_native import draw_native, native_factors, native_grid, resampled
-from FemurUNetLib.phantom2_body import (body_parts_bounds, cavity_distance, draw_hu, fat_thickness, septa_distance,
-                                        skin_distance)
+from FemurUNetLib.phantom2_body import (SKIN_PARTS, body_parts_bounds, cavity_distance, draw_hu, fat_thickness,
+                                        septa_distance, skin_distance)
 from FemurUNetLib.sdf import _rotation as sdf_rotation, ramp_width
 
 COARSE = (4.0, 4.0, 4.0)
@@ -797,7 +797,7 @@ def test_skin_septa_and_cavity_lie_inside_their_parts_boxes(seed):
             out &= ~inside
         return out
 
-    far = outside([k for k in parts if k.startswith(("trunk", "thigh", "calf"))])
+    far = outside([k for k in parts if k.startswith(SKIN_PARTS)])
     assert 0.2 < far.mean() < 0.95
     assert skin_distance(tuple(c[far] for c in q), ind, body).min() > margin / 2
     for side in SIDES:

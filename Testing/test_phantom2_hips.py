@@ -80,7 +80,7 @@ def test_a_forced_shape_changes_the_hips_not_the_femur_label():
     assert (atlas.hips, mri.hips) == ("atlas", "mri2psm") and atlas.body == mri.body
     assert not np.array_equal(atlas.ct, mri.ct)
     points = _grid((-140, -80, -120), (141, 80, 60), 3.0)
-    scenes = {h: _scene(*(_streams(seed)[i] for i in (0, 5, 8)), hips=h) for h in HIP_SHAPES}
+    scenes = {h: _scene(*(_streams(seed)[i] for i in (0, 5, 8, 9)), hips=h) for h in HIP_SHAPES}
     truth = femur_truth(seed, points)                                  # the seed's own draw
     for side in SIDES:
         femurs = [scenes[h].ind.bone_distance(f"femur_{side}", points) for h in HIP_SHAPES]

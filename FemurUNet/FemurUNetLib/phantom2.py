@@ -29,8 +29,9 @@ from .phantom2_hips import HIP_SHAPES, with_hip_shape
 from .phantom2_libhip import with_real_femurs
 from .phantom2_metal import add_metal_artefacts
 from .phantom2_native import at_coarse_centres, draw_native, native_factors, native_grid, resampled
-from .phantom2_body import body_parts_bounds, cavity_distance, fat_thickness, septa_distance, skin_distance
-from .phantom2_scene import build_scene
+from .phantom2_body import (SKIN_PARTS, body_parts_bounds, cavity_distance, fat_thickness, septa_distance,
+                            skin_distance)
+from .phantom2_scene import build_scene, with_feet
 from .sdf import _rotation, grid_points, ramp_width
 
 COVERAGES = {"pelvis": 0.24, "hip_to_knee": 0.14, "whole_leg": 0.08, "knee_to_ankle": 0.12,
@@ -52,9 +53,10 @@ def coverage_range(rng, ind: Individual, scene, coverage) -> tuple:
     m, body = ind.marks, scene.body
     knee = 0.5 * (m["knee_left"][2] + m["knee_right"][2])
     ankle = 0.5 * (m["ankle_left"][2] + m["ankle_right"][2])
+    low = ankle - body.get("feet", {}).get("below", 0.0)      # leg scans end at the ankle or run on into the foot
     j = lambda a, b: float(rng.uniform(a, b))
     ranges = {"pelvis": (j(-140, -60), j(80, 200)), "hip_to_knee": (knee - j(20, 90), j(-10, 140)),
-              "whole_leg": (ankle - j(0, 30), j(0, 150)), "knee_to_ankle": (ankle - j(0, 30), knee + j(20, 140)),
+              "whole_leg": (low - j(0, 30), j(0, 150)), "knee_to_ankle": (low - j(0, 30), knee + j(20, 140)),
               "abdomen_to_thigh": (j(-300, -120), j(250, 380)),
               "abdomen": (body["crest"] + j(20, 60), body["diaphragm"] + j(0, 80)),
               "chest": (body["diaphragm"] - j(20, 60), body["diaphragm"] + j(200, 300))}
@@ -234,7 +236,7 @@ class Renderer:
         it (beyond BODY_MARGIN nothing is painted); returns (cavity distance, its index box) or None."""
         h, body = self.s.hu, self.s.body
         parts = self.body_parts
-        box = self.union_box([parts[k] for k in parts if k.startswith(("trunk", "thigh", "calf"))], rows, BODY_MARGIN)
+        box = self.union_box([parts[k] for k in parts if k.startswith(SKIN_PARTS)], rows, BODY_MARGIN)
         cavity = None if box is None else self._body(box, rows, k0, hu, tex)
         table = body["table"]
         box = None if table is None else \
@@ -473,13 +475,13 @@ def _streams(seed):
     seed = int(seed)
     if seed < 0:
         raise FemurUNetError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, 2]).spawn(9)     # later streams (femur shapes, native grid, hip field,
-                                                         # hip bones): the first stay
+    return np.random.default_rng([seed, 2]).spawn(10)    # later streams (femur shapes, native grid, hip field,
+                                                         # hip bones, feet): the first stay
 
 
-def _scene(anatomy_rng, femur_rng, hips_rng, hips=None):
+def _scene(anatomy_rng, femur_rng, hips_rng, feet_rng, hips=None):
     individual = with_hip_shape(make_individual(anatomy_rng), hips_rng, hips)
-    return build_scene(anatomy_rng, with_real_femurs(individual, femur_rng))
+    return with_feet(build_scene(anatomy_rng, with_real_femurs(individual, femur_rng)), feet_rng)
 
 
 def _scanned(scene, grid, rotation, rngs, scanner, fov, jobs) -> tuple:
@@ -495,7 +497,7 @@ def _scanned(scene, grid, rotation, rngs, scanner, fov, jobs) -> tuple:
 
 def make_scene(seed: int):
     streams = _streams(seed)
-    return _scene(streams[0], streams[5], streams[8])
+    return _scene(streams[0], streams[5], streams[8], streams[9])
 
 
 def femur_truth(seed: int, points_anat) -> np.ndarray:
@@ -541,11 +543,12 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel).
     ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g. ``{"cortex": 900}``).
     ``hips``: the hip bones' shape (one of HIP_SHAPES) over the drawn one; the rest of the case stays as drawn."""
-    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng = _streams(seed)
+    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng, feet_rng = \
+        _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
     if hips is not None and hips not in HIP_SHAPES:
         raise FemurUNetError(f"hips must be one of {', '.join(HIP_SHAPES)}, got {hips!r}")
-    scene = _scene(anatomy_rng, femur_rng, hips_rng, hips)
+    scene = _scene(anatomy_rng, femur_rng, hips_rng, feet_rng, hips)
     if tissue:
         scene.hu = tissue_settings(scene.hu, tissue)
     if coverage is None:

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .phantom2_anatomy import SIDES, Individual
+from .phantom2_feet import soft_tissue_box, soft_tissue_distance
 from .sdf import _capsule, _smin
 
 
@@ -89,7 +90,8 @@ def draw_hu(rng) -> dict:
             "kidney": _u(rng, 30, 45) if phase == "none" else _u(rng, 150, 260),
             "bowel_wall": _u(rng, 30, 60), "fluid": _u(rng, 0, 25), "oral": _u(rng, 150, 450),
             "stool": _u(rng, -60, 40), "lung": _u(rng, -900, -780), "disc": _u(rng, 70, 110),
-            "head_density": _u(rng, 1.0, 1.5), "tendon": _u(rng, 65, 110), "csf": _u(rng, 0, 20), "metal": _u(rng, 2500, 3071),
+            "head_density": _u(rng, 1.0, 1.5), "tendon": _u(rng, 65, 110), "csf": _u(rng, 0, 20),
+            "metal": _u(rng, 2500, 3071),
             "cortex": _u(rng, 650, 1200) if porotic else _u(rng, 900, 1850),
             "trabecular": _u(rng, 60, 150) if porotic else _u(rng, 150, 400),
             "canal": _u(rng, -90, 30), "porotic": porotic,
@@ -110,7 +112,9 @@ def draw_body(rng, ind: Individual) -> dict:
     back = max(sy) + grow + _u(rng, 8, 25)
     body = {"fat": fat, "leg_fat": fat * _u(rng, 0.4, 0.9), "crotch": _u(rng, -95, -65),
             "zs": zs, "sx": [s + grow for s in sx], "sy": [s + grow for s in sy],
-            "table": back + 9.0 if rng.random() < 0.85 else None, "cx": _u(rng, -5, 5), "shaft_cortex": _u(rng, 3.5, 7.0), "end_cortex": _u(rng, 0.35, 1.3), "cy": _u(rng, 5, 25), "wall": _u(rng, 8, 18), "crest": crest,
+            "table": back + 9.0 if rng.random() < 0.85 else None, "cx": _u(rng, -5, 5),
+            "shaft_cortex": _u(rng, 3.5, 7.0), "end_cortex": _u(rng, 0.35, 1.3), "cy": _u(rng, 5, 25),
+            "wall": _u(rng, 8, 18), "crest": crest,
             "thigh_r": (_u(rng, 70, 95) + 0.6 * fat, _u(rng, 45, 58) + 0.3 * fat),
             "calf_r": (_u(rng, 45, 55), _u(rng, 50, 68), _u(rng, 28, 36)),
             "diaphragm": crest + _u(rng, 130, 190), "septa": {s: rng.uniform(0, 2 * math.pi, 4) for s in SIDES}}
@@ -148,13 +152,18 @@ def _thigh(q, top, knee, body, sign) -> np.ndarray:
     return np.maximum(thigh, np.maximum(knee[2] - 20.0 - q[2], q[2] - top[2] - 50.0))
 
 
-def _calf(q, knee, ankle, body) -> np.ndarray:
+def _calf(q, knee, ankle, body, side) -> np.ndarray:
+    """The calf's tube down to 15 mm below the ankle, joined by the foot (``body["feet"]``) where it is drawn."""
     x, y, t = _leg_axis(q[2], knee, ankle)
     calf_r = body["calf_r"]
     r = np.where(t < 0.3, calf_r[0] + (calf_r[1] - calf_r[0]) * t / 0.3,
                  calf_r[1] + (calf_r[2] - calf_r[1]) * (t - 0.3) / 0.7)
     calf = np.hypot(q[0] - x, (q[1] - (y + 0.45 * r)) * 0.9) - r
-    return np.maximum(calf, np.maximum(q[2] - knee[2] - 20.0, ankle[2] - 15.0 - q[2]))
+    calf = np.maximum(calf, np.maximum(q[2] - knee[2] - 20.0, ankle[2] - 15.0 - q[2]))
+    foot = body.get("feet", {}).get(side)
+    if foot is None:
+        return calf
+    return _update_where(q[2] < foot.top_z, q, calf, lambda p, c: np.minimum(c, soft_tissue_distance(p, foot)))
 
 
 def _update_where(mask, q, values, update) -> np.ndarray:
@@ -183,10 +192,10 @@ def leg_distance(q, ind: Individual, body, side) -> np.ndarray:
     z_lo, z_hi = float(q[2].min()), float(q[2].max())
     above_knee = z_lo - knee[2] - 20.0          # the calf is cut off above the knee: calf >= this everywhere
     if above_knee > 0:
-        return _union_where_needed(q, _thigh(q, top, knee, body, sign), lambda p: _calf(p, knee, ankle, body),
+        return _union_where_needed(q, _thigh(q, top, knee, body, sign), lambda p: _calf(p, knee, ankle, body, side),
                                    above_knee, True)
     below_knee = knee[2] - 20.0 - z_hi          # and the thigh below it: thigh >= this everywhere
-    return _union_where_needed(q, _calf(q, knee, ankle, body), lambda p: _thigh(p, top, knee, body, sign),
+    return _union_where_needed(q, _calf(q, knee, ankle, body, side), lambda p: _thigh(p, top, knee, body, sign),
                                below_knee, False)
 
 
@@ -200,6 +209,7 @@ def skin_distance(q, ind, body) -> np.ndarray:
 
 
 SEPTA_TOP = 60.0      # mm above the crotch, where the thigh's fat planes end
+SKIN_PARTS = ("trunk", "thigh", "calf", "foot")      # the body parts (body_parts_bounds) whose union holds the skin
 
 
 def septa_reach(body) -> float:
@@ -208,9 +218,9 @@ def septa_reach(body) -> float:
 
 
 def body_parts_bounds(ind: Individual, body) -> dict:
-    """Anatomical boxes (lo, hi) of the body's parts: ``trunk``, ``thigh_<side>`` and ``calf_<side>`` (the skin
-    distance is < 0 only inside their union, grown by the smooth union's 25 mm / 4), ``septa_<side>`` and
-    ``cavity`` (``septa_distance`` and ``cavity_distance`` are < 0 only inside theirs)."""
+    """Anatomical boxes (lo, hi) of the body's parts: ``trunk``, ``thigh_<side>``, ``calf_<side>`` and
+    ``foot_<side>`` (SKIN_PARTS: the skin distance is < 0 only inside their union, grown by the smooth union's 25 mm
+    / 4), ``septa_<side>`` and ``cavity`` (``septa_distance`` and ``cavity_distance`` are < 0 only inside theirs)."""
     m, grow, inf = ind.marks, 25.0 / 4, math.inf
     sx, sy = max(body["sx"]), max(body["sy"])
     parts = {"trunk": ((body["cx"] - sx - grow, body["cy"] - sy - grow, body["crotch"] - grow),
@@ -228,6 +238,8 @@ def body_parts_bounds(ind: Individual, body) -> dict:
         lo, hi = ends.min(0), ends.max(0)
         parts[f"calf_{side}"] = ((lo[0] - calf_r, lo[1] - calf_r, ankle[2] - 15.0 - grow),
                                  (hi[0] + calf_r, hi[1] + 1.6 * calf_r, knee[2] + 20.0 + grow))
+        if side in body.get("feet", {}):
+            parts[f"foot_{side}"] = soft_tissue_box(body["feet"][side], grow)
     a = max(sx - body["fat"] - body["wall"] - 25.0, 20.0)
     b = max(sy - body["fat"] - body["wall"] - 30.0, 20.0)
     parts["cavity"] = ((body["cx"] - a, body["cy"] - 15.0 - b, -40.0), (body["cx"] + a, body["cy"] - 15.0 + b,

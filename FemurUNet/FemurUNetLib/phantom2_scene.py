@@ -8,6 +8,7 @@ import numpy as np
 
 from .phantom2_anatomy import LABEL, SIDES, Individual
 from .phantom2_body import Item, Scene, _box_of, _polyline, _u, draw_body, draw_hu, ellipse_distance, leg_distance
+from .phantom2_feet import bone_parts, draw_feet
 from .sdf import _capsule, _ellipsoid, _sphere
 
 IMPLANT_P = {"hip": 0.12, "knee": 0.06, "screws": 0.06, "spine": 0.05, "valve": 0.15}
@@ -24,6 +25,16 @@ def build_scene(rng, ind: Individual) -> Scene:
     _chest(rng, scene)
     _arms(rng, scene)
     _implants(rng, scene)
+    return scene
+
+
+def with_feet(scene, rng) -> Scene:
+    """``scene`` with both feet (``phantom2_feet``, drawn from ``rng``): their soft tissue joins the calves, their bones
+    are painted last (negatives)."""
+    scene.body["feet"] = draw_feet(rng, scene.ind)
+    for side in SIDES:
+        for name, lo, hi, distance in bone_parts(scene.ind, scene.body["feet"][side], side):
+            scene.items.append(Item(name, lo, hi, distance, "bone:foot"))
     return scene
 
 
