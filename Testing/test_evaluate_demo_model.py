@@ -7,13 +7,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts"))
 import evaluate_demo_model as script  # noqa: E402
 
 from FemurUNetLib.paths import DEFAULT_MODEL_PATH  # noqa: E402
-from FemurUNetLib.phantom2 import generate_case  # noqa: E402
+from FemurUNetLib.phantom2 import generate_case, make_scene  # noqa: E402
 from FemurUNetTrainLib.options import seed_list  # noqa: E402
 
 COVERAGE = {1: "pelvis", 2: "chest"}
@@ -24,9 +25,11 @@ def coarse_cases(monkeypatch):
     """Seeds 1 (a pelvis) and 2 (a femur-free chest) on 5 mm grids; counts how often each case is made."""
     made = []
 
-    def make(seed, phantom, tissue=None, coarse=False, hips=None):
-        made.append((seed, tissue) if tissue else (seed, "coarse") if coarse else (seed, hips) if hips else seed)
-        return generate_case(seed, spacing=(5.0, 5.0, 5.0), coverage=COVERAGE[seed], tissue=tissue, hips=hips)
+    def make(seed, phantom, tissue=None, coarse=False, hips=None, coverage=None):
+        made.append((seed, tissue) if tissue else (seed, "coarse") if coarse else (seed, hips) if hips else
+                    (seed, coverage) if coverage else seed)
+        return generate_case(seed, spacing=(5.0, 5.0, 5.0), coverage=coverage or COVERAGE[seed], tissue=tissue,
+                             hips=hips)
     monkeypatch.setattr(script, "make_phantom", make)
     return made
 
@@ -112,13 +115,39 @@ def test_a_forced_hip_shape_reaches_the_phantoms_the_rows_and_the_record(tmp_pat
         script.main(["--seeds", "1", "--no-real", "--hips", "mri2psm", "--phantom", "1"])
 
 
+def test_a_forced_coverage_reaches_the_phantoms_and_the_record(tmp_path, coarse_cases, capsys):
+    out = tmp_path / "eval.json"
+    assert script.main(["--seeds", "2", "--no-real", "--coverage", "pelvis", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert coarse_cases == [(2, "pelvis")] and result["coverage"] == "pelvis"
+    assert result["phantoms"][0]["coverage"] == "pelvis" and "dice" in result["phantoms"][0]
+    with pytest.raises(SystemExit):
+        script.main(["--seeds", "1", "--no-real", "--coverage", "foot"])
+    assert "--coverage: invalid choice: 'foot'" in capsys.readouterr().err
+
+
+def test_labels_in_the_feet_are_counted_and_summed():
+    seed = next(s for s in range(90000, 90100) if make_scene(s).body["feet"]["below"] > 80)
+    case = generate_case(seed, spacing=(4.0, 4.0, 4.0), coverage="knee_to_ankle")
+    voxel_ml = float(np.prod(case.geometry.spacing)) / 1000
+    everything = script.case_row(seed, case, lambda ct, g: np.ones(ct.shape, bool))
+    assert everything["foot_ml"] == pytest.approx(case.feet.sum() * voxel_ml) and everything["foot_ml"] > 50
+    truth = script.case_row(seed, case, lambda ct, g: case.label > 0)
+    assert truth["foot_ml"] == 0 and truth["dice"] == 1.0                 # the femur never reaches the feet
+    summary = script.phantom_summary([everything, truth])
+    assert (summary["cases_into_the_feet"], summary["cases_over_2ml_in_the_feet"]) == (2, 1)
+    assert summary["foot_ml_max"] == everything["foot_ml"]
+    pelvis = script.case_row(1, generate_case(1, spacing=(5.0, 5.0, 5.0), coverage="pelvis"), lambda ct, g: ct > 0)
+    assert "foot_ml" not in pelvis and "cases_into_the_feet" not in script.phantom_summary([pelvis])
+
+
 def test_coarse_grids_are_isotropic_2_to_3_mm_drawn_per_seed(monkeypatch, capsys):
     asked = []
     monkeypatch.setattr(script, "generate_case_v2", lambda seed, **kw: asked.append((seed, kw)))
     script.make_phantom(7, 2, coarse=True)
     script.make_phantom(7, 2)
-    assert asked == [(7, {"tissue": None, "spacing": script.coarse_spacing(7), "hips": None}),
-                     (7, {"tissue": None, "spacing": None, "hips": None})]
+    assert asked == [(7, {"tissue": None, "spacing": script.coarse_spacing(7), "hips": None, "coverage": None}),
+                     (7, {"tissue": None, "spacing": None, "hips": None, "coverage": None})]
     spacings = [script.coarse_spacing(seed) for seed in range(200)]
     assert all(s[0] == s[1] == s[2] and 2.0 <= s[0] <= 3.0 for s in spacings)
     assert len(set(spacings)) == 200 and spacings == [script.coarse_spacing(seed) for seed in range(200)]

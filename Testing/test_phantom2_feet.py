@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from FemurUNetLib import phantom2
-from FemurUNetLib.phantom2 import generate_case, make_scene
+from FemurUNetLib.phantom2 import generate_case, make_grid, make_scene
 from FemurUNetLib.phantom2_body import skin_distance
 from FemurUNetLib.phantom2_feet import FOOT_BELOW_P, bone_parts, draw_feet
 
@@ -82,16 +82,19 @@ def test_foot_bones_lie_in_their_boxes_inside_the_skin_and_apart_at_the_ankle(se
                     assert ind.bone_distance(other, bone).min() >= foot.gap - 1e-3, other
 
 
-def test_a_leg_scan_into_the_foot_shows_its_bones_unlabelled():
+def test_a_leg_scan_into_the_foot_shows_its_bones_unlabelled_and_marks_them():
     seed = next(s for s in range(90000, 90100) if make_scene(s).body["feet"]["below"] > 80)
-    case = generate_case(seed, coverage="knee_to_ankle", spacing=(1.5, 1.5, 3.0), direction=np.eye(3))
-    ankle = min(case_mark[2] for case_mark in (make_scene(seed).ind.marks[f"ankle_{s}"] for s in ("left", "right")))
-    z = case.geometry.origin[2] + case.geometry.spacing[2] * np.arange(case.ct.shape[0])
-    foot = z < ankle - 40                            # rows well below both ankles (the patient's tilt is <= 5°)
-    assert foot.sum() >= 10
-    assert (case.ct[foot] > 400).sum() * 1.5 * 1.5 * 3.0 > 10_000     # mm3 of foot bone in those rows
-    assert case.label[foot].sum() == 0
-    assert case.label.sum() > 0                          # the distal femur, above
+    spacing = (1.5, 1.5, 3.0)
+    case = generate_case(seed, coverage="knee_to_ankle", spacing=spacing, direction=np.eye(3))
+    scene = make_scene(seed)
+    rotation = make_grid(phantom2._streams(seed)[1], scene, "knee_to_ankle", spacing, np.eye(3))[2]
+    anatomical_z = (case.geometry.physical_points(case.ct.shape) @ rotation)[..., 2]
+    ankle = min(scene.ind.marks[f"ankle_{s}"][2] for s in ("left", "right"))
+    assert np.array_equal(case.feet, anatomical_z < ankle - phantom2.FEET_MARGIN)
+    assert case.feet.sum() * np.prod(spacing) > 1e6                      # mm3: the scan runs on into the feet
+    assert (case.ct[case.feet] > 400).sum() * np.prod(spacing) > 10_000  # foot bone
+    assert case.label[case.feet].sum() == 0 and case.label.sum() > 0     # unlabelled; the distal femur above
+    assert generate_case(seed, coverage="pelvis", shape=(8, 32, 32)).feet is None
 
 
 @pytest.mark.parametrize("coverage", ["pelvis", "hip_to_knee"])

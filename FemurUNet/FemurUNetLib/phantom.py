@@ -48,6 +48,7 @@ class PhantomCase:
     femurs: str = ""        # phantom v2: whose proximal femurs ("atlas" or a LibHip man, phantom2_libhip)
     hip_field: str = ""     # phantom v2: the side of a targeted one-hip field of view ("" for none)
     hips: str = ""          # phantom v2: whose hip bones ("atlas" or "mri2psm", phantom2_hips)
+    feet: Optional[np.ndarray] = field(default=None, repr=False)   # phantom v2 leg scans: bool, voxels in the feet
 
 
 # --- anatomy ------------------------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ from .sdf import _rotation, grid_points, ramp_width
 COVERAGES = {"pelvis": 0.24, "hip_to_knee": 0.14, "whole_leg": 0.08, "knee_to_ankle": 0.12,
              "abdomen_to_thigh": 0.18, "abdomen": 0.12, "chest": 0.12}
 FEMUR_FREE = ("abdomen", "chest")
+LEG_SCANS = ("whole_leg", "knee_to_ankle")      # the coverages that reach the ankles (phantom2_feet)
+FEET_MARGIN = 10.0      # mm below the lower ankle joint where ``PhantomCase.feet`` starts
 MAX_SLICES = 320
 SLAB_VOXELS = 1_500_000
 BODY_MARGIN = 30.0      # mm around the body's parts and the table: the widest paint ramp reaches far less
@@ -495,6 +497,17 @@ def _scanned(scene, grid, rotation, rngs, scanner, fov, jobs) -> tuple:
     return hu, label
 
 
+def in_the_feet(scene, geometry, shape, rotation, margin=FEET_MARGIN) -> np.ndarray:
+    """bool (k, j, i): voxel centres more than ``margin`` mm below the lower ankle joint (anatomical z), where
+    every femur label is wrong."""
+    ankle = min(scene.ind.marks[f"ankle_{side}"][2] for side in LABEL)
+    slope = rotation.T[2] @ (geometry.direction @ np.diag(geometry.spacing))     # anatomical z per (i, j, k) step
+    z0 = float(rotation.T[2] @ np.asarray(geometry.origin, float))
+    k, j, i = (np.arange(n, dtype=np.float64) for n in shape)
+    in_plane = (slope[1] * j)[:, None] + (slope[0] * i)[None, :]
+    return in_plane[None] < (ankle - margin - z0 - slope[2] * k)[:, None, None]
+
+
 def make_scene(seed: int):
     streams = _streams(seed)
     return _scene(streams[0], streams[5], streams[8], streams[9])
@@ -570,7 +583,8 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     ct = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
     axial_label = axial.to_canonical(label)         # a view: outside the reconstructed field of view, no label
     axial_label[:, outside_field(axial_spacing, axial_label.shape[1:], fov)] = 0
-    return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}",
+    feet = in_the_feet(scene, geometry, ct.shape, rotation) if coverage in LEG_SCANS else None
+    return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}", feet=feet,
                        metal=bool(scene.metal_points), arms=any(i.name.startswith("arm") for i in scene.items),
                        coverage=coverage, body=scene.ind.body, femurs=scene.ind.femurs,
                        hip_field=hip["side"] if hip else "", hips=scene.ind.hips)

@@ -1,11 +1,13 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
-       [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--no-real] [--json OUT.json]
+       [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--coverage COV] [--no-real]
+       [--json OUT.json]
        [--device cpu] [--mirror] [--min-field MM] [--keep-all-pieces]
 
 Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
 one entry per model, each as a single model's file). ``--seeds`` takes ranges and seeds: ``25096-25111,26066``.
+Leg scans that reach the feet also get ``foot_ml``: labels more than 10 mm below the lower ankle joint (all wrong).
 
 The real-CT numbers come from the functions behind ``femurunet evaluate`` (``read_femur_reference``,
 ``femur_rows``, ``false_positives``); the CLI commands that reproduce each one are printed beside it.
@@ -29,7 +31,7 @@ from FemurUNetLib.resolve import resolve_model
 from FemurUNetLib.segment_options import field_mm
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.phantom2 import generate_case as generate_case_v2, tissue_settings
+from FemurUNetLib.phantom2 import COVERAGES, generate_case as generate_case_v2, tissue_settings
 from FemurUNetLib.phantom2_hips import HIP_SHAPES
 from FemurUNetLib.phantom2_body import draw_hu
 from FemurUNetLib.phantom2_native import coarse_spacing
@@ -67,10 +69,11 @@ def parse_tissue(text) -> dict:
         raise SystemExit(f"--tissue: expected KEY=VALUE pairs like cortex=900,trabecular=400, got {text!r}") from None
 
 
-def make_phantom(seed, phantom: int, tissue=None, coarse=False, hips=None):
+def make_phantom(seed, phantom: int, tissue=None, coarse=False, hips=None, coverage=None):
     if phantom != 2:
         return generate_case(seed)
-    return generate_case_v2(seed, tissue=tissue or None, spacing=coarse_spacing(seed) if coarse else None, hips=hips)
+    return generate_case_v2(seed, tissue=tissue or None, spacing=coarse_spacing(seed) if coarse else None, hips=hips,
+                            coverage=coverage)
 
 
 def case_row(seed, case, predict) -> dict:
@@ -84,6 +87,8 @@ def case_row(seed, case, predict) -> dict:
            "hips": case.hips, "shape": list(case.ct.shape), "spacing": [round(v, 3) for v in case.geometry.spacing],
            "metal": case.metal, "arms": case.arms,
            "seconds": round(seconds, 2), "false_positive_ml": float((pred & ~truth).sum() * np.prod(sp) / 1000)}
+    if getattr(case, "feet", None) is not None and case.feet.any():
+        row["foot_ml"] = float((pred & case.feet).sum() * np.prod(sp) / 1000)
     if truth.any():
         left, right = split_sides(pred, case.label == 1, case.label == 2, case.geometry)
         row.update(dice=dice(pred, truth), hd95_mm=hd95(pred, truth, sp), truth_ml=float(truth.sum() * np.prod(sp) / 1000),
@@ -103,6 +108,10 @@ def phantom_summary(rows) -> dict:
                "femur_free_cases": len(free),
                "off_femur_ml_max": max(r["off_femur_ml"] for r in with_femur),
                "femur_free_false_positive_ml_max": max([r["false_positive_ml"] for r in free], default=0.0)}
+    feet = [r["foot_ml"] for r in rows if "foot_ml" in r]
+    if feet:
+        summary.update(cases_into_the_feet=len(feet), foot_ml_mean=float(np.mean(feet)), foot_ml_max=max(feet),
+                       cases_over_2ml_in_the_feet=sum(v > 2.0 for v in feet))
     for coverage in sorted({r["coverage"] for r in rows}):
         part = [r for r in with_femur if r["coverage"] == coverage]
         if part:
@@ -163,6 +172,8 @@ def main(argv=None) -> int:
                         "as resampled scans are (a stress test of coarse grids)")
     parser.add_argument("--hips", choices=HIP_SHAPES, help="phantom v2 hip bones of this shape for every seed "
                         "(default: as each seed draws them)")
+    parser.add_argument("--coverage", choices=list(COVERAGES), help="phantom v2 scan range for every seed (default: "
+                        "as each seed draws it), e.g. knee_to_ankle for leg scans into the feet")
     parser.add_argument("--no-real", action="store_true", help="phantoms only (model selection never looks at real CT)")
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
@@ -179,6 +190,8 @@ def main(argv=None) -> int:
         parser.error("--coarse: only phantom v2 renders resampled grids")
     if args.hips and args.phantom != 2:
         parser.error("--hips: only phantom v2 draws hip bone shapes")
+    if args.coverage and args.phantom != 2:
+        parser.error("--coverage: only phantom v2 draws scan ranges")
     try:
         tissue_settings(draw_hu(np.random.default_rng(0)), tissue)       # unknown keys: refused before any work
     except FemurUNetError as exc:
@@ -186,6 +199,7 @@ def main(argv=None) -> int:
     runs = [{"model": name or "default", "phantom": args.phantom, **({"tissue": tissue} if tissue else {}),
              **({"min_field_mm": args.min_field} if args.min_field is not None else {}),
              **({"coarse": True} if args.coarse else {}), **({"hips": args.hips} if args.hips else {}),
+             **({"coverage": args.coverage} if args.coverage else {}),
              "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
 
@@ -200,7 +214,7 @@ def main(argv=None) -> int:
                 *(["--min-field", f"{args.min_field:g}"] if args.min_field is not None else [])]
 
     for seed in seeds:
-        case = make_phantom(seed, args.phantom, tissue, args.coarse, args.hips)
+        case = make_phantom(seed, args.phantom, tissue, args.coarse, args.hips, args.coverage)
         for run, net in zip(runs, nets):
             run["phantoms"].append(case_row(seed, case, lambda ct, g, net=net: segment(net, ct, g) > 0))
             print(json.dumps({**run["phantoms"][-1], **({"model": run["model"]} if len(runs) > 1 else {})}), flush=True)
