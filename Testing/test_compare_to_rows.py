@@ -30,19 +30,24 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
         "a": {"rows": [row(1, 0.90, fp=5.0), row(2, 0.96), {"seed": 3, "false_positive_ml": 0.5}]},
         "b": {"rows": [row(1, 0.90), row(4, 0.95)]},
         "c": {"rows": [row(2, 0.96, shape=(5, 20, 20))]},
-        "d": {"rows": [row(1, 0.90, hips="mri2psm")]}}})
+        "d": {"rows": [row(1, 0.90, hips="mri2psm")]},
+        "e": {"rows": [{**row(2, 0.97), "foot_ml": 4.0}, row(1, 0.90)]}}})
     new = write(tmp_path / "new.json", {"model": "cand.pt", "phantoms": [
-        row(1, 0.94, fp=2.0, off=1.5), row(2, 0.95), {"seed": 3, "false_positive_ml": 0.2}]})
+        row(1, 0.94, fp=2.0, off=1.5), {**row(2, 0.95), "foot_ml": 0.5}, {"seed": 3, "false_positive_ml": 0.2}]})
     assert script.main([stored, new]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "cand.pt against old"
     assert lines[1] == ("  a: 3 cases, Dice 0.9300 -> 0.9450 (+0.0150), min 0.900 -> 0.940, largest false positives "
-                        "5.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml; moved most: 2 -0.010, 1 +0.040")
+                        "5.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet n/a -> 0.5 ml; moved most: 2 -0.010, "
+                        "1 +0.040")
     assert lines[2] == "  b: not covered (1 of 2 seeds missing, e.g. 4)"
     assert lines[3] == ("  c: different cases (seed 2: shape [5, 20, 20] stored, [10, 20, 20] new; another grid "
                         "or --hips option, or phantom code?)")
     assert lines[4] == ("  d: different cases (seed 1: hips mri2psm stored, atlas new; another grid or --hips option, "
                         "or phantom code?)")
+    assert lines[5] == ("  e: 2 cases, Dice 0.9350 -> 0.9450 (+0.0100), min 0.900 -> 0.940, largest false positives "
+                        "1.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet 4.0 -> 0.5 ml; moved most: 2 -0.020, "
+                        "1 +0.040")
 
 
 def test_the_stored_model_against_its_own_rows_moves_nothing(tmp_path, capsys):

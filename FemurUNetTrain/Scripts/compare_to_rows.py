@@ -42,12 +42,13 @@ def new_rows(paths: list) -> dict:
 
 def summary(rows: list) -> dict:
     """Mean and min Dice over the rows with femur, largest false positives, labels off the femur (sum; None when
-    the rows with femur lack it), in ml."""
+    the rows with femur lack it) and labels in the feet (sum over the rows that have it; None when none has), in ml."""
     dice = [r["dice"] for r in rows if r.get("dice") is not None]
     return {"mean": sum(dice) / len(dice) if dice else float("nan"), "min": min(dice, default=float("nan")),
             "fp_max": max((r.get("false_positive_ml") or 0.0 for r in rows), default=0.0),
             "off": (sum(r.get("off_femur_ml") or 0.0 for r in rows)
-                    if all("off_femur_ml" in r for r in rows if r.get("dice") is not None) else None)}
+                    if all("off_femur_ml" in r for r in rows if r.get("dice") is not None) else None),
+            "feet": sum(r["foot_ml"] for r in rows if "foot_ml" in r) if any("foot_ml" in r for r in rows) else None}
 
 
 def compare_line(name: str, stored: list, new: dict) -> str:
@@ -68,7 +69,9 @@ def compare_line(name: str, stored: list, new: dict) -> str:
     worst = ", ".join(f"{seed} {delta:+.3f}" for delta, seed in moved[:3])
     return (f"{name}: {len(stored)} cases, Dice {a['mean']:.4f} -> {b['mean']:.4f} ({b['mean'] - a['mean']:+.4f}), "
             f"min {a['min']:.3f} -> {b['min']:.3f}, largest false positives {a['fp_max']:.1f} -> {b['fp_max']:.1f} ml, "
-            f"off the femur {_ml(a['off'])} -> {_ml(b['off'])} ml; moved most: {worst}")
+            f"off the femur {_ml(a['off'])} -> {_ml(b['off'])} ml"
+            + (f", in the feet {_ml(a['feet'])} -> {_ml(b['feet'])} ml" if (a["feet"], b["feet"]) != (None, None) else "")
+            + f"; moved most: {worst}")
 
 
 def _ml(value) -> str:
