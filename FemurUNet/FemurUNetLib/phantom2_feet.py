@@ -5,7 +5,7 @@ bones (the tarsus is round trabecular bone in a cortical shell, as a femoral hea
 have no foot, so the feet are procedural: adult proportions (heel to toe ~260 mm x the individual's scale x
 0.93-1.07), posed supine (plantar flexion 0-35°, external rotation -5 to 30°, about the ankle joint), the talus
 carved by the tibia and fibula with an ankle joint space of 1.5-3 mm and the calcaneus and navicular by the talus.
-Soft tissue: a cross-section swept from heel to toes, joined to the calf below the ankle. A share of leg scans
+Soft tissue: an ankle, a heel and a cross-section swept from heel to toes, joined to the calf. A share of leg scans
 (FOOT_BELOW_P) run on into the foot. Drawn from the seed's tenth stream, so the other streams keep their draws;
 everything lies below FOOT_TOP above the ankle, so scans that end above that keep their bits. Negatives only.
 """
