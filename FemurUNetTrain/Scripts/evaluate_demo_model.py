@@ -87,7 +87,7 @@ def case_row(seed, case, predict) -> dict:
            "hips": case.hips, "shape": list(case.ct.shape), "spacing": [round(v, 3) for v in case.geometry.spacing],
            "metal": case.metal, "arms": case.arms,
            "seconds": round(seconds, 2), "false_positive_ml": float((pred & ~truth).sum() * np.prod(sp) / 1000)}
-    if getattr(case, "feet", None) is not None and case.feet.any():
+    if case.feet is not None and case.feet.any():
         row["foot_ml"] = float((pred & case.feet).sum() * np.prod(sp) / 1000)
     if truth.any():
         left, right = split_sides(pred, case.label == 1, case.label == 2, case.geometry)
