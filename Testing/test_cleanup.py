@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from FemurUNetLib import segment_volume
-from FemurUNetLib.cleanup import KEEP_FRACTION, remove_detached_pieces
+from FemurUNetLib.cleanup import BELOW_FEMUR_MM, KEEP_FRACTION, remove_detached_pieces
+from FemurUNetLib.geometry import Geometry
 from conftest import threshold_unet
 from test_plausibility import SIDED, add_bone, flip_x, two_femurs
 
@@ -66,3 +67,44 @@ def test_segment_volume_removes_detached_pieces_unless_asked_to_keep_them():
     removed = remove_detached_pieces(expected, hu, g)
     assert removed > 0 and np.array_equal(cleaned.labelmap, expected)
     assert cleaned.stats["detached_voxels_removed"] == removed and kept.stats["detached_voxels_removed"] == 0
+
+
+def leg_case():
+    """Slices 5 mm apart (k toward superior). Femurs over slices 60-99; on the left a 'talus' at slices 0-9 (25 %
+    of the femur: kept by the fraction), on the right the femur's distal end parted at slices 40-54."""
+    hu, label, g = two_femurs(slices=100)
+    label[:60] = 0
+    hu[:60][hu[:60] > 100] = 40
+    add_bone(hu, label, g, 90.0, 0, 10)
+    add_bone(hu, label, g, -90.0, 40, 55)
+    return hu, label, g
+
+
+def test_pieces_far_below_both_femurs_go_and_a_femur_parted_near_its_end_stays():
+    hu, label, g = leg_case()
+    assert BELOW_FEMUR_MM < (60 - 9) * 5.0 and BELOW_FEMUR_MM > (60 - 54) * 5.0
+    expected = label.copy()
+    expected[:10] = 0
+    assert remove_detached_pieces(label, hu, g) == np.count_nonzero(leg_case()[1][:10])
+    assert np.array_equal(label, expected)
+    kept = leg_case()[1]
+    remove_detached_pieces(kept, hu, g, below_mm=300.0)
+    assert np.array_equal(kept, leg_case()[1])
+
+
+def test_the_reference_is_the_lowest_of_both_sides_largest_pieces_and_any_grid_direction_agrees():
+    """Left: a femoral head alone at slices 90-99 and the left distal femur at slices 10-19 (its shaft fell to the
+    other side); right: a femur over slices 10-99. The left distal piece is far below the head, not below the right."""
+    hu, label, g = two_femurs(slices=100)
+    label[:, :, 64:] = 0
+    add_bone(hu, label, g, 90.0, 90, 100)
+    add_bone(hu, label, g, 90.0, 10, 20)
+    label[:10] = 0
+    before = label.copy()
+    assert remove_detached_pieces(label, hu, g) == 0 and np.array_equal(label, before)
+    hu2, label2, g2 = leg_case()
+    down = Geometry(g2.spacing, (g2.origin[0], g2.origin[1], 99 * 5.0), np.diag([1.0, 1.0, -1.0]))
+    flipped = label2[::-1].copy()                                      # k now runs toward the feet
+    remove_detached_pieces(flipped, hu2[::-1].copy(), down)
+    remove_detached_pieces(label2, hu2, g2)
+    assert np.array_equal(flipped[::-1], label2) and not label2[:10].any()

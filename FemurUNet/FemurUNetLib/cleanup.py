@@ -4,45 +4,76 @@ A 2-D network sees one axial slice at a time, and in one slice the shaft of a ti
 femoral shaft; in 3-D such a false positive is a separate piece of the labelmap. A femur is one piece of bone,
 so per side (the model's left/right labels, else the body's midline: never the report's one-sided split) the
 largest 26-connected piece is kept, with any other piece of at least ``KEEP_FRACTION`` of its volume (a femoral
-head cut off from the shaft where the network missed the neck). The rule and its constant were chosen on
-held-out phantoms (docs/MODEL_HISTORY.md, "Detached pieces"). ``segment ... --keep-all-pieces`` turns it off.
+head cut off from the shaft where the network missed the neck). A piece whose top lies more than
+``BELOW_FEMUR_MM`` below the bottom of both sides' largest pieces goes whatever its size: a talus, a foot or a tibia
+shaft, never a femur parted where the network missed a few slices (the patient's superior axis: LPS z). The rules
+and constants were chosen on phantoms outside the held-out set (docs/MODEL_HISTORY.md, "Detached pieces" and
+"Pieces far below the femurs"). ``segment ... --keep-all-pieces`` turns it off.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
+from scipy import ndimage
 
 from .geometry import Geometry
-from .plausibility import SIDES, bounding_box, labelled_pieces, side_masks
+from .plausibility import bounding_box, labelled_pieces, side_masks
 
 KEEP_FRACTION = 0.2          # a piece this fraction of its side's largest piece (or larger) stays
+BELOW_FEMUR_MM = 150.0       # a piece whose top lies this far below the bottom of both sides' largest pieces goes
 
 
-def detached_pieces(side_mask: np.ndarray, keep_fraction: float = KEEP_FRACTION) -> np.ndarray:
-    """Boolean mask of the pieces of ``side_mask`` smaller than ``keep_fraction`` x its largest piece."""
-    pieces, sizes = labelled_pieces(side_mask)
-    if len(sizes) < 3:
-        return np.zeros(side_mask.shape, bool)
-    drop = sizes < keep_fraction * sizes.max()
-    drop[0] = False
-    return drop[pieces]
+def _z_range(pieces: np.ndarray, number: int, where: tuple, offset: tuple, ijk_to_lps: np.ndarray) -> tuple:
+    """(lowest, highest) LPS z, mm, of the voxel centres of piece ``number`` (``where``: its find_objects slices
+    in the box that starts at index ``offset`` (k, j, i) of the volume)."""
+    k, j, i = (a + o + w.start for a, o, w in zip(np.nonzero(pieces[where] == number), offset, where))
+    z = ijk_to_lps[2, 3] + ijk_to_lps[2, 0] * i + ijk_to_lps[2, 1] * j + ijk_to_lps[2, 2] * k
+    return float(z.min()), float(z.max())
+
+
+def _largest_and_tops(mask: np.ndarray, offset: tuple, ijk_to_lps: np.ndarray, keep_fraction: float) -> tuple:
+    """(lowest z of the largest piece of ``mask``, {number: highest z} of its other pieces of at least
+    ``keep_fraction`` of the largest's volume)."""
+    pieces, sizes = labelled_pieces(mask)
+    where = ndimage.find_objects(pieces)
+    largest = int(sizes.argmax())
+    stay = [int(n) for n in np.flatnonzero(sizes >= keep_fraction * sizes[largest]) if n not in (0, largest)]
+    tops = {n: _z_range(pieces, n, where[n - 1], offset, ijk_to_lps)[1] for n in stay}
+    return _z_range(pieces, largest, where[largest - 1], offset, ijk_to_lps)[0], tops
+
+
+def detached_pieces(masks: dict, offset: tuple, geometry: Geometry, keep_fraction: float = KEEP_FRACTION,
+                    below_mm: float = BELOW_FEMUR_MM) -> Iterator[tuple]:
+    """(side, bool mask of the pieces of ``masks[side]`` to remove) per side with labels: pieces smaller than
+    ``keep_fraction`` x the side's largest, and pieces whose top lies more than ``below_mm`` below the bottom of
+    every side's largest piece (LPS z). ``masks``: each side's labels in a box starting at index ``offset``.
+    Pieces are numbered twice (the same numbers) so that one side's numbers are held at a time."""
+    m = geometry.ijk_to_lps()
+    found = {side: _largest_and_tops(mask, offset, m, keep_fraction) for side, mask in masks.items() if mask.any()}
+    floor = min((bottom for bottom, _ in found.values()), default=0.0)
+    for side, (_, tops) in found.items():
+        pieces, sizes = labelled_pieces(masks[side])
+        stay = np.zeros(len(sizes), bool)
+        stay[[0, int(sizes.argmax())] + [n for n, top in tops.items() if top >= floor - below_mm]] = True
+        yield side, ~stay[pieces]
 
 
 def remove_detached_pieces(labelmap: np.ndarray, hu: np.ndarray, geometry: Geometry,
-                           labels: Optional[list] = None, keep_fraction: float = KEEP_FRACTION) -> int:
+                           labels: Optional[list] = None, keep_fraction: float = KEEP_FRACTION,
+                           below_mm: float = BELOW_FEMUR_MM) -> int:
     """Zero, in place, the voxels of ``labelmap`` ((k, j, i) on the grid of ``hu``) in pieces detached from each
-    side's femur; returns how many voxels were removed."""
+    side's femur (``detached_pieces``); returns how many voxels were removed."""
     if not 0.0 <= keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be within [0, 1], got {keep_fraction}")
     box = bounding_box(labelmap > 0)
     if box is None:
         return 0
     part = labelmap[box]                                  # a view: edits land in labelmap
-    masks, _, _ = side_masks(part, tuple(b.start for b in box), geometry, hu, labels)
+    offset = tuple(b.start for b in box)
+    masks, _, _ = side_masks(part, offset, geometry, hu, labels)
     removed = 0
-    for side in SIDES:
-        drop = detached_pieces(masks[side], keep_fraction)
+    for _, drop in detached_pieces(masks, offset, geometry, keep_fraction, below_mm):
         removed += int(np.count_nonzero(drop))
         part[drop] = 0
     return removed

@@ -80,8 +80,9 @@ def add_segment_options(parser, fast: bool = True) -> None:
         parser.add_argument("--fast", action="store_true", help="run the network on every other slice (~2x "
                             "faster); skipped slices from their neighbours")
     parser.add_argument("--keep-all-pieces", action="store_true", help="keep labelled pieces detached from each "
-                        "femur (by default only each side's femur and pieces of at least a fifth of its volume stay; "
-                        "the others are usually other bones, e.g. the tibia)")
+                        "femur (by default only each side's femur and pieces of at least a fifth of its volume stay, "
+                        "none wholly over 150 mm below both femurs; the others are usually other bones, e.g. the tibia "
+                        "or the talus)")
     parser.add_argument("--min-field", type=field_mm, metavar="MM", help="pad slices with air to at least this "
                         "field of view before the resize, so a small field is seen at the scale the model knows "
                         "(default: the model's: the demo model's 300 mm; 0: off)")
