@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / 
 import compare_to_rows as script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-04_run17_rule_sets_s27.json"     # today's phantom code
+STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-05_run17_rule_sets_s28.json"     # today's phantom code and cleanup
 SHIPPED_EVAL = REPO / "FemurUNet" / "FemurUNetLib" / "models" / "femurunet_demo_b16.eval.json"
 
 
