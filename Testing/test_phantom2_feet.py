@@ -26,16 +26,21 @@ def _grid(lo, hi, step):
     return tuple(c.ravel().astype(np.float32) for c in np.meshgrid(*axes, indexing="ij"))
 
 
-def _pose(foot, ind, side):
-    """(plantar flexion, external rotation) in degrees, read back from the foot's axes."""
+def _leg_frame(ind, side):
+    """(ankle mark, leg axis toward the knee, anterior, lateral) of the unturned leg."""
     knee, ankle = ind.marks[f"knee_{side}"], ind.marks[f"ankle_{side}"]
     leg = (knee - ankle) / np.linalg.norm(knee - ankle)
+    front = np.array([0.0, -1.0, 0.0]) + leg[1] * leg
+    front /= np.linalg.norm(front)
+    return ankle, leg, front, (1 if side == "left" else -1) * np.cross(leg, front)
+
+
+def _pose(foot, ind, side):
+    """(plantar flexion, external rotation) in degrees, read back from the foot's axes."""
+    _, leg, front, lateral = _leg_frame(ind, side)
     toes = foot.axes[0]
     flex = math.asin(-float(toes @ leg))
     turned = (toes + math.sin(flex) * leg) / math.cos(flex)
-    front = np.array([0.0, -1.0, 0.0]) + leg[1] * leg
-    front /= np.linalg.norm(front)
-    lateral = (1 if side == "left" else -1) * np.cross(leg, front)
     return math.degrees(flex), math.degrees(math.atan2(turned @ lateral, turned @ front))
 
 
@@ -56,8 +61,10 @@ def test_drawn_feet_stay_in_their_stated_ranges():
         assert 0.93 <= sizes.min() < 0.95 and 1.05 < sizes.max() <= 1.07
         gaps = np.array([f.gap for f in feet])
         assert 1.5 <= gaps.min() < 1.6 and 2.9 < gaps.max() <= 3.0
-        for f in feet:
+        ankle, leg, front, lateral = _leg_frame(ind, side)
+        for f in feet:                                   # the foot turns about the talar dome, under the tibia
             assert np.allclose(f.axes @ f.axes.T, np.eye(3), atol=1e-9)
+            assert np.allclose(f.origin, ankle + 10.0 * lateral - 3.0 * front + 4.0 * leg, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -63,11 +63,11 @@ def draw_feet(rng, ind: Individual) -> dict:
         leg = (knee - ankle) / np.linalg.norm(knee - ankle)
         front = _across(leg)
         lateral = sign * np.cross(leg, front)
+        origin = ankle + 10.0 * lateral - 3.0 * front + 4.0 * leg        # the talar dome under the tibia: it turns about it
         turn, flex = math.radians(rng.uniform(-5, 30)), math.radians(rng.uniform(0, 35))
         front, lateral = (math.cos(turn) * front + math.sin(turn) * lateral,
                           math.cos(turn) * lateral - math.sin(turn) * front)
         toes, dorsal = math.cos(flex) * front - math.sin(flex) * leg, math.sin(flex) * front + math.cos(flex) * leg
-        origin = ankle + 10.0 * lateral - 3.0 * front + 4.0 * leg
         feet[side] = Foot(origin, np.array([toes, lateral, dorsal]), size * rng.uniform(0.93, 1.07),
                           rng.uniform(1.5, 3.0), float(ankle[2]) + FOOT_TOP)
     feet["below"] = float(rng.uniform(20, 130)) if rng.random() < FOOT_BELOW_P else 0.0
