@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from FemurUNetLib import segment_volume
-from FemurUNetLib.cleanup import BELOW_FEMUR_MM, KEEP_FRACTION, remove_detached_pieces
+from FemurUNetLib.cleanup import BELOW_FEMUR_MM, KEEP_FRACTION, femur_level, remove_detached_pieces
 from FemurUNetLib.geometry import Geometry
 from conftest import threshold_unet
 from test_plausibility import SIDED, add_bone, flip_x, two_femurs
@@ -108,3 +108,18 @@ def test_the_reference_is_the_lowest_of_both_sides_largest_pieces_and_any_grid_d
     remove_detached_pieces(flipped, hu2[::-1].copy(), down)
     remove_detached_pieces(label2, hu2, g2)
     assert np.array_equal(flipped[::-1], label2) and not label2[:10].any()
+
+
+def test_a_side_whose_largest_piece_lies_far_below_the_other_femur_is_no_femur():
+    """Left: a femur over slices 60-99. Right: its femur parted at slices 85-99 and a larger 'ankle' piece at slices
+    0-24, wholly far below the left femur: that piece goes, and the right femur's piece is the reference."""
+    hu, label, g = two_femurs(slices=100)
+    label[:60] = 0
+    label[:, :, :64] = 0
+    add_bone(hu, label, g, -90.0, 85, 100)
+    add_bone(hu, label, g, -90.0, 0, 25)
+    expected = label.copy()
+    expected[:25] = 0
+    assert femur_level({"left": (300.0, 495.0), "right": (0.0, 120.0)}) == 300.0
+    assert femur_level({"left": (300.0, 495.0), "right": (0.0, 160.0)}) == 0.0
+    assert remove_detached_pieces(label, hu, g) > 0 and np.array_equal(label, expected)

@@ -4,11 +4,12 @@ A 2-D network sees one axial slice at a time, and in one slice the shaft of a ti
 femoral shaft; in 3-D such a false positive is a separate piece of the labelmap. A femur is one piece of bone,
 so per side (the model's left/right labels, else the body's midline: never the report's one-sided split) the
 largest 26-connected piece is kept, with any other piece of at least ``KEEP_FRACTION`` of its volume (a femoral
-head cut off from the shaft where the network missed the neck). A piece whose top lies more than
-``BELOW_FEMUR_MM`` below the bottom of both sides' largest pieces goes whatever its size: a talus, a foot or a tibia
-shaft, never a femur parted where the network missed a few slices (the patient's superior axis: LPS z). The rules
-and constants were chosen on phantoms outside the held-out set (docs/MODEL_HISTORY.md, "Detached pieces" and
-"Pieces far below the femurs"). ``segment ... --keep-all-pieces`` turns it off.
+head cut off from the shaft where the network missed the neck). Before that, a piece whose top lies more than
+``BELOW_FEMUR_MM`` below the femurs' level (the lowest bottom of both sides' largest pieces, leaving out one that
+lies wholly that far below the other side's: both femurs lie at one level) goes whatever its size: a talus, a foot
+or a tibia shaft, never a femur parted where the network missed a few slices (LPS z: the patient's superior
+axis). The rules and constants were chosen on phantoms outside the held-out set (docs/MODEL_HISTORY.md, "Detached
+pieces" and "Pieces far below the femurs"). ``segment ... --keep-all-pieces`` turns it off.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .geometry import Geometry
 from .plausibility import bounding_box, labelled_pieces, side_masks
 
 KEEP_FRACTION = 0.2          # a piece this fraction of its side's largest piece (or larger) stays
-BELOW_FEMUR_MM = 150.0       # a piece whose top lies this far below the bottom of both sides' largest pieces goes
+BELOW_FEMUR_MM = 150.0       # a piece whose top lies this far below the femurs' level goes
 
 
 def _z_range(pieces: np.ndarray, number: int, where: tuple, offset: tuple, ijk_to_lps: np.ndarray) -> tuple:
@@ -32,30 +33,49 @@ def _z_range(pieces: np.ndarray, number: int, where: tuple, offset: tuple, ijk_t
     return float(z.min()), float(z.max())
 
 
-def _largest_and_tops(mask: np.ndarray, offset: tuple, ijk_to_lps: np.ndarray, keep_fraction: float) -> tuple:
-    """(lowest z of the largest piece of ``mask``, {number: highest z} of its other pieces of at least
-    ``keep_fraction`` of the largest's volume)."""
+def _largest_range(mask: np.ndarray, offset: tuple, ijk_to_lps: np.ndarray) -> tuple:
+    """(lowest, highest) LPS z of the largest piece of ``mask``."""
     pieces, sizes = labelled_pieces(mask)
+    n = int(sizes.argmax())
+    return _z_range(pieces, n, ndimage.find_objects(pieces, max_label=n)[n - 1], offset, ijk_to_lps)
+
+
+def femur_level(ranges: dict, below_mm: float = BELOW_FEMUR_MM) -> float:
+    """The lowest bottom of the sides' largest pieces ({side: (lowest, highest) z}), leaving out a side's piece whose
+    top lies more than ``below_mm`` below the other side's bottom: both femurs lie at one level."""
+    return min(lo for side, (lo, hi) in ranges.items()
+               if not any(hi < other_lo - below_mm for other, (other_lo, _) in ranges.items() if other != side))
+
+
+def _pieces_to_keep(pieces: np.ndarray, sizes: np.ndarray, offset: tuple, ijk_to_lps: np.ndarray, lowest_top: float,
+                    keep_fraction: float) -> list:
+    """Numbers of the pieces that stay: of those whose top lies at ``lowest_top`` or higher, the largest and the
+    others of at least ``keep_fraction`` of its volume."""
     where = ndimage.find_objects(pieces)
-    largest = int(sizes.argmax())
-    stay = [int(n) for n in np.flatnonzero(sizes >= keep_fraction * sizes[largest]) if n not in (0, largest)]
-    tops = {n: _z_range(pieces, n, where[n - 1], offset, ijk_to_lps)[1] for n in stay}
-    return _z_range(pieces, largest, where[largest - 1], offset, ijk_to_lps)[0], tops
+    stay = []
+    for n in np.argsort(-sizes[1:], kind="stable") + 1:              # largest first
+        if stay and sizes[n] < keep_fraction * sizes[stay[0]]:
+            break
+        if _z_range(pieces, n, where[n - 1], offset, ijk_to_lps)[1] >= lowest_top:
+            stay.append(int(n))
+    return stay
 
 
 def detached_pieces(masks: dict, offset: tuple, geometry: Geometry, keep_fraction: float = KEEP_FRACTION,
                     below_mm: float = BELOW_FEMUR_MM) -> Iterator[tuple]:
-    """(side, bool mask of the pieces of ``masks[side]`` to remove) per side with labels: pieces smaller than
-    ``keep_fraction`` x the side's largest, and pieces whose top lies more than ``below_mm`` below the bottom of
-    every side's largest piece (LPS z). ``masks``: each side's labels in a box starting at index ``offset``.
+    """(side, bool mask of the pieces of ``masks[side]`` to remove) per side with labels: pieces whose top lies more
+    than ``below_mm`` below the femurs' level (``femur_level``, LPS z), then pieces smaller than ``keep_fraction``
+    x the side's largest remaining one. ``masks``: each side's labels in a box starting at index ``offset``.
     Pieces are numbered twice (the same numbers) so that one side's numbers are held at a time."""
     m = geometry.ijk_to_lps()
-    found = {side: _largest_and_tops(mask, offset, m, keep_fraction) for side, mask in masks.items() if mask.any()}
-    floor = min((bottom for bottom, _ in found.values()), default=0.0)
-    for side, (_, tops) in found.items():
+    ranges = {side: _largest_range(mask, offset, m) for side, mask in masks.items() if mask.any()}
+    if not ranges:
+        return
+    lowest_top = femur_level(ranges, below_mm) - below_mm
+    for side in ranges:
         pieces, sizes = labelled_pieces(masks[side])
         stay = np.zeros(len(sizes), bool)
-        stay[[0, int(sizes.argmax())] + [n for n, top in tops.items() if top >= floor - below_mm]] = True
+        stay[[0] + _pieces_to_keep(pieces, sizes, offset, m, lowest_top, keep_fraction)] = True
         yield side, ~stay[pieces]
 
 
