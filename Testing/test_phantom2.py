@@ -22,7 +22,8 @@ from FemurUNetTrainLib import cli
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import Geometry, Reorientation
 from FemurUNetLib.phantom import HU_MAX, HU_MIN
-from FemurUNetLib.phantom2 import COVERAGES, FEMUR_FREE, femur_truth, generate_case, make_grid, make_scene
+from FemurUNetLib.phantom2 import (ALL_COVERAGES, BELOW_KNEE, COVERAGES, FEMUR_FREE, femur_truth, generate_case,
+                                   make_grid, make_scene)
 from FemurUNetLib.phantom2_anatomy import BODIES, NARROWED_HIP_P, SIDES, hip_joint_space, load_body
 from FemurUNetLib.phantom2_metal import METAL_HU, ParallelBeam, add_metal_artefacts, computed_rows
 from FemurUNetLib.phantom2_native import draw_native, native_factors, native_grid, resampled
@@ -485,7 +486,7 @@ def _scanner_z(rotation, point):
     return float((rotation @ np.asarray(point, float))[2])
 
 
-@pytest.mark.parametrize("coverage", list(COVERAGES))
+@pytest.mark.parametrize("coverage", ALL_COVERAGES)
 def test_each_coverage_scans_its_range(coverage):
     seed = 3
     case = _case(seed, coverage, VERY_COARSE)
@@ -502,7 +503,9 @@ def test_each_coverage_scans_its_range(coverage):
     def scanned(z, tolerance=25.0):
         return z0 - tolerance <= z <= z1 + tolerance
     values = set(np.unique(case.label))
-    if coverage in FEMUR_FREE:
+    if coverage == "lower_leg":                                # a shin: from under both knees into the ankles
+        assert values == {0} and z1 < knee - BELOW_KNEE + 10 and scanned(ankle)
+    elif coverage in FEMUR_FREE:
         assert values == {0} and z0 > head + 100
     elif coverage == "knee_to_ankle":
         assert values in ({0, 1}, {0, 2}, {0, 1, 2}) and z1 < head - 100

@@ -36,8 +36,10 @@ from .sdf import _rotation, grid_points, ramp_width
 
 COVERAGES = {"pelvis": 0.24, "hip_to_knee": 0.14, "whole_leg": 0.08, "knee_to_ankle": 0.12,
              "abdomen_to_thigh": 0.18, "abdomen": 0.12, "chest": 0.12}
-FEMUR_FREE = ("abdomen", "chest")
-LEG_SCANS = ("whole_leg", "knee_to_ankle")      # the coverages that reach the ankles (phantom2_feet)
+ON_REQUEST = ("lower_leg",)     # never drawn by default: asked for by --coverage / --coverage-mix (a shin, no femur)
+ALL_COVERAGES = (*COVERAGES, *ON_REQUEST)
+FEMUR_FREE = ("abdomen", "chest", "lower_leg")
+LEG_SCANS = ("whole_leg", "knee_to_ankle", "lower_leg")      # the coverages that reach the ankles (phantom2_feet)
 FEET_MARGIN = 10.0      # mm below the lower ankle joint where ``PhantomCase.feet`` starts
 MAX_SLICES = 320
 SLAB_VOXELS = 1_500_000
@@ -48,6 +50,7 @@ RESAMPLED_P = 0.1       # isotropic 1.5-3 mm voxels
 CROPPED_P = 0.2         # a rectangular field: the front-back extent cropped to 65-100 % of the width
 HIP_FIELD_P = 0.15      # pelvis and hip-to-knee scans reconstructed on one hip (orthopaedic CT)
 HIP_FIELD_COVERAGES = ("pelvis", "hip_to_knee")
+BELOW_KNEE = 30.0       # mm from the lower knee mark down to where a lower-leg scan may start
 
 
 def coverage_range(rng, ind: Individual, scene, coverage) -> tuple:
@@ -62,6 +65,9 @@ def coverage_range(rng, ind: Individual, scene, coverage) -> tuple:
               "abdomen_to_thigh": (j(-300, -120), j(250, 380)),
               "abdomen": (body["crest"] + j(20, 60), body["diaphragm"] + j(0, 80)),
               "chest": (body["diaphragm"] - j(20, 60), body["diaphragm"] + j(200, 300))}
+    if coverage == "lower_leg":         # drawn after the others: every other scan keeps its draws
+        below_knees = min(m["knee_left"][2], m["knee_right"][2]) - BELOW_KNEE     # under both femurs' condyles
+        return low - j(0, 30), below_knees - j(0, 60)
     return ranges[coverage]
 
 
@@ -87,7 +93,7 @@ def _draw_scan(rng, scene, coverage, hip=None) -> dict:
     ``hip``: a targeted one-hip field (``draw_hip_field``) put over the drawn one."""
     lo, hi = coverage_range(rng, scene.ind, scene, coverage)
     body, marks = scene.body, scene.ind.marks
-    legs_only = coverage in ("knee_to_ankle",) or (coverage == "whole_leg" and rng.random() < 0.5)
+    legs_only = coverage in ("knee_to_ankle", "lower_leg") or (coverage == "whole_leg" and rng.random() < 0.5)
     fov = float(rng.uniform(250, 420) if legs_only else max(rng.uniform(330, 500), 2 * body["sx"][1] + 20))
     if not legs_only and rng.random() < BODY_CUT_P:      # a wide patient: the field cuts the body's sides
         fov = max(300.0, 2 * body["sx"][1] * float(rng.uniform(0.85, 1.0)))
@@ -549,7 +555,7 @@ def _overridden(drawn: dict, overrides, what: str, minimum: float) -> dict:
 def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None, jobs=None,
                   scanner=None, tissue=None, hips=None) -> PhantomCase:
     """One phantom v2 case, deterministic per seed (the individual depends on the seed only, so every grid of
-    a seed shows the same patient). ``coverage``: one of COVERAGES (drawn when None); ``spacing`` (i, j, k) mm
+    a seed shows the same patient). ``coverage``: one of ALL_COVERAGES (drawn from COVERAGES when None); ``spacing`` (i, j, k) mm
     and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape`` (numpy k, j, i) keeps the
     drawn field of view and coverage and derives the spacing. ``jobs``: processes painting slabs (default: up
     to 2 CPUs); the result does not depend on it. ``scanner``: fixed scanner settings over the drawn ones
@@ -566,8 +572,8 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
         scene.hu = tissue_settings(scene.hu, tissue)
     if coverage is None:
         coverage = str(cov_rng.choice(list(COVERAGES), p=list(COVERAGES.values())))
-    if coverage not in COVERAGES:
-        raise FemurUNetError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
+    if coverage not in ALL_COVERAGES:
+        raise FemurUNetError(f"coverage must be one of {', '.join(ALL_COVERAGES)}, got {coverage!r}")
     hip = draw_hip_field(hip_rng, coverage)
     geometry, shape, rotation, fov = make_grid(grid_rng, scene, coverage, spacing, direction, shape, hip)
     native = draw_native(native_rng)

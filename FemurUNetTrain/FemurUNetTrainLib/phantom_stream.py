@@ -32,7 +32,7 @@ from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import CANONICAL_ORIENTATION, Reorientation
 from FemurUNetLib.model import UNet2D
 from FemurUNetLib.modelfile import load_model, save_model
-from FemurUNetLib.phantom2 import COVERAGES, generate_case
+from FemurUNetLib.phantom2 import ALL_COVERAGES, generate_case
 from FemurUNetLib.phantom2_hips import HIP_SHAPES
 from FemurUNetLib.phantom2_native import coarse_spacing
 from FemurUNetLib.preprocess import min_side, window_to_uint8
@@ -55,13 +55,13 @@ def coarse_seed(seed: int) -> bool:
 
 
 def parse_coverage_mix(text: str) -> dict:
-    """``--coverage-mix`` ``name=weight,...`` (names of phantom2.COVERAGES) -> {name: probability}."""
+    """``--coverage-mix`` ``name=weight,...`` (names of phantom2.ALL_COVERAGES) -> {name: probability}."""
     mix = {}
     for item in text.split(","):
         name, _, weight = item.partition("=")
         name = name.strip()
-        if name not in COVERAGES:
-            raise argparse.ArgumentTypeError(f"{text!r}: {name!r} is not a coverage ({', '.join(COVERAGES)})")
+        if name not in ALL_COVERAGES:
+            raise argparse.ArgumentTypeError(f"{text!r}: {name!r} is not a coverage ({', '.join(ALL_COVERAGES)})")
         if name in mix:
             raise argparse.ArgumentTypeError(f"{text!r}: {name} is given twice")
         try:
@@ -96,7 +96,7 @@ def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0
                 **grid) -> tuple:
     """(seed, images uint8 (n, S, S), masks bool (n, S, S)): every canonical axial slice of phantom ``seed``
     at model size, padded to the model's minimum field (``min_field`` mm) as inference pads them. ``coverage``
-    and ``hips``: one of phantom2.COVERAGES and of HIP_SHAPES (default: drawn); ``grid``: ``generate_case``
+    and ``hips``: one of phantom2.ALL_COVERAGES and of HIP_SHAPES (default: drawn); ``grid``: ``generate_case``
     overrides (``shape``, ``spacing``); default: drawn, coarse by seed."""
     torch.set_num_threads(1)
     if not grid and coarse_seed(seed):

@@ -31,7 +31,7 @@ from FemurUNetLib.resolve import resolve_model
 from FemurUNetLib.segment_options import field_mm
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.phantom2 import COVERAGES, generate_case as generate_case_v2, tissue_settings
+from FemurUNetLib.phantom2 import ALL_COVERAGES, generate_case as generate_case_v2, tissue_settings
 from FemurUNetLib.phantom2_hips import HIP_SHAPES
 from FemurUNetLib.phantom2_body import draw_hu
 from FemurUNetLib.phantom2_native import coarse_spacing
@@ -172,8 +172,9 @@ def main(argv=None) -> int:
                         "as resampled scans are (a stress test of coarse grids)")
     parser.add_argument("--hips", choices=HIP_SHAPES, help="phantom v2 hip bones of this shape for every seed "
                         "(default: as each seed draws them)")
-    parser.add_argument("--coverage", choices=list(COVERAGES), help="phantom v2 scan range for every seed (default: "
-                        "as each seed draws it), e.g. knee_to_ankle for leg scans into the feet")
+    parser.add_argument("--coverage", choices=ALL_COVERAGES, help="phantom v2 scan range for every seed (default: "
+                        "as each seed draws it), e.g. knee_to_ankle for leg scans into the feet, lower_leg for a shin "
+                        "without femur")
     parser.add_argument("--no-real", action="store_true", help="phantoms only (model selection never looks at real CT)")
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")

@@ -46,8 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--phantom", type=int, choices=(1, 2), default=2,
                    help="2 (default): real bone shapes, CT-like tissue and scanner physics, any coverage; "
                         "1: the analytic hip phantom of the first demo models")
-    p.add_argument("--coverage", choices=tuple(phantom2.COVERAGES),
-                   help="phantom 2 only: scan range (default: drawn per case)")
+    p.add_argument("--coverage", choices=phantom2.ALL_COVERAGES,
+                   help="phantom 2 only: scan range (default: drawn per case; lower_leg, a shin "
+                        "without femur, only when asked)")
     p.add_argument("--hips", choices=HIP_SHAPES, help="phantom 2 only: hip bone shape (default: drawn per case; "
                    "mri2psm: sockets that hug the femoral head)")
     p.set_defaults(func=run_sample)
