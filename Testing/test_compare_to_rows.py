@@ -31,7 +31,8 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
         "b": {"rows": [row(1, 0.90), row(4, 0.95)]},
         "c": {"rows": [row(2, 0.96, shape=(5, 20, 20))]},
         "d": {"rows": [row(1, 0.90, hips="mri2psm")]},
-        "e": {"rows": [{**row(2, 0.97), "foot_ml": 4.0}, row(1, 0.90)]}}})
+        "e": {"rows": [{**row(2, 0.97), "foot_ml": 4.0}, row(1, 0.90)]},
+        "f": {"rows": [{"seed": 3, "false_positive_ml": 0.5, "foot_ml": 0.25}]}}})
     new = write(tmp_path / "new.json", {"model": "cand.pt", "phantoms": [
         row(1, 0.94, fp=2.0, off=1.5), {**row(2, 0.95), "foot_ml": 0.5}, {"seed": 3, "false_positive_ml": 0.2}]})
     assert script.main([stored, new]) == 0
@@ -48,6 +49,7 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
     assert lines[5] == ("  e: 2 cases, Dice 0.9350 -> 0.9450 (+0.0100), min 0.900 -> 0.940, largest false positives "
                         "1.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet 4.0 -> 0.5 ml; moved most: 2 -0.020, "
                         "1 +0.040")
+    assert lines[6] == "  f: 1 femur-free cases, false positives 0.5 -> 0.2 ml (largest 0.5 -> 0.2), in the feet 0.2 -> n/a ml"
 
 
 def test_the_stored_model_against_its_own_rows_moves_nothing(tmp_path, capsys):

@@ -59,6 +59,13 @@ def test_the_summary_splits_dice_by_whose_femurs_the_case_has():
     assert summary["femur_free_false_positive_ml_max"] == 0.5
 
 
+def test_a_summary_of_femur_free_cases_only_has_their_false_positives():
+    free = [{"coverage": "lower_leg", "femurs": "m4", "false_positive_ml": v} for v in (0.5, 3.5)]
+    summary = script.phantom_summary(free)
+    assert summary["cases_with_femur"] == 0 and summary["femur_free_cases"] == 2 and "dice_mean" not in summary
+    assert summary["femur_free_false_positive_ml_max"] == 3.5 and summary["femur_free_false_positive_ml_mean"] == 2.0
+
+
 def test_several_models_are_measured_on_cases_made_once(tmp_path, coarse_cases):
     copy = tmp_path / "same_model.pt"
     shutil.copy(DEFAULT_MODEL_PATH, copy)

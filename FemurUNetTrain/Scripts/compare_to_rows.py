@@ -5,7 +5,8 @@ docs/benchmarks, e.g. 2026-12-05_run17_rule_sets_s28.json), so the stored model 
 
 NEW.json: what ``evaluate_demo_model.py MODEL --no-real --json NEW.json`` writes (one model, or several under
 "runs": each is compared). For every stored set whose seeds all have a row in the NEW files, one line: cases, mean
-Dice stored -> new, min Dice, largest false positives, labels off the femur (sum), and the seeds that moved most;
+Dice stored -> new, min Dice, largest false positives, labels off the femur (sum), and the seeds that moved most
+(a set without femur: its false positives, summed and largest);
 a set the NEW files cover in part, or with other cases (a seed's grid shape or hip shape differs), is named so. The rows are only
 comparable while the phantom code is the stored file's ("phantom_code"). Rules are judged on these numbers; the
 script decides nothing.
@@ -41,11 +42,12 @@ def new_rows(paths: list) -> dict:
 
 
 def summary(rows: list) -> dict:
-    """Mean and min Dice over the rows with femur, largest false positives, labels off the femur (sum; None when
+    """Mean and min Dice over the rows with femur, largest and summed false positives, labels off the femur (sum; None when
     the rows with femur lack it) and labels in the feet (sum over the rows that have it; None when none has), in ml."""
     dice = [r["dice"] for r in rows if r.get("dice") is not None]
     return {"mean": sum(dice) / len(dice) if dice else float("nan"), "min": min(dice, default=float("nan")),
             "fp_max": max((r.get("false_positive_ml") or 0.0 for r in rows), default=0.0),
+            "fp_sum": sum(r.get("false_positive_ml") or 0.0 for r in rows),
             "off": (sum(r.get("off_femur_ml") or 0.0 for r in rows)
                     if all("off_femur_ml" in r for r in rows if r.get("dice") is not None) else None),
             "feet": sum(r["foot_ml"] for r in rows if "foot_ml" in r) if any("foot_ml" in r for r in rows) else None}
@@ -64,6 +66,10 @@ def compare_line(name: str, stored: list, new: dict) -> str:
         return (f"{name}: different cases (seed {s['seed']}: {key} {s[key]} stored, {n[key]} new; "
                 "another grid or --hips option, or phantom code?)")
     a, b = summary(stored), summary(mine)
+    if all(r.get("dice") is None for r in stored):
+        return (f"{name}: {len(stored)} femur-free cases, false positives {a['fp_sum']:.1f} -> {b['fp_sum']:.1f} ml "
+                f"(largest {a['fp_max']:.1f} -> {b['fp_max']:.1f})"
+                + (f", in the feet {_ml(a['feet'])} -> {_ml(b['feet'])} ml" if (a["feet"], b["feet"]) != (None, None) else ""))
     moved = sorted((n["dice"] - s["dice"], int(s["seed"])) for s, n in zip(stored, mine)
                    if s.get("dice") is not None and n.get("dice") is not None)
     worst = ", ".join(f"{seed} {delta:+.3f}" for delta, seed in moved[:3])

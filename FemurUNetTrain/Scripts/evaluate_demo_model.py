@@ -101,13 +101,16 @@ def case_row(seed, case, predict) -> dict:
 def phantom_summary(rows) -> dict:
     with_femur = [r for r in rows if "dice" in r]
     free = [r for r in rows if "dice" not in r]
-    d = np.array([r["dice"] for r in with_femur])
-    h = np.array([r["hd95_mm"] for r in with_femur])
-    summary = {"cases": len(rows), "cases_with_femur": len(with_femur), "dice_mean": float(d.mean()),
-               "dice_std": float(d.std()), "dice_min": float(d.min()), "hd95_mean_mm": float(np.mean(h[np.isfinite(h)])),
-               "femur_free_cases": len(free),
-               "off_femur_ml_max": max(r["off_femur_ml"] for r in with_femur),
+    summary = {"cases": len(rows), "cases_with_femur": len(with_femur), "femur_free_cases": len(free),
                "femur_free_false_positive_ml_max": max([r["false_positive_ml"] for r in free], default=0.0)}
+    if with_femur:
+        d = np.array([r["dice"] for r in with_femur])
+        h = np.array([r["hd95_mm"] for r in with_femur])
+        summary.update(dice_mean=float(d.mean()), dice_std=float(d.std()), dice_min=float(d.min()),
+                       hd95_mean_mm=float(np.mean(h[np.isfinite(h)])),
+                       off_femur_ml_max=max(r["off_femur_ml"] for r in with_femur))
+    if free:
+        summary["femur_free_false_positive_ml_mean"] = float(np.mean([r["false_positive_ml"] for r in free]))
     feet = [r["foot_ml"] for r in rows if "foot_ml" in r]
     if feet:
         summary.update(cases_into_the_feet=len(feet), foot_ml_mean=float(np.mean(feet)), foot_ml_max=max(feet),
