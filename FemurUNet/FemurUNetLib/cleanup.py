@@ -63,20 +63,23 @@ def _pieces_to_keep(pieces: np.ndarray, sizes: np.ndarray, offset: tuple, ijk_to
 
 def detached_pieces(masks: dict, offset: tuple, geometry: Geometry, keep_fraction: float = KEEP_FRACTION,
                     below_mm: float = BELOW_FEMUR_MM) -> Iterator[tuple]:
-    """(side, bool mask of the pieces of ``masks[side]`` to remove) per side with labels: pieces whose top lies more
-    than ``below_mm`` below the femurs' level (``femur_level``, LPS z), then pieces smaller than ``keep_fraction``
-    x the side's largest remaining one. ``masks``: each side's labels in a box starting at index ``offset``.
-    Pieces are numbered twice (the same numbers) so that one side's numbers are held at a time."""
+    """(side, its box in ``masks[side]``, bool mask of the pieces to remove in that box) per side with labels:
+    pieces whose top lies more than ``below_mm`` below the femurs' level (``femur_level``, LPS z), then pieces
+    smaller than ``keep_fraction`` x the side's largest remaining one. ``masks``: each side's labels in a box
+    starting at index ``offset``. Each side is numbered twice (the same numbers) in its own box, so that one side's
+    numbers are held at a time."""
     m = geometry.ijk_to_lps()
-    ranges = {side: _largest_range(mask, offset, m) for side, mask in masks.items() if mask.any()}
+    boxes = {side: box for side, box in ((s, bounding_box(mask)) for s, mask in masks.items()) if box is not None}
+    at = {side: tuple(o + b.start for o, b in zip(offset, box)) for side, box in boxes.items()}
+    ranges = {side: _largest_range(masks[side][box], at[side], m) for side, box in boxes.items()}
     if not ranges:
         return
     lowest_top = femur_level(ranges, below_mm) - below_mm
-    for side in ranges:
-        pieces, sizes = labelled_pieces(masks[side])
+    for side, box in boxes.items():
+        pieces, sizes = labelled_pieces(masks[side][box])
         stay = np.zeros(len(sizes), bool)
-        stay[[0] + _pieces_to_keep(pieces, sizes, offset, m, lowest_top, keep_fraction)] = True
-        yield side, ~stay[pieces]
+        stay[[0] + _pieces_to_keep(pieces, sizes, at[side], m, lowest_top, keep_fraction)] = True
+        yield side, box, ~stay[pieces]
 
 
 def remove_detached_pieces(labelmap: np.ndarray, hu: np.ndarray, geometry: Geometry,
@@ -93,7 +96,7 @@ def remove_detached_pieces(labelmap: np.ndarray, hu: np.ndarray, geometry: Geome
     offset = tuple(b.start for b in box)
     masks, _, _ = side_masks(part, offset, geometry, hu, labels)
     removed = 0
-    for _, drop in detached_pieces(masks, offset, geometry, keep_fraction, below_mm):
+    for _, box, drop in detached_pieces(masks, offset, geometry, keep_fraction, below_mm):
         removed += int(np.count_nonzero(drop))
-        part[drop] = 0
+        part[box][drop] = 0
     return removed
