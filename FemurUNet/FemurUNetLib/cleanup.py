@@ -69,7 +69,8 @@ def detached_pieces(masks: dict, offset: tuple, geometry: Geometry, keep_fractio
     starting at index ``offset``. Each side is numbered twice (the same numbers) in its own box, so that one side's
     numbers are held at a time."""
     m = geometry.ijk_to_lps()
-    boxes = {side: box for side, box in ((s, bounding_box(mask)) for s, mask in masks.items()) if box is not None}
+    boxes = {side: bounding_box(mask) for side, mask in masks.items()}
+    boxes = {side: box for side, box in boxes.items() if box is not None}
     at = {side: tuple(o + b.start for o, b in zip(offset, box)) for side, box in boxes.items()}
     ranges = {side: _largest_range(masks[side][box], at[side], m) for side, box in boxes.items()}
     if not ranges:
@@ -96,7 +97,7 @@ def remove_detached_pieces(labelmap: np.ndarray, hu: np.ndarray, geometry: Geome
     offset = tuple(b.start for b in box)
     masks, _, _ = side_masks(part, offset, geometry, hu, labels)
     removed = 0
-    for _, box, drop in detached_pieces(masks, offset, geometry, keep_fraction, below_mm):
+    for _, side_box, drop in detached_pieces(masks, offset, geometry, keep_fraction, below_mm):
         removed += int(np.count_nonzero(drop))
-        part[box][drop] = 0
+        part[side_box][drop] = 0
     return removed
