@@ -61,7 +61,9 @@ def test_case_slices_are_padded_with_air_to_the_minimum_field():
 def test_a_coverage_given_is_the_case_made():
     _, _, masks = case_slices(7, WINDOW, 32, coverage="chest", shape=SHAPE)
     _, _, leg = case_slices(7, WINDOW, 32, coverage="hip_to_knee", shape=SHAPE)
-    assert not masks.any() and leg.any()
+    _, shin_slices, shin = case_slices(7, WINDOW, 32, coverage="lower_leg", shape=SHAPE)   # on request only
+    assert not masks.any() and leg.any() and not shin.any() and shin_slices.max() > 200     # bone, no label
+    assert parse_coverage_mix("lower_leg=1,knee_to_ankle=3") == {"lower_leg": 0.25, "knee_to_ankle": 0.75}
 
 
 def test_the_coverage_mix_draws_by_its_weights_the_same_on_every_run():
