@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / 
 import compare_to_rows as script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-05_run17_rule_sets_s28.json"     # today's phantom code and cleanup
+STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-05_run17_rule_sets_s28.json"     # today's phantom, cleanup
 SHIPPED_EVAL = REPO / "FemurUNet" / "FemurUNetLib" / "models" / "femurunet_demo_b16.eval.json"
 
 
@@ -49,7 +49,8 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
     assert lines[5] == ("  e: 2 cases, Dice 0.9350 -> 0.9450 (+0.0100), min 0.900 -> 0.940, largest false positives "
                         "1.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet 4.0 -> 0.5 ml; moved most: 2 -0.020, "
                         "1 +0.040")
-    assert lines[6] == "  f: 1 femur-free cases, false positives 0.5 -> 0.2 ml (largest 0.5 -> 0.2), in the feet 0.2 -> n/a ml"
+    assert lines[6] == ("  f: 1 femur-free cases, false positives 0.5 -> 0.2 ml (largest 0.5 -> 0.2), in the feet "
+                        "0.2 -> n/a ml")
 
 
 def test_the_stored_model_against_its_own_rows_moves_nothing(tmp_path, capsys):

@@ -63,7 +63,7 @@ def draw_feet(rng, ind: Individual) -> dict:
         leg = (knee - ankle) / np.linalg.norm(knee - ankle)
         front = _across(leg)
         lateral = sign * np.cross(leg, front)
-        origin = ankle + 10.0 * lateral - 3.0 * front + 4.0 * leg        # the talar dome under the tibia: it turns about it
+        origin = ankle + 10.0 * lateral - 3.0 * front + 4.0 * leg        # the talar dome: the foot turns about it
         turn, flex = math.radians(rng.uniform(-5, 30)), math.radians(rng.uniform(0, 35))
         front, lateral = (math.cos(turn) * front + math.sin(turn) * lateral,
                           math.cos(turn) * lateral - math.sin(turn) * front)

@@ -42,8 +42,9 @@ def new_rows(paths: list) -> dict:
 
 
 def summary(rows: list) -> dict:
-    """Mean and min Dice over the rows with femur, largest and summed false positives, labels off the femur (sum; None when
-    the rows with femur lack it) and labels in the feet (sum over the rows that have it; None when none has), in ml."""
+    """Mean and min Dice over the rows with femur, largest and summed false positives, labels off the femur (sum;
+    None when the rows with femur lack it) and labels in the feet (sum over the rows that have it; None when none
+    has), in ml."""
     dice = [r["dice"] for r in rows if r.get("dice") is not None]
     return {"mean": sum(dice) / len(dice) if dice else float("nan"), "min": min(dice, default=float("nan")),
             "fp_max": max((r.get("false_positive_ml") or 0.0 for r in rows), default=0.0),
@@ -68,16 +69,18 @@ def compare_line(name: str, stored: list, new: dict) -> str:
     a, b = summary(stored), summary(mine)
     if all(r.get("dice") is None for r in stored):
         return (f"{name}: {len(stored)} femur-free cases, false positives {a['fp_sum']:.1f} -> {b['fp_sum']:.1f} ml "
-                f"(largest {a['fp_max']:.1f} -> {b['fp_max']:.1f})"
-                + (f", in the feet {_ml(a['feet'])} -> {_ml(b['feet'])} ml" if (a["feet"], b["feet"]) != (None, None) else ""))
+                f"(largest {a['fp_max']:.1f} -> {b['fp_max']:.1f})" + _in_the_feet(a, b))
     moved = sorted((n["dice"] - s["dice"], int(s["seed"])) for s, n in zip(stored, mine)
                    if s.get("dice") is not None and n.get("dice") is not None)
     worst = ", ".join(f"{seed} {delta:+.3f}" for delta, seed in moved[:3])
     return (f"{name}: {len(stored)} cases, Dice {a['mean']:.4f} -> {b['mean']:.4f} ({b['mean'] - a['mean']:+.4f}), "
             f"min {a['min']:.3f} -> {b['min']:.3f}, largest false positives {a['fp_max']:.1f} -> {b['fp_max']:.1f} ml, "
             f"off the femur {_ml(a['off'])} -> {_ml(b['off'])} ml"
-            + (f", in the feet {_ml(a['feet'])} -> {_ml(b['feet'])} ml" if (a["feet"], b["feet"]) != (None, None) else "")
-            + f"; moved most: {worst}")
+            + _in_the_feet(a, b) + f"; moved most: {worst}")
+
+
+def _in_the_feet(a: dict, b: dict) -> str:
+    return f", in the feet {_ml(a['feet'])} -> {_ml(b['feet'])} ml" if (a["feet"], b["feet"]) != (None, None) else ""
 
 
 def _ml(value) -> str:
