@@ -33,6 +33,7 @@ MIN_DICE = 0.94                                    # measured 0.981 (91000), 0.9
 MIN_PELVIS_DICE = 0.45                             # measured 0.47 / 0.81 (issue 13 goal 0.90: not met)
 MAX_FEMUR_FREE_FRACTION = 0.0005                   # issue 13's goal (< 0.05 % of the voxels)
 MAX_SHIN_ML = 40.0        # regression bound: 4.0 ml on 91002 (run 17; the same with its feet, session 27); goal 2
+MAX_FEET_ML = 2.0         # issue 13's lower-leg bound; 99103 into the feet: 0.0 ml (29.4 with every piece kept)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,17 @@ def test_demo_model_labels_no_shin_bone_in_a_lower_leg_phantom(model):
     pred = _segment(model, case.ct, case.geometry) > 0
     false_ml = np.count_nonzero(pred & (case.label == 0)) * np.prod(case.geometry.spacing) / 1000
     assert false_ml <= MAX_SHIN_ML
+
+
+@pytest.mark.slow
+def test_the_network_labels_the_foot_of_a_leg_scan_and_the_cleanup_removes_it(model):
+    case = generate_case(99103, coverage="knee_to_ankle", spacing=FRESH_SPACING)
+    voxel_ml = np.prod(case.geometry.spacing) / 1000
+    kept = segment_volume(case.ct, case.geometry, model, device="cpu", keep_all_pieces=True).labelmap > 0
+    cleaned = _segment(model, case.ct, case.geometry) > 0
+    assert np.count_nonzero(kept & case.feet) * voxel_ml > 10 * MAX_FEET_ML
+    assert np.count_nonzero(cleaned & case.feet) * voxel_ml <= MAX_FEET_ML
+    assert dice(cleaned, case.label > 0) >= MIN_DICE
 
 
 @pytest.mark.slow
