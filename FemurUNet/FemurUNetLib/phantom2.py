@@ -557,11 +557,12 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     """One phantom v2 case, deterministic per seed (the individual depends on the seed only, so every grid of
     a seed shows the same patient). ``coverage``: one of ALL_COVERAGES (drawn from COVERAGES when None);
     ``spacing`` (i, j, k) mm and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape``
-    (numpy k, j, i) keeps the drawn field of view and coverage and derives the spacing. ``jobs``: processes
-    painting slabs (default: up to 2 CPUs); the result does not depend on it. ``scanner``: fixed scanner settings over the drawn ones
-    (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp kernel).
-    ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g. ``{"cortex": 900}``).
-    ``hips``: the hip bones' shape (one of HIP_SHAPES) over the drawn one; the rest of the case stays as drawn."""
+    (numpy k, j, i) keeps the drawn field of view and coverage and derives the spacing. ``jobs``: processes painting
+    slabs (default: up to 2 CPUs); the result does not depend on it. ``scanner``: fixed scanner settings over the
+    drawn ones (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp
+    kernel). ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g.
+    ``{"cortex": 900}``). ``hips``: the hip bones' shape (one of HIP_SHAPES) over the drawn one; the rest of the
+    case stays as drawn."""
     anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng, feet_rng = \
         _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
