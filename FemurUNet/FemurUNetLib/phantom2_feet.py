@@ -34,7 +34,7 @@ _METATARSALS = [((72, -14, -26), (135, -20, -43), 8.5, 8.0), ((72, -4, -27), (14
 
 @dataclass
 class Foot:
-    origin: np.ndarray         # ankle joint centre (anatomical mm), the pivot of the pose
+    origin: np.ndarray         # the talar dome under the tibia (anatomical mm), the pivot of the pose
     axes: np.ndarray           # rows: toward the toes (f), lateral (m), dorsal (u); unit vectors
     size: float                # scale of the local shape
     gap: float                 # ankle joint space (mm)
