@@ -71,6 +71,16 @@ def test_ijk_to_ras_round_trip(angles, spacing, origin):
     assert np.allclose((m @ ijk)[:3] * [-1, -1, 1], (g.ijk_to_lps() @ ijk)[:3])
 
 
+def test_lps_coordinates_of_voxel_indices_are_the_voxel_centres():
+    turned = Rotation.from_euler("zyx", (20, -35, 10), degrees=True).as_matrix()
+    g = Geometry((0.7, 1.1, 2.5), (-40.0, 12.0, 300.0), turned)
+    k, j, i = np.indices((3, 4, 5))
+    centres = g.physical_points((3, 4, 5))
+    for axis in range(3):
+        assert np.allclose(g.lps_coordinate(axis, k, j, i), centres[..., axis])
+    assert g.lps_coordinate(2, 0, 0, 0) == 300.0
+
+
 def test_geometry_rejects_bad_values():
     with pytest.raises(ValueError, match="spacing"):
         Geometry((1, 0, 1))

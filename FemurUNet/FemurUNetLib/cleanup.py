@@ -25,19 +25,19 @@ KEEP_FRACTION = 0.2          # a piece this fraction of its side's largest piece
 BELOW_FEMUR_MM = 150.0       # a piece whose top lies this far below the femurs' level goes
 
 
-def _z_range(pieces: np.ndarray, number: int, where: tuple, offset: tuple, ijk_to_lps: np.ndarray) -> tuple:
+def _z_range(pieces: np.ndarray, number: int, where: tuple, offset: tuple, geometry: Geometry) -> tuple:
     """(lowest, highest) LPS z, mm, of the voxel centres of piece ``number`` (``where``: its find_objects slices
     in the box that starts at index ``offset`` (k, j, i) of the volume)."""
     k, j, i = (a + o + w.start for a, o, w in zip(np.nonzero(pieces[where] == number), offset, where))
-    z = ijk_to_lps[2, 3] + ijk_to_lps[2, 0] * i + ijk_to_lps[2, 1] * j + ijk_to_lps[2, 2] * k
+    z = geometry.lps_coordinate(2, k, j, i)
     return float(z.min()), float(z.max())
 
 
-def _largest_range(mask: np.ndarray, offset: tuple, ijk_to_lps: np.ndarray) -> tuple:
+def _largest_range(mask: np.ndarray, offset: tuple, geometry: Geometry) -> tuple:
     """(lowest, highest) LPS z of the largest piece of ``mask``."""
     pieces, sizes = labelled_pieces(mask)
     n = int(sizes.argmax())
-    return _z_range(pieces, n, ndimage.find_objects(pieces, max_label=n)[n - 1], offset, ijk_to_lps)
+    return _z_range(pieces, n, ndimage.find_objects(pieces, max_label=n)[n - 1], offset, geometry)
 
 
 def femur_level(ranges: dict, below_mm: float = BELOW_FEMUR_MM) -> float:
@@ -47,7 +47,7 @@ def femur_level(ranges: dict, below_mm: float = BELOW_FEMUR_MM) -> float:
                if not any(hi < other_lo - below_mm for other, (other_lo, _) in ranges.items() if other != side))
 
 
-def _pieces_to_keep(pieces: np.ndarray, sizes: np.ndarray, offset: tuple, ijk_to_lps: np.ndarray, lowest_top: float,
+def _pieces_to_keep(pieces: np.ndarray, sizes: np.ndarray, offset: tuple, geometry: Geometry, lowest_top: float,
                     keep_fraction: float) -> list:
     """Numbers of the pieces that stay: of those whose top lies at ``lowest_top`` or higher, the largest and the
     others of at least ``keep_fraction`` of its volume."""
@@ -56,7 +56,7 @@ def _pieces_to_keep(pieces: np.ndarray, sizes: np.ndarray, offset: tuple, ijk_to
     for n in np.argsort(-sizes[1:], kind="stable") + 1:              # largest first
         if stay and sizes[n] < keep_fraction * sizes[stay[0]]:
             break
-        if _z_range(pieces, n, where[n - 1], offset, ijk_to_lps)[1] >= lowest_top:
+        if _z_range(pieces, n, where[n - 1], offset, geometry)[1] >= lowest_top:
             stay.append(int(n))
     return stay
 
@@ -68,18 +68,17 @@ def detached_pieces(masks: dict, offset: tuple, geometry: Geometry, keep_fractio
     smaller than ``keep_fraction`` x the side's largest remaining one. ``masks``: each side's labels in a box
     starting at index ``offset``. Each side is numbered twice (the same numbers) in its own box, so that one side's
     numbers are held at a time."""
-    m = geometry.ijk_to_lps()
     boxes = {side: bounding_box(mask) for side, mask in masks.items()}
     boxes = {side: box for side, box in boxes.items() if box is not None}
     at = {side: tuple(o + b.start for o, b in zip(offset, box)) for side, box in boxes.items()}
-    ranges = {side: _largest_range(masks[side][box], at[side], m) for side, box in boxes.items()}
+    ranges = {side: _largest_range(masks[side][box], at[side], geometry) for side, box in boxes.items()}
     if not ranges:
         return
     lowest_top = femur_level(ranges, below_mm) - below_mm
     for side, box in boxes.items():
         pieces, sizes = labelled_pieces(masks[side][box])
         stay = np.zeros(len(sizes), bool)
-        stay[[0] + _pieces_to_keep(pieces, sizes, at[side], m, lowest_top, keep_fraction)] = True
+        stay[[0] + _pieces_to_keep(pieces, sizes, at[side], geometry, lowest_top, keep_fraction)] = True
         yield side, box, ~stay[pieces]
 
 

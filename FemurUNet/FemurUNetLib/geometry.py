@@ -54,6 +54,12 @@ class Geometry:
         m[:3, 3] = self.origin
         return m
 
+    def lps_coordinate(self, axis: int, k, j, i):
+        """LPS coordinate ``axis`` (0: x, 1: y, 2: z), mm, of the voxel centres at indices k, j, i (arrays that
+        broadcast together)."""
+        m = self.ijk_to_lps()
+        return m[axis, 3] + m[axis, 0] * i + m[axis, 1] * j + m[axis, 2] * k
+
     def ijk_to_ras(self) -> np.ndarray:
         m = self.ijk_to_lps()
         m[:3, :] = LPS_TO_RAS @ m[:3, :]

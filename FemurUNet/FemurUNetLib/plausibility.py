@@ -127,9 +127,8 @@ def midline_x(hu: np.ndarray, geometry: Geometry) -> float:
 
 def _lps_x(shape, offset, geometry: Geometry) -> np.ndarray:
     """LPS x of every voxel of a (k, j, i) box starting at index ``offset`` (k, j, i), by broadcasting."""
-    m = geometry.ijk_to_lps()
     k, j, i = (np.arange(o, o + n, dtype=np.float64) for o, n in zip(offset, shape))
-    return m[0, 3] + m[0, 0] * i[None, None, :] + m[0, 1] * j[None, :, None] + m[0, 2] * k[:, None, None]
+    return geometry.lps_coordinate(0, k[:, None, None], j[None, :, None], i[None, None, :])
 
 
 def bounding_box(mask: np.ndarray):
