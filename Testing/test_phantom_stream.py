@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from FemurUNetLib.modelfile import load_model
+from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.paths import DEFAULT_MODEL_PATH
 from FemurUNetLib.phantom2 import generate_case
 from FemurUNetLib.geometry import Reorientation
@@ -19,6 +19,7 @@ from FemurUNetLib.preprocess import window_to_uint8
 from FemurUNetTrainLib.dataset import load_dataset, to_model_tensors
 from FemurUNetTrainLib.export import export_arrays
 from FemurUNetTrainLib import cli, phantom_stream
+from FemurUNetTrainLib.widen import add_input_slices
 from FemurUNetTrainLib.phantom_stream import (SlicePool, _Run, add_arguments, case_slices, coarse_seed,
                                               parse_coverage_mix, scheduled_rate, stream_coverage,
                                               stream_hips)
@@ -34,8 +35,8 @@ def test_case_slices_are_the_exported_slices_at_model_size(tmp_path):
     export_arrays(case.ct, case.label, case.geometry, tmp_path, "c7", window=WINDOW, empty_fraction=1.0)
     exported = load_dataset(tmp_path, 64)
     assert seed == 7 and images.dtype == np.uint8 and masks.dtype == bool
-    assert images.shape == masks.shape == (SHAPE[0], 64, 64) == (len(exported), 64, 64)
-    difference = np.abs(images / 255.0 - exported.images[:, 0].numpy())
+    assert images.shape == (SHAPE[0], 1, 64, 64) and masks.shape == (SHAPE[0], 64, 64) == (len(exported), 64, 64)
+    difference = np.abs(images[:, 0] / 255.0 - exported.images[:, 0].numpy())
     assert difference.max() <= 0.5 / 255 + 1e-6          # 8-bit storage of the resized slice, nothing else
     assert np.array_equal(masks, exported.masks[:, 0].numpy())
 
@@ -55,7 +56,7 @@ def test_case_slices_are_padded_with_air_to_the_minimum_field():
     padded_masks[:, top:top + ct.shape[1], left:left + ct.shape[2]] = label * 255
     x, y = to_model_tensors(list(padded), list(padded_masks), 64)
     assert masks.any() and np.array_equal(masks, y[:, 0].numpy())
-    assert np.abs(images / 255.0 - x[:, 0].numpy()).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(images[:, 0] / 255.0 - x[:, 0].numpy()).max() <= 0.5 / 255 + 1e-6
 
 
 def test_a_coverage_given_is_the_case_made():
@@ -99,7 +100,7 @@ def test_a_third_of_the_seeds_are_coarse():
 def test_pool_is_a_ring_that_drops_the_oldest_slices():
     pool = SlicePool(5, 4, torch.device("cpu"))
     for seed, n in ((1, 3), (2, 3)):
-        pool.add(seed, np.full((n, 4, 4), seed * 10, np.uint8), np.full((n, 4, 4), seed == 2))
+        pool.add(seed, np.full((n, 1, 4, 4), seed * 10, np.uint8), np.full((n, 4, 4), seed == 2))
     assert len(pool) == 5 and pool.cases == [1, 2]
     x, y = pool.batch(torch.arange(5))
     assert x[:, 0, 0, 0].mul(255).round().tolist() == [20, 10, 10, 20, 20]   # slot 0 overwritten by case 2
@@ -125,7 +126,7 @@ def test_validation_cases_go_to_the_device_once_all_have_arrived_in_seed_order()
     run = _Run(_args("--val-seeds", "7-9", "--seeds", "20-30", "--capacity", "4"), torch.device("cpu"))
     size = run.size
     def result(seed, n):
-        return seed, np.full((n, size, size), seed, np.uint8), np.zeros((n, size, size), bool)
+        return seed, np.full((n, 1, size, size), seed, np.uint8), np.zeros((n, size, size), bool)
     for seed, n in ((9, 2), (20, 3), (7, 1)):
         run.add(result(seed, n))
         assert run.val is None
@@ -144,12 +145,36 @@ def test_a_wider_run_starts_from_the_same_outputs():
     assert torch.allclose(wide, narrow, atol=1e-4) and run.init_base == 16
 
 
+def test_a_run_given_neighbouring_slices_starts_from_the_one_slice_outputs():
+    run = _Run(_args("--slice-offsets-mm=-24,-8,0,8,24", "--capacity", "10"), torch.device("cpu"))
+    start = load_model(DEFAULT_MODEL_PATH).eval()
+    x = torch.rand(2, 5, run.size, run.size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        stacked, plain = run.net.eval()(x), start(x[:, 2:3])
+    assert run.offsets == (-24.0, -8.0, 0.0, 8.0, 24.0) and run.train.images.shape[1:] == (5, run.size, run.size)
+    assert torch.allclose(stacked, plain, atol=1e-5)
+
+
+def test_a_stacked_start_keeps_its_own_offsets(tmp_path, capsys):
+    stacked = add_input_slices(load_model(DEFAULT_MODEL_PATH), (-8.0, 0.0, 8.0))
+    save_model(stacked, tmp_path / "s.pt")
+    run = _Run(_args("--init", str(tmp_path / "s.pt"), "--capacity", "10"), torch.device("cpu"))
+    assert run.offsets == (-8.0, 0.0, 8.0) and run.net.in_channels == 3
+    argv = ["train-phantoms", "--init", str(tmp_path / "s.pt"), "--out", str(tmp_path / "o.pt"), "--device", "cpu",
+            "--slice-offsets-mm=0,8"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (f"femurunet train-phantoms: error: {tmp_path / 's.pt'}: the model reads "
+                                       f"slices at [-8.0, 0.0, 8.0] mm, not at --slice-offsets-mm [0.0, 8.0]\n")
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--seeds", "1-5", "--val-seeds", "5-6"), "--seeds 1-5 and --val-seeds 5-6 overlap"),
     (("--seeds", "1-x"), "--seeds '1-x': expected ranges like 90000-90039 or seeds like 25096"),
     (("--init", "missing.pt"), "missing.pt: model file not found"),
     (("--base-filters", "24"), f"{DEFAULT_MODEL_PATH}: --base-filters 24: a model of base 16 widens only to a "
-                               "multiple of 16")])
+                               "multiple of 16"),
+    (("--capacity", "100000000"), "--capacity 100000000: a pool of 100000000 slices of 2 x 256 x 256 bytes "
+                                  "(13107.2 GB) does not fit on cpu; lower --capacity")])
 def test_bad_runs_are_one_line_errors_before_anything_is_written(tmp_path, capsys, extra, message):
     out = tmp_path / "run" / "s.pt"
     argv = ["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(out), "--device", "cpu", *extra]
@@ -171,7 +196,8 @@ def test_bad_runs_are_one_line_errors_before_anything_is_written(tmp_path, capsy
     ("--mri-hips", "1.5", "1.5 is not a share between 0 and 1"),
     ("--mri-hips", "-0.1", "-0.1 is not a share between 0 and 1"),
     ("--mri-hips", "half", "'half' is not a number"),
-    ("--mri-hips", "nan", "nan is not a finite number")])
+    ("--mri-hips", "nan", "nan is not a finite number"),
+    ("--slice-offsets-mm", "8,16", "slice offsets '8,16': must include 0 (the slice itself)")])
 def test_bad_option_values_are_one_line_errors(tmp_path, capsys, flag, value, problem):
     with pytest.raises(SystemExit) as done:
         cli.main(["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(tmp_path / "s.pt"), flag, value])
@@ -194,7 +220,7 @@ def test_the_stream_needs_no_simpleitk(tmp_path):
             "print(phantom_stream.case_slices(3, {'center': 400.0, 'width': 2000.0}, 32, shape=(4, 20, 20))[1].shape)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["(4,", "32,", "32)"]
+    assert done.stdout.split() == ["(4,", "1,", "32,", "32)"]
 
 
 @pytest.mark.slow

@@ -15,6 +15,8 @@ from FemurUNetLib.preprocess import to_model_input, window_hu
 from FemurUNetLib.resolve import resolve_model
 from FemurUNetLib.segment_options import add_segment_options, segment_keywords
 from FemurUNetTrainLib.cli import main as femurunet
+from FemurUNetTrainLib.widen import add_input_slices
+from FemurUNetLib.model import UNet2D
 
 
 def test_calibration_slices_are_fixed_model_inputs():
@@ -28,6 +30,23 @@ def test_calibration_slices_are_fixed_model_inputs():
     expected = to_model_input(window_hu(torch.from_numpy(first.astype("float32")), *window), size)
     assert torch.equal(a[:n], expected) and 0.0 <= a.min() and a.max() <= 1.0
     assert (a > 0.5).any() and a.std() > 0.05           # bone and tissue, not a blank field
+
+
+def test_a_model_of_neighbouring_slices_calibrates_on_stacks():
+    """Calibration inputs carry the model's channels, the slice itself where the offset is 0; the converted model
+    runs on them."""
+    window, size, offsets = (400.0, 1800.0), 32, (-8.0, 0.0, 8.0)
+    stacks = quantize.calibration_batch(window, size, offsets)
+    assert stacks.shape == (sum(n for _, n in quantize.CALIBRATION_CASES), 3, size, size)
+    assert torch.equal(stacks[:, 1:2], quantize.calibration_batch(window, size))
+    assert not torch.equal(stacks[:, 0], stacks[:, 1])
+    if quantize.int8_unavailable_reason(torch.device("cpu")):
+        pytest.fail(quantize.int8_unavailable_reason(torch.device("cpu")))   # the test extra installs torchao
+    torch.manual_seed(0)
+    net = add_input_slices(UNet2D(1, 1, 4), offsets).eval()
+    converted = quantize.convert_int8(net, window, size)
+    with torch.no_grad():
+        assert converted(stacks[:4]).shape == (4, 1, size, size)
 
 
 def test_int8_is_refused_off_the_cpu_with_one_line():

@@ -29,6 +29,7 @@ from FemurUNetTrainLib.distributed import Dist
 from FemurUNetTrainLib.loss import batch_dice_loss, training_loss
 from FemurUNetTrainLib.step import amp_dtype
 from FemurUNetTrainLib.train import TrainConfig, checkpoint_path, collapsed, train, warmup_factor
+from FemurUNetTrainLib.widen import add_input_slices
 
 SIZE = 64
 WINDOW = (350.0, 1800.0)          # not the engine default: the model file must carry it
@@ -426,12 +427,16 @@ def test_init_fine_tunes_from_a_model_that_fits_the_run(phantom_data, tmp_path, 
     assert from_blend["training"]["init_training"] == {"epochs": 7, "seed": 3, "blend": blend}
     assert from_blend["min_field_mm"] == 0.0        # trained on unpadded slices: inference pads none either
     # a model that does not fit the run: one line naming the file and the mismatch, nothing written
+    stacked = save_model(add_input_slices(load_model(start), (0.0, 8.0)), tmp_path / "stacked.pt")
     for change, message in ((dict(base_filters=6), "--base-filters 6: a model of base 4 widens only to a multiple "
                                                    "of 4"),
-                            (dict(input_size=32), "input_size 64, but this run needs 32")):
+                            (dict(input_size=32), "input_size 64, but this run needs 32"),
+                            (dict(init=str(stacked)), "reads 2 neighbouring slices, but a PNG slice folder holds one "
+                                                      "slice per image: train it with femurunet train-phantoms")):
+        init = change.pop("init", str(start))
         with pytest.raises(FemurUNetError, match=message) as err:
-            train(tiny_config(train_dir, tmp_path / "no.pt", init=str(start), **change))
-        assert str(start) in str(err.value) and "\n" not in str(err.value)
+            train(tiny_config(train_dir, tmp_path / "no.pt", init=init, **change))
+        assert init in str(err.value) and "\n" not in str(err.value)
         assert not (tmp_path / "no.pt").exists()
     # a multiple of the width widens the --init model: the same outputs to start from
     wide = train(tiny_config(train_dir, tmp_path / "wide.pt", init=str(start), base_filters=8, **still)).model

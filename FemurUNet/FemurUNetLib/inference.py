@@ -16,6 +16,7 @@ from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
 from .resolve import resolve_model
 from .transfer import SliceTransfer
+from .neighbours import SliceStack, model_offsets
 from .quantize import quantize_int8
 from .preprocess import from_model_output, labels_from_probabilities, min_side, to_model_input, window_hu
 
@@ -56,6 +57,7 @@ class SliceSegmenter:
         meta = model.metadata
         self.window = (float(meta["window"]["center"]), float(meta["window"]["width"]))
         self.size = int(meta["input_size"])
+        self.offsets = model_offsets(meta)
         self.threshold = float(meta["threshold"] if threshold is None else threshold)
         self.channels_last = channels_last
         self.autocast = autocast
@@ -106,11 +108,12 @@ class SliceSegmenter:
 
     @torch.inference_mode()
     def __call__(self, hu: torch.Tensor, want_probabilities: bool = False, pad_to: int = 0):
-        """hu: (N, H, W) tensor (any dtype, any device) -> (labels (N, H, W) uint8, probs (N, C, H, W) float32 | None).
+        """hu: (N, H, W) tensor, or (N, C, H, W) for a model of C input slices (any dtype, any device)
+        -> (labels (N, H, W) uint8, probs (N, C_out, H, W) float32 | None).
 
         ``pad_to``: the batch size, so a compiled model sees one shape (a smaller last batch is zero-padded).
         """
-        n, h, w = hu.shape
+        h, w = hu.shape[-2:]
         x = to_model_input(window_hu(hu.to(self.device, non_blocking=True), *self.window), self.size, self.min_side)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -136,6 +139,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     ``model``: a UNet2D (with ``.metadata``), a ``.pt``/``.hdf5`` path, or None for the shipped demo model.
     ``progress(done, total)`` is called after each batch; ``cancel()`` returning True raises ``Cancelled``.
     Memory beyond the output labelmap is one batch of slices: the volume is never converted to float whole.
+    A model naming ``slice_offsets_mm`` gets each slice with its neighbours at those distances (``neighbours``).
     ``fast``: run the network on every other axial slice only (about 2x faster); a skipped slice gets the mean
     of its two neighbours' probabilities.
     ``autocast``: True (bf16/fp16 where the device is fast at it), False (fp32), a dtype or "int8" (``quantize``).
@@ -169,15 +173,16 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
         raise FemurUNetError(f"batch size must be at least 1, got {batch}")
 
     source = reorient.to_canonical(volume)
+    stack = SliceStack(runner.offsets, reorient.canonical_spacing(geometry)[2], source.shape[0])
     labelmap = np.zeros(volume.shape, dtype=np.uint8)
     target = reorient.to_canonical(labelmap)
     probabilities = np.zeros(volume.shape, dtype=np.float32) if return_probabilities else None
     prob_target = reorient.to_canonical(probabilities) if return_probabilities else None
 
     if fast:
-        batch = _segment_every_other_slice(runner, source, target, prob_target, batch, progress, cancel)
+        batch = _segment_every_other_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
     else:
-        batch = _segment_every_slice(runner, source, target, prob_target, batch, progress, cancel)
+        batch = _segment_every_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
     removed = 0 if keep_all_pieces else remove_detached_pieces(labelmap, volume, geometry, net.metadata["labels"])
 
     return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
@@ -190,7 +195,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                                      "detached_voxels_removed": removed})
 
 
-def _segment_every_slice(runner: SliceSegmenter, source: np.ndarray, target: np.ndarray,
+def _segment_every_slice(runner: SliceSegmenter, stack: SliceStack, source: np.ndarray, target: np.ndarray,
                          prob_target: Optional[np.ndarray], batch: int, progress, cancel) -> int:
     """The slice loop: batches up, labels (and probabilities) back into ``target``; returns the final batch size.
     On CUDA a batch's results are copied back while the next batch computes."""
@@ -204,7 +209,8 @@ def _segment_every_slice(runner: SliceSegmenter, source: np.ndarray, target: np.
         if transfer.device != runner.device:          # the CPU took over after out-of-memory
             transfer = SliceTransfer(runner.device)
         try:
-            labels, probs = runner(transfer.upload(source[done:stop]), prob_target is not None, batch)
+            inputs = transfer.upload(stack.take(source, slice(done, stop)))
+            labels, probs = runner(inputs, prob_target is not None, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
@@ -258,7 +264,7 @@ def _store(pending, target: np.ndarray, prob_target: Optional[np.ndarray]) -> No
         prob_target[start:stop] = prob_map.numpy()
 
 
-def _segment_every_other_slice(runner: SliceSegmenter, source: np.ndarray, target: np.ndarray,
+def _segment_every_other_slice(runner: SliceSegmenter, stack: SliceStack, source: np.ndarray, target: np.ndarray,
                                prob_target: Optional[np.ndarray], batch: int, progress, cancel) -> int:
     """``fast``: predict slices 0, 2, 4, ... (and the last); fill each skipped slice from its neighbours' mean.
     The fills and the thresholds are computed where the network ran; only the labels (and the probabilities when
@@ -276,7 +282,7 @@ def _segment_every_other_slice(runner: SliceSegmenter, source: np.ndarray, targe
             if previous is not None:
                 previous = (previous[0], previous[1].to(runner.device))
         try:
-            _, probs = runner(transfer.upload(source[ks]), True, batch)
+            _, probs = runner(transfer.upload(stack.take(source, ks)), True, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise

@@ -14,6 +14,7 @@ from .errors import FemurUNetError
 from .fileio import atomic_write
 from .geometry import CANONICAL_ORIENTATION
 from .model import ARCHITECTURE, UNet2D
+from .neighbours import offsets_problem
 from .defaults import DEFAULT_INPUT_SIZE, DEFAULT_WINDOW
 
 FORMAT_NAME = "femurunet-model"
@@ -114,6 +115,8 @@ def _validate_metadata(meta: dict, path) -> None:
     if not 0 <= _number(meta.get("min_field_mm", 0.0)) <= MAX_FIELD_MM:
         raise FemurUNetError(f"{path}: min_field_mm {meta['min_field_mm']!r} must be a number of mm, "
                              f"0..{MAX_FIELD_MM:g}")
+    if offsets_problem(meta):
+        raise FemurUNetError(f"{path}: {offsets_problem(meta)}")
     if meta["orientation"] != CANONICAL_ORIENTATION:
         raise FemurUNetError(f"{path}: orientation {meta['orientation']!r} is not supported "
                              f"(expected {CANONICAL_ORIENTATION!r})")

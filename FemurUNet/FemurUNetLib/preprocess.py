@@ -57,14 +57,14 @@ class SquarePad:
 
 
 def to_model_input(slices: torch.Tensor, size: int = DEFAULT_INPUT_SIZE, min_side: int = 0) -> torch.Tensor:
-    """(N, H, W) in [0, 1] -> (N, 1, size, size): centred pad to square (of at least ``min_side``), then bilinear
-    resize.
+    """(N, H, W) in [0, 1] -> (N, 1, size, size), or (N, C, H, W) -> (N, C, size, size): centred pad to square
+    (of at least ``min_side``), then bilinear resize.
 
     Downsampling is antialiased (like scikit-image's ``resize``), so thin cortex is not aliased away.
     """
-    n, h, w = slices.shape
+    h, w = slices.shape[-2:]
     pad = SquarePad(h, w, min_side)
-    x = slices.unsqueeze(1)
+    x = slices.unsqueeze(1) if slices.ndim == 3 else slices
     if pad.side != h or pad.side != w:
         x = F.pad(x, pad.pads, value=0.0)
     if pad.side != size:

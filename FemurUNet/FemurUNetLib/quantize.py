@@ -16,6 +16,7 @@ import weakref
 import torch
 
 from .errors import FemurUNetError
+from .neighbours import ONE_SLICE, SliceStack, model_offsets
 from .preprocess import to_model_input, window_hu
 
 CALIBRATION_CASES = (("abdomen_to_thigh", 12), ("whole_leg", 12))   # coverage, slices (seed CALIBRATION_SEED)
@@ -57,14 +58,16 @@ def _quiet_loggers(*names):
             lg.setLevel(level)
 
 
-def calibration_batch(window, size: int) -> torch.Tensor:
-    """(N, 1, size, size) model inputs: axial slices of the built-in calibration phantoms."""
+def calibration_batch(window, size: int, offsets=ONE_SLICE) -> torch.Tensor:
+    """(N, C, size, size) model inputs: axial slices of the built-in calibration phantoms (C: ``offsets``)."""
     from .phantom2 import generate_case
 
     slices = []
     for coverage, n in CALIBRATION_CASES:
         case = generate_case(CALIBRATION_SEED, coverage=coverage, shape=(n, 256, 256), jobs=1)
-        slices.append(to_model_input(window_hu(torch.from_numpy(case.ct.astype("float32")), *window), size))
+        ct = case.ct                       # axial slices along numpy axis 0 (the stack's direction does not matter)
+        stack = SliceStack(offsets, case.geometry.spacing[2], len(ct)).take(ct, slice(None))
+        slices.append(to_model_input(window_hu(torch.from_numpy(stack.astype("float32")), *window), size))
     return torch.cat(slices)
 
 
@@ -86,14 +89,15 @@ def convert_int8(model: torch.nn.Module, window, size: int, float_modules=FLOAT_
     numerics); ``float_modules`` stay float."""
     prepare_pt2e, convert_pt2e, xiq = _torchao()
     model = model.eval()
-    example, n = torch.zeros(8, 1, size, size), torch.export.Dim("batch", max=1 << 16)
+    offsets = model_offsets(getattr(model, "metadata", {"in_channels": model.in_channels}))
+    example, n = torch.zeros(8, len(offsets), size, size), torch.export.Dim("batch", max=1 << 16)
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
     for name in float_modules:
         quantizer.set_module_name_qconfig(name, None)
     with torch.no_grad(), _quiet_loggers("torchao", "torch._export", "torch.export"):
         exported = torch.export.export(model, (example,), dynamic_shapes=({0: n},)).module()
         prepared = prepare_pt2e(exported, quantizer)
-        for chunk in calibration_batch(window, size).split(8):
+        for chunk in calibration_batch(window, size, offsets).split(8):
             prepared(chunk)
         return convert_pt2e(prepared)
 

@@ -2,7 +2,8 @@
 
 Worker processes generate phantom v2 cases and turn each into model-size slices the way ``femurunet export`` +
 ``load_dataset`` do (canonical axial slices, the engine's 8-bit window, the engine's pad-and-resize; every slice of
-the case, stored as 8-bit at model size); the training process keeps them in a pool on the device (the oldest
+the case, stored as 8-bit at model size, with its neighbouring slices as channels for a 2.5-D model:
+``--slice-offsets-mm``); the training process keeps them in a pool on the device (the oldest
 cases give way when it is full) and draws every batch uniformly from it. The step is ``femurunet train``'s:
 the seed's augmentation, optionally ``--intensity-augment``, 1 - Dice + W x BCE, Adam, autocast, a weight
 average (EMA) that is validated and saved. The rate warms up, then follows a cosine over the time budget.
@@ -35,18 +36,19 @@ from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.phantom2 import ALL_COVERAGES, generate_case
 from FemurUNetLib.phantom2_hips import HIP_SHAPES
 from FemurUNetLib.phantom2_native import coarse_spacing
-from FemurUNetLib.preprocess import min_side, window_to_uint8
+from FemurUNetLib.neighbours import ONE_SLICE, SliceStack, model_offsets, parse_offsets
+from FemurUNetLib.preprocess import min_side, to_model_input, window_hu
 from FemurUNetLib.segment_options import positive_int, positive_number, share
 
 from .augment import draw_params
-from .dataset import SliceDataset, to_model_tensors
+from .dataset import SliceDataset
 from .distributed import Dist
 from .intensity import draw_intensity
 from .loss import evaluate
 from .options import AMP_MODES, AugmentConfig, IntensityConfig, TrainConfig, seed_list
 from .step import WeightAverage, amp_dtype, augment, make_optimizer, optimise
 from .train import start_provenance
-from .widen import widened_start
+from .widen import add_input_slices, widened_start
 
 
 def coarse_seed(seed: int) -> bool:
@@ -93,29 +95,43 @@ def stream_hips(seed: int, share: Optional[float]) -> Optional[str]:
 
 
 def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0, coverage=None, hips=None,
-                **grid) -> tuple:
-    """(seed, images uint8 (n, S, S), masks bool (n, S, S)): every canonical axial slice of phantom ``seed``
-    at model size, padded to the model's minimum field (``min_field`` mm) as inference pads them. ``coverage``
-    and ``hips``: one of phantom2.ALL_COVERAGES and of HIP_SHAPES (default: drawn); ``grid``: ``generate_case``
-    overrides (``shape``, ``spacing``); default: drawn, coarse by seed."""
+                offsets=ONE_SLICE, **grid) -> tuple:
+    """(seed, images uint8 (n, C, S, S), masks bool (n, S, S)): every canonical axial slice of phantom ``seed``
+    at model size, with its neighbours at ``offsets`` mm as the C channels (``neighbours``), padded to the model's
+    minimum field (``min_field`` mm) as inference pads them. ``coverage`` and ``hips``: one of
+    phantom2.ALL_COVERAGES and of HIP_SHAPES (default: drawn); ``grid``: ``generate_case`` overrides (``shape``,
+    ``spacing``); default: drawn, coarse by seed."""
     torch.set_num_threads(1)
     if not grid and coarse_seed(seed):
         grid = {"spacing": coarse_spacing(seed)}
     case = generate_case(seed, jobs=1, coverage=coverage, hips=hips, **grid)
     axial = Reorientation.for_geometry(case.geometry)
     ct, label = axial.to_canonical(case.ct), axial.to_canonical(case.label != 0)
-    images = [window_to_uint8(s, window["center"], window["width"]) for s in ct]
-    side = min_side(min_field, axial.canonical_spacing(case.geometry))
-    x, y = to_model_tensors(images, [m.astype(np.uint8) * 255 for m in label], input_size, min_side=side)
-    return seed, x[:, 0].mul(255.0).round_().to(torch.uint8).numpy(), y[:, 0].numpy()
+    spacing = axial.canonical_spacing(case.geometry)
+    side, stack = min_side(min_field, spacing), SliceStack(offsets, spacing[2], len(ct))
+    images, masks = [], []
+    for start in range(0, len(ct), 32):
+        part = slice(start, start + 32)
+        hu = torch.from_numpy(np.ascontiguousarray(stack.take(ct, part)))
+        x = to_model_input(window_hu(hu, window["center"], window["width"]), input_size, side)
+        images.append(x.mul_(255.0).round_().to(torch.uint8))
+        y = to_model_input(torch.from_numpy(label[part].astype(np.float32)), input_size, side)
+        masks.append(y[:, 0] > 0.5)
+    return seed, torch.cat(images).numpy(), torch.cat(masks).numpy()
 
 
 class SlicePool:
-    """Model-size slices on the device, a ring of ``capacity`` slices (the oldest go first when full)."""
+    """Model-size slices (C channels each) on the device, a ring of ``capacity`` slices (the oldest go first when
+    full)."""
 
-    def __init__(self, capacity: int, size: int, device: torch.device):
-        self.images = torch.empty((capacity, 1, size, size), dtype=torch.uint8, device=device)
-        self.masks = torch.empty((capacity, 1, size, size), dtype=torch.bool, device=device)
+    def __init__(self, capacity: int, size: int, device: torch.device, channels: int = 1):
+        try:
+            self.images = torch.empty((capacity, channels, size, size), dtype=torch.uint8, device=device)
+            self.masks = torch.empty((capacity, 1, size, size), dtype=torch.bool, device=device)
+        except (RuntimeError, torch.OutOfMemoryError):
+            need = capacity * (channels + 1) * size * size / 1e9
+            raise FemurUNetError(f"--capacity {capacity}: a pool of {capacity} slices of {channels + 1} x {size} x "
+                                 f"{size} bytes ({need:.1f} GB) does not fit on {device}; lower --capacity") from None
         self.capacity, self.added, self.cases = capacity, 0, []
 
     def __len__(self) -> int:
@@ -125,7 +141,7 @@ class SlicePool:
         images, masks = images[-self.capacity:], masks[-self.capacity:]
         at = (self.added + np.arange(len(images))) % self.capacity
         index = torch.from_numpy(at).to(self.images.device)
-        self.images[index] = torch.from_numpy(images).unsqueeze(1).to(self.images.device)
+        self.images[index] = torch.from_numpy(images).to(self.images.device)
         self.masks[index] = torch.from_numpy(masks).unsqueeze(1).to(self.masks.device)
         self.added += len(images)
         self.cases.append(int(seed))
@@ -154,6 +170,22 @@ def _seeds(text: str, flag: str) -> list:
         raise FemurUNetError(f"{flag} {exc}") from None
 
 
+def starting_model(path, offsets=None):
+    """The ``--init`` model reading the slices at ``offsets`` (``--slice-offsets-mm``; None: the model's own):
+    a one-slice model gains the others with zero weights (``add_input_slices``: the same outputs to start from)."""
+    start = load_model(path)
+    try:
+        have = model_offsets(start.metadata)
+    except FemurUNetError as exc:
+        raise FemurUNetError(f"{path}: {exc}") from None
+    if offsets is None or tuple(offsets) == have:
+        return start
+    if have != ONE_SLICE:
+        raise FemurUNetError(f"{path}: the model reads slices at {list(have)} mm, not at --slice-offsets-mm "
+                             f"{list(offsets)}")
+    return add_input_slices(start, offsets)
+
+
 class _Run:
     """The network, its average, the optimiser and the two pools of one streaming run."""
 
@@ -161,7 +193,8 @@ class _Run:
         self.train_seeds, self.val_seeds = _seeds(args.seeds, "--seeds"), _seeds(args.val_seeds, "--val-seeds")
         if set(self.train_seeds) & set(self.val_seeds):
             raise FemurUNetError(f"--seeds {args.seeds} and --val-seeds {args.val_seeds} overlap")
-        start = load_model(args.init)
+        start = starting_model(args.init, args.slice_offsets_mm)
+        self.offsets = model_offsets(start.metadata)
         self.args, self.device, self.start, self.init_base = args, device, start, start.base_filters
         self.init_training = start_provenance(start.metadata)
         self.window, self.size = start.metadata["window"], int(start.metadata["input_size"])
@@ -172,13 +205,13 @@ class _Run:
                                   ema=args.ema, augment=AugmentConfig(),
                                   intensity=IntensityConfig(enabled=args.intensity_augment))
         torch.manual_seed(args.seed)
-        self.net = UNet2D(1, 1, base)
+        self.net = UNet2D(len(self.offsets), 1, base)
         self.net.load_state_dict(widened_start(start, base, args.seed, args.init).state_dict())
         self.net.to(device).to(memory_format=torch.channels_last)
         self.average = WeightAverage(self.net, args.ema)
         self.optimizer = make_optimizer(self.net, args.lr)
         self.amp = amp_dtype(args.amp, device)
-        self.train = SlicePool(args.capacity, self.size, device)
+        self.train = SlicePool(args.capacity, self.size, device, len(self.offsets))
         self.val, self.val_parts = None, {}
         self.gen = torch.Generator().manual_seed(args.seed)
         self.intensity_gen = torch.Generator().manual_seed(args.seed + 1)
@@ -191,7 +224,8 @@ class _Run:
             return
         self.val_parts[seed] = (images, masks)
         if len(self.val_parts) == len(self.val_seeds):      # complete: on the device, in seed order
-            self.val = SlicePool(sum(len(i) for i, _ in self.val_parts.values()), self.size, self.device)
+            slices = sum(len(i) for i, _ in self.val_parts.values())
+            self.val = SlicePool(slices, self.size, self.device, len(self.offsets))
             for s in self.val_seeds:
                 self.val.add(s, *self.val_parts.pop(s))
 
@@ -221,8 +255,9 @@ class _Run:
                     "torch": str(torch.__version__), "device": self.device.type, "init_training": self.init_training,
                     "init_base_filters": self.init_base, "coverage_mix": self.args.coverage_mix,
                     "mri_hips": self.args.mri_hips}
+        inputs = {} if self.offsets == ONE_SLICE else {"slice_offsets_mm": list(self.offsets)}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
-                   input_size=self.size, min_field_mm=self.min_field, training=training)
+                   input_size=self.size, min_field_mm=self.min_field, training=training, **inputs)
 
 
 def _record(run: _Run, started: float, losses: list, out: Path) -> dict:
@@ -285,7 +320,8 @@ def stream_train(args) -> list:
             drawn = seed in run.val_seeds
             coverage = None if drawn else stream_coverage(seed, args.coverage_mix)
             hips = None if drawn else stream_hips(seed, args.mri_hips)
-            workers.apply_async(case_slices, (seed, run.window, run.size, run.min_field, coverage, hips), grid,
+            workers.apply_async(case_slices, (seed, run.window, run.size, run.min_field, coverage, hips, run.offsets),
+                                grid,
                                 callback=arrived.put,
                                 error_callback=lambda exc: print(f"phantom failed: {exc!r}", flush=True))
         _train_until(run, arrived, started + 60.0 * args.minutes, out)
@@ -301,6 +337,13 @@ def _shape(text: str) -> tuple:
     if len(shape) != 3 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected three voxel counts K,J,I")
     return shape
+
+
+def _offsets(text: str) -> tuple:
+    try:
+        return parse_offsets(text)
+    except FemurUNetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -320,6 +363,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of the training process")
     p.add_argument("--min-cases", type=positive_int, default=8, help="training cases before the first step")
     p.add_argument("--capacity", type=positive_int, default=120000, help="slices kept in the pool on the device")
+    p.add_argument("--slice-offsets-mm", type=_offsets, metavar="MM,MM,...", help="a 2.5-D model: the slices at "
+                   "these distances (mm, 0 among them) as its input channels; a one-slice --init model gains them with "
+                   "zero weights (default: the --init model's inputs; a leading minus needs the =: "
+                   "--slice-offsets-mm=-24,-8,0,8,24)")
     p.add_argument("--base-filters", type=positive_int, help="widen the --init model to this multiple of its width "
                    "(same outputs to start from; default: its width)")
     p.add_argument("--batch-size", type=positive_int, default=64)

@@ -115,6 +115,9 @@ def initial_model(config: TrainConfig, window: dict) -> UNet2D:
     run's ``base_filters`` when that is a multiple of the model's (same outputs, ``widen``)."""
     model = load_model(config.init)
     meta, name = model.metadata, config.init
+    if "slice_offsets_mm" in meta and model.in_channels > 1:
+        raise FemurUNetError(f"{name}: --init model reads {model.in_channels} neighbouring slices, but a PNG slice "
+                             f"folder holds one slice per image: train it with femurunet train-phantoms")
     found = {"channels": (model.in_channels, model.out_channels), "input_size": int(meta["input_size"]),
              "window": meta["window"]}
     wanted = {"channels": (1, 1), "input_size": config.input_size, "window": window}

@@ -1,7 +1,8 @@
-"""Widen a trained U-Net to a multiple of its base filters without changing what it computes (Net2WiderNet,
-Chen et al. 2016): each channel is repeated, and every weight reading a repeated channel is split between its
-copies in random shares that sum to one, so outputs stay the same while the copies learn apart from the first
-step on (equal shares would keep them equal forever)."""
+"""Grow a trained U-Net without changing what it computes. Widen it to a multiple of its base filters
+(Net2WiderNet, Chen et al. 2016): each channel is repeated, and every weight reading a repeated channel is split
+between its copies in random shares that sum to one, so outputs stay the same while the copies learn apart from
+the first step on (equal shares would keep them equal forever). Or give it neighbouring slices as inputs
+(``add_input_slices``) with zero weights, so it starts as the one-slice model it was."""
 from __future__ import annotations
 
 import torch
@@ -31,6 +32,25 @@ def widen(model: UNet2D, base_filters: int, generator: torch.Generator) -> UNet2
     if hasattr(model, "metadata"):
         wide.metadata = {**model.metadata, "base_filters": base_filters}
     return wide
+
+
+def add_input_slices(model: UNet2D, offsets) -> UNet2D:
+    """One-slice ``model`` reading the slices at ``offsets`` mm (``FemurUNetLib.neighbours``): the first
+    convolution's weights on the slice itself (offset 0) are the model's, on the others zero."""
+    offsets = tuple(float(v) for v in offsets)
+    if model.in_channels != 1 or 0.0 not in offsets:
+        raise FemurUNetError(f"neighbouring slices are added to a one-slice model, at offsets that include 0 "
+                             f"(got {model.in_channels} input channels, offsets {list(offsets)})")
+    net = UNet2D(len(offsets), model.out_channels, model.base_filters)
+    state = dict(model.state_dict())
+    first = state["enc.0.0.weight"]
+    weight = first.new_zeros(first.shape[0], len(offsets), *first.shape[2:])
+    weight[:, offsets.index(0.0)] = first[:, 0]
+    state["enc.0.0.weight"] = weight
+    net.load_state_dict(state)
+    net.train(model.training)
+    net.metadata = {**getattr(model, "metadata", {}), "in_channels": len(offsets), "slice_offsets_mm": list(offsets)}
+    return net
 
 
 def widened_start(model: UNet2D, base_filters: int, seed: int, name) -> UNet2D:
