@@ -155,6 +155,22 @@ def test_a_run_given_neighbouring_slices_starts_from_the_one_slice_outputs():
     assert torch.allclose(stacked, plain, atol=1e-5)
 
 
+def test_the_first_convolution_may_learn_faster_than_the_rest():
+    run = _Run(_args("--slice-offsets-mm=0,8", "--capacity", "10", "--input-lr-scale", "20", "--batch-size", "2"),
+               torch.device("cpu"))
+    run.add((20, np.full((3, 2, run.size, run.size), 90, np.uint8), np.zeros((3, run.size, run.size), bool)))
+    first = run.net.enc[0][0].weight.detach().clone()
+    run.step(1e-4)
+    groups = run.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-4), pytest.approx(2e-3)]
+    assert groups[1]["params"] == list(run.net.enc[0][0].parameters())
+    assert sum(len(g["params"]) for g in groups) == len(list(run.net.parameters()))
+    moved = (run.net.enc[0][0].weight.detach() - first)[:, 1].abs().max()      # the new channel, from zero
+    assert 1e-3 < moved <= 2e-3 * 1.01                                        # Adam's first step: the rate
+    plain = _Run(_args("--capacity", "10"), torch.device("cpu"))
+    assert len(plain.optimizer.param_groups) == 1
+
+
 def test_a_stacked_start_keeps_its_own_offsets(tmp_path, capsys):
     stacked = add_input_slices(load_model(DEFAULT_MODEL_PATH), (-8.0, 0.0, 8.0))
     save_model(stacked, tmp_path / "s.pt")

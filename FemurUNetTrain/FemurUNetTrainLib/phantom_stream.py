@@ -186,6 +186,18 @@ def starting_model(path, offsets=None):
     return add_input_slices(start, offsets)
 
 
+def stream_optimizer(net: UNet2D, lr: float, input_scale: float = 1.0) -> torch.optim.Optimizer:
+    """``make_optimizer``'s Adam; the first convolution (it reads the input slices) learns at ``input_scale`` x
+    the rate, so channels that start at zero weight can grow within a short run (Adam ignores gradient scale)."""
+    optimizer = make_optimizer(net, lr)
+    if input_scale != 1.0:
+        first = {id(p) for p in net.enc[0][0].parameters()}
+        optimizer = type(optimizer)([{"params": [p for p in net.parameters() if id(p) not in first], "scale": 1.0},
+                                     {"params": list(net.enc[0][0].parameters()), "scale": input_scale}],
+                                    **optimizer.defaults)
+    return optimizer
+
+
 class _Run:
     """The network, its average, the optimiser and the two pools of one streaming run."""
 
@@ -209,7 +221,7 @@ class _Run:
         self.net.load_state_dict(widened_start(start, base, args.seed, args.init).state_dict())
         self.net.to(device).to(memory_format=torch.channels_last)
         self.average = WeightAverage(self.net, args.ema)
-        self.optimizer = make_optimizer(self.net, args.lr)
+        self.optimizer = stream_optimizer(self.net, args.lr, args.input_lr_scale)
         self.amp = amp_dtype(args.amp, device)
         self.train = SlicePool(args.capacity, self.size, device, len(self.offsets))
         self.val, self.val_parts = None, {}
@@ -232,7 +244,7 @@ class _Run:
     def step(self, lr: float) -> float:
         c, n = self.config, self.args.batch_size
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("scale", 1.0)
         x, y = self.train.batch(torch.randint(len(self.train), (n,), generator=self.gen))
         params = draw_params(n, self.size, self.size, c.augment, self.gen)
         drawn = draw_intensity(n, c.intensity, self.intensity_gen) if c.intensity.enabled else None
@@ -254,7 +266,7 @@ class _Run:
                     "seeds": self.args.seeds, "val_loss": val_loss, "val_dice": val_dice,
                     "torch": str(torch.__version__), "device": self.device.type, "init_training": self.init_training,
                     "init_base_filters": self.init_base, "coverage_mix": self.args.coverage_mix,
-                    "mri_hips": self.args.mri_hips}
+                    "mri_hips": self.args.mri_hips, "input_lr_scale": self.args.input_lr_scale}
         inputs = {} if self.offsets == ONE_SLICE else {"slice_offsets_mm": list(self.offsets)}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
                    input_size=self.size, min_field_mm=self.min_field, training=training, **inputs)
@@ -372,6 +384,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_number, default=1e-4)
     p.add_argument("--min-lr", type=float, default=2e-6)
+    p.add_argument("--input-lr-scale", type=positive_number, default=1.0, help="the first convolution's rate as "
+                   "a multiple of the others' (e.g. 20 to let new --slice-offsets-mm channels grow; default 1)")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--bce-weight", type=float, default=10.0)
