@@ -115,8 +115,9 @@ def _validate_metadata(meta: dict, path) -> None:
     if not 0 <= _number(meta.get("min_field_mm", 0.0)) <= MAX_FIELD_MM:
         raise FemurUNetError(f"{path}: min_field_mm {meta['min_field_mm']!r} must be a number of mm, "
                              f"0..{MAX_FIELD_MM:g}")
-    if offsets_problem(meta):
-        raise FemurUNetError(f"{path}: {offsets_problem(meta)}")
+    problem = offsets_problem(meta)
+    if problem:
+        raise FemurUNetError(f"{path}: {problem}")
     if meta["orientation"] != CANONICAL_ORIENTATION:
         raise FemurUNetError(f"{path}: orientation {meta['orientation']!r} is not supported "
                              f"(expected {CANONICAL_ORIENTATION!r})")

@@ -37,11 +37,11 @@ from FemurUNetLib.phantom2 import ALL_COVERAGES, generate_case
 from FemurUNetLib.phantom2_hips import HIP_SHAPES
 from FemurUNetLib.phantom2_native import coarse_spacing
 from FemurUNetLib.neighbours import ONE_SLICE, SliceStack, model_offsets, parse_offsets
-from FemurUNetLib.preprocess import min_side, to_model_input, window_hu
+from FemurUNetLib.preprocess import min_side, window_to_uint8
 from FemurUNetLib.segment_options import positive_int, positive_number, share
 
 from .augment import draw_params
-from .dataset import SliceDataset
+from .dataset import SliceDataset, to_model_tensors
 from .distributed import Dist
 from .intensity import draw_intensity
 from .loss import evaluate
@@ -108,16 +108,11 @@ def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0
     axial = Reorientation.for_geometry(case.geometry)
     ct, label = axial.to_canonical(case.ct), axial.to_canonical(case.label != 0)
     spacing = axial.canonical_spacing(case.geometry)
-    side, stack = min_side(min_field, spacing), SliceStack(offsets, spacing[2], len(ct))
-    images, masks = [], []
-    for start in range(0, len(ct), 32):
-        part = slice(start, start + 32)
-        hu = torch.from_numpy(np.ascontiguousarray(stack.take(ct, part)))
-        x = to_model_input(window_hu(hu, window["center"], window["width"]), input_size, side)
-        images.append(x.mul_(255.0).round_().to(torch.uint8))
-        y = to_model_input(torch.from_numpy(label[part].astype(np.float32)), input_size, side)
-        masks.append(y[:, 0] > 0.5)
-    return seed, torch.cat(images).numpy(), torch.cat(masks).numpy()
+    stack = SliceStack(offsets, spacing[2], len(ct))
+    images = [window_to_uint8(stack.take(ct, [k])[0], window["center"], window["width"]) for k in range(len(ct))]
+    side = min_side(min_field, spacing)
+    x, y = to_model_tensors(images, [m.astype(np.uint8) * 255 for m in label], input_size, min_side=side)
+    return seed, x.mul(255.0).round_().to(torch.uint8).numpy(), y[:, 0].numpy()
 
 
 class SlicePool:
@@ -189,13 +184,11 @@ def starting_model(path, offsets=None):
 def stream_optimizer(net: UNet2D, lr: float, input_scale: float = 1.0) -> torch.optim.Optimizer:
     """``make_optimizer``'s Adam; the first convolution (it reads the input slices) learns at ``input_scale`` x
     the rate, so channels that start at zero weight can grow within a short run (Adam ignores gradient scale)."""
-    optimizer = make_optimizer(net, lr)
-    if input_scale != 1.0:
-        first = {id(p) for p in net.enc[0][0].parameters()}
-        optimizer = type(optimizer)([{"params": [p for p in net.parameters() if id(p) not in first], "scale": 1.0},
-                                     {"params": list(net.enc[0][0].parameters()), "scale": input_scale}],
-                                    **optimizer.defaults)
-    return optimizer
+    if input_scale == 1.0:
+        return make_optimizer(net, lr)
+    first = list(net.enc[0][0].parameters())
+    rest = [p for p in net.parameters() if all(p is not q for q in first)]
+    return make_optimizer(net, lr, [{"params": rest, "scale": 1.0}, {"params": first, "scale": input_scale}])
 
 
 class _Run:

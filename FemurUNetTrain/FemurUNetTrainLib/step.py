@@ -38,9 +38,10 @@ def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
     raise FemurUNetError(f"amp {mode!r}: use auto, bf16, fp16 or off")
 
 
-def make_optimizer(net: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The seed's optimiser: Keras' Adam (betas 0.9/0.999, epsilon 1e-7)."""
-    return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=ADAM_EPSILON)
+def make_optimizer(net: torch.nn.Module, lr: float, groups=None) -> torch.optim.Optimizer:
+    """The seed's optimiser: Keras' Adam (betas 0.9/0.999, epsilon 1e-7), on all of ``net``'s parameters or on
+    torch parameter ``groups`` of them."""
+    return torch.optim.Adam(groups or net.parameters(), lr=lr, betas=(0.9, 0.999), eps=ADAM_EPSILON)
 
 
 def load_batch(data: SliceDataset, indices: torch.Tensor, device: torch.device) -> tuple:
