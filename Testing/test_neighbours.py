@@ -1,15 +1,15 @@
-"""2.5-D inputs (FemurUNetLib.neighbours): each slice with the slices at fixed distances in mm, interpolated,
-the edge slice repeated; the mm and their direction hold on any grid; inference feeds a 2.5-D model exactly
-what the phantom training stream trains it on; a 2.5-D model started from a one-slice one segments alike."""
+"""2.5-D inputs (FemurUNetLib.neighbours): each slice with the slices at fixed distances in mm, blended from the
+two nearest slices' pictures (each made once), the edge slice repeated; the mm and their direction hold on any
+grid; inference feeds a 2.5-D model exactly what the phantom training stream trains it on; a 2.5-D model started
+from a one-slice one segments alike."""
 import numpy as np
 import pytest
 import torch
 
 from FemurUNetLib import FemurUNetError, Geometry, UNet2D, segment_volume
-from FemurUNetLib import inference
 from FemurUNetLib.geometry import Reorientation
 from FemurUNetLib.modelfile import load_model, model_metadata, save_model
-from FemurUNetLib.neighbours import SliceStack, model_offsets, parse_offsets
+from FemurUNetLib.neighbours import PictureCache, SliceStack, model_offsets, parse_offsets
 from FemurUNetLib.phantom2 import generate_case
 from FemurUNetTrainLib.phantom_stream import case_slices
 from FemurUNetTrainLib.widen import add_input_slices
@@ -19,17 +19,30 @@ OFFSETS = (-24.0, -8.0, 0.0, 8.0, 24.0)
 WINDOW = {"center": 400.0, "width": 2000.0}
 
 
-def test_the_stack_interpolates_between_slices_and_repeats_the_edges():
-    ramp = (10 * np.arange(7, dtype=np.int16))[:, None, None] * np.ones((1, 3, 2), np.int16)   # slice k holds 10 k
-    stack = SliceStack((-3.0, 0.0, 5.0), 2.0, 7)                                            # -1.5, 0, +2.5 slices
-    got = stack.take(ramp, [0, 3, 6])
-    assert got.shape == (3, 3, 3, 2) and got.dtype == np.float32
+def test_channels_blend_the_two_nearest_slices_pictures_and_repeat_the_edges():
+    pictures = (10 * torch.arange(7.0))[:, None, None, None] * torch.ones(1, 1, 2, 2)   # slice k's picture: 10 k
+    stack = SliceStack((-3.0, 0.0, 5.0), 2.0, 7)                                       # -1.5, 0, +2.5 slices
+    got = stack.blend(pictures, [0, 3, 6])
+    assert got.shape == (3, 3, 2, 2) and got.dtype == torch.float32
     expected = 10 * np.clip(np.array([0, 3, 6])[:, None] + np.array([-1.5, 0.0, 2.5]), 0, 6)
-    assert np.allclose(got[:, :, 0, 0], expected)             # [[0, 0, 25], [15, 30, 55], [45, 60, 60]]
-    assert np.array_equal(stack.take(ramp, slice(2, 5)), stack.take(ramp, [2, 3, 4]))
+    assert np.allclose(got[:, :, 0, 0].numpy(), expected)    # [[0, 0, 25], [15, 30, 55], [45, 60, 60]]
+    assert torch.equal(stack.blend(pictures, slice(2, 5)), stack.blend(pictures, [2, 3, 4]))
     one = SliceStack((0.0,), 2.0, 7)
-    assert one.identity and one.take(ramp, slice(1, 3)).dtype == np.int16
-    assert np.array_equal(one.take(ramp, slice(1, 3)), ramp[1:3])
+    assert one.identity and torch.equal(one.blend(pictures.to(torch.uint8), slice(1, 3)), pictures[1:3])
+
+
+def test_each_slice_is_made_into_a_picture_once():
+    made = []
+    make = lambda ks: made.extend(ks.tolist()) or (10 * torch.as_tensor(ks, dtype=torch.float32))[:, None, None, None]
+    cache = PictureCache(SliceStack((-4.0, 0.0, 4.0), 2.0, 20), make, chunk=4)
+    got = torch.cat([cache.inputs(np.arange(k, min(20, k + 6))) for k in range(0, 20, 6)])
+    assert sorted(made) == list(range(20))                                  # no slice twice
+    expected = 10 * np.clip(np.arange(20)[:, None] + np.array([-2, 0, 2]), 0, 19)
+    assert np.array_equal(got[:, :, 0, 0].numpy(), expected)
+    assert min(cache.pictures) >= 16                                        # the ones below are let go
+    made.clear()
+    one = PictureCache(SliceStack((0.0,), 2.0, 20), make, chunk=4)
+    assert one.inputs(np.arange(0, 20, 2)).shape == (10, 1, 1, 1) and made == list(range(0, 20, 2))  # --fast
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -56,20 +69,11 @@ def test_a_model_of_several_inputs_must_name_its_offsets(tmp_path):
     assert model_offsets({"in_channels": 1}) == (0.0,)
 
 
-def _recorded_inputs(monkeypatch, volume, geometry, net, **kw):
-    """The (n, C, H, W) HU the segmenter is given, in canonical slice order."""
-    seen = []
-    real = inference.SliceSegmenter.__call__
-    monkeypatch.setattr(inference.SliceSegmenter, "__call__",
-                        lambda self, hu, *a, **k: seen.append(hu.numpy().copy()) or real(self, hu, *a, **k))
-    segment_volume(volume, geometry, net, autocast=False, batch_size=3, **kw)
-    return np.concatenate(seen)
-
-
 @pytest.mark.parametrize("seed", range(3))
-def test_offsets_are_mm_towards_the_head_on_any_grid(monkeypatch, seed):
-    """Each voxel holds its own height (patient z, mm); the input channels of each slice hold its height plus the
-    offsets, up to the scanned range, whatever the storage order, flips and spacing."""
+def test_offsets_are_mm_towards_the_head_on_any_grid(seed):
+    """Each voxel holds its own height (patient z, mm; a window of 2 mm per step, no resize); the input channels of
+    each slice hold its height plus the offsets, up to the scanned range, whatever the storage order, flips and
+    spacing."""
     rng = np.random.default_rng(seed)
     perm, flips = rng.permutation(3), rng.random(3) < 0.5
     direction = np.zeros((3, 3))
@@ -80,13 +84,17 @@ def test_offsets_are_mm_towards_the_head_on_any_grid(monkeypatch, seed):
     g = Geometry(spacing, (0.0, 0.0, 0.0), direction)
     z = g.lps_coordinate(2, *np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"))
     net = UNet2D(len(OFFSETS), 1, 4)
-    net.metadata = {**model_metadata(net), "slice_offsets_mm": list(OFFSETS)}
-    seen = _recorded_inputs(monkeypatch, z.astype(np.float32), g, net)
+    net.metadata = {**model_metadata(net), "slice_offsets_mm": list(OFFSETS), "input_size": 16,
+                    "window": {"center": 0.0, "width": 510.0}}
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    segment_volume(z.astype(np.float32), g, net, autocast=False, batch_size=3, channels_last=False)
+    seen = torch.cat(seen).numpy() * 510.0 - 255.0
     heights = Reorientation.for_geometry(g).to_canonical(z)[:, 0, 0]
     assert np.all(np.diff(heights) > 0)                                      # canonical slices go up
     expected = np.clip(heights[:, None] + np.array(OFFSETS), heights[0], heights[-1])
     assert seen.shape[:2] == (len(heights), len(OFFSETS))
-    assert np.allclose(seen[:, :, 0, 0], expected, atol=1e-3)
+    assert np.allclose(seen[:, :, 0, 0], expected, atol=1.0 + 1e-3)
 
 
 def test_inference_feeds_a_model_what_the_training_stream_made(monkeypatch):

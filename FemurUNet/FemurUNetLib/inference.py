@@ -16,7 +16,7 @@ from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
 from .resolve import resolve_model
 from .transfer import SliceTransfer
-from .neighbours import SliceStack, model_offsets
+from .neighbours import PictureCache, SliceStack, model_offsets
 from .quantize import quantize_int8
 from .preprocess import from_model_output, labels_from_probabilities, min_side, to_model_input, window_hu
 
@@ -107,14 +107,19 @@ class SliceSegmenter:
         return autocast(self.device, self.amp_dtype)
 
     @torch.inference_mode()
-    def __call__(self, hu: torch.Tensor, want_probabilities: bool = False, pad_to: int = 0):
-        """hu: (N, H, W) tensor, or (N, C, H, W) for a model of C input slices (any dtype, any device)
-        -> (labels (N, H, W) uint8, probs (N, C_out, H, W) float32 | None).
+    def pictures(self, hu: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) HU (any dtype, any device) -> (N, 1, size, size) model pictures on the device: window, pad,
+        resize (a model of several input slices blends its channels from these: ``neighbours``)."""
+        return to_model_input(window_hu(hu.to(self.device, non_blocking=True), *self.window), self.size,
+                              self.min_side)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, height: int, width: int, want_probabilities: bool = False, pad_to: int = 0):
+        """x: (N, C, size, size) model inputs on the device -> (labels (N, height, width) uint8,
+        probs (N, C_out, height, width) float32 | None) on the canonical slice grid.
 
         ``pad_to``: the batch size, so a compiled model sees one shape (a smaller last batch is zero-padded).
         """
-        h, w = hu.shape[-2:]
-        x = to_model_input(window_hu(hu.to(self.device, non_blocking=True), *self.window), self.size, self.min_side)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._amp():
@@ -123,9 +128,23 @@ class SliceSegmenter:
                 fmt = torch.channels_last if self.channels_last else torch.contiguous_format
                 mirrored = x.flip(-1).contiguous(memory_format=fmt)
                 probs = (probs + self._forward(mirrored, pad_to).float().flip(-1)) / 2
-        probs = from_model_output(probs, h, w, self.min_side)
+        probs = from_model_output(probs, height, width, self.min_side)
         labels = labels_from_probabilities(probs, self.threshold)
         return labels, (probs if want_probabilities else None)
+
+
+class SliceFeed:
+    """The runner's inputs for canonical slices ``ks`` of ``source`` on its device, each slice's picture made
+    once (``neighbours.PictureCache``), and the copies of results back (``transfer``)."""
+
+    def __init__(self, runner: SliceSegmenter, stack: SliceStack, source: np.ndarray, batch: int):
+        self.device, self.shape = runner.device, source.shape[1:]
+        self.transfer = SliceTransfer(runner.device)
+        make = lambda ks: runner.pictures(self.transfer.upload(source[ks]))
+        self.cache = PictureCache(stack, make, batch)
+
+    def inputs(self, ks) -> torch.Tensor:
+        return self.cache.inputs(ks)
 
 
 def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, model=None, *, device: str = "auto",
@@ -201,23 +220,22 @@ def _segment_every_slice(runner: SliceSegmenter, stack: SliceStack, source: np.n
     On CUDA a batch's results are copied back while the next batch computes."""
     total, done = source.shape[0], 0
     pending = None
-    transfer = SliceTransfer(runner.device)
+    feed = SliceFeed(runner, stack, source, batch)
     while done < total:
         if cancel is not None and cancel():
             raise Cancelled("segmentation cancelled; nothing was written")
         stop = min(total, done + batch)
-        if transfer.device != runner.device:          # the CPU took over after out-of-memory
-            transfer = SliceTransfer(runner.device)
+        if feed.device != runner.device:          # the CPU took over after out-of-memory
+            feed = SliceFeed(runner, stack, source, batch)
         try:
-            inputs = transfer.upload(stack.take(source, slice(done, stop)))
-            labels, probs = runner(inputs, prob_target is not None, batch)
+            labels, probs = runner(feed.inputs(np.arange(done, stop)), *feed.shape, prob_target is not None, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
             batch = _back_off(runner, batch, exc)
             continue
-        pending = _queue(pending, (done, stop, transfer.download("labels", labels),
-                                   transfer.download("probabilities", None if probs is None else probs[:, 0])),
+        pending = _queue(pending, (done, stop, feed.transfer.download("labels", labels),
+                                   feed.transfer.download("probabilities", None if probs is None else probs[:, 0])),
                          runner.device, target, prob_target)
         done = stop
         if progress is not None:
@@ -272,17 +290,17 @@ def _segment_every_other_slice(runner: SliceSegmenter, stack: SliceStack, source
     total = source.shape[0]
     predicted = list(range(0, total, 2)) + ([total - 1] if (total - 1) % 2 else [])
     previous, pos, pending = None, 0, None
-    transfer = SliceTransfer(runner.device)
+    feed = SliceFeed(runner, stack, source, batch)
     while pos < len(predicted):
         if cancel is not None and cancel():
             raise Cancelled("segmentation cancelled; nothing was written")
         ks = predicted[pos:pos + batch]
-        if transfer.device != runner.device:          # the CPU took over after out-of-memory
-            transfer = SliceTransfer(runner.device)
+        if feed.device != runner.device:          # the CPU took over after out-of-memory
+            feed = SliceFeed(runner, stack, source, batch)
             if previous is not None:
                 previous = (previous[0], previous[1].to(runner.device))
         try:
-            _, probs = runner(transfer.upload(stack.take(source, ks)), True, batch)
+            _, probs = runner(feed.inputs(ks), *feed.shape, True, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
@@ -290,8 +308,9 @@ def _segment_every_other_slice(runner: SliceSegmenter, stack: SliceStack, source
             continue
         first, block = _with_filled_gaps(ks, probs, previous)
         labels = labels_from_probabilities(block, runner.threshold)
-        pending = _queue(pending, (first, ks[-1] + 1, transfer.download("labels", labels),
-                                   transfer.download("probabilities", block[:, 0] if prob_target is not None else None)),
+        pending = _queue(pending, (first, ks[-1] + 1, feed.transfer.download("labels", labels),
+                                   feed.transfer.download("probabilities",
+                                                          block[:, 0] if prob_target is not None else None)),
                          runner.device, target, prob_target)
         previous = (ks[-1], probs[-1])
         pos += len(ks)

@@ -1,15 +1,17 @@
 """Neighbouring slices as input channels (a 2.5-D model): with each canonical axial slice, the slices at fixed
 distances in mm above and below it (``slice_offsets_mm`` in the model's metadata, one per input channel).
 
-A distance between two slices is linearly interpolated (in HU, before the window); beyond the first or last slice
-the edge slice is repeated. Inference and the phantom training stream both take their inputs from here.
-A one-channel model's offsets are ``(0.0,)``: the slice itself, passed through untouched.
+Each slice is made into its model picture once (window, pad, resize: what a one-slice model is given); a channel
+at a distance between two slices is the linear blend of their two pictures, and beyond the first or last slice the
+edge slice's picture is used. Inference and the phantom training stream both take their inputs from here.
+A one-channel model's offsets are ``(0.0,)``: the slice's own picture.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
 
 from .errors import FemurUNetError
 
@@ -67,7 +69,7 @@ def parse_offsets(text: str) -> tuple:
 
 
 class SliceStack:
-    """The input slices of canonical slices ``ks`` of a (K, H, W) volume whose slices are ``spacing_mm`` apart."""
+    """Where the input channels of canonical slices ``ks`` come from, for ``n_slices`` slices ``spacing_mm`` apart."""
 
     def __init__(self, offsets_mm, spacing_mm: float, n_slices: int):
         self.offsets = tuple(float(v) for v in offsets_mm)
@@ -79,19 +81,42 @@ class SliceStack:
         return self.offsets == ONE_SLICE
 
     def positions(self, ks) -> tuple:
-        """(lower slice, upper slice, weight of the upper), each (n, C), for slice indices ``ks``."""
+        """(lower slice, upper slice, weight of the upper), each (n, C), for slice indices ``ks``; where a channel
+        falls on a slice, both are that slice."""
         at = np.clip(np.asarray(ks, dtype=np.float64)[:, None] + self.steps[None, :], 0, self.n_slices - 1)
         lower = np.floor(at).astype(np.int64)
-        upper = np.minimum(lower + 1, self.n_slices - 1)
+        upper = np.where(at > lower, lower + 1, lower)
         return lower, upper, (at - lower).astype(np.float32)
 
-    def take(self, volume: np.ndarray, ks):
-        """``volume[ks]`` (n, H, W) as stored for a one-slice model; else (n, C, H, W) float32 HU."""
-        if self.identity:
-            return volume[ks]
-        ks = np.arange(self.n_slices)[ks] if isinstance(ks, slice) else np.asarray(ks)
-        lower, upper, weight = self.positions(ks)
-        low = volume[lower.ravel()].astype(np.float32).reshape(*lower.shape, *volume.shape[1:])
-        high = volume[upper.ravel()].astype(np.float32).reshape(*upper.shape, *volume.shape[1:])
-        w = weight[:, :, None, None]
-        return low * (1.0 - w) + high * w
+    def blend(self, pictures, ks) -> torch.Tensor:
+        """The (n, C, S, S) inputs of slices ``ks`` from ``pictures[k]``, each slice's (1, S, S) model picture
+        (a (K, 1, S, S) tensor, or a ``PictureCache``'s dict); float."""
+        lower, upper, weight = self.positions(np.arange(self.n_slices)[ks] if isinstance(ks, slice) else ks)
+        gather = lambda index: torch.cat([pictures[int(k)] for k in index.ravel()]).float().view(*index.shape, -1)
+        low = gather(lower)
+        if not self.identity:
+            w = torch.from_numpy(weight).to(low.device)[:, :, None]
+            low = torch.lerp(low, gather(upper), w)
+        side = pictures[int(lower[0, 0])].shape[-1]
+        return low.view(*lower.shape, side, side)
+
+
+class PictureCache:
+    """Model inputs of canonical slices ``ks`` (asked for in increasing order), each slice's picture made once by
+    ``make(indices)`` -> (m, 1, S, S), at most ``chunk`` slices at a time; pictures below the lowest slice still
+    needed are let go."""
+
+    def __init__(self, stack: SliceStack, make, chunk: int):
+        self.stack, self.make, self.chunk = stack, make, max(1, int(chunk))
+        self.pictures: dict = {}
+
+    def inputs(self, ks) -> torch.Tensor:
+        lower, upper, _ = self.stack.positions(np.asarray(ks))
+        needed = np.unique(np.concatenate([lower.ravel(), upper.ravel()]))
+        for k in [k for k in self.pictures if k < needed[0]]:
+            del self.pictures[k]
+        missing = [int(k) for k in needed if int(k) not in self.pictures]
+        for start in range(0, len(missing), self.chunk):
+            part = missing[start:start + self.chunk]
+            self.pictures.update(zip(part, self.make(np.asarray(part))))
+        return self.stack.blend(self.pictures, ks)

@@ -66,8 +66,8 @@ def calibration_batch(window, size: int, offsets=ONE_SLICE) -> torch.Tensor:
     for coverage, n in CALIBRATION_CASES:
         case = generate_case(CALIBRATION_SEED, coverage=coverage, shape=(n, 256, 256), jobs=1)
         ct = case.ct                       # axial slices along numpy axis 0 (the stack's direction does not matter)
-        stack = SliceStack(offsets, case.geometry.spacing[2], len(ct)).take(ct, slice(None))
-        slices.append(to_model_input(window_hu(torch.from_numpy(stack.astype("float32")), *window), size))
+        pictures = to_model_input(window_hu(torch.from_numpy(ct), *window), size)
+        slices.append(SliceStack(offsets, case.geometry.spacing[2], len(ct)).blend(pictures, slice(None)))
     return torch.cat(slices)
 
 

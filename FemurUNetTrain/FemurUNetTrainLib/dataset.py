@@ -110,11 +110,10 @@ def read_pairs(datadir, names) -> tuple:
 
 def to_model_tensors(images, labels, input_size: int = DEFAULT_INPUT_SIZE, chunk: int = 64,
                      min_side: int = 0) -> tuple:
-    """uint8 slice lists -> (images (N,C,S,S) float32, masks (N,1,S,S) bool), grouped by native size; an image is
-    (H, W) (C = 1) or (C, H, W) (a slice and its neighbours); ``min_side``: ``to_model_input``'s (slices padded to
-    at least that square)."""
-    n, channels = len(images), (images[0].shape[0] if images and images[0].ndim == 3 else 1)
-    out_images = torch.empty((n, channels, input_size, input_size), dtype=torch.float32)
+    """uint8 slice lists -> (images (N,1,S,S) float32, masks (N,1,S,S) bool), grouped by native size; ``min_side``:
+    ``to_model_input``'s (slices padded to at least that square)."""
+    n = len(images)
+    out_images = torch.empty((n, 1, input_size, input_size), dtype=torch.float32)
     out_masks = torch.empty((n, 1, input_size, input_size), dtype=torch.bool)
     by_shape = {}
     for i, im in enumerate(images):

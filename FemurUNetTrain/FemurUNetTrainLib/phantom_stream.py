@@ -108,10 +108,10 @@ def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0
     axial = Reorientation.for_geometry(case.geometry)
     ct, label = axial.to_canonical(case.ct), axial.to_canonical(case.label != 0)
     spacing = axial.canonical_spacing(case.geometry)
-    stack = SliceStack(offsets, spacing[2], len(ct))
-    images = [window_to_uint8(stack.take(ct, [k])[0], window["center"], window["width"]) for k in range(len(ct))]
+    images = [window_to_uint8(hu, window["center"], window["width"]) for hu in ct]
     side = min_side(min_field, spacing)
     x, y = to_model_tensors(images, [m.astype(np.uint8) * 255 for m in label], input_size, min_side=side)
+    x = SliceStack(offsets, spacing[2], len(ct)).blend(x, slice(None))
     return seed, x.mul(255.0).round_().to(torch.uint8).numpy(), y[:, 0].numpy()
 
 
