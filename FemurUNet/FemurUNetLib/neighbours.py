@@ -94,7 +94,7 @@ class SliceStack:
         lower, upper, weight = self.positions(np.arange(self.n_slices)[ks] if isinstance(ks, slice) else ks)
         gather = lambda index: torch.cat([pictures[int(k)] for k in index.ravel()]).float().view(*index.shape, -1)
         low = gather(lower)
-        if not self.identity:
+        if weight.any():                                  # some channel between two slices
             w = torch.from_numpy(weight).to(low.device)[:, :, None]
             low = torch.lerp(low, gather(upper), w)
         side = pictures[int(lower[0, 0])].shape[-1]
