@@ -141,10 +141,7 @@ class SliceFeed:
         self.device, self.shape = runner.device, source.shape[1:]
         self.transfer = SliceTransfer(runner.device)
         make = lambda ks: runner.pictures(self.transfer.upload(source[ks]))
-        self.cache = PictureCache(stack, make, batch)
-
-    def inputs(self, ks) -> torch.Tensor:
-        return self.cache.inputs(ks)
+        self.inputs = PictureCache(stack, make, batch).inputs
 
 
 def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, model=None, *, device: str = "auto",

@@ -76,10 +76,6 @@ class SliceStack:
         self.steps = np.asarray(self.offsets) / float(spacing_mm)
         self.n_slices = int(n_slices)
 
-    @property
-    def identity(self) -> bool:
-        return self.offsets == ONE_SLICE
-
     def positions(self, ks) -> tuple:
         """(lower slice, upper slice, weight of the upper), each (n, C), for slice indices ``ks``; where a channel
         falls on a slice, both are that slice."""
@@ -92,13 +88,15 @@ class SliceStack:
         """The (n, C, S, S) inputs of slices ``ks`` from ``pictures[k]``, each slice's (1, S, S) model picture
         (a (K, 1, S, S) tensor, or a ``PictureCache``'s dict); float."""
         lower, upper, weight = self.positions(np.arange(self.n_slices)[ks] if isinstance(ks, slice) else ks)
-        gather = lambda index: torch.cat([pictures[int(k)] for k in index.ravel()]).float().view(*index.shape, -1)
+
+        def gather(index):
+            picked = torch.cat([pictures[int(k)] for k in index.ravel()]).float()
+            return picked.view(*index.shape, *picked.shape[-2:])
+
         low = gather(lower)
         if weight.any():                                  # some channel between two slices
-            w = torch.from_numpy(weight).to(low.device)[:, :, None]
-            low = torch.lerp(low, gather(upper), w)
-        side = pictures[int(lower[0, 0])].shape[-1]
-        return low.view(*lower.shape, side, side)
+            low = torch.lerp(low, gather(upper), torch.from_numpy(weight).to(low.device)[:, :, None, None])
+        return low
 
 
 class PictureCache:
