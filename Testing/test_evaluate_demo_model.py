@@ -64,6 +64,11 @@ def test_a_summary_of_femur_free_cases_only_has_their_false_positives():
     summary = script.phantom_summary(free)
     assert summary["cases_with_femur"] == 0 and summary["femur_free_cases"] == 2 and "dice_mean" not in summary
     assert summary["femur_free_false_positive_ml_max"] == 3.5 and summary["femur_free_false_positive_ml_mean"] == 2.0
+    assert "femur_free_labelled_warned" not in summary                    # rows stored without warnings
+    warned = [{**row, "warnings": w} for row, w in zip(free + [{**free[0], "false_positive_ml": 0.0}],
+                                                       (["a shin"], [], []))]
+    summary = script.phantom_summary(warned)
+    assert (summary["femur_free_labelled"], summary["femur_free_labelled_warned"]) == (2, 1)
 
 
 def test_several_models_are_measured_on_cases_made_once(tmp_path, coarse_cases):
@@ -141,8 +146,10 @@ def test_labels_in_the_feet_are_counted_and_summed():
     assert everything["foot_ml"] == pytest.approx(case.feet.sum() * voxel_ml) and everything["foot_ml"] > 50
     truth = script.case_row(seed, case, lambda ct, g: case.label > 0)
     assert truth["foot_ml"] == 0 and truth["dice"] == 1.0                 # the femur never reaches the feet
+    assert truth["warnings"] == [] and any("ml; a whole adult femur is 300-800 ml" in w for w in everything["warnings"])
     summary = script.phantom_summary([everything, truth])
     assert (summary["cases_into_the_feet"], summary["cases_over_2ml_in_the_feet"]) == (2, 1)
+    assert summary["cases_with_femur_warned"] == 1
     assert summary["foot_ml_max"] == everything["foot_ml"]
     pelvis = script.case_row(1, generate_case(1, spacing=(5.0, 5.0, 5.0), coverage="pelvis"), lambda ct, g: ct > 0)
     assert "foot_ml" not in pelvis and "cases_into_the_feet" not in script.phantom_summary([pelvis])

@@ -195,6 +195,40 @@ def test_shin_bone_far_below_on_one_side_warns():
     assert len(report.warnings) == 2
 
 
+def shin_scan(k0, k1, x0=90.0, slices=80):
+    """40 cm of leg in 5 mm slices (k grows toward superior): the right femur leaves the scan at its top, a
+    labelled bone on the left, at LPS x = ``x0``, covers slices k0..k1-1."""
+    g, shape = leg_grid(slices, thickness=5.0)
+    hu, label = soft_tissue_ct(shape, g), np.zeros(shape, np.uint8)
+    add_bone(hu, label, g, -90.0, slices - 30, slices)
+    add_bone(hu, label, g, x0, k0, k1, radius=12.0)
+    return hu, label, g
+
+
+def test_a_short_bone_that_ends_inside_the_scan_at_both_ends_warns():
+    """A shin bone or arm bone: a femur in a scan either leaves it or lies in it whole (over 250 mm long)."""
+    hu, label, g = shin_scan(20, 50)
+    report = check_plausibility(label, hu, g)
+    left, right = report.sides["left"], report.sides["right"]
+    assert left.end_gaps_mm == (100.0, 150.0) and right.end_gaps_mm == (250.0, 0.0)
+    assert left.side_gap_mm == pytest.approx(158.75 - 90 - 12, abs=PIXEL)          # to the field's left edge
+    assert warnings_with(report, "left femur: ", "over 150 mm lie wholly inside the scan (100 mm above its lower end, "
+                         "150 mm below its upper end)", "probably another bone")
+    assert len(report.warnings) == 1
+    flipped = Geometry(g.spacing, (g.origin[0], g.origin[1], g.origin[2] + 79 * 5.0), np.diag([1.0, 1.0, -1.0]))
+    upside_down = check_plausibility(label[::-1].copy(), hu[::-1].copy(), flipped)   # k toward inferior
+    assert upside_down.sides["left"].end_gaps_mm == (100.0, 150.0) and upside_down.warnings == report.warnings
+
+
+@pytest.mark.parametrize("k0, k1, x0", [(0, 30, 90.0), (4, 30, 90.0), (20, 50, 145.0), (10, 70, 90.0)])
+def test_a_bone_that_leaves_the_scan_or_is_a_whole_femur_long_is_no_warning(k0, k1, x0):
+    """Cut by the scan's range (or 20 mm short of it: the network may miss edge slices) or by the side of the field
+    (a small field of view), or 300 mm long."""
+    hu, label, g = shin_scan(k0, k1, x0)
+    report = check_plausibility(label, hu, g)
+    assert report.warnings == [] and report.sides["left"].length_mm == (k1 - k0) * 5.0
+
+
 def test_labels_on_soft_tissue_and_fat_warn():
     hu, label, g = two_femurs()
     x, y = axial_xy(g)

@@ -26,6 +26,12 @@ Warnings and why (adult femur anatomy; limits are generous so that a real femur 
   partial volume at thick slices.
 * more than 1000 ml on a side: a whole adult femur is 300-800 ml (+25 % for partial volume).
 * longer than 550 mm: the femur is ~27 % of stature, 35-52 cm in adults (~53 cm at 2 m tall).
+* the large pieces lie wholly inside the scanned volume (over ``EDGE_MARGIN_MM`` from its lower and upper end
+  and from the sides of its field) and cover under 250 mm: a femur either leaves the scan (the scan's range or a
+  small field cuts it) or lies in it whole, and a whole femur is over 250 mm long (27 % of a 95 cm child); such
+  labels are another bone: a shin bone in a scan below the knee, an arm bone, a piece of the pelvis. The margin:
+  a network may miss a femur's last slices at a scan's end (15 mm, three 5 mm slices, seen in development
+  phantoms: docs/MODEL_HISTORY.md, "Labels inside the scan").
 * more than two large pieces overall, or (when that is not the case) more than one on a side: a CT holds
   at most two femurs, each one piece of bone (a second piece on a side is e.g. the tibia or the pelvis).
 * a large piece with under 2 % of its voxels above 300 HU (one line per side): every femur has a cortex
@@ -62,6 +68,8 @@ MAX_LENGTH_MM = 550.0
 MIN_CORTEX_FRACTION = 0.02
 BONE_HU = 150.0                  # cancellous bone and cortex are above this, soft tissue below ~100
 MIN_BONE_FRACTION = 0.20
+MIN_WHOLE_FEMUR_MM = 250.0     # a femur that lies wholly inside the scan is longer than this
+EDGE_MARGIN_MM = 20.0          # labels this close to a face of the scanned volume reach it (edge slices missed)
 ONE_SIDED_FRACTION = 0.01      # the midline cuts the largest piece when this share of it lies on each side
 ONE_FEMUR_WIDTH_MM = 200.0     # one femur spans under ~150 mm of x (head or trochanter to condyles); two more
 SIDE_MARGIN_MM = 20.0          # a one-sided split: the largest piece's x band widened by this
@@ -76,6 +84,8 @@ class SideReport:
     small_pieces: int = 0
     small_ml: float = 0.0
     length_mm: float = 0.0                          # covered by the large pieces
+    end_gaps_mm: tuple = ()                         # from the large pieces to the scan's lower and upper end
+    side_gap_mm: float = 0.0                        # from the large pieces to the nearest in-plane field edge
     mean_area_cm2: float = 0.0
     max_area_cm2: float = 0.0
     median_hu: Optional[float] = None
@@ -186,8 +196,24 @@ def one_sided_band(femur: np.ndarray, x: np.ndarray, mid: float):
     return inside, "left" if px.mean() > 0 else "right"          # x = 0: the scanner's isocentre
 
 
-def _measure_side(side: str, mask: np.ndarray, hu: np.ndarray, geometry: Geometry, z_axis: int) -> SideReport:
-    """Volume, pieces, length, areas and HU of one side's mask (hu: the same box of the CT)."""
+def _gaps_to_the_edges(mask: np.ndarray, frame: tuple, geometry: Geometry, z_axis: int) -> tuple:
+    """((below, above), in-plane) distances in mm from ``mask``'s voxels to the scanned volume's faces: to its
+    lower and upper end, and to the nearest side face. ``frame``: the box's first index (k, j, i), the volume's
+    shape, whether ``z_axis`` runs toward inferior."""
+    start, shape, downward = frame
+    near, far = {}, {}
+    for axis, box in enumerate(bounding_box(mask)):
+        step = geometry.spacing[2 - axis]
+        near[axis] = float((start[axis] + box.start) * step)
+        far[axis] = float((shape[axis] - start[axis] - box.stop) * step)
+    ends = (near[z_axis], far[z_axis])
+    return ends[::-1] if downward else ends, min(min(near[a], far[a]) for a in range(3) if a != z_axis)
+
+
+def _measure_side(side: str, mask: np.ndarray, hu: np.ndarray, geometry: Geometry, z_axis: int,
+                  frame: tuple) -> SideReport:
+    """Volume, pieces, length, areas, gaps to the volume's faces and HU of one side's mask (hu: the same box of
+    the CT; ``frame``: as ``_gaps_to_the_edges`` takes it)."""
     report = SideReport(side)
     if not mask.any():
         return report
@@ -211,6 +237,7 @@ def _measure_side(side: str, mask: np.ndarray, hu: np.ndarray, geometry: Geometr
         per_slice = in_large.sum(axis=tuple(a for a in range(3) if a != z_axis)) * voxel_ml * 10 / thickness
         covered = np.nonzero(per_slice)[0]
         report.length_mm = float((covered[-1] - covered[0] + 1) * thickness)
+        report.end_gaps_mm, report.side_gap_mm = _gaps_to_the_edges(in_large, frame, geometry, z_axis)
         report.mean_area_cm2 = float(sizes[large].sum() * 10 / report.length_mm)   # ml * 10 / mm = cm2
         report.max_area_cm2 = float(per_slice.max())
     return report
@@ -227,6 +254,11 @@ def _side_warnings(r: SideReport) -> list:
         if r.max_area_cm2 > MAX_SLICE_AREA_CM2:
             warnings.append(f"{name}: {r.max_area_cm2:.0f} cm2 in one slice; a femur's largest cross-section "
                             f"(the condyles) is under {MAX_SLICE_AREA_CM2:g} cm2")
+        if _inside_the_scan(r) and r.length_mm < MIN_WHOLE_FEMUR_MM:
+            warnings.append(f"{name}: {sum(r.components_ml):.0f} ml over {r.length_mm:.0f} mm lie wholly inside "
+                            f"the scan ({r.end_gaps_mm[0]:.0f} mm above its lower end, {r.end_gaps_mm[1]:.0f} mm "
+                            f"below its upper end); a femur leaves the scan or, whole, is over "
+                            f"{MIN_WHOLE_FEMUR_MM:g} mm long: probably another bone (a tibia, fibula or arm bone)")
         if r.length_mm > MAX_LENGTH_MM:
             warnings.append(f"{name}: labels span {r.length_mm:.0f} mm; an adult femur is at most "
                             f"~{MAX_LENGTH_MM:g} mm long")
@@ -246,6 +278,12 @@ def _side_warnings(r: SideReport) -> list:
         warnings.append(f"{name}: {r.small_pieces} pieces under {LARGE_ML:g} ml ({r.small_ml:.2f} ml in all) "
                         f"against {sum(r.components_ml):.1f} ml in larger ones: probably scattered false positives")
     return warnings
+
+
+def _inside_the_scan(r: SideReport) -> bool:
+    """True when the side's large pieces come no closer than EDGE_MARGIN_MM to any face of the scanned volume
+    (a femur that is not whole in the scan leaves it through one: an end, or the side of a small field)."""
+    return bool(r.end_gaps_mm) and min(*r.end_gaps_mm, r.side_gap_mm) > EDGE_MARGIN_MM
 
 
 def _ml_list(values, most: int = 5) -> str:
@@ -279,8 +317,10 @@ def check_plausibility(labelmap: np.ndarray, hu: np.ndarray, geometry: Geometry,
         return PlausibilityReport({s: SideReport(s) for s in SIDES}, [], "labels" if _has_sides(labels) else "midline")
     offset = tuple(b.start for b in box)
     masks, split, mid = side_masks(labelmap[box], offset, geometry, hu, labels, one_sided=True)
-    z_axis = Reorientation.for_geometry(geometry).axes[0]
-    sides = {s: _measure_side(s, masks[s], hu[box], geometry, z_axis) for s in SIDES}
+    reorient = Reorientation.for_geometry(geometry)
+    z_axis = reorient.axes[0]
+    frame = (offset, labelmap.shape, reorient.flip[0])
+    sides = {s: _measure_side(s, masks[s], hu[box], geometry, z_axis, frame) for s in SIDES}
     warnings = _component_warnings(sides)
     for s in SIDES:
         warnings += _side_warnings(sides[s])

@@ -30,6 +30,7 @@ from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midli
 from FemurUNetLib.resolve import resolve_model
 from FemurUNetLib.segment_options import field_mm
 from FemurUNetLib.phantom import generate_case
+from FemurUNetLib.plausibility import check_plausibility
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.phantom2 import ALL_COVERAGES, generate_case as generate_case_v2, tissue_settings
 from FemurUNetLib.phantom2_hips import HIP_SHAPES
@@ -77,7 +78,8 @@ def make_phantom(seed, phantom: int, tissue=None, coarse=False, hips=None, cover
 
 
 def case_row(seed, case, predict) -> dict:
-    """One phantom case: Dice/HD95 against the exact truth, or false positives (ml) when it has no femur."""
+    """One phantom case: Dice/HD95 against the exact truth, or false positives (ml) when it has no femur; the
+    plausibility check's warnings."""
     t = time.perf_counter()
     pred = predict(case.ct, case.geometry)
     seconds = time.perf_counter() - t
@@ -86,7 +88,8 @@ def case_row(seed, case, predict) -> dict:
     row = {"seed": seed, "coverage": case.coverage or "hip", "body": case.body, "femurs": case.femurs,
            "hips": case.hips, "shape": list(case.ct.shape), "spacing": [round(v, 3) for v in case.geometry.spacing],
            "metal": case.metal, "arms": case.arms,
-           "seconds": round(seconds, 2), "false_positive_ml": float((pred & ~truth).sum() * np.prod(sp) / 1000)}
+           "seconds": round(seconds, 2), "false_positive_ml": float((pred & ~truth).sum() * np.prod(sp) / 1000),
+           "warnings": check_plausibility(pred, case.ct, case.geometry).warnings}
     if case.feet is not None and case.feet.any():
         row["foot_ml"] = float((pred & case.feet).sum() * np.prod(sp) / 1000)
     if truth.any():
@@ -111,6 +114,11 @@ def phantom_summary(rows) -> dict:
                        off_femur_ml_max=max(r["off_femur_ml"] for r in with_femur))
     if free:
         summary["femur_free_false_positive_ml_mean"] = float(np.mean([r["false_positive_ml"] for r in free]))
+    if all("warnings" in r for r in rows):                   # rows stored before session 33 have none
+        labelled = [r for r in free if r["false_positive_ml"] > 0]
+        summary.update(cases_with_femur_warned=sum(bool(r["warnings"]) for r in with_femur),
+                       femur_free_labelled=len(labelled),
+                       femur_free_labelled_warned=sum(bool(r["warnings"]) for r in labelled))
     feet = [r["foot_ml"] for r in rows if "foot_ml" in r]
     if feet:
         summary.update(cases_into_the_feet=len(feet), foot_ml_mean=float(np.mean(feet)), foot_ml_max=max(feet),
