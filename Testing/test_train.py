@@ -168,7 +168,8 @@ def test_tiny_training_learns_and_the_model_file_carries_its_preprocessing(phant
     train_dir, val_dir, cases = phantom_data
     out = tmp_path / "tiny.pt"
     seen = []
-    result = train(tiny_config(train_dir, out, val=str(val_dir), epochs=15, steps_per_epoch=10, batch_size=8, lr=1e-3,
+    # lr 5e-4: at 1e-3 the output died (all background) in 3 of 4 seeds on an AMD EPYC, by float rounding alone
+    result = train(tiny_config(train_dir, out, val=str(val_dir), epochs=15, steps_per_epoch=10, batch_size=8, lr=5e-4,
                                base_filters=8, seed=3), progress=seen.append)
     h = result.history
     assert len(h) == 15 and result.monitor == "val_loss"
