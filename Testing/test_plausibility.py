@@ -218,6 +218,11 @@ def test_a_short_bone_that_ends_inside_the_scan_at_both_ends_warns():
     flipped = Geometry(g.spacing, (g.origin[0], g.origin[1], g.origin[2] + 79 * 5.0), np.diag([1.0, 1.0, -1.0]))
     upside_down = check_plausibility(label[::-1].copy(), hu[::-1].copy(), flipped)   # k toward inferior
     assert upside_down.sides["left"].end_gaps_mm == (100.0, 150.0) and upside_down.warnings == report.warnings
+    # the same voxels stored with the superior axis last (numpy (y, x, z), as a sagittal series can come)
+    permuted = Geometry((5.0, PIXEL, PIXEL), g.origin, np.array([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]))
+    sideways = check_plausibility(label.transpose(1, 2, 0).copy(), hu.transpose(1, 2, 0).copy(), permuted)
+    assert sideways.sides["left"].end_gaps_mm == (100.0, 150.0) and sideways.warnings == report.warnings
+    assert sideways.sides["left"].side_gap_mm == left.side_gap_mm
 
 
 @pytest.mark.parametrize("k0, k1, x0", [(0, 30, 90.0), (4, 30, 90.0), (20, 50, 145.0), (10, 70, 90.0)])
