@@ -14,6 +14,7 @@ from .defaults import MAX_FIELD_MM
 from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
+from .confirm import remove_unconfirmed_pieces
 from .resolve import resolve_model
 from .transfer import SliceTransfer
 from .neighbours import PictureCache, SliceStack, model_offsets
@@ -149,7 +150,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                    return_probabilities: bool = False, progress: Optional[Callable[[int, int], None]] = None,
                    cancel: Optional[Callable[[], bool]] = None, channels_last: bool = True,
                    fast: bool = False, compile: bool = False, mirror: bool = False,
-                   keep_all_pieces: bool = False, min_field_mm: Optional[float] = None) -> SegmentationResult:
+                   keep_all_pieces: bool = False, min_field_mm: Optional[float] = None,
+                   confirm=None) -> SegmentationResult:
     """Segment the femur in a 3-D CT array (numpy (k, j, i), HU) and return a uint8 labelmap on the same grid.
 
     ``model``: a UNet2D (with ``.metadata``), a ``.pt``/``.hdf5`` path, or None for the shipped demo model.
@@ -161,8 +163,11 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     ``autocast``: True (bf16/fp16 where the device is fast at it), False (fp32), a dtype or "int8" (``quantize``).
     ``mirror``: test-time augmentation: also run each slice mirrored left-right and average the two probability
     maps (about 2x the network time; the demo model gains 0.001 of Dice on the held-out phantoms, 0.002 on leg scans).
-    ``keep_all_pieces``: keep labelled pieces detached from each femur (by default they are removed:
-    ``cleanup.remove_detached_pieces``; the probabilities are the network's, before that).
+    ``keep_all_pieces``: keep labelled pieces detached from each femur and pieces a second model does not
+    confirm (by default they are removed: ``cleanup.remove_detached_pieces``, ``confirm``; the probabilities are
+    the network's, before that).
+    ``confirm``: a second model (a module or a path, as ``model``) whose labels must cover ``confirm.CONFIRM_FRACTION``
+    of each labelled piece, or the piece goes (``confirm``); None: none.
     ``compile``: ``torch.compile`` the model (one static batch shape; a one-off compile of tens of seconds).
     ``min_field_mm``: slices whose field of view is smaller are padded with air to it before the resize (and the
     output cropped back), so small fields are seen at the scale the model knows; None: the model's
@@ -199,7 +204,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
         batch = _segment_every_other_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
     else:
         batch = _segment_every_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
-    removed = 0 if keep_all_pieces else remove_detached_pieces(labelmap, volume, geometry, net.metadata["labels"])
+    removed = {} if keep_all_pieces else _remove_pieces(labelmap, volume, geometry, net, confirm, runner, reorient,
+                                                        batch)
 
     return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
                               probabilities=probabilities, device=str(runner.device), batch_size=batch,
@@ -208,7 +214,37 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                                      "autocast": runner.precision_name(),
                                      "input_size": runner.size, "min_side": runner.min_side,
                                      "padded_field_mm": min_field if runner.min_side > max(source.shape[1:]) else 0.0,
-                                     "detached_voxels_removed": removed})
+                                     "detached_voxels_removed": removed.get("detached", 0),
+                                     "unconfirmed_voxels_removed": removed.get("unconfirmed", 0)})
+
+
+def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, confirm,
+                   runner: SliceSegmenter, reorient: Reorientation, batch: int) -> dict:
+    """The default post-processing, in place: detached pieces, then pieces the second model does not confirm;
+    returns the voxels each removed."""
+    labels = net.metadata["labels"]
+    removed = {"detached": remove_detached_pieces(labelmap, volume, geometry, labels)}
+    if confirm is not None:
+        second = resolve_model(confirm)
+        confirmed = np.zeros(labelmap.shape, dtype=bool)
+        _second_opinion(second, runner, reorient.canonical_spacing(geometry)[2], reorient.to_canonical(volume),
+                        reorient.to_canonical(labelmap), reorient.to_canonical(confirmed), batch)
+        removed["unconfirmed"] = remove_unconfirmed_pieces(labelmap, confirmed, volume, geometry, labels)
+    return removed
+
+
+def _second_opinion(model, like: SliceSegmenter, spacing_mm: float, source: np.ndarray, target: np.ndarray,
+                    confirmed: np.ndarray, batch: int) -> None:
+    """``model``'s labels into ``confirmed`` (canonical, bool) on the slices where ``target`` holds labels, run as
+    ``like`` runs (device, precision, mirror, padding to a small field)."""
+    runner = SliceSegmenter(model, like.device, like.autocast, None, like.channels_last, False, like.mirror,
+                            like.min_side)
+    feed = SliceFeed(runner, SliceStack(runner.offsets, spacing_mm, source.shape[0]), source, batch)
+    ks = np.flatnonzero(target.any(axis=(1, 2)))
+    for start in range(0, len(ks), batch):
+        chunk = ks[start:start + batch]
+        labels, _ = runner(feed.inputs(chunk), *feed.shape, False, batch)
+        confirmed[chunk] = labels.cpu().numpy() > 0
 
 
 def _segment_every_slice(runner: SliceSegmenter, stack: SliceStack, source: np.ndarray, target: np.ndarray,

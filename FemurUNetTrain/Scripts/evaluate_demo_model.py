@@ -193,6 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-field", type=field_mm, help="minimum field of view, mm (segment --min-field; "
                         "default: each model's)")
     parser.add_argument("--keep-all-pieces", action="store_true", help="keep detached pieces (segment --keep-all-pieces)")
+    parser.add_argument("--confirm-model", metavar="MODEL", help="a second model that must confirm each labelled "
+                        "piece (segment_volume's confirm; with --no-real only: the CLI has no such option)")
     args = parser.parse_args(argv)
     seeds, names = args.seeds, args.models or [None]
     tissue = parse_tissue(args.tissue)
@@ -204,6 +206,8 @@ def main(argv=None) -> int:
         parser.error("--hips: only phantom v2 draws hip bone shapes")
     if args.coverage and args.phantom != 2:
         parser.error("--coverage: only phantom v2 draws scan ranges")
+    if args.confirm_model and not args.no_real:
+        parser.error("--confirm-model: with --no-real only (`femurunet segment` has no such option)")
     try:
         tissue_settings(draw_hu(np.random.default_rng(0)), tissue)       # unknown keys: refused before any work
     except FemurUNetError as exc:
@@ -212,12 +216,15 @@ def main(argv=None) -> int:
              **({"min_field_mm": args.min_field} if args.min_field is not None else {}),
              **({"coarse": True} if args.coarse else {}), **({"hips": args.hips} if args.hips else {}),
              **({"coverage": args.coverage} if args.coverage else {}),
+             **({"confirm_model": args.confirm_model} if args.confirm_model else {}),
              "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
+    confirm = resolve_model(args.confirm_model) if args.confirm_model else None
 
     def segment(net, ct, geometry) -> np.ndarray:
         return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror,
-                              keep_all_pieces=args.keep_all_pieces, min_field_mm=args.min_field).labelmap
+                              keep_all_pieces=args.keep_all_pieces, min_field_mm=args.min_field,
+                              confirm=confirm).labelmap
 
     def segment_command(name, source, output):    # the flags that make `femurunet segment` predict as segment() does
         return ["femurunet", "segment", source, output, "--device", args.device,
