@@ -4,7 +4,7 @@ In scans of the lower leg the demo model labels short pieces of tibia, fibula, t
 slice of them looks like one of a femur. A second network (e.g. the same U-Net trained on more shins) runs on the
 slices that hold labels, and every piece of the cleaned labelmap (per side, 26-connected, as ``cleanup`` numbers
 them) of which it labels less than ``CONFIRM_FRACTION`` goes. It only removes: the first model's boundaries stay
-where they were. docs/MODEL_HISTORY.md, "A second opinion (session 34)", has what it was measured to do.
+where they were. What it was measured to do: docs/MODEL_HISTORY.md, "A second opinion on each piece (session 34)".
 """
 from __future__ import annotations
 
