@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -211,3 +213,19 @@ def test_an_interrupt_starts_its_own_line_after_a_progress_bar(monkeypatch, caps
     assert main(["segment", "ct.nii.gz", "out.nii.gz"]) == 130
     err = capsys.readouterr().err
     assert "3/10 slices" in err and err.endswith("\nfemurunet segment: interrupted\n")
+
+
+
+def test_segment_names_the_second_opinion_it_asked_and_refuses_a_missing_one(tmp_path, capsys, tiny_model_file):
+    hu = np.random.default_rng(5).integers(-1000, 1500, (2, 40, 40)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.nii.gz"))
+    ask = lambda *flags: run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / "l.nii.gz", "--quiet",
+                                 "--device", "cpu", "--model", tiny_model_file, *flags)
+    code, stdout, err = ask("--second-opinion", tiny_model_file)
+    assert code == 0 and f", second opinion {Path(tiny_model_file).name}) ->" in stdout, err
+    code, stdout, err = ask()                                      # by default none
+    assert code == 0 and "second opinion" not in stdout, err
+    (tmp_path / "l.nii.gz").unlink()
+    code, stdout, err = ask("--second-opinion", tmp_path / "absent.pt")
+    assert code == 2 and err.strip().endswith("absent.pt: model file not found") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "l.nii.gz").exists()

@@ -97,3 +97,13 @@ def test_the_second_model_may_be_a_file_and_is_run_only_where_labels_are(tmp_pat
     assert np.array_equal(judged.labelmap, expected) and expected[20:].any()
     second = [ks for model, ks in seen if model is not net]
     assert second == [list(range(0, 12)) + list(range(20, 60))]       # the labelled slices, none of 12-19
+
+
+
+def test_a_missing_second_model_is_refused_before_any_slice(monkeypatch, tmp_path):
+    from FemurUNetLib import inference
+    from FemurUNetLib.errors import FemurUNetError
+    monkeypatch.setattr(inference.SliceSegmenter, "__call__", lambda *a, **k: pytest.fail("ran the network"))
+    hu, _, g = shin_case()
+    with pytest.raises(FemurUNetError, match=r"gone\.pt: model file not found"):
+        segment_volume(hu, g, threshold_unet(300.0, input_size=128), device="cpu", confirm=tmp_path / "gone.pt")

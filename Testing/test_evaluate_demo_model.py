@@ -170,16 +170,12 @@ def test_coarse_grids_are_isotropic_2_to_3_mm_drawn_per_seed(monkeypatch, capsys
     assert "--coarse: only phantom v2 renders resampled grids" in capsys.readouterr().err
 
 
-def test_a_second_model_that_confirms_no_piece_empties_the_rows_and_is_named_in_the_record(tmp_path, coarse_cases,
-                                                                                          capsys):
+def test_a_second_model_that_confirms_no_piece_empties_the_rows_and_is_named_in_the_record(tmp_path, coarse_cases):
     from conftest import threshold_unet
     from FemurUNetLib.modelfile import save_model
     blind = save_model(threshold_unet(3000.0), tmp_path / "blind.pt")  # labels nothing: no piece is confirmed
     out = tmp_path / "eval.json"
-    assert script.main(["--seeds", "1", "--no-real", "--confirm-model", str(blind), "--json", str(out)]) == 0
+    assert script.main(["--seeds", "1", "--no-real", "--second-opinion", str(blind), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["confirm_model"] == str(blind)
+    assert result["second_opinion"] == str(blind)
     assert result["phantoms"][0]["dice"] == 0.0 and result["phantoms"][0]["false_positive_ml"] == 0.0
-    with pytest.raises(SystemExit):
-        script.main(["--seeds", "1", "--confirm-model", str(blind)])
-    assert "--confirm-model: with --no-real only" in capsys.readouterr().err

@@ -380,6 +380,18 @@ def test_self_test_case_checks_dice_and_geometry(scene):
 
 
 @pytest.mark.slow     # the shipped model on a full phantom CT
+def test_the_second_opinion_option_reaches_the_engine(scene):
+    ct, g = random_ct(seed=3), oblique_geometry(3)
+    volume = mrml.array_to_volume_node(scene, ct, g, "ct")
+    net = threshold_unet(300.0, input_size=64)
+    blind = threshold_unet(5000.0, input_size=64)                    # confirms no piece: every label goes
+    node, result, _ = mrml.segment_and_import(volume, net, device="cpu", closed_surface=False)
+    assert np.count_nonzero(result.labelmap) and result.stats["second_opinion"] is None   # not the demo model
+    node, result, ids = mrml.segment_and_import(volume, net, device="cpu", closed_surface=False, confirm=blind)
+    assert result.stats["second_opinion"] == "(in memory)" and result.stats["unconfirmed_voxels_removed"] > 0
+    assert not mrml.segments_to_labelmap(node, ids, volume).any()
+
+
 def test_self_test_case_with_the_demo_model(scene):
     """What FemurUNetTest runs inside Slicer: a held-out phantom, the shipped demo model, Dice >= 0.8."""
     from FemurUNetLib.paths import DEFAULT_MODEL_PATH

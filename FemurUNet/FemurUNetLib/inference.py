@@ -166,8 +166,9 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     ``keep_all_pieces``: keep labelled pieces detached from each femur and pieces a second model does not
     confirm (by default they are removed: ``cleanup.remove_detached_pieces``, ``confirm``; the probabilities are
     the network's, before that).
-    ``confirm``: a second model (a module or a path, as ``model``) whose labels must cover ``confirm.CONFIRM_FRACTION``
-    of each labelled piece, or the piece goes (``confirm``); None: none.
+    ``confirm``: a second model (a module or a path, as ``model``) whose labels must cover
+    ``confirm.CONFIRM_FRACTION`` of each labelled piece, or the piece goes (``confirm``); None: none. It is loaded
+    before any slice is segmented, so a missing file fails first.
     ``compile``: ``torch.compile`` the model (one static batch shape; a one-off compile of tens of seconds).
     ``min_field_mm``: slices whose field of view is smaller are padded with air to it before the resize (and the
     output cropped back), so small fields are seen at the scale the model knows; None: the model's
@@ -183,6 +184,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     geometry = geometry or Geometry()
     dev = pick_device(device)
     net = resolve_model(model)
+    second = None if keep_all_pieces or confirm is None else resolve_model(confirm)
     reorient = Reorientation.for_geometry(geometry)
     min_field = float(net.metadata.get("min_field_mm", 0.0) if min_field_mm is None else min_field_mm)
     if not 0 <= min_field <= MAX_FIELD_MM:
@@ -204,7 +206,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
         batch = _segment_every_other_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
     else:
         batch = _segment_every_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
-    removed = {} if keep_all_pieces else _remove_pieces(labelmap, volume, geometry, net, confirm, runner, reorient,
+    removed = {} if keep_all_pieces else _remove_pieces(labelmap, volume, geometry, net, second, runner, reorient,
                                                         batch)
 
     return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
@@ -215,22 +217,29 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                                      "input_size": runner.size, "min_side": runner.min_side,
                                      "padded_field_mm": min_field if runner.min_side > max(source.shape[1:]) else 0.0,
                                      "detached_voxels_removed": removed.get("detached", 0),
-                                     "unconfirmed_voxels_removed": removed.get("unconfirmed", 0)})
+                                     "unconfirmed_voxels_removed": removed.get("unconfirmed", 0),
+                                     "second_opinion": _file_name(second)})
 
 
-def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, confirm,
+def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, second,
                    runner: SliceSegmenter, reorient: Reorientation, batch: int) -> dict:
     """The default post-processing, in place: detached pieces, then pieces the second model does not confirm;
     returns the voxels each removed."""
     labels = net.metadata["labels"]
     removed = {"detached": remove_detached_pieces(labelmap, volume, geometry, labels)}
-    if confirm is not None:
-        second = resolve_model(confirm)
+    if second is not None:
         confirmed = np.zeros(labelmap.shape, dtype=bool)
         _second_opinion(second, runner, reorient.canonical_spacing(geometry)[2], reorient.to_canonical(volume),
                         reorient.to_canonical(labelmap), reorient.to_canonical(confirmed), batch)
         removed["unconfirmed"] = remove_unconfirmed_pieces(labelmap, confirmed, volume, geometry, labels)
     return removed
+
+
+def _file_name(model) -> Optional[str]:
+    """A model's file name for the record (None: no model; "(in memory)": a module not loaded from a file)."""
+    if model is None:
+        return None
+    return model.source_file.name if getattr(model, "source_file", None) else "(in memory)"
 
 
 def _second_opinion(model, like: SliceSegmenter, spacing_mm: float, source: np.ndarray, target: np.ndarray,

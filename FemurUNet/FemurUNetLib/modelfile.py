@@ -147,7 +147,8 @@ def _check_archive(path: Path) -> None:
 
 
 def load_model(path, map_location="cpu") -> UNet2D:
-    """Load a FemurUNet ``.pt`` (weights_only): the network in eval mode with ``.metadata`` attached."""
+    """Load a FemurUNet ``.pt`` (weights_only): the network in eval mode with ``.metadata`` and ``.source_file``
+    (the file's resolved path) attached."""
     path = Path(path)
     if not path.is_file():
         raise FemurUNetError(f"{path}: model file not found")
@@ -180,4 +181,5 @@ def load_model(path, map_location="cpu") -> UNet2D:
         raise FemurUNetError(f"{path}: weights do not match a {ARCHITECTURE} with base_filters="
                              f"{meta['base_filters']}: {first}") from None
     model.metadata = meta
+    model.source_file = path.resolve()
     return model.eval()

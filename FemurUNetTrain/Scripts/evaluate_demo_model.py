@@ -3,7 +3,7 @@
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
        [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--coverage COV] [--no-real]
        [--json OUT.json]
-       [--device cpu] [--mirror] [--min-field MM] [--keep-all-pieces]
+       [--device cpu] [--mirror] [--min-field MM] [--keep-all-pieces] [--second-opinion MODEL]
 
 Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
 one entry per model, each as a single model's file). ``--seeds`` takes ranges and seeds: ``25096-25111,26066``.
@@ -193,8 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-field", type=field_mm, help="minimum field of view, mm (segment --min-field; "
                         "default: each model's)")
     parser.add_argument("--keep-all-pieces", action="store_true", help="keep detached pieces (segment --keep-all-pieces)")
-    parser.add_argument("--confirm-model", metavar="MODEL", help="a second model that must confirm each labelled "
-                        "piece (segment_volume's confirm; with --no-real only: the CLI has no such option)")
+    parser.add_argument("--second-opinion", metavar="MODEL", help="a second model that must confirm each labelled "
+                        "piece (segment --second-opinion)")
     args = parser.parse_args(argv)
     seeds, names = args.seeds, args.models or [None]
     tissue = parse_tissue(args.tissue)
@@ -206,8 +206,6 @@ def main(argv=None) -> int:
         parser.error("--hips: only phantom v2 draws hip bone shapes")
     if args.coverage and args.phantom != 2:
         parser.error("--coverage: only phantom v2 draws scan ranges")
-    if args.confirm_model and not args.no_real:
-        parser.error("--confirm-model: with --no-real only (`femurunet segment` has no such option)")
     try:
         tissue_settings(draw_hu(np.random.default_rng(0)), tissue)       # unknown keys: refused before any work
     except FemurUNetError as exc:
@@ -216,10 +214,10 @@ def main(argv=None) -> int:
              **({"min_field_mm": args.min_field} if args.min_field is not None else {}),
              **({"coarse": True} if args.coarse else {}), **({"hips": args.hips} if args.hips else {}),
              **({"coverage": args.coverage} if args.coverage else {}),
-             **({"confirm_model": args.confirm_model} if args.confirm_model else {}),
+             **({"second_opinion": args.second_opinion} if args.second_opinion else {}),
              "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
-    confirm = resolve_model(args.confirm_model) if args.confirm_model else None
+    confirm = resolve_model(args.second_opinion) if args.second_opinion else None
 
     def segment(net, ct, geometry) -> np.ndarray:
         return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror,
@@ -230,6 +228,7 @@ def main(argv=None) -> int:
         return ["femurunet", "segment", source, output, "--device", args.device,
                 *(["--model", name] if name else []), *(["--mirror"] if args.mirror else []),
                 *(["--keep-all-pieces"] if args.keep_all_pieces else []),
+                *(["--second-opinion", args.second_opinion] if args.second_opinion else []),
                 *(["--min-field", f"{args.min_field:g}"] if args.min_field is not None else [])]
 
     for seed in seeds:

@@ -82,10 +82,11 @@ def run_segment(args) -> int:
     print("\n".join(summarize(result, report)))
     for warning in report.warnings:   # an implausible result is still written; exit code stays 0
         print(f"warning: {warning}", file=sys.stderr)
-    padded = result.stats["padded_field_mm"]
+    padded, second = result.stats["padded_field_mm"], result.stats["second_opinion"]
     print(f"{result.stats['slices']} slices in {result.seconds:.1f} s on {result.device} "
           f"(batch {result.batch_size}, precision {result.stats['autocast']}"
-          f"{f', small field padded to {padded:g} mm' if padded else ''}) -> {args.output}")
+          f"{f', small field padded to {padded:g} mm' if padded else ''}"
+          f"{f', second opinion {second}' if second else ''}) -> {args.output}")
     return 0
 
 
