@@ -107,3 +107,11 @@ def test_a_missing_second_model_is_refused_before_any_slice(monkeypatch, tmp_pat
     hu, _, g = shin_case()
     with pytest.raises(FemurUNetError, match=r"gone\.pt: model file not found"):
         segment_volume(hu, g, threshold_unet(300.0, input_size=128), device="cpu", confirm=tmp_path / "gone.pt")
+
+
+def test_the_segment_help_states_the_fraction_the_engine_applies(capsys):
+    from FemurUNetTrainLib.cli import main
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"at least {CONFIRM_FRACTION * 100:.0f} % of each labelled piece" in help_text

@@ -14,10 +14,9 @@ from typing import Optional
 
 import numpy as np
 
+from .defaults import CONFIRM_FRACTION
 from .geometry import Geometry
 from .plausibility import bounding_box, labelled_pieces, side_masks
-
-CONFIRM_FRACTION = 0.9       # a piece the second model labels less of than this goes (MODEL_HISTORY, session 34)
 
 
 def unconfirmed_pieces(labelmap: np.ndarray, confirmed: np.ndarray, hu: np.ndarray, geometry: Geometry,

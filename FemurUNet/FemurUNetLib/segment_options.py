@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .defaults import MAX_FIELD_MM
+from .defaults import CONFIRM_FRACTION, MAX_FIELD_MM
 
 PRECISIONS = ("auto", "bf16", "fp32", "int8")
 
@@ -84,8 +84,8 @@ def add_segment_options(parser, fast: bool = True) -> None:
                         "none wholly over 150 mm below both femurs; the others are usually other bones, e.g. the tibia "
                         "or the talus)")
     parser.add_argument("--second-opinion", metavar="MODEL", help="a second model file that must label at least "
-                        "90 %% of each labelled piece, or the piece goes (it runs only on slices with labels; default: "
-                        "none; no second model ships: docs/MODEL_HISTORY.md)")
+                        f"{CONFIRM_FRACTION * 100:.0f} %% of each labelled piece, or the piece goes (it runs only on "
+                        "slices with labels; default: none; no second model ships: docs/MODEL_HISTORY.md)")
     parser.add_argument("--min-field", type=field_mm, metavar="MM", help="pad slices with air to at least this "
                         "field of view before the resize, so a small field is seen at the scale the model knows "
                         "(default: the model's: the demo model's 300 mm; 0: off)")
