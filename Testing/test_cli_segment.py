@@ -191,7 +191,8 @@ def test_version_names_the_installed_package(capsys):
                                                   ("--batch-size", "0", "at least 1"),
                                                   ("--batch-size", "2.5", "not a whole number"),
                                                   ("--min-field", "-5", "not a field of view of 0..2000 mm"),
-                                                  ("--min-field", "inf", "not a finite number")])
+                                                  ("--min-field", "inf", "not a finite number"),
+                                                  ("--second-opinion-fraction", "1.5", "not a share between 0 and 1")])
 def test_out_of_range_options_are_one_line_errors_before_any_work(tmp_path, capsys, flag, value, problem):
     out = tmp_path / "out.nii.gz"
     with pytest.raises(SystemExit) as done:
@@ -222,10 +223,16 @@ def test_segment_names_the_second_opinion_it_asked_and_refuses_a_missing_one(tmp
     ask = lambda *flags: run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / "l.nii.gz", "--quiet",
                                  "--device", "cpu", "--model", tiny_model_file, *flags)
     code, stdout, err = ask("--second-opinion", tiny_model_file)
-    assert code == 0 and f", second opinion {Path(tiny_model_file).name}) ->" in stdout, err
+    assert code == 0 and f", second opinion {Path(tiny_model_file).name} at 0.9) ->" in stdout, err
+    code, stdout, err = ask("--second-opinion", tiny_model_file, "--second-opinion-fraction", "0.25")
+    assert code == 0 and f", second opinion {Path(tiny_model_file).name} at 0.25) ->" in stdout, err
     code, stdout, err = ask()                                      # by default none
     assert code == 0 and "second opinion" not in stdout, err
     (tmp_path / "l.nii.gz").unlink()
     code, stdout, err = ask("--second-opinion", tmp_path / "absent.pt")
     assert code == 2 and err.strip().endswith("absent.pt: model file not found") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "l.nii.gz").exists()
+    code, stdout, err = ask("--second-opinion-fraction", "0.5")                # no second model to apply it to
+    assert code == 2 and err.strip().endswith("a second-opinion fraction needs a second model (--second-opinion / "
+                                              "confirm)") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "l.nii.gz").exists()

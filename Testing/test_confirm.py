@@ -109,9 +109,27 @@ def test_a_missing_second_model_is_refused_before_any_slice(monkeypatch, tmp_pat
         segment_volume(hu, g, threshold_unet(300.0, input_size=128), device="cpu", confirm=tmp_path / "gone.pt")
 
 
-def test_the_segment_help_states_the_fraction_the_engine_applies(capsys):
+def test_the_fraction_is_an_option_checked_before_any_slice(monkeypatch):
+    from FemurUNetLib import inference
+    from FemurUNetLib.errors import FemurUNetError
+    hu, _, g = shin_case()
+    net, second = threshold_unet(300.0, input_size=128), threshold_unet(400.0, input_size=128)
+    plain = segment_volume(hu, g, net, device="cpu", autocast=False)
+    lenient = segment_volume(hu, g, net, device="cpu", autocast=False, confirm=second, confirm_fraction=0.0)
+    assert np.array_equal(lenient.labelmap, plain.labelmap) and plain.labelmap[:12].any()   # share 0 >= 0: kept
+    assert lenient.stats["second_opinion_fraction"] == 0.0 and plain.stats["second_opinion_fraction"] is None
+    default = segment_volume(hu, g, net, device="cpu", autocast=False, confirm=second)
+    assert default.stats["second_opinion_fraction"] == CONFIRM_FRACTION and not default.labelmap[:12].any()
+    monkeypatch.setattr(inference.SliceSegmenter, "__call__", lambda *a, **k: pytest.fail("ran the network"))
+    with pytest.raises(FemurUNetError, match=r"^a second-opinion fraction needs a second model"):
+        segment_volume(hu, g, net, device="cpu", confirm_fraction=0.5)
+    with pytest.raises(FemurUNetError, match=r"^the second-opinion fraction must be 0\.\.1, got 1\.5$"):
+        segment_volume(hu, g, net, device="cpu", confirm=second, confirm_fraction=1.5)
+
+
+def test_the_segment_help_states_the_default_fraction(capsys):
     from FemurUNetTrainLib.cli import main
     with pytest.raises(SystemExit):
         main(["segment", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert f"at least {CONFIRM_FRACTION * 100:.0f} % of each labelled piece" in help_text
+    assert f"(default: {CONFIRM_FRACTION:g}; needs --second-opinion)" in help_text

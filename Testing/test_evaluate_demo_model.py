@@ -179,3 +179,14 @@ def test_a_second_model_that_confirms_no_piece_empties_the_rows_and_is_named_in_
     result = json.loads(out.read_text())
     assert result["second_opinion"] == str(blind)
     assert result["phantoms"][0]["dice"] == 0.0 and result["phantoms"][0]["false_positive_ml"] == 0.0
+    kept = tmp_path / "kept.json"                                     # a share of 0: every piece stays
+    assert script.main(["--seeds", "1", "--no-real", "--second-opinion", str(blind), "--second-opinion-fraction",
+                        "0", "--json", str(kept)]) == 0
+    result = json.loads(kept.read_text())
+    assert result["second_opinion_fraction"] == 0.0 and result["phantoms"][0]["dice"] > 0.5
+
+
+def test_a_fraction_without_a_second_model_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--seeds", "1", "--no-real", "--second-opinion-fraction", "0.5"])
+    assert "--second-opinion-fraction needs --second-opinion" in capsys.readouterr().err

@@ -390,6 +390,9 @@ def test_the_second_opinion_option_reaches_the_engine(scene):
     node, result, ids = mrml.segment_and_import(volume, net, device="cpu", closed_surface=False, confirm=blind)
     assert result.stats["second_opinion"] == "(in memory)" and result.stats["unconfirmed_voxels_removed"] > 0
     assert not mrml.segments_to_labelmap(node, ids, volume).any()
+    node, result, ids = mrml.segment_and_import(volume, net, device="cpu", closed_surface=False, confirm=blind,
+                                                confirm_fraction=0.0)           # a share of 0 keeps every piece
+    assert result.stats["unconfirmed_voxels_removed"] == 0 and mrml.segments_to_labelmap(node, ids, volume).any()
 
 
 def test_self_test_case_with_the_demo_model(scene):

@@ -4,9 +4,9 @@ default).
 In scans of the lower leg the demo model labels short pieces of tibia, fibula, talus or foot as femur: one axial
 slice of them looks like one of a femur. A second network (e.g. the same U-Net trained on more shins) runs on the
 slices that hold labels, and every piece of the cleaned labelmap (per side, 26-connected, as ``cleanup`` numbers
-them) of which it labels less than ``CONFIRM_FRACTION`` goes. It only removes: the first model's boundaries stay
-where they were. What it was measured to do: docs/MODEL_HISTORY.md, "A second opinion on each piece (sessions
-34-35)".
+them) of which it labels less than a share ``fraction`` goes (default ``defaults.CONFIRM_FRACTION``). It only
+removes: the first model's boundaries stay where they were. What it was measured to do: docs/MODEL_HISTORY.md, "A
+second opinion on each piece (sessions 34-36)".
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .device import autocast, autocast_dtype, pick_device
-from .defaults import MAX_FIELD_MM
+from .defaults import CONFIRM_FRACTION, MAX_FIELD_MM
 from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
@@ -151,7 +151,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                    cancel: Optional[Callable[[], bool]] = None, channels_last: bool = True,
                    fast: bool = False, compile: bool = False, mirror: bool = False,
                    keep_all_pieces: bool = False, min_field_mm: Optional[float] = None,
-                   confirm=None) -> SegmentationResult:
+                   confirm=None, confirm_fraction: Optional[float] = None) -> SegmentationResult:
     """Segment the femur in a 3-D CT array (numpy (k, j, i), HU) and return a uint8 labelmap on the same grid.
 
     ``model``: a UNet2D (with ``.metadata``), a ``.pt``/``.hdf5`` path, or None for the shipped demo model.
@@ -166,9 +166,9 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     ``keep_all_pieces``: keep labelled pieces detached from each femur and pieces a second model does not
     confirm (by default they are removed: ``cleanup.remove_detached_pieces``, ``confirm``; the probabilities are
     the network's, before that).
-    ``confirm``: a second model (a module or a path, as ``model``) whose labels must cover
-    ``confirm.CONFIRM_FRACTION`` of each labelled piece, or the piece goes (``confirm``); None: none. It is loaded
-    before any slice is segmented, so a missing file fails first.
+    ``confirm``: a second model (a module or a path, as ``model``) whose labels must cover ``confirm_fraction``
+    (0..1; None: ``defaults.CONFIRM_FRACTION``) of each labelled piece, or the piece goes (``confirm``); None: none.
+    It is loaded before any slice is segmented, so a missing file fails first.
     ``compile``: ``torch.compile`` the model (one static batch shape; a one-off compile of tens of seconds).
     ``min_field_mm``: slices whose field of view is smaller are padded with air to it before the resize (and the
     output cropped back), so small fields are seen at the scale the model knows; None: the model's
@@ -184,6 +184,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     geometry = geometry or Geometry()
     dev = pick_device(device)
     net = resolve_model(model)
+    fraction = _confirm_fraction(confirm, confirm_fraction)
     second = None if keep_all_pieces or confirm is None else resolve_model(confirm)
     reorient = Reorientation.for_geometry(geometry)
     min_field = float(net.metadata.get("min_field_mm", 0.0) if min_field_mm is None else min_field_mm)
@@ -206,8 +207,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
         batch = _segment_every_other_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
     else:
         batch = _segment_every_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
-    removed = {} if keep_all_pieces else _remove_pieces(labelmap, volume, geometry, net, second, runner, reorient,
-                                                        batch)
+    removed = {} if keep_all_pieces else _remove_pieces(labelmap, volume, geometry, net, (second, fraction), runner,
+                                                        reorient, batch)
 
     return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
                               probabilities=probabilities, device=str(runner.device), batch_size=batch,
@@ -218,21 +219,34 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                                      "padded_field_mm": min_field if runner.min_side > max(source.shape[1:]) else 0.0,
                                      "detached_voxels_removed": removed.get("detached", 0),
                                      "unconfirmed_voxels_removed": removed.get("unconfirmed", 0),
-                                     "second_opinion": _file_name(second)})
+                                     "second_opinion": _file_name(second),
+                                     "second_opinion_fraction": fraction if second is not None else None})
 
 
-def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, second,
+def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, judge: tuple,
                    runner: SliceSegmenter, reorient: Reorientation, batch: int) -> dict:
-    """The default post-processing, in place: detached pieces, then pieces the second model does not confirm;
-    returns the voxels each removed."""
+    """The default post-processing, in place: detached pieces, then pieces the second model (``judge``: model or
+    None, fraction) does not confirm; returns the voxels each removed."""
     labels = net.metadata["labels"]
+    second, fraction = judge
     removed = {"detached": remove_detached_pieces(labelmap, volume, geometry, labels)}
     if second is not None:
         confirmed = np.zeros(labelmap.shape, dtype=bool)
         _second_opinion(second, runner, reorient.canonical_spacing(geometry)[2], reorient.to_canonical(volume),
                         reorient.to_canonical(labelmap), reorient.to_canonical(confirmed), batch)
-        removed["unconfirmed"] = remove_unconfirmed_pieces(labelmap, confirmed, volume, geometry, labels)
+        removed["unconfirmed"] = remove_unconfirmed_pieces(labelmap, confirmed, volume, geometry, labels, fraction)
     return removed
+
+
+def _confirm_fraction(confirm, fraction: Optional[float]) -> float:
+    """The share of each piece a second model must label: checked before any slice is segmented."""
+    if fraction is None:
+        return CONFIRM_FRACTION
+    if confirm is None:
+        raise FemurUNetError("a second-opinion fraction needs a second model (--second-opinion / confirm)")
+    if not 0.0 <= fraction <= 1.0:
+        raise FemurUNetError(f"the second-opinion fraction must be 0..1, got {fraction}")
+    return float(fraction)
 
 
 def _file_name(model) -> Optional[str]:

@@ -62,7 +62,7 @@ def _number(text: str, kind):
 
 def add_segment_options(parser, fast: bool = True) -> None:
     """--model --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces
-    --second-opinion --min-field."""
+    --second-opinion --second-opinion-fraction --min-field."""
     parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=positive_int,
@@ -84,8 +84,10 @@ def add_segment_options(parser, fast: bool = True) -> None:
                         "none wholly over 150 mm below both femurs; the others are usually other bones, e.g. the tibia "
                         "or the talus)")
     parser.add_argument("--second-opinion", metavar="MODEL", help="a second model file that must label at least "
-                        f"{CONFIRM_FRACTION * 100:.0f} %% of each labelled piece, or the piece goes (it runs only on "
-                        "slices with labels; default: none; no second model ships: docs/MODEL_HISTORY.md)")
+                        "--second-opinion-fraction of each labelled piece, or the piece goes (it runs only on slices "
+                        "with labels; default: none; no second model ships: docs/MODEL_HISTORY.md)")
+    parser.add_argument("--second-opinion-fraction", type=share, metavar="F", help="the share of each piece the "
+                        f"second model must label, 0..1 (default: {CONFIRM_FRACTION:g}; needs --second-opinion)")
     parser.add_argument("--min-field", type=field_mm, metavar="MM", help="pad slices with air to at least this "
                         "field of view before the resize, so a small field is seen at the scale the model knows "
                         "(default: the model's: the demo model's 300 mm; 0: off)")
@@ -96,7 +98,7 @@ def segment_keywords(args) -> dict:
     keywords = {"device": args.device, "batch_size": args.batch_size, "threshold": args.threshold,
                 "autocast": autocast_value("fp32" if args.no_autocast else args.precision), "mirror": args.mirror,
                 "keep_all_pieces": args.keep_all_pieces, "min_field_mm": args.min_field,
-                "confirm": args.second_opinion}
+                "confirm": args.second_opinion, "confirm_fraction": args.second_opinion_fraction}
     if hasattr(args, "fast"):
         keywords["fast"] = args.fast
     return keywords

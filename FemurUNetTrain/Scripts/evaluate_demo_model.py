@@ -3,7 +3,8 @@
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
        [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--coverage COV] [--no-real]
        [--json OUT.json]
-       [--device cpu] [--mirror] [--min-field MM] [--keep-all-pieces] [--second-opinion MODEL]
+       [--device cpu] [--mirror] [--min-field MM] [--keep-all-pieces]
+       [--second-opinion MODEL [--second-opinion-fraction F]]
 
 Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
 one entry per model, each as a single model's file). ``--seeds`` takes ranges and seeds: ``25096-25111,26066``.
@@ -28,7 +29,7 @@ from FemurUNetLib import segment_volume
 from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midline, off_target_ml, \
     read_femur_reference, split_at_midline
 from FemurUNetLib.resolve import resolve_model
-from FemurUNetLib.segment_options import field_mm
+from FemurUNetLib.segment_options import field_mm, share
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.plausibility import check_plausibility
 from FemurUNetLib.errors import FemurUNetError
@@ -171,7 +172,8 @@ def real_ct(args, segment, segment_command) -> dict:
     return results
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
+    """The options, checked before any work: (args, the --tissue values)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("models", nargs="*", metavar="model", help="model .pt (default: the shipped demo model)")
     parser.add_argument("--seeds", type=seed_list, default="90000-90039", help="held-out phantom seeds: A-B ranges and seeds, "
@@ -195,8 +197,11 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-all-pieces", action="store_true", help="keep detached pieces (segment --keep-all-pieces)")
     parser.add_argument("--second-opinion", metavar="MODEL", help="a second model that must confirm each labelled "
                         "piece (segment --second-opinion)")
+    parser.add_argument("--second-opinion-fraction", type=share, metavar="F", help="the share of each piece it must "
+                        "label (segment --second-opinion-fraction)")
     args = parser.parse_args(argv)
-    seeds, names = args.seeds, args.models or [None]
+    if args.second_opinion_fraction is not None and not args.second_opinion:
+        parser.error("--second-opinion-fraction needs --second-opinion")
     tissue = parse_tissue(args.tissue)
     if tissue and args.phantom != 2:
         parser.error("--tissue: only phantom v2 draws tissue values")
@@ -210,11 +215,19 @@ def main(argv=None) -> int:
         tissue_settings(draw_hu(np.random.default_rng(0)), tissue)       # unknown keys: refused before any work
     except FemurUNetError as exc:
         parser.error(f"--tissue: {exc}")
+    return args, tissue
+
+
+def main(argv=None) -> int:
+    args, tissue = parse_args(argv)
+    seeds, names = args.seeds, args.models or [None]
     runs = [{"model": name or "default", "phantom": args.phantom, **({"tissue": tissue} if tissue else {}),
              **({"min_field_mm": args.min_field} if args.min_field is not None else {}),
              **({"coarse": True} if args.coarse else {}), **({"hips": args.hips} if args.hips else {}),
              **({"coverage": args.coverage} if args.coverage else {}),
              **({"second_opinion": args.second_opinion} if args.second_opinion else {}),
+             **({"second_opinion_fraction": args.second_opinion_fraction}
+                if args.second_opinion_fraction is not None else {}),
              "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
     confirm = resolve_model(args.second_opinion) if args.second_opinion else None
@@ -222,13 +235,15 @@ def main(argv=None) -> int:
     def segment(net, ct, geometry) -> np.ndarray:
         return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror,
                               keep_all_pieces=args.keep_all_pieces, min_field_mm=args.min_field,
-                              confirm=confirm).labelmap
+                              confirm=confirm, confirm_fraction=args.second_opinion_fraction).labelmap
 
     def segment_command(name, source, output):    # the flags that make `femurunet segment` predict as segment() does
         return ["femurunet", "segment", source, output, "--device", args.device,
                 *(["--model", name] if name else []), *(["--mirror"] if args.mirror else []),
                 *(["--keep-all-pieces"] if args.keep_all_pieces else []),
                 *(["--second-opinion", args.second_opinion] if args.second_opinion else []),
+                *(["--second-opinion-fraction", f"{args.second_opinion_fraction:g}"]
+                  if args.second_opinion_fraction is not None else []),
                 *(["--min-field", f"{args.min_field:g}"] if args.min_field is not None else [])]
 
     for seed in seeds:
