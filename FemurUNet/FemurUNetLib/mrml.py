@@ -388,7 +388,8 @@ def segment_volume_node(volume_node, model=None, segmentation_node=None, **optio
     (also average each slice with its left-right mirror: ~2x time, a little more accurate), keep_all_pieces
     (keep labelled pieces detached from each femur; by default they are removed), min_field_mm (pad small fields of
     view to this many mm; None: the model's), confirm (a second model that must confirm each piece, as
-    ``segment_volume``'s; None: none) and confirm_fraction (the share of each piece it must label; None: 0.9).
+    ``segment_volume``'s; None: none) and confirm_fraction (the share of each piece it must
+    label; None: ``defaults.CONFIRM_FRACTION``).
     On ``Cancelled`` (or any error) the scene is unchanged.
     """
     return segment_and_import(volume_node, model, segmentation_node, **options)[0]
