@@ -207,8 +207,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
         batch = _segment_every_other_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
     else:
         batch = _segment_every_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
-    removed = {} if keep_all_pieces else _remove_pieces(labelmap, volume, geometry, net, (second, fraction), runner,
-                                                        reorient, batch)
+    removed = {} if keep_all_pieces else _remove_pieces(labelmap, volume, geometry, net, runner, reorient, batch,
+                                                        second, fraction)
 
     return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
                               probabilities=probabilities, device=str(runner.device), batch_size=batch,
@@ -223,12 +223,11 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                                      "second_opinion_fraction": fraction if second is not None else None})
 
 
-def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, judge: tuple,
-                   runner: SliceSegmenter, reorient: Reorientation, batch: int) -> dict:
-    """The default post-processing, in place: detached pieces, then pieces the second model (``judge``: model or
-    None, fraction) does not confirm; returns the voxels each removed."""
+def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, runner: SliceSegmenter,
+                   reorient: Reorientation, batch: int, second=None, fraction: float = CONFIRM_FRACTION) -> dict:
+    """The default post-processing, in place: detached pieces, then pieces of which the second model (None: none)
+    labels less than ``fraction``; returns the voxels each removed."""
     labels = net.metadata["labels"]
-    second, fraction = judge
     removed = {"detached": remove_detached_pieces(labelmap, volume, geometry, labels)}
     if second is not None:
         confirmed = np.zeros(labelmap.shape, dtype=bool)
