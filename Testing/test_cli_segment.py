@@ -236,3 +236,20 @@ def test_segment_names_the_second_opinion_it_asked_and_refuses_a_missing_one(tmp
     assert code == 2 and err.strip().endswith("a second-opinion fraction needs a second model (--second-opinion / "
                                               "confirm)") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "l.nii.gz").exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["--model", "m.pt", "--device", "cpu", "--mirror", "--fast"],
+                                  ["--batch-size", "3", "--threshold", "0.35", "--precision", "bf16"],
+                                  ["--no-autocast", "--keep-all-pieces", "--min-field", "0"],
+                                  ["--second-opinion", "judge.pt", "--second-opinion-fraction", "0.1234567891",
+                                   "--min-field", "287.5", "--precision", "int8"]])
+def test_segment_flags_parse_back_to_the_same_options(argv):
+    from FemurUNetTrainLib.cli import build_parser
+    from FemurUNetLib.segment_options import segment_flags, segment_keywords
+
+    def parse(flags):
+        return build_parser().parse_args(["segment", "ct.nii.gz", "out.nii.gz", *flags])
+    args = parse(argv)
+    again = parse(segment_flags(args))
+    assert segment_keywords(again) == segment_keywords(args) and again.model == args.model
+    assert segment_flags(again) == segment_flags(args)

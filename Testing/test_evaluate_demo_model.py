@@ -190,3 +190,22 @@ def test_a_fraction_without_a_second_model_is_refused(capsys):
     with pytest.raises(SystemExit):
         script.main(["--seeds", "1", "--no-real", "--second-opinion-fraction", "0.5"])
     assert "--second-opinion-fraction needs --second-opinion" in capsys.readouterr().err
+
+
+def test_segment_options_reach_the_engine_and_the_printed_femurunet_line(monkeypatch, tmp_path, coarse_cases):
+    from FemurUNetTrainLib.cli import build_parser
+    from FemurUNetLib.segment_options import segment_keywords
+    asked, lines = [], []
+    real = script.segment_volume
+    monkeypatch.setattr(script, "segment_volume", lambda *a, **kw: asked.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(script, "real_ct", lambda args, segment, command: lines.append(command("ct.nii.gz", "p.nii.gz"))
+                        or {})
+    options = ["--mirror", "--fast", "--precision", "fp32", "--batch-size", "3", "--min-field", "250"]
+    assert script.main(["--seeds", "1", *options]) == 0
+    assert asked and all(kw == {**asked[0], "confirm": None} for kw in asked)
+    assert (asked[0]["mirror"], asked[0]["fast"], asked[0]["autocast"], asked[0]["batch_size"],
+            asked[0]["min_field_mm"], asked[0]["device"]) == (True, True, False, 3, 250.0, "cpu")
+    [line] = lines
+    assert line[:4] == ["femurunet", "segment", "ct.nii.gz", "p.nii.gz"]
+    again = build_parser().parse_args(line[1:])
+    assert {**segment_keywords(again), "confirm": None} == asked[0]

@@ -60,11 +60,14 @@ def _number(text: str, kind):
     return value
 
 
-def add_segment_options(parser, fast: bool = True) -> None:
-    """--model --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces
-    --second-opinion --second-opinion-fraction --min-field."""
-    parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+def add_segment_options(parser, fast: bool = True, model: bool = True, device: str = "auto") -> None:
+    """[--model] --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces
+    --second-opinion --second-opinion-fraction --min-field. ``model=False``: the caller names the model itself (e.g.
+    as positional arguments); ``device``: the default device."""
+    if model:
+        parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
+    devices = [name + (" (default)" if name == device else "") for name in ("auto", "cpu", "cuda", "cuda:N", "mps")]
+    parser.add_argument("--device", default=device, help=", ".join(devices[:-1]) + " or " + devices[-1])
     parser.add_argument("--batch-size", type=positive_int,
                         help="slices per batch (default: 8 on CPU, from free memory on CUDA)")
     parser.add_argument("--threshold", type=probability,
@@ -102,6 +105,29 @@ def segment_keywords(args) -> dict:
     if hasattr(args, "fast"):
         keywords["fast"] = args.fast
     return keywords
+
+
+def segment_flags(args) -> list:
+    """The command-line flags that give ``segment_keywords(args)`` again (and ``--model`` when parsed): the
+    options as a ``femurunet segment`` line names them."""
+    flags = [*(["--model", str(args.model)] if getattr(args, "model", None) else []), "--device", args.device]
+    for flag, value in (("--batch-size", args.batch_size), ("--threshold", args.threshold),
+                        ("--second-opinion", args.second_opinion),
+                        ("--second-opinion-fraction", args.second_opinion_fraction), ("--min-field", args.min_field)):
+        if value is not None:
+            flags += [flag, _number_text(value) if isinstance(value, float) else str(value)]
+    precision = "fp32" if args.no_autocast else args.precision
+    flags += ["--precision", precision] if precision != "auto" else []
+    for flag, on in (("--mirror", args.mirror), ("--fast", getattr(args, "fast", False)),
+                     ("--keep-all-pieces", args.keep_all_pieces)):
+        flags += [flag] if on else []
+    return flags
+
+
+def _number_text(value: float) -> str:
+    """300.0 -> '300', 0.7 -> '0.7'; exact where %g would round."""
+    short = format(value, "g")
+    return short if float(short) == value else repr(value)
 
 
 def autocast_value(precision: str):

@@ -2,9 +2,8 @@
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
        [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--coverage COV] [--no-real]
-       [--json OUT.json]
-       [--device cpu] [--mirror] [--min-field MM] [--keep-all-pieces]
-       [--second-opinion MODEL [--second-opinion-fraction F]]
+       [--json OUT.json] [segment options: --device cpu (the default here), --mirror, --fast, --min-field MM,
+       --keep-all-pieces, --second-opinion MODEL [--second-opinion-fraction F], ... as `femurunet segment`]
 
 Several models are measured on the same cases, each phantom made once (``--json`` then holds ``{"runs": [...]}``,
 one entry per model, each as a single model's file). ``--seeds`` takes ranges and seeds: ``25096-25111,26066``.
@@ -29,7 +28,7 @@ from FemurUNetLib import segment_volume
 from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midline, off_target_ml, \
     read_femur_reference, split_at_midline
 from FemurUNetLib.resolve import resolve_model
-from FemurUNetLib.segment_options import field_mm, share
+from FemurUNetLib.segment_options import add_segment_options, segment_flags, segment_keywords
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.plausibility import check_plausibility
 from FemurUNetLib.errors import FemurUNetError
@@ -190,15 +189,7 @@ def parse_args(argv):
                         "without femur")
     parser.add_argument("--no-real", action="store_true", help="phantoms only (model selection never looks at real CT)")
     parser.add_argument("--json", help="write the numbers here")
-    parser.add_argument("--device", default="cpu", help="cpu (default, as README reports), cuda, auto")
-    parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation (segment --mirror)")
-    parser.add_argument("--min-field", type=field_mm, help="minimum field of view, mm (segment --min-field; "
-                        "default: each model's)")
-    parser.add_argument("--keep-all-pieces", action="store_true", help="keep detached pieces (segment --keep-all-pieces)")
-    parser.add_argument("--second-opinion", metavar="MODEL", help="a second model that must confirm each labelled "
-                        "piece (segment --second-opinion)")
-    parser.add_argument("--second-opinion-fraction", type=share, metavar="F", help="the share of each piece it must "
-                        "label (segment --second-opinion-fraction)")
+    add_segment_options(parser, model=False, device="cpu")     # cpu: as README reports
     args = parser.parse_args(argv)
     if args.second_opinion_fraction is not None and not args.second_opinion:
         parser.error("--second-opinion-fraction needs --second-opinion")
@@ -232,19 +223,13 @@ def main(argv=None) -> int:
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
     confirm = resolve_model(args.second_opinion) if args.second_opinion else None
 
+    keywords = {**segment_keywords(args), "confirm": confirm}
+
     def segment(net, ct, geometry) -> np.ndarray:
-        return segment_volume(ct, geometry, net, device=args.device, mirror=args.mirror,
-                              keep_all_pieces=args.keep_all_pieces, min_field_mm=args.min_field,
-                              confirm=confirm, confirm_fraction=args.second_opinion_fraction).labelmap
+        return segment_volume(ct, geometry, net, **keywords).labelmap
 
     def segment_command(name, source, output):    # the flags that make `femurunet segment` predict as segment() does
-        return ["femurunet", "segment", source, output, "--device", args.device,
-                *(["--model", name] if name else []), *(["--mirror"] if args.mirror else []),
-                *(["--keep-all-pieces"] if args.keep_all_pieces else []),
-                *(["--second-opinion", args.second_opinion] if args.second_opinion else []),
-                *(["--second-opinion-fraction", f"{args.second_opinion_fraction:g}"]
-                  if args.second_opinion_fraction is not None else []),
-                *(["--min-field", f"{args.min_field:g}"] if args.min_field is not None else [])]
+        return ["femurunet", "segment", source, output, *(["--model", name] if name else []), *segment_flags(args)]
 
     for seed in seeds:
         case = make_phantom(seed, args.phantom, tissue, args.coarse, args.hips, args.coverage)
