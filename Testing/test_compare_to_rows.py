@@ -39,7 +39,7 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "cand.pt against old"
     assert lines[1] == ("  a: 3 cases, Dice 0.9300 -> 0.9450 (+0.0150), min 0.900 -> 0.940, largest false positives "
-                        "5.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet n/a -> 0.5 ml; moved most: 2 -0.010, "
+                        "5.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet n/a -> 0.5 ml; lowest changes: 2 -0.010, "
                         "1 +0.040")
     assert lines[2] == "  b: not covered (1 of 2 seeds missing, e.g. 4)"
     assert lines[3] == ("  c: different cases (seed 2: shape [5, 20, 20] stored, [10, 20, 20] new; another grid "
@@ -47,7 +47,7 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
     assert lines[4] == ("  d: different cases (seed 1: hips mri2psm stored, atlas new; another grid or --hips option, "
                         "or phantom code?)")
     assert lines[5] == ("  e: 2 cases, Dice 0.9350 -> 0.9450 (+0.0100), min 0.900 -> 0.940, largest false positives "
-                        "1.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet 4.0 -> 0.5 ml; moved most: 2 -0.020, "
+                        "1.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet 4.0 -> 0.5 ml; lowest changes: 2 -0.020, "
                         "1 +0.040")
     assert lines[6] == ("  f: 1 femur-free cases, false positives 0.5 -> 0.2 ml (largest 0.5 -> 0.2), in the feet "
                         "0.2 -> n/a ml")

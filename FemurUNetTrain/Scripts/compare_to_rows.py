@@ -5,9 +5,9 @@ docs/benchmarks, e.g. 2026-12-05_run17_rule_sets_s28.json), so the stored model 
 
 NEW.json: what ``evaluate_demo_model.py MODEL --no-real --json NEW.json`` writes (one model, or several under
 "runs": each is compared). For every stored set whose seeds all have a row in the NEW files, one line: cases, mean
-Dice stored -> new, min Dice, largest false positives, labels off the femur (sum), and the seeds that moved most
-(a set without femur: its false positives, summed and largest);
-a set the NEW files cover in part, or with other cases (a seed's grid shape or hip shape differs), is named so. The rows are only
+Dice stored -> new, min Dice, largest false positives, labels off the femur (sum), and the three seeds whose Dice
+changed least (most lost first; a set without femur: its false positives, summed and largest); a set the NEW files
+cover in part, or with other cases (a seed's grid shape or hip shape differs), is named so. The rows are only
 comparable while the phantom code is the stored file's ("phantom_code"). Rules are judged on these numbers; the
 script decides nothing.
 """
@@ -76,7 +76,7 @@ def compare_line(name: str, stored: list, new: dict) -> str:
     return (f"{name}: {len(stored)} cases, Dice {a['mean']:.4f} -> {b['mean']:.4f} ({b['mean'] - a['mean']:+.4f}), "
             f"min {a['min']:.3f} -> {b['min']:.3f}, largest false positives {a['fp_max']:.1f} -> {b['fp_max']:.1f} ml, "
             f"off the femur {_ml(a['off'])} -> {_ml(b['off'])} ml"
-            + _in_the_feet(a, b) + f"; moved most: {worst}")
+            + _in_the_feet(a, b) + f"; lowest changes: {worst}")
 
 
 def _in_the_feet(a: dict, b: dict) -> str:
@@ -95,11 +95,16 @@ def main(argv=None) -> int:
     stored = read_json(argv[0])
     if "sets" not in stored:
         raise SystemExit(f"{PROG}: error: {argv[0]}: no \"sets\" (a stored rule-sets file?)")
-    for model, rows in new_rows(argv[1:]).items():
-        print(f"{model} against {stored.get('model', argv[0])}")
-        for name, entry in stored["sets"].items():
-            print("  " + compare_line(name, entry["rows"], rows))
+    print_comparison(stored, argv[1:], argv[0])
     return 0
+
+
+def print_comparison(stored: dict, paths: list, stored_name: str, names=None) -> None:
+    """A line per stored set (``names``: these only) for each model in the NEW files ``paths``."""
+    for model, rows in new_rows(paths).items():
+        print(f"{model} against {stored.get('model', stored_name)}")
+        for name in names or stored["sets"]:
+            print("  " + compare_line(name, stored["sets"][name]["rows"], rows))
 
 
 if __name__ == "__main__":
