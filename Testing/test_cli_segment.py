@@ -253,3 +253,24 @@ def test_segment_flags_parse_back_to_the_same_options(argv):
     again = parse(segment_flags(args))
     assert segment_keywords(again) == segment_keywords(args) and again.model == args.model
     assert segment_flags(again) == segment_flags(args)
+
+
+def test_a_segmentation_file_names_what_made_it_and_a_nifti_cannot(tmp_path, capsys, tiny_model_file):
+    import hashlib
+    from FemurUNetLib import __version__
+    from FemurUNetLib.volume_io import read_provenance
+    hu = np.random.default_rng(5).integers(-1000, 1500, (3, 40, 48)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.nii.gz"))
+    for output, flags in (("l.seg.nrrd", ("--mirror", "--threshold", "0.4")), ("l.nrrd", ("--fast",)),
+                          ("l.nii.gz", ())):
+        code, _, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / output, "--model",
+                               tiny_model_file, "--no-autocast", "--quiet", "--min-field", "96", *flags)
+        assert code == 0, err
+    digest = hashlib.sha256(Path(tiny_model_file).read_bytes()).hexdigest()[:16]
+    assert read_provenance(tmp_path / "l.seg.nrrd") == {
+        "femurunet": __version__, "model": Path(tiny_model_file).name, "model_sha256": digest, "device": "cpu",
+        "threshold": 0.4, "autocast": "off", "mirror": True, "fast": False, "padded_field_mm": 96.0,
+        "keep_all_pieces": False, "second_opinion": None, "second_opinion_fraction": None}
+    fast = read_provenance(tmp_path / "l.nrrd")
+    assert (fast["fast"], fast["mirror"], fast["threshold"]) == (True, False, 0.5)
+    assert read_provenance(tmp_path / "l.nii.gz") is None and read_provenance(tmp_path / "ct.nii.gz") is None

@@ -258,3 +258,16 @@ def test_fast_runs_every_other_slice_and_fills_from_neighbours(depth):
         assert np.array_equal(r.labelmap[k], (mean > 0.5).astype(np.uint8))
         assert np.array_equal(r.labelmap[k], exact[k - 1])    # both neighbours agree: the fill is theirs
     assert exact[0].any() and not full.labelmap[1::2].any()
+
+
+def test_a_model_is_named_by_its_file_loaded_or_not_and_by_nothing_in_memory(tmp_path):
+    import hashlib
+    from FemurUNetLib.modelfile import load_model, save_model
+    from FemurUNetLib.paths import DEFAULT_MODEL_PATH
+    from FemurUNetLib.resolve import model_identity, model_source
+    from conftest import threshold_unet
+    path = save_model(threshold_unet(), tmp_path / "folder of a patient" / "t.pt")
+    identity = {"model": "t.pt", "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+    assert model_identity(path) == model_identity(load_model(path)) == identity      # no folder in it
+    assert model_source(load_model(path)) == str(path.resolve()) and model_source(None) == str(DEFAULT_MODEL_PATH)
+    assert model_identity(threshold_unet()) == {"model": "(a model in memory)"}

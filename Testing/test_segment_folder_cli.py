@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,11 +59,14 @@ def rows_of(out):
 
 
 def check_labels(folder, out):
-    _, truth, _ = folder
+    from FemurUNetLib.volume_io import read_provenance
+    _, truth, model = folder
     for case, (hu, g) in truth.items():
         image = sitk.ReadImage(str(out / f"{case}.seg.nrrd"))
         assert Geometry.from_sitk(image) == g and image.GetMetaData("Segment0_Name") == "Femur"
         assert np.array_equal(sitk.GetArrayFromImage(image), expected_threshold_labels(hu))
+        made = read_provenance(out / f"{case}.seg.nrrd")          # the model loaded once, named by its file
+        assert (made["model"], made["device"], made["mirror"]) == (Path(model).name, "cpu", False)
 
 
 def test_folder_segmented_exactly_with_the_batch_scripts_csv_and_a_bad_case_failing_alone(folder, tmp_path, capsys):

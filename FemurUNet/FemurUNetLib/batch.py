@@ -202,7 +202,7 @@ def segment_case(path: Path, output_dir, model, qc: bool = False, **options) -> 
     """Plain Python (no MRML): the CT file or DICOM folder ``path`` into ``output_dir/<case>.seg.nrrd`` (and
     ``<case>_qc.png``), written together or not at all; returns its CSV row, a failure included."""
     from .fileio import atomic_outputs
-    from .inference import segment_volume
+    from .inference import provenance, segment_volume
     from .plausibility import check_result
     from .volume_io import read_volume, write_labelmap
 
@@ -215,7 +215,7 @@ def segment_case(path: Path, output_dir, model, qc: bool = False, **options) -> 
         check_result(result, volume)
         out = output_dir / output_name(row["case"])
         with atomic_outputs():   # the segmentation and its QC picture appear together, or neither does
-            write_labelmap(out, result.labelmap, result.geometry, result.labels)
+            write_labelmap(out, result.labelmap, result.geometry, result.labels, provenance(result, model))
             if qc:
                 from .qc import write_qc
                 write_qc(output_dir / qc_name(row["case"]), volume, result.labelmap, result.geometry,

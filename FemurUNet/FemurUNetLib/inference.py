@@ -15,7 +15,7 @@ from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
 from .confirm import remove_unconfirmed_pieces
-from .resolve import resolve_model
+from .resolve import model_identity, resolve_model
 from .transfer import SliceTransfer
 from .neighbours import PictureCache, SliceStack, model_offsets
 from .quantize import quantize_int8
@@ -35,6 +35,18 @@ class SegmentationResult:
     seconds: float = 0.0
     stats: dict = field(default_factory=dict)
     plausibility: Optional[object] = None     # a plausibility.PlausibilityReport, once a caller checked it
+
+
+PROVENANCE_STATS = ("threshold", "autocast", "mirror", "fast", "padded_field_mm", "keep_all_pieces", "second_opinion",
+                    "second_opinion_fraction")
+
+
+def provenance(result: SegmentationResult, model) -> dict:
+    """What made ``result`` (``model``: the argument ``segment_volume`` was given), for an output file's header:
+    FemurUNet's version, the model file's name and digest, the device and the settings that shaped the labels."""
+    from . import __version__
+    return {"femurunet": __version__, **model_identity(model), "device": result.device,
+            **{key: result.stats[key] for key in PROVENANCE_STATS}}
 
 
 def auto_batch_size(device: torch.device, base_filters: int, input_size: int) -> int:
@@ -220,7 +232,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                                      "detached_voxels_removed": removed.get("detached", 0),
                                      "unconfirmed_voxels_removed": removed.get("unconfirmed", 0),
                                      "second_opinion": _file_name(second),
-                                     "second_opinion_fraction": fraction if second is not None else None})
+                                     "second_opinion_fraction": fraction if second is not None else None,
+                                     "mirror": mirror, "fast": fast, "keep_all_pieces": keep_all_pieces})
 
 
 def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, runner: SliceSegmenter,

@@ -21,8 +21,7 @@ from .errors import FemurUNetError
 from .evaluate import dice
 from .geometry import Geometry
 from .inference import segment_volume
-from .paths import DEFAULT_MODEL_PATH
-from .resolve import resolve_model
+from .resolve import model_source, resolve_model
 from .plausibility import check_result
 from .volume_io import terminology_string
 
@@ -310,15 +309,6 @@ def set_warnings_attribute(node, warnings: list) -> None:
         node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(warnings))
     else:
         node.RemoveAttribute(WARNINGS_ATTRIBUTE)
-
-
-def model_source(model) -> str:
-    """A model argument as provenance text: its file, the demo model's file for None, else '(a model in memory)'."""
-    if model is None:
-        return str(DEFAULT_MODEL_PATH)
-    if isinstance(model, (str, os.PathLike)):
-        return os.path.abspath(os.fspath(model))
-    return "(a model in memory)"
 
 
 def mask_digest(mask: np.ndarray) -> str:

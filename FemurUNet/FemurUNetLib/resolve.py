@@ -3,6 +3,8 @@
 Above both readers (``modelfile`` and ``keras_import``), so neither imports the other's caller."""
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 from .errors import FemurUNetError
@@ -26,3 +28,27 @@ def resolve_model(model=None, map_location="cpu") -> UNet2D:
     if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
         path = convert_keras_file(path)
     return load_model(path, map_location)
+
+
+def model_source(model) -> str:
+    """A model argument as provenance text: its file (a loaded model's ``source_file``), the demo model's file for
+    None, else '(a model in memory)'."""
+    if model is None:
+        return str(DEFAULT_MODEL_PATH)
+    if isinstance(model, (str, os.PathLike)):
+        return os.path.abspath(os.fspath(model))
+    source = getattr(model, "source_file", None)
+    return str(source) if source else "(a model in memory)"
+
+
+def model_identity(model) -> dict:
+    """The model as an output file names it: its file's name and the start of its SHA-256 (no folder: paths can
+    name patients or users); a model in memory has neither."""
+    source = model_source(model)
+    if not os.path.isfile(source):
+        return {"model": source}
+    digest = hashlib.sha256()
+    with open(source, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"model": os.path.basename(source), "model_sha256": digest.hexdigest()[:16]}

@@ -1,8 +1,10 @@
 """Read CT volumes (NIfTI, NRRD, MHA, DICOM folders) and write labelmaps / Slicer .seg.nrrd files atomically."""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,6 +21,7 @@ from .volume_check import check_image_file
 MIN_SPACING, MAX_SPACING, MAX_ORIGIN = 1e-4, 1e3, 1e7   # mm: a CT's voxels and position, generously
 LABELMAP_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")   # .mhd: its data file cannot be swapped atomically
 FEMUR_CODE = "SCT^71341001^Femur"
+PROVENANCE_KEY = "FemurUNet_Provenance"   # a header key of .nrrd/.seg.nrrd/.mha outputs: JSON
 SIDE_CODES = {"left": "SCT^7771000^Left", "right": "SCT^24028007^Right"}
 
 
@@ -123,9 +126,11 @@ def read_volume(path, series_uid=None) -> tuple:
     return array, Geometry.from_sitk(image)
 
 
-def _image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+def _image(array: np.ndarray, geometry: Geometry, provenance: Optional[dict] = None) -> sitk.Image:
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     geometry.apply_to_sitk(image)
+    if provenance:
+        image.SetMetaData(PROVENANCE_KEY, json.dumps(provenance, sort_keys=True, separators=(",", ":")))
     return image
 
 
@@ -139,21 +144,33 @@ def output_kind(path) -> str:
     raise FemurUNetError(f"{path}: unsupported output type (use one of {', '.join(LABELMAP_SUFFIXES)})")
 
 
-def write_image(path, array: np.ndarray, geometry: Geometry) -> Path:
+def write_image(path, array: np.ndarray, geometry: Geometry, provenance: Optional[dict] = None) -> Path:
     suffix = output_kind(path)
-    return atomic_write(path, sitk_writer(_image(array, geometry)), suffix)
+    return atomic_write(path, sitk_writer(_image(array, geometry, provenance)), suffix)
 
 
-def write_labelmap(path, labelmap: np.ndarray, geometry: Geometry, labels=None) -> Path:
-    """``.nii.gz``/``.nrrd``/``.mha`` labelmap, or a Slicer ``.seg.nrrd`` when the name ends so."""
+def write_labelmap(path, labelmap: np.ndarray, geometry: Geometry, labels=None,
+                   provenance: Optional[dict] = None) -> Path:
+    """``.nii.gz``/``.nrrd``/``.mha`` labelmap, or a Slicer ``.seg.nrrd`` when the name ends so. ``provenance``
+    (``inference.provenance``) goes into the header of a .nrrd, .seg.nrrd or .mha file (NIfTI has no place for it)."""
     if output_kind(path) == ".seg.nrrd":
-        return write_seg_nrrd(path, labelmap, geometry, labels)
-    return write_image(path, labelmap.astype(np.uint8, copy=False), geometry)
+        return write_seg_nrrd(path, labelmap, geometry, labels, provenance)
+    return write_image(path, labelmap.astype(np.uint8, copy=False), geometry, provenance)
 
 
-def write_seg_nrrd(path, labelmap: np.ndarray, geometry: Geometry, labels) -> Path:
+def read_provenance(path) -> Optional[dict]:
+    """The provenance FemurUNet wrote into a labelmap file's header (None if it has none)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if not reader.HasMetaDataKey(PROVENANCE_KEY):
+        return None
+    return json.loads(reader.GetMetaData(PROVENANCE_KEY))
+
+
+def write_seg_nrrd(path, labelmap: np.ndarray, geometry: Geometry, labels, provenance: Optional[dict] = None) -> Path:
     """A single-layer Slicer segmentation: one segment per label record, full reference extent."""
-    image = _image(labelmap.astype(np.uint8, copy=False), geometry)
+    image = _image(labelmap.astype(np.uint8, copy=False), geometry, provenance)
     nk, nj, ni = labelmap.shape
     extent = f"0 {ni - 1} 0 {nj - 1} 0 {nk - 1}"
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")

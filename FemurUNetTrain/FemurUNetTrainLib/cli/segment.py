@@ -9,7 +9,7 @@ import numpy as np
 
 from FemurUNetLib.evaluate import dice, hd95
 from FemurUNetLib.fileio import atomic_outputs
-from FemurUNetLib.inference import segment_volume
+from FemurUNetLib.inference import provenance, segment_volume
 from FemurUNetLib.phantom import write_case
 from FemurUNetLib.phantom2 import generate_case
 from FemurUNetLib.errors import FemurUNetError
@@ -73,7 +73,7 @@ def run_segment(args) -> int:
                             return_probabilities=bool(args.probabilities),
                             progress=None if args.quiet else ProgressBar("segment"))
     with atomic_outputs():   # the labelmap, probability map and QC picture appear together, or none does
-        write_labelmap(args.output, result.labelmap, result.geometry, result.labels)
+        write_labelmap(args.output, result.labelmap, result.geometry, result.labels, provenance(result, args.model))
         if args.probabilities:
             write_image(args.probabilities, result.probabilities, result.geometry)
         if args.qc:
