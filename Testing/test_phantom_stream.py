@@ -242,13 +242,13 @@ def test_the_stream_needs_no_simpleitk(tmp_path):
 @pytest.mark.slow
 def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path, capsys):
     out = tmp_path / "s.pt"
-    assert cli.main(["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(out), "--minutes", "0.4",
-                     "--workers", "1", "--shape", "10,40,40", "--val-seeds", "49000-49001",
+    assert cli.main(["train-phantoms", "--init", str(DEFAULT_MODEL_PATH), "--out", str(out), "--minutes", "5",
+                     "--max-steps", "6", "--workers", "1", "--shape", "10,40,40", "--val-seeds", "49000-49001",
                      "--seeds", "50000-50100", "--min-cases", "2", "--batch-size", "2",
-                     "--val-every", "5", "--device", "cpu", "--warmup-steps", "2",
+                     "--val-every", "1", "--device", "cpu", "--warmup-steps", "2",
                      "--coverage-mix", "knee_to_ankle=1", "--mri-hips", "1"]) == 0
     lines = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
-    assert lines[-1]["steps"] > 0
+    assert lines[-1]["steps"] == 6                  # ended by its steps (the clock allows minutes)
     validated = [r for r in lines if "val_loss" in r]
     assert validated and "start_val_loss" in validated[0] and any(r.get("best") for r in validated)
     best = [r for r in validated if r.get("best")][-1]

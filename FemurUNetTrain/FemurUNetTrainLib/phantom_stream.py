@@ -288,14 +288,14 @@ def _record(run: _Run, started: float, losses: list, out: Path) -> dict:
 def _train_until(run: _Run, arrived: queue.Queue, deadline: float, out: Path) -> None:
     args, started = run.args, time.time()
     t0, losses, last_record = None, [], time.time()
-    while time.time() < deadline:
+    while time.time() < deadline and run.steps < (args.max_steps or math.inf):
         while not arrived.empty():
             run.add(arrived.get())
         if len(run.train.cases) < args.min_cases:
             time.sleep(0.2)
             continue
         t0 = t0 or time.time()
-        fraction = (time.time() - t0) / max(1e-6, deadline - t0)
+        fraction = max((time.time() - t0) / max(1e-6, deadline - t0), run.steps / (args.max_steps or math.inf))
         losses.append(run.step(scheduled_rate(args.lr, args.min_lr, args.warmup_steps, run.steps, fraction)))
         if time.time() - last_record >= args.val_every:
             _record(run, started, losses, out)
@@ -306,7 +306,8 @@ def _train_until(run: _Run, arrived: queue.Queue, deadline: float, out: Path) ->
 
 
 def stream_train(args) -> list:
-    """Run the workers and the training until ``args.minutes`` have passed; returns the log records."""
+    """Run the workers and the training until ``args.minutes`` have passed (or ``args.max_steps`` steps are done);
+    returns the log records."""
     started = time.time()
     device = pick_device(args.device)
     torch.set_num_threads(max(1, args.threads))
@@ -357,6 +358,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model to start from (its input size, window and, unless --base-filters, width)")
     p.add_argument("--out", required=True, help="best model (the weight average at its best validation)")
     p.add_argument("--minutes", type=positive_number, default=7.0, help="wall time of the whole run (default %(default)s)")
+    p.add_argument("--max-steps", type=positive_int, help="end after this many steps, if --minutes has not passed "
+                   "first (the learning rate then follows whichever end is nearer; default: none)")
     p.add_argument("--seeds", default="50000-59999", help="training phantom seeds A-B (default %(default)s)")
     p.add_argument("--val-seeds", default="49000-49011", help="validation phantom seeds (default %(default)s)")
     p.add_argument("--coverage-mix", type=parse_coverage_mix, help="coverages of the training phantoms, weighted: "
