@@ -5,6 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from FemurUNetTrainLib.cli import main
+from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.geometry import Geometry
 from FemurUNetLib.volume_io import read_volume, terminology_string
 from conftest import expected_threshold_labels
@@ -274,3 +275,5 @@ def test_a_segmentation_file_names_what_made_it_and_a_nifti_cannot(tmp_path, cap
     fast = read_provenance(tmp_path / "l.nrrd")
     assert (fast["fast"], fast["mirror"], fast["threshold"]) == (True, False, 0.5)
     assert read_provenance(tmp_path / "l.nii.gz") is None and read_provenance(tmp_path / "ct.nii.gz") is None
+    with pytest.raises(FemurUNetError, match=r"missing.nrrd: not a readable image file$"):
+        read_provenance(tmp_path / "missing.nrrd")

@@ -271,3 +271,16 @@ def test_a_model_is_named_by_its_file_loaded_or_not_and_by_nothing_in_memory(tmp
     assert model_identity(path) == model_identity(load_model(path)) == identity      # no folder in it
     assert model_source(load_model(path)) == str(path.resolve()) and model_source(None) == str(DEFAULT_MODEL_PATH)
     assert model_identity(threshold_unet()) == {"model": "(a model in memory)"}
+
+
+def test_a_model_file_changed_in_place_gets_a_new_digest(tmp_path):
+    import os
+    from FemurUNetLib.modelfile import save_model
+    from FemurUNetLib.resolve import model_identity
+    from conftest import threshold_unet
+    path = save_model(threshold_unet(100.0), tmp_path / "m.pt")
+    first = model_identity(path)["model_sha256"]
+    assert model_identity(path)["model_sha256"] == first
+    save_model(threshold_unet(900.0), path)
+    os.utime(path, ns=(1, 1))                           # even with an old time stamp: the size or time differs
+    assert model_identity(path)["model_sha256"] != first

@@ -3,6 +3,7 @@
 Above both readers (``modelfile`` and ``keras_import``), so neither imports the other's caller."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -47,8 +48,15 @@ def model_identity(model) -> dict:
     source = model_source(model)
     if not os.path.isfile(source):
         return {"model": source}
+    stat = os.stat(source)
+    return {"model": os.path.basename(source), "model_sha256": _file_sha256(source, stat.st_size, stat.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The first 16 hex digits of a file's SHA-256, once per file version (a folder of CTs names one model)."""
     digest = hashlib.sha256()
-    with open(source, "rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return {"model": os.path.basename(source), "model_sha256": digest.hexdigest()[:16]}
+    return digest.hexdigest()[:16]

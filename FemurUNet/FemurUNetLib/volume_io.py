@@ -162,7 +162,10 @@ def read_provenance(path) -> Optional[dict]:
     """The provenance FemurUNet wrote into a labelmap file's header (None if it has none)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    reader.ReadImageInformation()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise FemurUNetError(f"{path}: not a readable image file") from None
     if not reader.HasMetaDataKey(PROVENANCE_KEY):
         return None
     return json.loads(reader.GetMetaData(PROVENANCE_KEY))
