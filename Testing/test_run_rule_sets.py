@@ -73,6 +73,9 @@ def test_bad_picks_and_rows_of_another_model_are_refused_before_any_work(tmp_pat
     with pytest.raises(SystemExit, match=r"pelvis_set_session_1.json: rows of model other.pt, not "):
         script.main([str(stored), str(DEFAULT_MODEL_PATH), "--sets", "pelvis", "--out", str(out)])
     assert made == []
+    (out / "pelvis_set_session_1.json").write_text("{cut")
+    with pytest.raises(SystemExit, match=r"pelvis_set_session_1.json: not JSON"):
+        script.main([str(stored), str(DEFAULT_MODEL_PATH), "--sets", "pelvis", "--out", str(out)])
     (tmp_path / "plain.json").write_text(json.dumps({"sets": {"x": {"rows": []}}}))
     with pytest.raises(SystemExit, match=r"plain.json: no sets with their commands"):
         script.main([str(tmp_path / "plain.json"), str(DEFAULT_MODEL_PATH)])

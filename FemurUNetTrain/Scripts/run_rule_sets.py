@@ -14,7 +14,6 @@ file's; the script decides nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import sys
@@ -58,7 +57,7 @@ def done_before(path: Path, model: str) -> bool:
     """The set's rows are there from this model; rows of another model are refused, not overwritten."""
     if not path.is_file():
         return False
-    made_by = json.loads(path.read_text()).get("model")
+    made_by = compare_to_rows.read_json(str(path)).get("model")
     if made_by != model:
         raise SystemExit(f"{PROG}: error: {path}: rows of model {made_by}, not {model} (another --out, or delete it)")
     return True
