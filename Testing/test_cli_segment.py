@@ -239,11 +239,31 @@ def test_segment_names_the_second_opinion_it_asked_and_refuses_a_missing_one(tmp
     assert not (tmp_path / "l.nii.gz").exists()
 
 
+def test_segment_names_the_gate_it_asked_and_refuses_a_missing_one(tmp_path, capsys, tiny_model_file):
+    import torch
+    from FemurUNetLib.gate import LevelGate, save_gate
+    hu = np.random.default_rng(5).integers(-1000, 1500, (2, 40, 40)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.nii.gz"))
+    ask = lambda *flags: run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / "l.nii.gz", "--quiet",
+                                 "--device", "cpu", "--model", tiny_model_file, *flags)
+    torch.manual_seed(0)
+    save_gate(LevelGate(), tmp_path / "gate.pt", {})
+    code, stdout, err = ask("--gate", tmp_path / "gate.pt", "--gate-threshold", "0.25")
+    assert code == 0 and ", gate gate.pt at 0.25) ->" in stdout, err
+    (tmp_path / "l.nii.gz").unlink()
+    for flags, message in ((("--gate", tmp_path / "absent.pt"), "absent.pt: gate file not found"),
+                           (("--gate-threshold", "0.5"), "a gate threshold needs a gate (--gate)")):
+        code, stdout, err = ask(*flags)
+        assert code == 2 and err.strip().endswith(message) and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "l.nii.gz").exists()
+
+
 @pytest.mark.parametrize("argv", [[], ["--model", "m.pt", "--device", "cpu", "--mirror", "--fast"],
                                   ["--batch-size", "3", "--threshold", "0.35", "--precision", "bf16"],
                                   ["--no-autocast", "--keep-all-pieces", "--min-field", "0"],
                                   ["--second-opinion", "judge.pt", "--second-opinion-fraction", "0.1234567891",
-                                   "--min-field", "287.5", "--precision", "int8"]])
+                                   "--min-field", "287.5", "--precision", "int8"],
+                                  ["--gate", "gate.pt", "--gate-threshold", "0.05"]])
 def test_segment_flags_parse_back_to_the_same_options(argv):
     from FemurUNetTrainLib.cli import build_parser
     from FemurUNetLib.segment_options import segment_flags, segment_keywords
@@ -271,7 +291,8 @@ def test_a_segmentation_file_names_what_made_it_and_a_nifti_cannot(tmp_path, cap
     assert read_provenance(tmp_path / "l.seg.nrrd") == {
         "femurunet": __version__, "model": Path(tiny_model_file).name, "model_sha256": digest, "device": "cpu",
         "threshold": 0.4, "autocast": "off", "mirror": True, "fast": False, "padded_field_mm": 96.0,
-        "keep_all_pieces": False, "second_opinion": None, "second_opinion_fraction": None}
+        "keep_all_pieces": False, "second_opinion": None, "second_opinion_fraction": None, "gate": None,
+        "gate_threshold": None}
     fast = read_provenance(tmp_path / "l.nrrd")
     assert (fast["fast"], fast["mirror"], fast["threshold"]) == (True, False, 0.5)
     assert read_provenance(tmp_path / "l.nii.gz") is None and read_provenance(tmp_path / "ct.nii.gz") is None

@@ -10,12 +10,13 @@ import numpy as np
 import torch
 
 from .device import autocast, autocast_dtype, pick_device
-from .defaults import CONFIRM_FRACTION, MAX_FIELD_MM
+from .defaults import CONFIRM_FRACTION, GATE_THRESHOLD, MAX_FIELD_MM
 from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
 from .confirm import remove_unconfirmed_pieces
-from .resolve import model_identity, resolve_model
+from .gate import gate_pieces, slice_probabilities
+from .resolve import model_identity, resolve_gate, resolve_model
 from .transfer import SliceTransfer
 from .neighbours import PictureCache, SliceStack, model_offsets
 from .quantize import quantize_int8
@@ -38,7 +39,7 @@ class SegmentationResult:
 
 
 PROVENANCE_STATS = ("threshold", "autocast", "mirror", "fast", "padded_field_mm", "keep_all_pieces", "second_opinion",
-                    "second_opinion_fraction")
+                    "second_opinion_fraction", "gate", "gate_threshold")
 
 
 def provenance(result: SegmentationResult, model) -> dict:
@@ -163,7 +164,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                    cancel: Optional[Callable[[], bool]] = None, channels_last: bool = True,
                    fast: bool = False, compile: bool = False, mirror: bool = False,
                    keep_all_pieces: bool = False, min_field_mm: Optional[float] = None,
-                   confirm=None, confirm_fraction: Optional[float] = None) -> SegmentationResult:
+                   confirm=None, confirm_fraction: Optional[float] = None, gate=None,
+                   gate_threshold: Optional[float] = None) -> SegmentationResult:
     """Segment the femur in a 3-D CT array (numpy (k, j, i), HU) and return a uint8 labelmap on the same grid.
 
     ``model``: a UNet2D (with ``.metadata``), a ``.pt``/``.hdf5`` path, or None for the shipped demo model.
@@ -181,6 +183,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     ``confirm``: a second model (a module or a path, as ``model``) whose labels must cover ``confirm_fraction``
     (0..1; None: ``defaults.CONFIRM_FRACTION``) of each labelled piece, or the piece goes (``confirm``); None: none.
     It is loaded before any slice is segmented, so a missing file fails first.
+    ``gate``: a level gate (a ``gate.LevelGate`` or its file; None: none): a piece none of whose slices the gate
+    gives ``gate_threshold`` (None: ``defaults.GATE_THRESHOLD``) or more goes (``gate.gate_pieces``); loaded first.
     ``compile``: ``torch.compile`` the model (one static batch shape; a one-off compile of tens of seconds).
     ``min_field_mm``: slices whose field of view is smaller are padded with air to it before the resize (and the
     output cropped back), so small fields are seen at the scale the model knows; None: the model's
@@ -198,6 +202,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     net = resolve_model(model)
     fraction = _confirm_fraction(confirm, confirm_fraction)
     second = None if keep_all_pieces or confirm is None else resolve_model(confirm)
+    level_gate = _level_gate(gate, gate_threshold, keep_all_pieces)
     reorient = Reorientation.for_geometry(geometry)
     min_field = float(net.metadata.get("min_field_mm", 0.0) if min_field_mm is None else min_field_mm)
     if not 0 <= min_field <= MAX_FIELD_MM:
@@ -220,7 +225,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     else:
         batch = _segment_every_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
     removed = {} if keep_all_pieces else _remove_pieces(labelmap, volume, geometry, net, runner, reorient, batch,
-                                                        second, fraction)
+                                                        second, fraction, level_gate)
 
     return SegmentationResult(labelmap=labelmap, geometry=geometry, labels=list(net.metadata["labels"]),
                               probabilities=probabilities, device=str(runner.device), batch_size=batch,
@@ -229,17 +234,15 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                                      "autocast": runner.precision_name(),
                                      "input_size": runner.size, "min_side": runner.min_side,
                                      "padded_field_mm": min_field if runner.min_side > max(source.shape[1:]) else 0.0,
-                                     "detached_voxels_removed": removed.get("detached", 0),
-                                     "unconfirmed_voxels_removed": removed.get("unconfirmed", 0),
-                                     "second_opinion": _file_name(second),
-                                     "second_opinion_fraction": fraction if second is not None else None,
-                                     "mirror": mirror, "fast": fast, "keep_all_pieces": keep_all_pieces})
+                                     **_removal_stats(removed, second, fraction, level_gate), "mirror": mirror, "fast": fast, "keep_all_pieces": keep_all_pieces})
 
 
 def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, runner: SliceSegmenter,
-                   reorient: Reorientation, batch: int, second=None, fraction: float = CONFIRM_FRACTION) -> dict:
+                   reorient: Reorientation, batch: int, second=None, fraction: float = CONFIRM_FRACTION,
+                   gate=(None, GATE_THRESHOLD)) -> dict:
     """The default post-processing, in place: detached pieces, then pieces of which the second model (None: none)
-    labels less than ``fraction``; returns the voxels each removed."""
+    labels less than ``fraction``, then pieces on no level the gate (``(LevelGate or None, threshold)``) passes;
+    returns the voxels each removed."""
     labels = net.metadata["labels"]
     removed = {"detached": remove_detached_pieces(labelmap, volume, geometry, labels)}
     if second is not None:
@@ -247,6 +250,10 @@ def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry,
         _second_opinion(second, runner, reorient.canonical_spacing(geometry)[2], reorient.to_canonical(volume),
                         reorient.to_canonical(labelmap), reorient.to_canonical(confirmed), batch)
         removed["unconfirmed"] = remove_unconfirmed_pieces(labelmap, confirmed, volume, geometry, labels, fraction)
+    level_gate, threshold = gate
+    if level_gate is not None and labelmap.any():
+        p = slice_probabilities(level_gate, reorient.to_canonical(volume), reorient.canonical_spacing(geometry))
+        removed["gated"] = gate_pieces(labelmap, p, volume, geometry, labels, threshold)
     return removed
 
 
@@ -259,6 +266,27 @@ def _confirm_fraction(confirm, fraction: Optional[float]) -> float:
     if not 0.0 <= fraction <= 1.0:
         raise FemurUNetError(f"the second-opinion fraction must be 0..1, got {fraction}")
     return float(fraction)
+
+
+def _removal_stats(removed: dict, second, fraction: float, level_gate: tuple) -> dict:
+    """What the post-processing removed, and with which second model and gate."""
+    gate, threshold = level_gate
+    return {"detached_voxels_removed": removed.get("detached", 0),
+            "unconfirmed_voxels_removed": removed.get("unconfirmed", 0),
+            "second_opinion": _file_name(second), "second_opinion_fraction": fraction if second is not None else None,
+            "gate": _file_name(gate), "gate_threshold": threshold if gate is not None else None,
+            "gated_voxels_removed": removed.get("gated", 0)}
+
+
+def _level_gate(gate, threshold: Optional[float], keep_all_pieces: bool) -> tuple:
+    """(LevelGate or None, threshold), checked and loaded before any slice is segmented."""
+    if threshold is None:
+        threshold = GATE_THRESHOLD
+    elif gate is None:
+        raise FemurUNetError("a gate threshold needs a gate (--gate)")
+    if not 0.0 <= threshold <= 1.0:
+        raise FemurUNetError(f"the gate threshold must be 0..1, got {threshold}")
+    return None if keep_all_pieces else resolve_gate(gate), float(threshold)
 
 
 def _file_name(model) -> Optional[str]:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .errors import FemurUNetError
+from .gate import LevelGate, load_gate
 from .keras_import import convert_keras_file
 from .model import UNet2D
 from .modelfile import load_model, model_metadata
@@ -29,6 +30,13 @@ def resolve_model(model=None, map_location="cpu") -> UNet2D:
     if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
         path = convert_keras_file(path)
     return load_model(path, map_location)
+
+
+def resolve_gate(gate=None):
+    """A LevelGate from a module or a file; None for None (no gate)."""
+    if gate is None or isinstance(gate, LevelGate):
+        return gate
+    return load_gate(gate)
 
 
 def model_source(model) -> str:

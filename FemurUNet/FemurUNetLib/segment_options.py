@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .defaults import CONFIRM_FRACTION, MAX_FIELD_MM
+from .defaults import CONFIRM_FRACTION, GATE_THRESHOLD, MAX_FIELD_MM
 
 PRECISIONS = ("auto", "bf16", "fp32", "int8")
 
@@ -62,8 +62,8 @@ def _number(text: str, kind):
 
 def add_segment_options(parser, fast: bool = True, model: bool = True, device: str = "auto") -> None:
     """[--model] --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces
-    --second-opinion --second-opinion-fraction --min-field. ``model=False``: the caller names the model itself (e.g.
-    as positional arguments); ``device``: the default device."""
+    --gate --gate-threshold --second-opinion --second-opinion-fraction --min-field. ``model=False``: the caller names the model
+    itself (e.g. as positional arguments); ``device``: the default device."""
     if model:
         parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
     devices = [name + (" (default)" if name == device else "") for name in ("auto", "cpu", "cuda", "cuda:N", "mps")]
@@ -86,6 +86,11 @@ def add_segment_options(parser, fast: bool = True, model: bool = True, device: s
                         "femur (by default only each side's femur and pieces of at least a fifth of its volume stay, "
                         "none wholly over 150 mm below both femurs; the others are usually other bones, e.g. the tibia "
                         "or the talus)")
+    parser.add_argument("--gate", metavar="FILE", help="a level gate file (FemurUNetTrainLib.gate_train): a small "
+                        "network that sees the whole scan at 4 mm; a piece goes when it finds a femur on none of the "
+                        "piece's slices (default: none; none ships: docs/MODEL_HISTORY.md)")
+    parser.add_argument("--gate-threshold", type=share, metavar="P", help="the gate's probability a piece must reach "
+                        f"on at least one of its slices to stay, 0..1 (default: {GATE_THRESHOLD:g}; needs --gate)")
     parser.add_argument("--second-opinion", metavar="MODEL", help="a second model file that must label at least "
                         "--second-opinion-fraction of each labelled piece, or the piece goes (it runs only on slices "
                         "with labels; default: none; no second model ships: docs/MODEL_HISTORY.md)")
@@ -100,7 +105,9 @@ def segment_keywords(args) -> dict:
     """``segment_volume`` / ``segment_and_import`` keywords of options parsed by ``add_segment_options``."""
     keywords = {"device": args.device, "batch_size": args.batch_size, "threshold": args.threshold,
                 "autocast": autocast_value("fp32" if args.no_autocast else args.precision), "mirror": args.mirror,
-                "keep_all_pieces": args.keep_all_pieces, "min_field_mm": args.min_field,
+                "keep_all_pieces": args.keep_all_pieces, "gate": args.gate,
+                "gate_threshold": args.gate_threshold,
+                "min_field_mm": args.min_field,
                 "confirm": args.second_opinion, "confirm_fraction": args.second_opinion_fraction}
     if hasattr(args, "fast"):
         keywords["fast"] = args.fast
@@ -112,7 +119,8 @@ def segment_flags(args) -> list:
     options as a ``femurunet segment`` line names them."""
     flags = [*(["--model", str(args.model)] if getattr(args, "model", None) else []), "--device", args.device]
     for flag, value in (("--batch-size", args.batch_size), ("--threshold", args.threshold),
-                        ("--second-opinion", args.second_opinion),
+                        ("--second-opinion", args.second_opinion), ("--gate", args.gate),
+                        ("--gate-threshold", args.gate_threshold),
                         ("--second-opinion-fraction", args.second_opinion_fraction), ("--min-field", args.min_field)):
         if value is not None:
             flags += [flag, _number_text(value) if isinstance(value, float) else str(value)]

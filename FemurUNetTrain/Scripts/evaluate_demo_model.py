@@ -27,7 +27,7 @@ import numpy as np
 from FemurUNetLib import segment_volume
 from FemurUNetLib.evaluate import dice, false_positives, femur_rows, hd95, midline, off_target_ml, \
     read_femur_reference, split_at_midline
-from FemurUNetLib.resolve import resolve_model
+from FemurUNetLib.resolve import resolve_gate, resolve_model
 from FemurUNetLib.segment_options import add_segment_options, segment_flags, segment_keywords
 from FemurUNetLib.phantom import generate_case
 from FemurUNetLib.plausibility import check_plausibility
@@ -193,6 +193,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.second_opinion_fraction is not None and not args.second_opinion:
         parser.error("--second-opinion-fraction needs --second-opinion")
+    if args.gate_threshold is not None and not args.gate:
+        parser.error("--gate-threshold needs --gate")
     tissue = parse_tissue(args.tissue)
     if tissue and args.phantom != 2:
         parser.error("--tissue: only phantom v2 draws tissue values")
@@ -219,11 +221,13 @@ def main(argv=None) -> int:
              **({"second_opinion": args.second_opinion} if args.second_opinion else {}),
              **({"second_opinion_fraction": args.second_opinion_fraction}
                 if args.second_opinion_fraction is not None else {}),
+             **({"gate": args.gate} if args.gate else {}),
+             **({"gate_threshold": args.gate_threshold} if args.gate_threshold is not None else {}),
              "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
     confirm = resolve_model(args.second_opinion) if args.second_opinion else None
 
-    keywords = {**segment_keywords(args), "confirm": confirm}
+    keywords = {**segment_keywords(args), "confirm": confirm, "gate": resolve_gate(args.gate)}
 
     def segment(net, ct, geometry) -> np.ndarray:
         return segment_volume(ct, geometry, net, **keywords).labelmap

@@ -83,11 +83,12 @@ def run_segment(args) -> int:
     for warning in report.warnings:   # an implausible result is still written; exit code stays 0
         print(f"warning: {warning}", file=sys.stderr)
     padded, second = result.stats["padded_field_mm"], result.stats["second_opinion"]
-    fraction = result.stats["second_opinion_fraction"]
+    fraction, gate, at = (result.stats[k] for k in ("second_opinion_fraction", "gate", "gate_threshold"))
     print(f"{result.stats['slices']} slices in {result.seconds:.1f} s on {result.device} "
           f"(batch {result.batch_size}, precision {result.stats['autocast']}"
           f"{f', small field padded to {padded:g} mm' if padded else ''}"
-          f"{f', second opinion {second} at {fraction:g}' if second else ''}) -> {args.output}")
+          f"{f', second opinion {second} at {fraction:g}' if second else ''}"
+          f"{f', gate {gate} at {at:g}' if gate else ''}) -> {args.output}")
     return 0
 
 

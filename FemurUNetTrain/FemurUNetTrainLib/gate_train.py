@@ -1,0 +1,186 @@
+"""Train the level gate (``FemurUNetLib.gate``) on phantom v2 scans: which axial levels hold a femur.
+
+Two steps, each resumable:
+
+    python3 -m FemurUNetTrainLib.gate_train make gate_data/train --seeds 600000-605999 --jobs 2
+    python3 -m FemurUNetTrainLib.gate_train make gate_data/val --seeds 610000-610039
+    python3 -m FemurUNetTrainLib.gate_train train gate_data/train gate_data/val --out gate.pt --minutes 25
+
+``make`` renders each seed on a grid drawn per seed (in-plane 1.6-3.2 mm, slices 1.5-5 mm, a leg-weighted
+coverage mix) and keeps only the gate's view of it: the 4 mm volume and which levels hold a femur (a few hundred
+kB per scan; a folder of finished seeds is skipped on a rerun). ``train`` draws one scan at a time, crops a random
+run of levels (a scan may start and end anywhere), flips it left-right, shifts it and varies its HU scale, offset
+and noise; AdamW, cosine rate; the checkpoint with the lowest validation loss is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.gate import LevelGate, gate_inputs, gate_volume, level_targets, load_gate, save_gate
+from FemurUNetLib.geometry import Reorientation
+from FemurUNetLib.phantom2 import generate_case
+
+from .options import seed_list
+
+GATE_MIX = {"pelvis": 14, "hip_to_knee": 12, "whole_leg": 16, "knee_to_ankle": 16, "lower_leg": 16,
+            "abdomen_to_thigh": 12, "abdomen": 7, "chest": 7}
+MIN_LEVELS = 8                        # the shortest crop: 32 mm
+
+
+def gate_case(seed: int) -> tuple:
+    """(gate volume int16, bool per level, coverage) of one phantom v2 scan on a grid drawn from ``seed``."""
+    rng = np.random.default_rng([seed, 38])
+    names = list(GATE_MIX)
+    p = np.array([GATE_MIX[n] for n in names], float)
+    coverage = str(rng.choice(names, p=p / p.sum()))
+    inplane, between = float(rng.uniform(1.6, 3.2)), float(rng.uniform(1.5, 5.0))
+    case = generate_case(seed, coverage=coverage, spacing=(inplane, inplane, between), jobs=1)
+    axial = Reorientation.for_geometry(case.geometry)
+    volume = gate_volume(axial.to_canonical(case.ct), axial.canonical_spacing(case.geometry))
+    targets = level_targets(axial.to_canonical(case.label) > 0, volume.shape[0])
+    return np.clip(np.rint(volume), -1024, 3071).astype(np.int16), targets, coverage
+
+
+def _make_one(job: tuple) -> str:
+    folder, seed = job
+    path = Path(folder) / f"{seed}.npz"
+    if not path.exists():
+        volume, targets, coverage = gate_case(seed)
+        partial = path.with_suffix(".part.npz")
+        np.savez_compressed(partial, vol=volume, target=targets, coverage=coverage)
+        partial.replace(path)
+    return path.name
+
+
+def make_cases(folder, seeds, jobs: int = 1) -> int:
+    """Render every seed not yet in ``folder``; returns how many files the folder holds for ``seeds``."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    todo = [(str(folder), s) for s in seeds]
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        for done, name in enumerate(pool.imap_unordered(_make_one, todo), 1):
+            print(f"{done}/{len(todo)} {name}", flush=True)
+    return sum((Path(folder) / f"{s}.npz").exists() for s in seeds)
+
+
+def load_cases(folder) -> list:
+    """[(volume int16, targets float32, coverage)] of every finished scan in ``folder``."""
+    cases = []
+    for path in sorted(Path(folder).glob("*[0-9].npz")):
+        with np.load(path) as d:
+            cases.append((d["vol"], d["target"].astype(np.float32), str(d["coverage"])))
+    if not cases:
+        raise FemurUNetError(f"{folder}: no gate scans (make them with 'gate_train make')")
+    return cases
+
+
+def augment(volume: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> tuple:
+    """A random run of levels, a left-right flip, a shift of up to 8 pixels, HU x 0.9-1.1 + -40..40, noise."""
+    levels = volume.shape[0]
+    if levels > MIN_LEVELS and rng.random() < 0.6:
+        n = int(rng.integers(MIN_LEVELS, levels + 1))
+        k = int(rng.integers(0, levels - n + 1))
+        volume, targets = volume[k:k + n], targets[k:k + n]
+    v = volume.astype(np.float32)
+    if rng.random() < 0.5:
+        v = v[:, :, ::-1]
+    v = np.roll(v, tuple(int(s) for s in rng.integers(-8, 9, 2)), axis=(1, 2))
+    v = np.where(v > -900, v * rng.uniform(0.9, 1.1) + rng.uniform(-40, 40), v)
+    v = v + rng.normal(0, rng.uniform(0, 20), v.shape).astype(np.float32)
+    return np.ascontiguousarray(v), np.ascontiguousarray(targets)
+
+
+@torch.no_grad()
+def validate(net: LevelGate, cases: list) -> dict:
+    """Mean BCE over the scans; the lowest P on a femur level and the highest on a level without one."""
+    net.eval()
+    losses, lowest, highest = [], [], []
+    for volume, targets, _ in cases:
+        p = torch.sigmoid(net(gate_inputs(volume.astype(np.float32)))).clamp(1e-6, 1 - 1e-6)
+        t = torch.from_numpy(targets)
+        losses.append(F.binary_cross_entropy(p, t).item())
+        if t.any():
+            lowest.append(float(p[t > 0].min()))
+        if (t == 0).any():
+            highest.append(float(p[t == 0].max()))
+    net.train()
+    return {"loss": float(np.mean(losses)), "lowest_on_femur": min(lowest, default=None),
+            "highest_without": max(highest, default=None)}
+
+
+def train_gate(train_dir, val_dir, out, minutes: float, lr: float = 2e-3, accumulate: int = 4, seed: int = 38,
+               threads: int = 2, validate_every: int = 100, max_steps: Optional[int] = None, init=None) -> list:
+    """Train for ``minutes`` (or ``max_steps``) from scratch or from the gate file ``init``; the best validation
+    checkpoint goes to ``out`` (its log beside it). The rate follows a cosine over the minutes."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    train, val = load_cases(train_dir), load_cases(val_dir)
+    net = LevelGate() if init is None else load_gate(init).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    start, step, best, log = time.time(), 0, math.inf, []
+    while time.time() - start < minutes * 60 and (max_steps is None or step < max_steps):
+        done = (time.time() - start) / (minutes * 60)
+        for group in opt.param_groups:
+            group["lr"] = lr / 20 + (lr - lr / 20) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        opt.zero_grad()
+        for _ in range(accumulate):
+            volume, targets, _ = train[int(rng.integers(len(train)))]
+            v, t = augment(volume, targets, rng)
+            (F.binary_cross_entropy_with_logits(net(gate_inputs(v)), torch.from_numpy(t)) / accumulate).backward()
+        opt.step()
+        step += 1
+        if step % validate_every == 0:
+            log.append({"step": step, "minutes": round((time.time() - start) / 60, 2), **validate(net, val)})
+            print(json.dumps(log[-1]), flush=True)
+            if log[-1]["loss"] < best:
+                best = log[-1]["loss"]
+                save_gate(net, out, {"step": step, "scans": len(train), "validation": log[-1],
+                                     "train_dir": Path(train_dir).name, "minutes": minutes, "lr": lr, "seed": seed,
+                                     "init": None if init is None else Path(init).name})
+    Path(str(out) + ".log.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+def main(argv=None) -> int:
+    prog = "python3 -m FemurUNetTrainLib.gate_train"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("make", help="render phantom scans into the gate's 4 mm view")
+    make.add_argument("folder")
+    make.add_argument("--seeds", type=seed_list, required=True, help="e.g. 600000-605999")
+    make.add_argument("--jobs", type=int, default=1)
+    train = sub.add_parser("train", help="train the gate on made scans")
+    train.add_argument("train_dir")
+    train.add_argument("val_dir")
+    train.add_argument("--out", required=True)
+    train.add_argument("--minutes", type=float, default=25.0)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--init", help="start from this gate file (default: from scratch)")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "make":
+            print(f"{make_cases(args.folder, args.seeds, args.jobs)} scans in {args.folder}")
+        else:
+            train_gate(args.train_dir, args.val_dir, args.out, args.minutes, args.lr, threads=args.threads,
+                       init=args.init)
+    except FemurUNetError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""FemurUNetTrain/Scripts/evaluate_gate.py: a gate's lowest P on femur slices and the labels it removes, per scan."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts"))
+import evaluate_gate as script  # noqa: E402
+
+from FemurUNetLib.gate import LevelGate, save_gate  # noqa: E402
+from test_evaluate_demo_model import coarse_cases  # noqa: E402,F401  (seeds 1: pelvis, 2: chest, on 5 mm grids)
+
+
+def constant_gate(path, logit):
+    gate = LevelGate()
+    with torch.no_grad():
+        for p in gate.parameters():
+            p.zero_()
+        gate.head.bias.fill_(logit)
+    save_gate(gate, path, {})
+    return path
+
+
+def test_rows_name_the_lowest_p_on_femur_and_the_labels_each_threshold_leaves(tmp_path, coarse_cases, capsys):
+    nowhere = constant_gate(tmp_path / "low.pt", -3.0)            # P = 0.047 on every level
+    out = tmp_path / "g.json"
+    assert script.main([str(nowhere), "--seeds", "1-2", "--segment", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    pelvis, chest = result["rows"]
+    assert pelvis["coverage"] == "pelvis" and pelvis["femur_slices"] > 0 and chest["femur_slices"] == 0
+    assert abs(pelvis["lowest_p_on_femur"] - 0.0474) < 1e-3 and chest["lowest_p_on_femur"] is None
+    assert pelvis["labelled_ml"] > 50
+    assert pelvis["after_gate_ml"]["0.02"] == pelvis["labelled_ml"] and pelvis["after_gate_ml"]["0.05"] == 0
+    assert result["summary"]["lowest_p_on_femur"] == {"p": pelvis["lowest_p_on_femur"], "seed": 1}
+    assert result["summary"]["after_gate_ml"]["0.3"] == 0 and result["gate"] == "low.pt"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result["summary"]
+
+
+def test_a_file_that_is_not_a_gate_is_one_line(tmp_path, capsys):
+    torch.save({"weights": 1}, tmp_path / "model.pt")
+    assert script.main([str(tmp_path / "model.pt"), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"evaluate_gate.py: error: {tmp_path / 'model.pt'}: not a FemurUNet level gate file"

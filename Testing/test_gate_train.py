@@ -1,0 +1,68 @@
+"""FemurUNetTrainLib.gate_train: phantom scans in the gate's 4 mm view, crops that keep levels and targets
+together, and a short training run that writes a gate file the engine reads."""
+import json
+
+import numpy as np
+import pytest
+
+from FemurUNetLib.errors import FemurUNetError
+from FemurUNetLib.gate import GATE_SIZE, LevelGate, load_gate
+from FemurUNetTrainLib import gate_train
+from FemurUNetTrainLib.gate_train import MIN_LEVELS, augment, load_cases, make_cases, train_gate
+
+
+def labelled_levels(levels=40):
+    """A gate volume whose level i holds a 'bone' of 200 + 100 i HU in a body of 40 HU; femur on every third level."""
+    volume = np.full((levels, GATE_SIZE, GATE_SIZE), -1000, np.int16)
+    volume[:, 40:80, 40:80] = 40
+    volume[:, 50:70, 50:70] = (200 + 100 * np.arange(levels))[:, None, None]
+    return volume, (np.arange(levels) % 3 == 0).astype(np.float32)
+
+
+def test_augment_crops_runs_of_levels_with_their_targets_and_keeps_air_as_air():
+    volume, targets = labelled_levels()
+    rng = np.random.default_rng(0)
+    lengths = []
+    for _ in range(200):
+        v, t = augment(volume, targets, rng)
+        bone = np.percentile(v.reshape(len(v), -1), 99, axis=1)         # inside the bone block
+        scale = (bone[-1] - bone[0]) / (100 * (len(v) - 1))              # HU x 0.9-1.1, the same on every level
+        first = int(round((bone[0] / scale - 200) / 100))                # the offset (<= 40 HU) rounds away
+        lengths.append(len(t))
+        assert MIN_LEVELS <= len(t) <= 40 and len(v) == len(t)
+        assert np.array_equal(t, targets[first:first + len(t)])          # the crop's targets are its levels'
+        assert np.all(v[:, 0, 0] <= -900 + 80)                           # air: noise only, no HU scaling
+    lengths = np.array(lengths)
+    assert 0.3 < np.mean(lengths == 40) < 0.55 and lengths.min() < 15   # ~40 % whole (0.4 + crops of all 40)
+
+
+def test_a_phantom_scan_made_resumably_and_read_back(tmp_path):
+    assert make_cases(tmp_path / "d", [600002], jobs=1) == 1              # a lower leg: no femur level
+    (volume, targets, coverage), = load_cases(tmp_path / "d")
+    assert coverage == "lower_leg" and volume.shape[1:] == (GATE_SIZE, GATE_SIZE) and not targets.any()
+    stamp = (tmp_path / "d" / "600002.npz").stat().st_mtime_ns
+    assert make_cases(tmp_path / "d", [600002], jobs=1) == 1
+    assert (tmp_path / "d" / "600002.npz").stat().st_mtime_ns == stamp and not list((tmp_path / "d").glob("*part*"))
+    with pytest.raises(FemurUNetError, match=r"empty: no gate scans"):
+        load_cases(tmp_path / "empty")
+
+
+def test_a_short_training_run_writes_a_gate_the_engine_loads(tmp_path):
+    for folder, levels in (("train", 30), ("val", 20)):
+        (tmp_path / folder).mkdir()
+        volume, targets = labelled_levels(levels)
+        np.savez_compressed(tmp_path / folder / "1.npz", vol=volume, target=targets > 0, coverage="pelvis")
+    log = train_gate(tmp_path / "train", tmp_path / "val", tmp_path / "g.pt", minutes=10, max_steps=4,
+                     validate_every=2, threads=1)
+    assert [r["step"] for r in log] == [2, 4] and all(np.isfinite(r["loss"]) for r in log)
+    gate = load_gate(tmp_path / "g.pt")
+    assert isinstance(gate, LevelGate) and gate.training_record["step"] in (2, 4)
+    assert json.loads((tmp_path / "g.pt.log.json").read_text()) == log and gate.training_record["init"] is None
+    again = train_gate(tmp_path / "train", tmp_path / "val", tmp_path / "g2.pt", minutes=10, max_steps=2,
+                       validate_every=2, threads=1, init=tmp_path / "g.pt")
+    assert load_gate(tmp_path / "g2.pt").training_record["init"] == "g.pt" and len(again) == 1
+
+
+def test_the_command_line_names_a_missing_folder(capsys, tmp_path):
+    assert gate_train.main(["train", str(tmp_path / "none"), str(tmp_path), "--out", str(tmp_path / "g.pt")]) == 2
+    assert capsys.readouterr().err.strip().endswith("none: no gate scans (make them with 'gate_train make')")
