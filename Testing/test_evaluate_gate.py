@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / "Scripts"))
@@ -22,6 +23,7 @@ def constant_gate(path, logit):
     return path
 
 
+@pytest.mark.slow
 def test_rows_name_the_lowest_p_on_femur_and_the_labels_each_threshold_leaves(tmp_path, coarse_cases, capsys):
     nowhere = constant_gate(tmp_path / "low.pt", -3.0)            # P = 0.047 on every level
     out = tmp_path / "g.json"

@@ -36,6 +36,7 @@ def test_augment_crops_runs_of_levels_with_their_targets_and_keeps_air_as_air():
     assert 0.3 < np.mean(lengths == 40) < 0.55 and lengths.min() < 15   # ~40 % whole (0.4 + crops of all 40)
 
 
+@pytest.mark.slow
 def test_a_phantom_scan_made_resumably_and_read_back(tmp_path):
     assert make_cases(tmp_path / "d", [600002], jobs=1) == 1              # a lower leg: no femur level
     (volume, targets, coverage), = load_cases(tmp_path / "d")
