@@ -81,14 +81,18 @@ def level_targets(label: np.ndarray, levels: int) -> np.ndarray:
 
 
 class LevelGate(nn.Module):
-    """Slice encoder (stride-2 convolutions, average and max pooled) + dilated 1-D convolutions along z."""
+    """Slice encoder (stride-2 convolutions, average and max pooled) + dilated 1-D convolutions along z.
+
+    Group normalisation, not batch normalisation: a batch is one scan's levels (8 of them in the shortest crops),
+    whose statistics are no estimate of any other scan's; each level is normalised on its own, in training and use
+    alike (gates A and B of session 38 used batch normalisation and their validation loss jumped between checks)."""
 
     def __init__(self, width: int = 16, features: int = 96, dilations=(1, 2, 4, 8, 16, 32)):
         super().__init__()
         chans = [2, width, 2 * width, 4 * width, 4 * width]
         layers = []
         for a, b in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(8, b), nn.ReLU(inplace=True)]
         self.encoder = nn.Sequential(*layers)
         self.project = nn.Conv1d(2 * chans[-1], features, 1)
         self.context = nn.ModuleList(nn.Conv1d(features, features, 3, padding=d, dilation=d) for d in dilations)
