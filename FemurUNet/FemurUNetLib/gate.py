@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .confirm import unconfirmed_pieces
+from .defaults import GATE_THRESHOLD
 from .errors import FemurUNetError
 from .geometry import Geometry, Reorientation
 
@@ -128,7 +129,7 @@ def slice_probabilities(net: LevelGate, ct: np.ndarray, spacing_xyz) -> np.ndarr
 
 
 def gate_pieces(labelmap: np.ndarray, slice_p: np.ndarray, hu: np.ndarray, geometry: Geometry, labels=None,
-                threshold: float = 0.5) -> int:
+                threshold: float = GATE_THRESHOLD) -> int:
     """Zero, in place, every cleaned piece (per side, 26-connected) none of whose voxels lies on a canonical slice
     with ``slice_p`` >= ``threshold``; returns how many voxels went."""
     reorient = Reorientation.for_geometry(geometry)

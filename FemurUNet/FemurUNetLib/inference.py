@@ -234,7 +234,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                                      "autocast": runner.precision_name(),
                                      "input_size": runner.size, "min_side": runner.min_side,
                                      "padded_field_mm": min_field if runner.min_side > max(source.shape[1:]) else 0.0,
-                                     **_removal_stats(removed, second, fraction, level_gate), "mirror": mirror, "fast": fast, "keep_all_pieces": keep_all_pieces})
+                                     **_removal_stats(removed, second, fraction, level_gate),
+                                     "mirror": mirror, "fast": fast, "keep_all_pieces": keep_all_pieces})
 
 
 def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, runner: SliceSegmenter,

@@ -86,7 +86,7 @@ def add_segment_options(parser, fast: bool = True, model: bool = True, device: s
                         "femur (by default only each side's femur and pieces of at least a fifth of its volume stay, "
                         "none wholly over 150 mm below both femurs; the others are usually other bones, e.g. the tibia "
                         "or the talus)")
-    parser.add_argument("--gate", metavar="FILE", help="a level gate file (FemurUNetTrainLib.gate_train): a small "
+    parser.add_argument("--gate", metavar="FILE", help="a level gate file (docs/TRAINING.md: a level gate): a small "
                         "network that sees the whole scan at 4 mm; a piece goes when it finds a femur on none of the "
                         "piece's slices (default: none; none ships: docs/MODEL_HISTORY.md)")
     parser.add_argument("--gate-threshold", type=share, metavar="P", help="the gate's probability a piece must reach "
