@@ -62,8 +62,8 @@ def _number(text: str, kind):
 
 def add_segment_options(parser, fast: bool = True, model: bool = True, device: str = "auto") -> None:
     """[--model] --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces
-    --gate --gate-threshold --second-opinion --second-opinion-fraction --min-field. ``model=False``: the caller names the model
-    itself (e.g. as positional arguments); ``device``: the default device."""
+    --gate --gate-threshold --second-opinion --second-opinion-fraction --min-field. ``model=False``: the caller
+    names the model itself (e.g. as positional arguments); ``device``: the default device."""
     if model:
         parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
     devices = [name + (" (default)" if name == device else "") for name in ("auto", "cpu", "cuda", "cuda:N", "mps")]
@@ -105,8 +105,7 @@ def segment_keywords(args) -> dict:
     """``segment_volume`` / ``segment_and_import`` keywords of options parsed by ``add_segment_options``."""
     keywords = {"device": args.device, "batch_size": args.batch_size, "threshold": args.threshold,
                 "autocast": autocast_value("fp32" if args.no_autocast else args.precision), "mirror": args.mirror,
-                "keep_all_pieces": args.keep_all_pieces, "gate": args.gate,
-                "gate_threshold": args.gate_threshold,
+                "keep_all_pieces": args.keep_all_pieces, "gate": args.gate, "gate_threshold": args.gate_threshold,
                 "min_field_mm": args.min_field,
                 "confirm": args.second_opinion, "confirm_fraction": args.second_opinion_fraction}
     if hasattr(args, "fast"):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.gate import LevelGate, gate_inputs, gate_volume, level_targets, load_gate, save_gate
 from FemurUNetLib.geometry import Reorientation
+from FemurUNetLib.phantom import HU_MIN, HU_MAX
 from FemurUNetLib.phantom2 import generate_case
 
 from .options import seed_list
@@ -50,7 +51,7 @@ def gate_case(seed: int) -> tuple:
     axial = Reorientation.for_geometry(case.geometry)
     volume = gate_volume(axial.to_canonical(case.ct), axial.canonical_spacing(case.geometry))
     targets = level_targets(axial.to_canonical(case.label) > 0, volume.shape[0])
-    return np.clip(np.rint(volume), -1024, 3071).astype(np.int16), targets, coverage
+    return np.clip(np.rint(volume), HU_MIN, HU_MAX).astype(np.int16), targets, coverage
 
 
 def _make_one(job: tuple) -> str:
