@@ -79,6 +79,16 @@ def test_gate_file_round_trip_and_one_line_errors(tmp_path):
         load_gate(tmp_path / "cut.pt")
 
 
+def test_a_scan_alike_at_every_level_gets_one_probability_even_at_its_ends():
+    torch.manual_seed(1)
+    net = LevelGate().eval()
+    with torch.no_grad():
+        for module in net.context:                   # weights big enough for the edge padding to show
+            module.weight.normal_(0, 0.2)
+        logits = net(torch.rand(1, 2, GATE_SIZE, GATE_SIZE).expand(40, -1, -1, -1))
+    assert torch.allclose(logits, logits[20].expand(40), atol=1e-5)     # zero padding would change the ends
+
+
 class LowerThirdGate(LevelGate):
     """A gate that finds a femur on the upper two thirds of a scan's levels only (a seam for segment_volume)."""
 

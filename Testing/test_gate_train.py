@@ -8,7 +8,7 @@ import pytest
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.gate import GATE_SIZE, LevelGate, load_gate
 from FemurUNetTrainLib import gate_train
-from FemurUNetTrainLib.gate_train import MIN_LEVELS, augment, load_cases, make_cases, train_gate
+from FemurUNetTrainLib.gate_train import MIN_LEVELS, augment, level_loss, load_cases, make_cases, train_gate
 
 
 def labelled_levels(levels=40):
@@ -36,6 +36,14 @@ def test_augment_crops_runs_of_levels_with_their_targets_and_keeps_air_as_air():
     assert 0.3 < np.mean(lengths == 40) < 0.55 and lengths.min() < 15   # ~40 % whole (0.4 + crops of all 40)
 
 
+def test_a_missed_femur_level_costs_the_positive_weight_times_a_false_one():
+    import torch
+    logits, miss = torch.tensor([-2.0, 2.0]), torch.tensor([1.0, 0.0])
+    plain = float(torch.nn.functional.softplus(torch.tensor(2.0)))        # -log(sigmoid(-2))
+    assert float(level_loss(logits, miss, 3.0)) == pytest.approx((3 * plain + plain) / 2)
+    assert float(level_loss(logits, miss, 1.0)) == pytest.approx(plain)
+
+
 @pytest.mark.slow
 def test_a_phantom_scan_made_resumably_and_read_back(tmp_path):
     assert make_cases(tmp_path / "d", [600002], jobs=1) == 1              # a lower leg: no femur level
@@ -58,6 +66,7 @@ def test_a_short_training_run_writes_a_gate_the_engine_loads(tmp_path):
     assert [r["step"] for r in log] == [2, 4] and all(np.isfinite(r["loss"]) for r in log)
     gate = load_gate(tmp_path / "g.pt")
     assert isinstance(gate, LevelGate) and gate.training_record["step"] in (2, 4)
+    assert gate.training_record["positive_weight"] == 3.0 and all(r["bce"] < r["loss"] for r in log)
     assert json.loads((tmp_path / "g.pt.log.json").read_text()) == log and gate.training_record["init"] is None
     again = train_gate(tmp_path / "train", tmp_path / "val", tmp_path / "g2.pt", minutes=10, max_steps=2,
                        validate_every=2, threads=1, init=tmp_path / "g.pt")

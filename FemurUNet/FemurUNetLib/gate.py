@@ -86,7 +86,9 @@ class LevelGate(nn.Module):
 
     Group normalisation, not batch normalisation: a batch is one scan's levels (8 of them in the shortest crops),
     whose statistics are no estimate of any other scan's; each level is normalised on its own, in training and use
-    alike (gates A and B of session 38 used batch normalisation and their validation loss jumped between checks)."""
+    alike (gates A and B of session 38 used batch normalisation and their validation loss jumped between checks).
+    Along z the scan's first and last levels are repeated beyond its ends, not zeros: where a scan cuts a femur,
+    the gate sees the femur go on rather than nothing."""
 
     def __init__(self, width: int = 16, features: int = 96, dilations=(1, 2, 4, 8, 16, 32)):
         super().__init__()
@@ -96,7 +98,8 @@ class LevelGate(nn.Module):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(8, b), nn.ReLU(inplace=True)]
         self.encoder = nn.Sequential(*layers)
         self.project = nn.Conv1d(2 * chans[-1], features, 1)
-        self.context = nn.ModuleList(nn.Conv1d(features, features, 3, padding=d, dilation=d) for d in dilations)
+        self.context = nn.ModuleList(nn.Conv1d(features, features, 3, padding=d, dilation=d, padding_mode="replicate")
+                                     for d in dilations)
         self.head = nn.Conv1d(features, 1, 1)
 
     def forward(self, slices: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,9 @@ Two steps, each resumable:
 coverage mix) and keeps only the gate's view of it: the 4 mm volume and which levels hold a femur (a few hundred
 kB per scan; a folder of finished seeds is skipped on a rerun). ``train`` draws one scan at a time, crops a random
 run of levels (a scan may start and end anywhere), flips it left-right, shifts it and varies its HU scale, offset
-and noise; AdamW, cosine rate; the checkpoint with the lowest validation loss is kept.
+and noise; AdamW, cosine rate; the checkpoint with the lowest validation loss is kept. Femur levels weigh
+``--positive-weight`` (3) in the loss: a femur level called empty deletes a femur piece, an empty level called
+femur only leaves what the U-Net gave.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from .options import seed_list
 GATE_MIX = {"pelvis": 14, "hip_to_knee": 12, "whole_leg": 16, "knee_to_ankle": 16, "lower_leg": 16,
             "abdomen_to_thigh": 12, "abdomen": 7, "chest": 7}
 MIN_LEVELS = 8                        # the shortest crop: 32 mm
+POSITIVE_WEIGHT = 3.0
 
 
 def gate_case(seed: int) -> tuple:
@@ -103,25 +106,34 @@ def augment(volume: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -
 
 
 @torch.no_grad()
-def validate(net: LevelGate, cases: list) -> dict:
-    """Mean BCE over the scans; the lowest P on a femur level and the highest on a level without one."""
+def validate(net: LevelGate, cases: list, positive_weight: float = POSITIVE_WEIGHT) -> dict:
+    """Mean loss (as trained) and plain BCE over the scans; the lowest P on a femur level and the highest on a
+    level without one."""
     net.eval()
-    losses, lowest, highest = [], [], []
+    losses, bces, lowest, highest = [], [], [], []
     for volume, targets, _ in cases:
-        p = torch.sigmoid(net(gate_inputs(volume.astype(np.float32)))).clamp(1e-6, 1 - 1e-6)
+        logits = net(gate_inputs(volume.astype(np.float32)))
+        p = torch.sigmoid(logits).clamp(1e-6, 1 - 1e-6)
         t = torch.from_numpy(targets)
-        losses.append(F.binary_cross_entropy(p, t).item())
+        losses.append(level_loss(logits, t, positive_weight).item())
+        bces.append(F.binary_cross_entropy(p, t).item())
         if t.any():
             lowest.append(float(p[t > 0].min()))
         if (t == 0).any():
             highest.append(float(p[t == 0].max()))
     net.train()
-    return {"loss": float(np.mean(losses)), "lowest_on_femur": min(lowest, default=None),
+    return {"loss": float(np.mean(losses)), "bce": float(np.mean(bces)), "lowest_on_femur": min(lowest, default=None),
             "highest_without": max(highest, default=None)}
 
 
+def level_loss(logits: torch.Tensor, targets: torch.Tensor, positive_weight: float) -> torch.Tensor:
+    """Binary cross-entropy per level, femur levels weighing ``positive_weight``."""
+    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.tensor(positive_weight))
+
+
 def train_gate(train_dir, val_dir, out, minutes: float, lr: float = 2e-3, accumulate: int = 4, seed: int = 38,
-               threads: int = 2, validate_every: int = 100, max_steps: Optional[int] = None, init=None) -> list:
+               threads: int = 2, validate_every: int = 100, max_steps: Optional[int] = None, init=None,
+               positive_weight: float = POSITIVE_WEIGHT) -> list:
     """Train for ``minutes`` (or ``max_steps``) from scratch or from the gate file ``init``; the best validation
     checkpoint goes to ``out`` (its log beside it). The rate follows a cosine over the minutes."""
     torch.manual_seed(seed)
@@ -139,16 +151,18 @@ def train_gate(train_dir, val_dir, out, minutes: float, lr: float = 2e-3, accumu
         for _ in range(accumulate):
             volume, targets, _ = train[int(rng.integers(len(train)))]
             v, t = augment(volume, targets, rng)
-            (F.binary_cross_entropy_with_logits(net(gate_inputs(v)), torch.from_numpy(t)) / accumulate).backward()
+            (level_loss(net(gate_inputs(v)), torch.from_numpy(t), positive_weight) / accumulate).backward()
         opt.step()
         step += 1
         if step % validate_every == 0:
-            log.append({"step": step, "minutes": round((time.time() - start) / 60, 2), **validate(net, val)})
+            log.append({"step": step, "minutes": round((time.time() - start) / 60, 2),
+                        **validate(net, val, positive_weight)})
             print(json.dumps(log[-1]), flush=True)
             if log[-1]["loss"] < best:
                 best = log[-1]["loss"]
                 save_gate(net, out, {"step": step, "scans": len(train), "validation": log[-1],
                                      "train_dir": Path(train_dir).name, "minutes": minutes, "lr": lr, "seed": seed,
+                                     "positive_weight": positive_weight,
                                      "init": None if init is None else Path(init).name})
     Path(str(out) + ".log.json").write_text(json.dumps(log, indent=1))
     return log
@@ -170,13 +184,15 @@ def main(argv=None) -> int:
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--init", help="start from this gate file (default: from scratch)")
+    train.add_argument("--positive-weight", type=float, default=POSITIVE_WEIGHT,
+                       help=f"loss weight of femur levels (default {POSITIVE_WEIGHT:g})")
     args = p.parse_args(argv)
     try:
         if args.command == "make":
             print(f"{make_cases(args.folder, args.seeds, args.jobs)} scans in {args.folder}")
         else:
             train_gate(args.train_dir, args.val_dir, args.out, args.minutes, args.lr, threads=args.threads,
-                       init=args.init)
+                       init=args.init, positive_weight=args.positive_weight)
     except FemurUNetError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
