@@ -3,7 +3,9 @@
 
 Per scan: the lowest P the gate gives a slice holding a femur voxel (a piece on such slices stays at any threshold
 below it, so no femur voxel can go) and the highest P on a slice without one; with ``--segment`` also the demo
-model's labels (cleaned as by default) before and after the gate at each threshold, in ml.
+model's labels (cleaned as by default) before and after the gate at each threshold, in ml, and how much of what it
+removes is truth femur (the harm: a femur piece wholly on low levels goes even when the femur's other slices are
+sure).
 
     python3 FemurUNetTrain/Scripts/evaluate_gate.py gate.pt --seeds 99800-99811 --coverage lower_leg --segment
 
@@ -43,11 +45,13 @@ def gate_row(seed: int, case, gate, segment: bool) -> dict:
         result = segment_volume(case.ct, case.geometry, None, device="cpu")
         voxel_ml = float(np.prod(case.geometry.spacing)) / 1000.0
         row["labelled_ml"] = round(np.count_nonzero(result.labelmap) * voxel_ml, 2)
-        row["after_gate_ml"] = {}
+        row["after_gate_ml"], row["femur_removed_ml"] = {}, {}
         for t in THRESHOLDS:
             labels = result.labelmap.copy()
             gate_pieces(labels, p, case.ct, case.geometry, result.labels, t)
             row["after_gate_ml"][f"{t:g}"] = round(np.count_nonzero(labels) * voxel_ml, 2)
+            removed = (result.labelmap > 0) & (labels == 0) & (case.label > 0)
+            row["femur_removed_ml"][f"{t:g}"] = round(np.count_nonzero(removed) * voxel_ml, 2)
     return row
 
 
@@ -60,8 +64,8 @@ def summary(rows: list) -> dict:
     segmented = [r for r in rows if "labelled_ml" in r]
     if segmented:
         out["labelled_ml"] = round(sum(r["labelled_ml"] for r in segmented), 2)
-        out["after_gate_ml"] = {k: round(sum(r["after_gate_ml"][k] for r in segmented), 2)
-                                for k in segmented[0]["after_gate_ml"]}
+        for key in ("after_gate_ml", "femur_removed_ml"):
+            out[key] = {k: round(sum(r[key][k] for r in segmented), 2) for k in segmented[0][key]}
     return out
 
 
