@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.gate import GATE_SIZE, LevelGate, load_gate
@@ -37,7 +38,6 @@ def test_augment_crops_runs_of_levels_with_their_targets_and_keeps_air_as_air():
 
 
 def test_a_missed_femur_level_costs_the_positive_weight_times_a_false_one():
-    import torch
     logits, miss = torch.tensor([-2.0, 2.0]), torch.tensor([1.0, 0.0])
     plain = float(torch.nn.functional.softplus(torch.tensor(2.0)))        # -log(sigmoid(-2))
     assert float(level_loss(logits, miss, 3.0)) == pytest.approx((3 * plain + plain) / 2)

@@ -105,6 +105,11 @@ def augment(volume: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -
     return np.ascontiguousarray(v), np.ascontiguousarray(targets)
 
 
+def level_loss(logits: torch.Tensor, targets: torch.Tensor, positive_weight: float) -> torch.Tensor:
+    """Binary cross-entropy per level, femur levels weighing ``positive_weight``."""
+    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.tensor(positive_weight))
+
+
 @torch.no_grad()
 def validate(net: LevelGate, cases: list, positive_weight: float = POSITIVE_WEIGHT) -> dict:
     """Mean loss (as trained) and plain BCE over the scans; the lowest P on a femur level and the highest on a
@@ -113,10 +118,9 @@ def validate(net: LevelGate, cases: list, positive_weight: float = POSITIVE_WEIG
     losses, bces, lowest, highest = [], [], [], []
     for volume, targets, _ in cases:
         logits = net(gate_inputs(volume.astype(np.float32)))
-        p = torch.sigmoid(logits).clamp(1e-6, 1 - 1e-6)
-        t = torch.from_numpy(targets)
+        p, t = torch.sigmoid(logits), torch.from_numpy(targets)
         losses.append(level_loss(logits, t, positive_weight).item())
-        bces.append(F.binary_cross_entropy(p, t).item())
+        bces.append(level_loss(logits, t, 1.0).item())
         if t.any():
             lowest.append(float(p[t > 0].min()))
         if (t == 0).any():
@@ -124,11 +128,6 @@ def validate(net: LevelGate, cases: list, positive_weight: float = POSITIVE_WEIG
     net.train()
     return {"loss": float(np.mean(losses)), "bce": float(np.mean(bces)), "lowest_on_femur": min(lowest, default=None),
             "highest_without": max(highest, default=None)}
-
-
-def level_loss(logits: torch.Tensor, targets: torch.Tensor, positive_weight: float) -> torch.Tensor:
-    """Binary cross-entropy per level, femur levels weighing ``positive_weight``."""
-    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.tensor(positive_weight))
 
 
 def train_gate(train_dir, val_dir, out, minutes: float, lr: float = 2e-3, accumulate: int = 4, seed: int = 38,
