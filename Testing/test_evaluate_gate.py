@@ -32,6 +32,7 @@ def test_rows_name_the_lowest_p_on_femur_and_the_labels_each_threshold_leaves(tm
     pelvis, chest = result["rows"]
     assert pelvis["coverage"] == "pelvis" and pelvis["femur_slices"] > 0 and chest["femur_slices"] == 0
     assert abs(pelvis["lowest_p_on_femur"] - 0.0474) < 1e-3 and chest["lowest_p_on_femur"] is None
+    assert abs(pelvis["highest_p"] - 0.0474) < 1e-3 and abs(chest["highest_p"] - 0.0474) < 1e-3
     assert pelvis["labelled_ml"] > 50
     assert pelvis["after_gate_ml"]["0.02"] == pelvis["labelled_ml"] and pelvis["after_gate_ml"]["0.05"] == 0
     assert pelvis["femur_removed_ml"]["0.02"] == 0 and 0.8 * pelvis["labelled_ml"] < pelvis["femur_removed_ml"]["0.05"]

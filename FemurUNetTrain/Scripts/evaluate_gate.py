@@ -2,10 +2,10 @@
 """Score a level gate (``--gate``) on phantom v2 scans with exact truth.
 
 Per scan: the lowest P the gate gives a slice holding a femur voxel (a piece on such slices stays at any threshold
-below it, so no femur voxel can go) and the highest P on a slice without one; with ``--segment`` also the demo
-model's labels (cleaned as by default) before and after the gate at each threshold, in ml, and how much of what it
-removes is truth femur (the harm: a femur piece wholly on low levels goes even when the femur's other slices are
-sure).
+below it, so no femur voxel can go), the highest P on a slice without one and on any slice (a scan-wide rule keeps a
+scan's labels when that reaches the threshold); with ``--segment`` also the demo model's labels (cleaned as by
+default) before and after the gate at each threshold, in ml, and how much of what it removes is truth femur (the
+harm: a femur piece wholly on low levels goes even when the femur's other slices are sure).
 
     python3 FemurUNetTrain/Scripts/evaluate_gate.py gate.pt --seeds 99800-99811 --coverage lower_leg --segment
 
@@ -40,7 +40,8 @@ def gate_row(seed: int, case, gate, segment: bool) -> dict:
     femur = axial.to_canonical(case.label > 0).any(axis=(1, 2))
     row = {"seed": seed, "coverage": case.coverage, "femur_slices": int(femur.sum()),
            "lowest_p_on_femur": round(float(p[femur].min()), 4) if femur.any() else None,
-           "highest_p_without": round(float(p[~femur].max()), 4) if (~femur).any() else None}
+           "highest_p_without": round(float(p[~femur].max()), 4) if (~femur).any() else None,
+           "highest_p": round(float(p.max()), 4)}
     if segment:
         result = segment_volume(case.ct, case.geometry, None, device="cpu")
         voxel_ml = float(np.prod(case.geometry.spacing)) / 1000.0
