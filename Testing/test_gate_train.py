@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.gate import GATE_SIZE, LevelGate, load_gate
+from FemurUNetLib.gate import AIR_HU, GATE_SIZE, LevelGate, load_gate
 from FemurUNetTrainLib import gate_train
-from FemurUNetTrainLib.gate_train import MIN_LEVELS, augment, level_loss, load_cases, make_cases, train_gate
+from FemurUNetTrainLib.gate_train import (FIELD_CUT, FIELD_CUT_CHANCE, MIN_LEVELS, augment, cut_field, level_loss,
+                                          load_cases, make_cases, train_gate)
 
 
 def labelled_levels(levels=40):
@@ -35,6 +36,24 @@ def test_augment_crops_runs_of_levels_with_their_targets_and_keeps_air_as_air():
         assert np.all(v[:, 0, 0] <= -900 + 80)                           # air: noise only, no HU scaling
     lengths = np.array(lengths)
     assert 0.3 < np.mean(lengths == 40) < 0.55 and lengths.min() < 15   # ~40 % whole (0.4 + crops of all 40)
+
+
+def test_a_field_edge_takes_up_to_30_percent_of_the_body_off_one_side_the_same_on_every_level():
+    volume, targets = labelled_levels()
+    body = volume > -400
+    rng = np.random.default_rng(1)
+    shares = []
+    for _ in range(300):
+        cut = cut_field(volume.astype(np.float32), rng)
+        gone = body & (cut == AIR_HU)
+        assert np.array_equal(gone, np.broadcast_to(gone[:1], gone.shape))          # one field for the whole scan
+        assert np.array_equal(cut[~gone], volume[~gone])                            # the rest as it was
+        shares.append(gone[0].sum() / body[0].sum())
+    shares = np.array(shares)
+    assert shares.max() <= FIELD_CUT + 0.03 and np.mean(shares > 0.2) > 0.05     # corners: area < extent cut
+    assert 0.05 < shares.mean() < FIELD_CUT / 2                 # an extent share of 0-0.3: at most 0.15 of the area
+    cut_scans = [(augment(volume, targets, rng)[0][0] > -500).sum() < body[0].sum() for _ in range(400)]
+    assert abs(np.mean(cut_scans) - FIELD_CUT_CHANCE) < 0.07
 
 
 def test_a_missed_femur_level_costs_the_positive_weight_times_a_false_one():

@@ -9,10 +9,10 @@ Two steps, each resumable:
 ``make`` renders each seed on a grid drawn per seed (in-plane 1.6-3.2 mm, slices 1.5-5 mm, a leg-weighted
 coverage mix) and keeps only the gate's view of it: the 4 mm volume and which levels hold a femur (a few hundred
 kB per scan; a folder of finished seeds is skipped on a rerun). ``train`` draws one scan at a time, crops a random
-run of levels (a scan may start and end anywhere), flips it left-right, shifts it and varies its HU scale, offset
-and noise; AdamW, cosine rate; the checkpoint with the lowest validation loss is kept. Femur levels weigh
-``--positive-weight`` (3) in the loss: a femur level called empty deletes a femur piece, an empty level called
-femur only leaves what the U-Net gave.
+run of levels (a scan may start and end anywhere), flips it left-right, shifts it, cuts a field edge into one scan
+in four and varies its HU scale, offset and noise; AdamW, cosine rate; the checkpoint with the lowest validation
+loss is kept. Femur levels weigh ``--positive-weight`` (3) in the loss: a femur level called empty deletes a femur
+piece, an empty level called femur only leaves what the U-Net gave.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.gate import LevelGate, gate_inputs, gate_volume, level_targets, load_gate, save_gate
+from FemurUNetLib.gate import (AIR_HU, BODY_HU, LevelGate, gate_inputs, gate_volume, level_targets, load_gate,
+                               save_gate)
 from FemurUNetLib.geometry import Reorientation
 from FemurUNetLib.phantom import HU_MIN, HU_MAX
 from FemurUNetLib.phantom2 import generate_case
@@ -41,6 +42,7 @@ GATE_MIX = {"pelvis": 14, "hip_to_knee": 12, "whole_leg": 16, "knee_to_ankle": 1
             "abdomen_to_thigh": 12, "abdomen": 7, "chest": 7}
 MIN_LEVELS = 8                        # the shortest crop: 32 mm
 POSITIVE_WEIGHT = 3.0
+FIELD_CUT, FIELD_CUT_CHANCE = 0.3, 0.25      # a field edge takes up to 30 % of the body off one side, in 1 scan in 4
 
 
 def gate_case(seed: int) -> tuple:
@@ -90,7 +92,8 @@ def load_cases(folder) -> list:
 
 
 def augment(volume: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> tuple:
-    """A random run of levels, a left-right flip, a shift of up to 8 pixels, HU x 0.9-1.1 + -40..40, noise."""
+    """A random run of levels, a left-right flip, a shift of up to 8 pixels, a field edge (``cut_field``) in a
+    quarter of the scans, HU x 0.9-1.1 + -40..40, noise."""
     levels = volume.shape[0]
     if levels > MIN_LEVELS and rng.random() < 0.6:
         n = int(rng.integers(MIN_LEVELS, levels + 1))
@@ -100,9 +103,26 @@ def augment(volume: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -
     if rng.random() < 0.5:
         v = v[:, :, ::-1]
     v = np.roll(v, tuple(int(s) for s in rng.integers(-8, 9, 2)), axis=(1, 2))
+    if rng.random() < FIELD_CUT_CHANCE:
+        v = cut_field(v, rng)
     v = np.where(v > -900, v * rng.uniform(0.9, 1.1) + rng.uniform(-40, 40), v)
     v = v + rng.normal(0, rng.uniform(0, 20), v.shape).astype(np.float32)
     return np.ascontiguousarray(v), np.ascontiguousarray(targets)
+
+
+def cut_field(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Air beyond a straight edge at a random angle that takes up to FIELD_CUT of the body's extent across it off
+    one side, the same on every level: a scan field that cuts the body (phantom v2 draws such fields, rarely)."""
+    body = (volume > BODY_HU).any(axis=0)
+    if not body.any():
+        return volume
+    angle = rng.uniform(0.0, 2 * np.pi)
+    yy, xx = np.mgrid[:volume.shape[1], :volume.shape[2]]
+    across = np.cos(angle) * xx + np.sin(angle) * yy
+    low, high = across[body].min(), across[body].max()
+    out = volume.copy()
+    out[:, across > high - rng.uniform(0.0, FIELD_CUT) * (high - low)] = AIR_HU
+    return out
 
 
 def level_loss(logits: torch.Tensor, targets: torch.Tensor, positive_weight: float) -> torch.Tensor:
