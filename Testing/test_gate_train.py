@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.gate import AIR_HU, GATE_SIZE, LevelGate, load_gate
+from FemurUNetLib.gate import AIR_HU, BODY_HU, GATE_SIZE, LevelGate, load_gate
 from FemurUNetTrainLib import gate_train
 from FemurUNetTrainLib.gate_train import (FIELD_CUT, FIELD_CUT_CHANCE, MIN_LEVELS, augment, cut_field, level_loss,
                                           load_cases, make_cases, train_gate)
@@ -40,7 +40,7 @@ def test_augment_crops_runs_of_levels_with_their_targets_and_keeps_air_as_air():
 
 def test_a_field_edge_takes_up_to_30_percent_of_the_body_off_one_side_the_same_on_every_level():
     volume, targets = labelled_levels()
-    body = volume > -400
+    body = volume > BODY_HU
     rng = np.random.default_rng(1)
     shares = []
     for _ in range(300):
