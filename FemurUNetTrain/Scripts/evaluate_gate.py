@@ -47,12 +47,12 @@ def gate_row(seed: int, case, gate, segment: bool) -> dict:
         voxel_ml = float(np.prod(case.geometry.spacing)) / 1000.0
         row["labelled_ml"] = round(np.count_nonzero(result.labelmap) * voxel_ml, 2)
         row["after_gate_ml"], row["femur_removed_ml"] = {}, {}
+        labelled_femur = (result.labelmap > 0) & (case.label > 0)
         for t in THRESHOLDS:
             labels = result.labelmap.copy()
             gate_pieces(labels, p, case.ct, case.geometry, result.labels, t)
             row["after_gate_ml"][f"{t:g}"] = round(np.count_nonzero(labels) * voxel_ml, 2)
-            removed = (result.labelmap > 0) & (labels == 0) & (case.label > 0)
-            row["femur_removed_ml"][f"{t:g}"] = round(np.count_nonzero(removed) * voxel_ml, 2)
+            row["femur_removed_ml"][f"{t:g}"] = round(np.count_nonzero(labelled_femur & (labels == 0)) * voxel_ml, 2)
     return row
 
 
