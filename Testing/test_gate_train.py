@@ -9,8 +9,11 @@ import torch
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.gate import AIR_HU, BODY_HU, GATE_SIZE, LevelGate, load_gate
 from FemurUNetTrainLib import gate_train
-from FemurUNetTrainLib.gate_train import (FIELD_CUT, FIELD_CUT_CHANCE, MIN_LEVELS, augment, cut_field, level_loss,
-                                          load_cases, make_cases, train_gate)
+import argparse
+
+from FemurUNetTrainLib.gate_train import (CIRCLE_CUT_CHANCE, FIELD_CUT, FIELD_CUT_CHANCE, MIN_LEVELS, augment,
+                                          cut_circle, cut_field, level_loss, load_cases, make_cases, mix_option,
+                                          train_gate)
 
 
 def labelled_levels(levels=40):
@@ -38,7 +41,7 @@ def test_augment_crops_runs_of_levels_with_their_targets_and_keeps_air_as_air():
     assert 0.3 < np.mean(lengths == 40) < 0.55 and lengths.min() < 15   # ~40 % whole (0.4 + crops of all 40)
 
 
-def test_a_field_edge_takes_up_to_30_percent_of_the_body_off_one_side_the_same_on_every_level():
+def test_a_field_edge_takes_up_to_30_percent_of_the_body_off_one_side_the_same_on_every_level(monkeypatch):
     volume, targets = labelled_levels()
     body = volume > BODY_HU
     rng = np.random.default_rng(1)
@@ -52,8 +55,35 @@ def test_a_field_edge_takes_up_to_30_percent_of_the_body_off_one_side_the_same_o
     shares = np.array(shares)
     assert shares.max() <= FIELD_CUT + 0.03 and np.mean(shares > 0.2) > 0.05     # corners: area < extent cut
     assert 0.05 < shares.mean() < FIELD_CUT / 2                 # an extent share of 0-0.3: at most 0.15 of the area
+    monkeypatch.setattr(gate_train, "CIRCLE_CUT_CHANCE", 0.0)
     cut_scans = [(augment(volume, targets, rng)[0][0] > -500).sum() < body[0].sum() for _ in range(400)]
     assert abs(np.mean(cut_scans) - FIELD_CUT_CHANCE) < 0.07
+
+
+def test_a_field_circle_cuts_both_sides_but_never_the_middle_the_same_on_every_level(monkeypatch):
+    volume, targets = labelled_levels()
+    body = volume > BODY_HU
+    rng = np.random.default_rng(2)
+    both_sides = 0
+    for _ in range(300):
+        cut = cut_circle(volume.astype(np.float32), rng)
+        gone = body & (cut == AIR_HU)
+        assert np.array_equal(gone, np.broadcast_to(gone[:1], gone.shape))          # one field for the whole scan
+        assert np.array_equal(cut[~gone], volume[~gone]) and gone.any()             # the body always reaches out
+        assert not gone[:, 50:70, 50:70].any()                                      # the middle always stays
+        both_sides += bool(gone[0, 60, 40] and gone[0, 60, 79])
+    assert 30 < both_sides < 270                                                # small circles cut left and right
+    monkeypatch.setattr(gate_train, "FIELD_CUT_CHANCE", 0.0)
+    cut_scans = [(augment(volume, targets, rng)[0][0] > -500).sum() < body[0].sum() for _ in range(600)]
+    assert abs(np.mean(cut_scans) - CIRCLE_CUT_CHANCE) < 0.05
+
+
+def test_a_coverage_mix_is_read_from_name_weight_pairs_and_bad_ones_are_named():
+    assert mix_option("lower_leg=4, knee_to_ankle=3") == {"lower_leg": 4.0, "knee_to_ankle": 3.0}
+    for text, why in (("lower_leg", "name=weight pairs"), ("shin=2", "unknown: shin"), ("pelvis=0", "not all 0"),
+                      ("pelvis=-1", "weights >= 0")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            mix_option(text)
 
 
 def test_a_missed_femur_level_costs_the_positive_weight_times_a_false_one():
@@ -71,6 +101,8 @@ def test_a_phantom_scan_made_resumably_and_read_back(tmp_path):
     stamp = (tmp_path / "d" / "600002.npz").stat().st_mtime_ns
     assert make_cases(tmp_path / "d", [600002], jobs=1) == 1
     assert (tmp_path / "d" / "600002.npz").stat().st_mtime_ns == stamp and not list((tmp_path / "d").glob("*part*"))
+    assert make_cases(tmp_path / "m", [600003], jobs=1, mix={"chest": 1.0}) == 1   # the mix draws every coverage
+    assert str(np.load(tmp_path / "m" / "600003.npz")["coverage"]) == "chest"
     with pytest.raises(FemurUNetError, match=r"empty: no gate scans"):
         load_cases(tmp_path / "empty")
 

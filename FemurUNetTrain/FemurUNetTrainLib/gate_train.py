@@ -6,13 +6,13 @@ Two steps, each resumable:
     python3 -m FemurUNetTrainLib.gate_train make gate_data/val --seeds 610000-610039
     python3 -m FemurUNetTrainLib.gate_train train gate_data/train gate_data/val --out gate.pt --minutes 25
 
-``make`` renders each seed on a grid drawn per seed (in-plane 1.6-3.2 mm, slices 1.5-5 mm, a leg-weighted
-coverage mix) and keeps only the gate's view of it: the 4 mm volume and which levels hold a femur (a few hundred
-kB per scan; a folder of finished seeds is skipped on a rerun). ``train`` draws one scan at a time, crops a random
-run of levels (a scan may start and end anywhere), flips it left-right, shifts it, cuts a field edge into one scan
-in four and varies its HU scale, offset and noise; AdamW, cosine rate; the checkpoint with the lowest validation
-loss is kept. Femur levels weigh ``--positive-weight`` (3) in the loss: a femur level called empty deletes a femur
-piece, an empty level called femur only leaves what the U-Net gave.
+``make`` renders each seed on a grid drawn per seed (in-plane 1.6-3.2 mm, slices 1.5-5 mm, a leg-weighted coverage
+mix, or ``--mix``) and keeps only the gate's view of it: the 4 mm volume and which levels hold a femur (a few
+hundred kB per scan; a folder of finished seeds is skipped on a rerun). ``train`` draws one scan at a time, crops a
+random run of levels (a scan may start and end anywhere), flips it left-right, shifts it, cuts a field edge into one
+scan in four and a field circle into one in seven, varies its HU scale, offset and noise; AdamW, cosine rate; the
+checkpoint with the lowest validation loss is kept. Femur levels weigh ``--positive-weight`` (3) in the loss: a
+femur level called empty deletes a femur piece, an empty level called femur only leaves what the U-Net gave.
 """
 from __future__ import annotations
 
@@ -43,13 +43,29 @@ GATE_MIX = {"pelvis": 14, "hip_to_knee": 12, "whole_leg": 16, "knee_to_ankle": 1
 MIN_LEVELS = 8                        # the shortest crop: 32 mm
 POSITIVE_WEIGHT = 3.0
 FIELD_CUT, FIELD_CUT_CHANCE = 0.3, 0.25      # a field edge takes up to 30 % of the body off one side, in 1 scan in 4
+CIRCLE_CUT, CIRCLE_CUT_CHANCE = (0.6, 0.95), 0.15   # a field circle of 60-95 % of the body's reach, in 1 scan in 7
 
 
-def gate_case(seed: int) -> tuple:
-    """(gate volume int16, bool per level, coverage) of one phantom v2 scan on a grid drawn from ``seed``."""
+def mix_option(text: str) -> dict:
+    """A coverage mix from ``name=weight`` pairs separated by commas (``lower_leg=3,knee_to_ankle=2``)."""
+    try:
+        mix = {name.strip(): float(weight) for name, weight in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected name=weight pairs like lower_leg=3,pelvis=1") from None
+    unknown = sorted(set(mix) - set(GATE_MIX))
+    if unknown or min(mix.values()) < 0 or sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected weights >= 0 (not all 0) of {', '.join(GATE_MIX)}"
+                                         + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    return mix
+
+
+def gate_case(seed: int, mix: Optional[dict] = None) -> tuple:
+    """(gate volume int16, bool per level, coverage) of one phantom v2 scan on a grid drawn from ``seed``, its
+    coverage drawn from ``mix`` (default ``GATE_MIX``)."""
     rng = np.random.default_rng([seed, 38])
-    names = list(GATE_MIX)
-    p = np.array([GATE_MIX[n] for n in names], float)
+    mix = GATE_MIX if mix is None else mix
+    names = list(mix)
+    p = np.array([mix[n] for n in names], float)
     coverage = str(rng.choice(names, p=p / p.sum()))
     inplane, between = float(rng.uniform(1.6, 3.2)), float(rng.uniform(1.5, 5.0))
     case = generate_case(seed, coverage=coverage, spacing=(inplane, inplane, between), jobs=1)
@@ -60,20 +76,21 @@ def gate_case(seed: int) -> tuple:
 
 
 def _make_one(job: tuple) -> str:
-    folder, seed = job
+    folder, seed, mix = job
     path = Path(folder) / f"{seed}.npz"
     if not path.exists():
-        volume, targets, coverage = gate_case(seed)
+        volume, targets, coverage = gate_case(seed, mix)
         partial = path.with_suffix(".part.npz")
         np.savez_compressed(partial, vol=volume, target=targets, coverage=coverage)
         partial.replace(path)
     return path.name
 
 
-def make_cases(folder, seeds, jobs: int = 1) -> int:
-    """Render every seed not yet in ``folder``; returns how many files the folder holds for ``seeds``."""
+def make_cases(folder, seeds, jobs: int = 1, mix: Optional[dict] = None) -> int:
+    """Render every seed not yet in ``folder`` (coverages drawn from ``mix``, default ``GATE_MIX``); returns how many
+    files the folder holds for ``seeds``."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    todo = [(str(folder), s) for s in seeds]
+    todo = [(str(folder), s, mix) for s in seeds]
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
         for done, name in enumerate(pool.imap_unordered(_make_one, todo), 1):
             print(f"{done}/{len(todo)} {name}", flush=True)
@@ -93,7 +110,7 @@ def load_cases(folder) -> list:
 
 def augment(volume: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> tuple:
     """A random run of levels, a left-right flip, a shift of up to 8 pixels, a field edge (``cut_field``) in a
-    quarter of the scans, HU x 0.9-1.1 + -40..40, noise."""
+    quarter of the scans, a field circle (``cut_circle``) in one in seven, HU x 0.9-1.1 + -40..40, noise."""
     levels = volume.shape[0]
     if levels > MIN_LEVELS and rng.random() < 0.6:
         n = int(rng.integers(MIN_LEVELS, levels + 1))
@@ -105,6 +122,8 @@ def augment(volume: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -
     v = np.roll(v, tuple(int(s) for s in rng.integers(-8, 9, 2)), axis=(1, 2))
     if rng.random() < FIELD_CUT_CHANCE:
         v = cut_field(v, rng)
+    if rng.random() < CIRCLE_CUT_CHANCE:
+        v = cut_circle(v, rng)
     v = np.where(v > -900, v * rng.uniform(0.9, 1.1) + rng.uniform(-40, 40), v)
     v = v + rng.normal(0, rng.uniform(0, 20), v.shape).astype(np.float32)
     return np.ascontiguousarray(v), np.ascontiguousarray(targets)
@@ -122,6 +141,22 @@ def cut_field(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     low, high = across[body].min(), across[body].max()
     out = volume.copy()
     out[:, across > high - rng.uniform(0.0, FIELD_CUT) * (high - low)] = AIR_HU
+    return out
+
+
+def cut_circle(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Air outside a circle around the body's middle whose radius is CIRCLE_CUT of the body's reach from there, the
+    same on every level: a small reconstruction field that cuts both legs' outer sides."""
+    body = (volume > BODY_HU).any(axis=0)
+    if not body.any():
+        return volume
+    yy, xx = np.mgrid[:volume.shape[1], :volume.shape[2]]
+    rows, cols = np.nonzero(body)
+    cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+    reach = float(np.sqrt((rows - cy) ** 2 + (cols - cx) ** 2).max())
+    cy, cx = np.array([cy, cx]) + rng.uniform(-0.1, 0.1, 2) * reach
+    out = volume.copy()
+    out[:, (yy - cy) ** 2 + (xx - cx) ** 2 > (rng.uniform(*CIRCLE_CUT) * reach) ** 2] = AIR_HU
     return out
 
 
@@ -195,6 +230,8 @@ def main(argv=None) -> int:
     make.add_argument("folder")
     make.add_argument("--seeds", type=seed_list, required=True, help="e.g. 600000-605999")
     make.add_argument("--jobs", type=int, default=1)
+    make.add_argument("--mix", type=mix_option, help="coverage weights, e.g. lower_leg=3,knee_to_ankle=2 "
+                      f"(default {','.join(f'{k}={v}' for k, v in GATE_MIX.items())})")
     train = sub.add_parser("train", help="train the gate on made scans")
     train.add_argument("train_dir")
     train.add_argument("val_dir")
@@ -208,7 +245,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "make":
-            print(f"{make_cases(args.folder, args.seeds, args.jobs)} scans in {args.folder}")
+            print(f"{make_cases(args.folder, args.seeds, args.jobs, args.mix)} scans in {args.folder}")
         else:
             train_gate(args.train_dir, args.val_dir, args.out, args.minutes, args.lr, threads=args.threads,
                        init=args.init, positive_weight=args.positive_weight)
