@@ -299,7 +299,10 @@ class FemurUNetLogic(ScriptedLoadableModuleLogic):
         text = f"{'; '.join(parts)}. {r.stats.get('slices', 0)} slices in {r.seconds:.1f} s on {r.device}."
         if r.stats.get("padded_field_mm"):
             text += f" Small field of view: padded to {r.stats['padded_field_mm']:g} mm (the model's minimum)."
-        return "\n".join([text] + [f"Warning: {warning}" for warning in self.lastWarnings()])
+        from FemurUNetLib.gate import emptied_note
+        note = emptied_note(r)
+        return "\n".join([text] + ([note[0].upper() + note[1:] + "."] if note else [])
+                         + [f"Warning: {warning}" for warning in self.lastWarnings()])
 
     @staticmethod
     def showResult(volumeNode, segmentationNode) -> None:

@@ -252,10 +252,28 @@ def test_segment_names_the_gate_it_asked_and_refuses_a_missing_one(tmp_path, cap
     assert code == 0 and ", gate gate.pt at 0.25) ->" in stdout, err
     (tmp_path / "l.nii.gz").unlink()
     for flags, message in ((("--gate", tmp_path / "absent.pt"), "absent.pt: gate file not found"),
-                           (("--gate-threshold", "0.5"), "a gate threshold needs a gate (--gate)")):
+                           (("--gate-threshold", "0.5"), "a gate threshold needs a gate (--gate; the demo model's "
+                                                         "by default)")):
         code, stdout, err = ask(*flags)
         assert code == 2 and err.strip().endswith(message) and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "l.nii.gz").exists()
+    with pytest.raises(SystemExit):
+        ask("--gate", tmp_path / "gate.pt", "--no-gate")
+    assert "argument --no-gate: not allowed with argument --gate" in capsys.readouterr().err
+
+
+def test_the_demo_model_brings_its_gate_unless_told_not_to(tmp_path, capsys):
+    hu = np.random.default_rng(5).integers(-1000, 1500, (2, 40, 40)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.nii.gz"))
+    for flags, named in (((), ", gate femurunet_level_gate.pt at 0.3) ->"),
+                         (("--gate-threshold", "0.4"), " at 0.4) ->"), (("--no-gate",), ") ->")):
+        code, stdout, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / "l.nii.gz", "--quiet",
+                                    "--device", "cpu", *flags)
+        assert code == 0 and named in stdout and ("gate" in stdout) == (flags != ("--no-gate",)), err
+        (tmp_path / "l.nii.gz").unlink()
+    code, _, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / "l.nii.gz", "--no-gate",
+                           "--gate-threshold", "0.3")
+    assert code == 2 and err.strip().endswith("a gate threshold needs a gate (--gate; the demo model's by default)")
 
 
 @pytest.mark.parametrize("argv", [[], ["--model", "m.pt", "--device", "cpu", "--mirror", "--fast"],
@@ -263,7 +281,7 @@ def test_segment_names_the_gate_it_asked_and_refuses_a_missing_one(tmp_path, cap
                                   ["--no-autocast", "--keep-all-pieces", "--min-field", "0"],
                                   ["--second-opinion", "judge.pt", "--second-opinion-fraction", "0.1234567891",
                                    "--min-field", "287.5", "--precision", "int8"],
-                                  ["--gate", "gate.pt", "--gate-threshold", "0.05"]])
+                                  ["--gate", "gate.pt", "--gate-threshold", "0.05"], ["--no-gate"]])
 def test_segment_flags_parse_back_to_the_same_options(argv):
     from FemurUNetTrainLib.cli import build_parser
     from FemurUNetLib.segment_options import segment_flags, segment_keywords

@@ -6,8 +6,8 @@ import torch
 
 from FemurUNetLib.defaults import GATE_THRESHOLD
 from FemurUNetLib.errors import FemurUNetError
-from FemurUNetLib.gate import (AIR_HU, GATE_SIZE, LevelGate, at_slices, gate_pieces, gate_volume, level_targets,
-                               load_gate, save_gate)
+from FemurUNetLib.gate import (AIR_HU, GATE_SIZE, LevelGate, at_slices, emptied_note, gate_pieces, gate_volume,
+                               level_targets, load_gate, save_gate, slice_probabilities)
 from test_confirm import shin_case
 from test_plausibility import flip_x
 
@@ -97,23 +97,32 @@ class LowerThirdGate(LevelGate):
         return torch.where(levels >= len(slices) / 3, 6.0, -6.0)
 
 
-def test_segment_volume_gates_pieces_unless_asked_to_keep_all_or_told_not_to():
+class NowhereGate(LevelGate):
+    """A gate that finds a femur on no level (P = 0.0025 everywhere)."""
+
+    def forward(self, slices):
+        return torch.full((len(slices),), -6.0)
+
+
+def test_segment_volume_empties_only_a_scan_the_gate_finds_no_femur_in():
     from FemurUNetLib import segment_volume
     from conftest import threshold_unet
     hu, _, g = shin_case()                                    # femurs on slices 20-59, a 'tibia' on 0-11
     net = threshold_unet(300.0, input_size=128)
     plain = segment_volume(hu, g, net, device="cpu", autocast=False)
-    gated = segment_volume(hu, g, net, device="cpu", autocast=False, gate=LowerThirdGate())
-    kept = segment_volume(hu, g, net, device="cpu", autocast=False, gate=LowerThirdGate(), keep_all_pieces=True)
-    assert plain.labelmap[:12].any() and np.array_equal(kept.labelmap, plain.labelmap)
-    expected = plain.labelmap.copy()
-    expected[:12] = 0
-    assert np.array_equal(gated.labelmap, expected) and expected.any()
-    assert gated.stats["gated_voxels_removed"] == np.count_nonzero(plain.labelmap[:12])
-    assert gated.stats["gate"] == "(in memory)" and gated.stats["gate_threshold"] == GATE_THRESHOLD
-    assert plain.stats["gate"] is None and plain.stats["gated_voxels_removed"] == 0
-    lenient = segment_volume(hu, g, net, device="cpu", autocast=False, gate=LowerThirdGate(), gate_threshold=0.0)
-    assert np.array_equal(lenient.labelmap, plain.labelmap)
+    assert plain.labelmap[:12].any() and plain.stats["gate"] is None and plain.stats["gated_voxels_removed"] == 0
+    upper = segment_volume(hu, g, net, device="cpu", autocast=False, gate=LowerThirdGate())
+    assert np.array_equal(upper.labelmap, plain.labelmap) and upper.stats["gated_voxels_removed"] == 0
+    assert upper.stats["gate"] == "(in memory)" and upper.stats["gate_threshold"] == GATE_THRESHOLD
+    assert upper.stats["gate_highest_p"] > 0.99 and emptied_note(upper) is None
+    emptied = segment_volume(hu, g, net, device="cpu", autocast=False, gate=NowhereGate())
+    assert not emptied.labelmap.any() and emptied.stats["gated_voxels_removed"] == np.count_nonzero(plain.labelmap)
+    ml = np.count_nonzero(plain.labelmap) * np.prod(g.spacing) / 1000
+    assert emptied_note(emptied) == ("no femur in this scan's range by the level gate (highest P 0.002 < 0.3): "
+                                     f"{ml:.1f} ml of labels removed (--no-gate or Keep detached pieces keeps them)")
+    for kept in (segment_volume(hu, g, net, device="cpu", autocast=False, gate=NowhereGate(), keep_all_pieces=True),
+                 segment_volume(hu, g, net, device="cpu", autocast=False, gate=NowhereGate(), gate_threshold=0.002)):
+        assert np.array_equal(kept.labelmap, plain.labelmap)
 
 
 def test_a_gate_file_is_loaded_before_any_slice_and_bad_gates_fail_first(monkeypatch, tmp_path):
@@ -136,5 +145,38 @@ def test_a_gate_file_is_loaded_before_any_slice_and_bad_gates_fail_first(monkeyp
         segment_volume(hu, g, net, device="cpu", gate=tmp_path / "gone.pt")
     with pytest.raises(FemurUNetError, match=r"^the gate threshold must be 0\.\.1, got 2"):
         segment_volume(hu, g, net, device="cpu", gate=tmp_path / "g.pt", gate_threshold=2)
-    with pytest.raises(FemurUNetError, match=r"^a gate threshold needs a gate \(--gate\)$"):
+    with pytest.raises(FemurUNetError, match=r"^a gate threshold needs a gate \(--gate; the demo model's by "):
         segment_volume(hu, g, net, device="cpu", gate_threshold=0.2)
+
+
+def test_the_shipped_gate_goes_with_the_demo_model_and_its_copies_only(tmp_path):
+    import shutil
+    from FemurUNetLib import segment_volume
+    from FemurUNetLib.paths import DEFAULT_GATE_PATH, DEFAULT_MODEL_PATH
+    from FemurUNetLib.resolve import resolve_gate, resolve_model
+    from conftest import threshold_unet
+    demo, other = resolve_model(None), threshold_unet(300.0, input_size=128)
+    shipped = resolve_gate(None, demo)
+    assert shipped.source_file == DEFAULT_GATE_PATH
+    assert (shipped.training_record["scans"], shipped.training_record["positive_weight"]) == (816, 3.0)
+    shutil.copy(DEFAULT_MODEL_PATH, tmp_path / "copy.pt")
+    assert isinstance(resolve_gate(None, resolve_model(tmp_path / "copy.pt")), LevelGate)
+    assert resolve_gate(None, other) is None and resolve_gate(False, demo) is None
+    hu = np.full((2, 40, 40), -1000, np.int16)
+    stats = segment_volume(hu, None, None, device="cpu").stats
+    assert (stats["gate"], stats["gate_threshold"]) == ("femurunet_level_gate.pt", GATE_THRESHOLD) == (
+        DEFAULT_GATE_PATH.name, 0.3)
+    assert segment_volume(hu, None, None, device="cpu", gate=False).stats["gate"] is None
+
+
+@pytest.mark.parametrize("seed, coverage", [(99998, "lower_leg"), (99999, "hip_to_knee")])
+def test_the_shipped_gate_keeps_a_fresh_phantom_with_a_femur_and_empties_a_shin(seed, coverage):
+    from FemurUNetLib.geometry import Reorientation
+    from FemurUNetLib.paths import DEFAULT_GATE_PATH
+    from FemurUNetLib.phantom2 import generate_case
+    case = generate_case(seed, spacing=(3.0, 3.0, 3.0), coverage=coverage, jobs=1)     # seeds no rule has seen
+    axial = Reorientation.for_geometry(case.geometry)
+    p = slice_probabilities(load_gate(DEFAULT_GATE_PATH), axial.to_canonical(case.ct),
+                            axial.canonical_spacing(case.geometry))
+    femur = axial.to_canonical(case.label > 0).any(axis=(1, 2))
+    assert femur.any() == (coverage == "hip_to_knee") == (p.max() >= GATE_THRESHOLD)

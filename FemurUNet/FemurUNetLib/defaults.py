@@ -5,4 +5,4 @@ DEFAULT_INPUT_SIZE = 256           # model input side in pixels (the seed's 256 
 MAX_FIELD_MM = 2000.0              # the largest minimum field of view a model or an option may name (0: off)
 BONE_COLOR = [0.945, 0.839, 0.569]   # Slicer's "bone" colour (241, 214, 145): every femur label's default
 CONFIRM_FRACTION = 0.9             # --second-opinion: the share of each piece it must label (MODEL_HISTORY, session 34)
-GATE_THRESHOLD = 0.1               # --gate: a piece goes when no slice of it reaches this (none ships: MODEL_HISTORY)
+GATE_THRESHOLD = 0.3               # the level gate: a scan's labels go when no slice reaches this (MODEL_HISTORY)

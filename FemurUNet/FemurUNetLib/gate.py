@@ -2,12 +2,14 @@
 
 The demo U-Net sees one slice, so a slice of tibia or foot can look like one of a femur. This network sees every
 level of the scan at once (each level's slice encoded at 4 mm, then dilated 1-D convolutions along z: about
-+-250 mm of context) and gives each level the probability that a femur crosses it. ``gate_pieces`` removes a
-cleaned piece only when every slice it spans is below a threshold: it never moves a boundary.
++-250 mm of context) and gives each level the probability that a femur crosses it. ``gate_scan`` (the default
+with the demo model) empties a scan none of whose levels reaches a threshold: a lower leg, a chest. ``gate_pieces``
+(measured, not used by default: MODEL_HISTORY) removes a cleaned piece only when every slice it spans is below it.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -142,6 +144,26 @@ def gate_pieces(labelmap: np.ndarray, slice_p: np.ndarray, hu: np.ndarray, geome
     drop = unconfirmed_pieces(labelmap, allowed, hu, geometry, labels, fraction=np.finfo(float).tiny)
     labelmap[drop] = 0
     return int(np.count_nonzero(drop))
+
+
+def gate_scan(labelmap: np.ndarray, slice_p: np.ndarray, threshold: float = GATE_THRESHOLD) -> int:
+    """Zero the whole labelmap, in place, when no slice of the scan reaches ``threshold`` (the gate finds no femur
+    anywhere in the scan's range); returns how many voxels went. A scan with a femur level is left as it is."""
+    if np.max(slice_p, initial=0.0) >= threshold:
+        return 0
+    removed = int(np.count_nonzero(labelmap))
+    labelmap[...] = 0
+    return removed
+
+
+def emptied_note(result) -> Optional[str]:
+    """One line when the gate emptied a segmentation result (else None): what went, and how to keep it."""
+    stats = result.stats
+    if not stats.get("gated_voxels_removed"):
+        return None
+    ml = stats["gated_voxels_removed"] * float(np.prod(result.geometry.spacing)) / 1000.0
+    return (f"no femur in this scan's range by the level gate (highest P {stats['gate_highest_p']:.3f} < "
+            f"{stats['gate_threshold']:g}): {ml:.1f} ml of labels removed (--no-gate or Keep detached pieces keeps them)")
 
 
 def save_gate(net: LevelGate, path, training: dict) -> None:

@@ -15,8 +15,8 @@ from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
 from .confirm import remove_unconfirmed_pieces
-from .gate import gate_pieces, slice_probabilities
-from .resolve import model_identity, resolve_gate, resolve_model
+from .gate import gate_scan, slice_probabilities
+from .resolve import is_demo_model, model_identity, resolve_gate, resolve_model
 from .transfer import SliceTransfer
 from .neighbours import PictureCache, SliceStack, model_offsets
 from .quantize import quantize_int8
@@ -177,14 +177,15 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     ``autocast``: True (bf16/fp16 where the device is fast at it), False (fp32), a dtype or "int8" (``quantize``).
     ``mirror``: test-time augmentation: also run each slice mirrored left-right and average the two probability
     maps (about 2x the network time; the demo model gains 0.001 of Dice on the held-out phantoms, 0.002 on leg scans).
-    ``keep_all_pieces``: keep labelled pieces detached from each femur and pieces a second model does not
-    confirm (by default they are removed: ``cleanup.remove_detached_pieces``, ``confirm``; the probabilities are
+    ``keep_all_pieces``: keep labelled pieces detached from each femur and pieces a second model or the gate does
+    not confirm (by default they are removed: ``cleanup.remove_detached_pieces``, ``confirm``; the probabilities are
     the network's, before that).
     ``confirm``: a second model (a module or a path, as ``model``) whose labels must cover ``confirm_fraction``
     (0..1; None: ``defaults.CONFIRM_FRACTION``) of each labelled piece, or the piece goes (``confirm``); None: none.
     It is loaded before any slice is segmented, so a missing file fails first.
-    ``gate``: a level gate (a ``gate.LevelGate`` or its file; None: none): a piece none of whose slices the gate
-    gives ``gate_threshold`` (None: ``defaults.GATE_THRESHOLD``) or more goes (``gate.gate_pieces``); loaded first.
+    ``gate``: a level gate (a ``gate.LevelGate`` or its file; None: the shipped gate with the shipped demo model,
+    none with another; False: none): every label goes when no slice of the scan gets ``gate_threshold`` (None:
+    ``defaults.GATE_THRESHOLD``) or more from the gate (``gate.gate_scan``); loaded first.
     ``compile``: ``torch.compile`` the model (one static batch shape; a one-off compile of tens of seconds).
     ``min_field_mm``: slices whose field of view is smaller are padded with air to it before the resize (and the
     output cropped back), so small fields are seen at the scale the model knows; None: the model's
@@ -202,7 +203,7 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     net = resolve_model(model)
     fraction = _confirm_fraction(confirm, confirm_fraction)
     second = None if keep_all_pieces or confirm is None else resolve_model(confirm)
-    level_gate = _level_gate(gate, gate_threshold, keep_all_pieces)
+    level_gate = _level_gate(gate, gate_threshold, keep_all_pieces, net)
     reorient = Reorientation.for_geometry(geometry)
     min_field = float(net.metadata.get("min_field_mm", 0.0) if min_field_mm is None else min_field_mm)
     if not 0 <= min_field <= MAX_FIELD_MM:
@@ -242,8 +243,8 @@ def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry,
                    reorient: Reorientation, batch: int, second=None, fraction: float = CONFIRM_FRACTION,
                    gate=(None, GATE_THRESHOLD)) -> dict:
     """The default post-processing, in place: detached pieces, then pieces of which the second model (None: none)
-    labels less than ``fraction``, then pieces on no level the gate (``(LevelGate or None, threshold)``) passes;
-    returns the voxels each removed."""
+    labels less than ``fraction``, then every label when the gate (``(LevelGate or None, threshold)``) passes no
+    level of the scan; returns the voxels each removed (and the gate's highest level P)."""
     labels = net.metadata["labels"]
     removed = {"detached": remove_detached_pieces(labelmap, volume, geometry, labels)}
     if second is not None:
@@ -254,7 +255,7 @@ def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry,
     level_gate, threshold = gate
     if level_gate is not None and labelmap.any():
         p = slice_probabilities(level_gate, reorient.to_canonical(volume), reorient.canonical_spacing(geometry))
-        removed["gated"] = gate_pieces(labelmap, p, volume, geometry, labels, threshold)
+        removed["gated"], removed["gate_highest_p"] = gate_scan(labelmap, p, threshold), float(p.max())
     return removed
 
 
@@ -276,18 +277,17 @@ def _removal_stats(removed: dict, second, fraction: float, level_gate: tuple) ->
             "unconfirmed_voxels_removed": removed.get("unconfirmed", 0),
             "second_opinion": _file_name(second), "second_opinion_fraction": fraction if second is not None else None,
             "gate": _file_name(gate), "gate_threshold": threshold if gate is not None else None,
-            "gated_voxels_removed": removed.get("gated", 0)}
+            "gate_highest_p": removed.get("gate_highest_p"), "gated_voxels_removed": removed.get("gated", 0)}
 
 
-def _level_gate(gate, threshold: Optional[float], keep_all_pieces: bool) -> tuple:
+def _level_gate(gate, threshold: Optional[float], keep_all_pieces: bool, net) -> tuple:
     """(LevelGate or None, threshold), checked and loaded before any slice is segmented."""
-    if threshold is None:
-        threshold = GATE_THRESHOLD
-    elif gate is None:
-        raise FemurUNetError("a gate threshold needs a gate (--gate)")
+    if threshold is not None and (gate is False or (gate is None and not is_demo_model(net))):
+        raise FemurUNetError("a gate threshold needs a gate (--gate; the demo model's by default)")
+    threshold = GATE_THRESHOLD if threshold is None else threshold
     if not 0.0 <= threshold <= 1.0:
         raise FemurUNetError(f"the gate threshold must be 0..1, got {threshold}")
-    return None if keep_all_pieces else resolve_gate(gate), float(threshold)
+    return None if keep_all_pieces else resolve_gate(gate, net), float(threshold)
 
 
 def _file_name(model) -> Optional[str]:

@@ -13,7 +13,7 @@ from .gate import LevelGate, load_gate
 from .keras_import import convert_keras_file
 from .model import UNet2D
 from .modelfile import load_model, model_metadata
-from .paths import DEFAULT_MODEL_PATH
+from .paths import DEFAULT_GATE_PATH, DEFAULT_MODEL_PATH
 
 
 def resolve_model(model=None, map_location="cpu") -> UNet2D:
@@ -32,11 +32,25 @@ def resolve_model(model=None, map_location="cpu") -> UNet2D:
     return load_model(path, map_location)
 
 
-def resolve_gate(gate=None):
-    """A LevelGate from a module or a file; None for None (no gate)."""
-    if gate is None or isinstance(gate, LevelGate):
+def resolve_gate(gate=None, model=None):
+    """A LevelGate from a module or a file; None: the shipped gate when ``model`` (a loaded UNet2D) is the shipped
+    demo model, else none; False: none. The gate was chosen on the demo model's labels (MODEL_HISTORY)."""
+    if gate is False or (gate is None and not is_demo_model(model)):
+        return None
+    if isinstance(gate, LevelGate):
         return gate
-    return load_gate(gate)
+    return load_gate(DEFAULT_GATE_PATH if gate is None else gate)
+
+
+def is_demo_model(model) -> bool:
+    """Whether a loaded model came from the shipped demo model's file or a copy of it (the same bytes)."""
+    source = getattr(model, "source_file", None)
+    if source is None or not os.path.isfile(source) or not DEFAULT_MODEL_PATH.is_file():
+        return False
+    mine, demo = os.stat(source), os.stat(DEFAULT_MODEL_PATH)
+    return mine.st_size == demo.st_size and (
+        _file_sha256(os.fspath(source), mine.st_size, mine.st_mtime_ns)
+        == _file_sha256(os.fspath(DEFAULT_MODEL_PATH), demo.st_size, demo.st_mtime_ns))
 
 
 def model_source(model) -> str:

@@ -62,8 +62,8 @@ def _number(text: str, kind):
 
 def add_segment_options(parser, fast: bool = True, model: bool = True, device: str = "auto") -> None:
     """[--model] --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces
-    --gate --gate-threshold --second-opinion --second-opinion-fraction --min-field. ``model=False``: the caller
-    names the model itself (e.g. as positional arguments); ``device``: the default device."""
+    --gate/--no-gate --gate-threshold --second-opinion --second-opinion-fraction --min-field. ``model=False``: the
+    caller names the model itself (e.g. as positional arguments); ``device``: the default device."""
     if model:
         parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
     devices = [name + (" (default)" if name == device else "") for name in ("auto", "cpu", "cuda", "cuda:N", "mps")]
@@ -86,11 +86,13 @@ def add_segment_options(parser, fast: bool = True, model: bool = True, device: s
                         "femur (by default only each side's femur and pieces of at least a fifth of its volume stay, "
                         "none wholly over 150 mm below both femurs; the others are usually other bones, e.g. the tibia "
                         "or the talus)")
-    parser.add_argument("--gate", metavar="FILE", help="a level gate file (docs/TRAINING.md: a level gate): a small "
-                        "network that sees the whole scan at 4 mm; a piece goes when it finds a femur on none of the "
-                        "piece's slices (default: none; none ships: docs/MODEL_HISTORY.md)")
-    parser.add_argument("--gate-threshold", type=share, metavar="P", help="the gate's probability a piece must reach "
-                        f"on at least one of its slices to stay, 0..1 (default: {GATE_THRESHOLD:g}; needs --gate)")
+    gates = parser.add_mutually_exclusive_group()
+    gates.add_argument("--gate", metavar="FILE", help="a level gate file (docs/TRAINING.md: a level gate): a small "
+                       "network that sees the whole scan at 4 mm; every label goes when it finds a femur on none of "
+                       "the scan's slices (default: the shipped gate with the shipped demo model, none with another)")
+    gates.add_argument("--no-gate", action="store_true", help="no level gate, not even the demo model's")
+    parser.add_argument("--gate-threshold", type=share, metavar="P", help="the gate's probability one slice of the "
+                        f"scan must reach for its labels to stay, 0..1 (default: {GATE_THRESHOLD:g})")
     parser.add_argument("--second-opinion", metavar="MODEL", help="a second model file that must label at least "
                         "--second-opinion-fraction of each labelled piece, or the piece goes (it runs only on slices "
                         "with labels; default: none; no second model ships: docs/MODEL_HISTORY.md)")
@@ -105,7 +107,8 @@ def segment_keywords(args) -> dict:
     """``segment_volume`` / ``segment_and_import`` keywords of options parsed by ``add_segment_options``."""
     keywords = {"device": args.device, "batch_size": args.batch_size, "threshold": args.threshold,
                 "autocast": autocast_value("fp32" if args.no_autocast else args.precision), "mirror": args.mirror,
-                "keep_all_pieces": args.keep_all_pieces, "gate": args.gate, "gate_threshold": args.gate_threshold,
+                "keep_all_pieces": args.keep_all_pieces, "gate": False if args.no_gate else args.gate,
+                "gate_threshold": args.gate_threshold,
                 "min_field_mm": args.min_field,
                 "confirm": args.second_opinion, "confirm_fraction": args.second_opinion_fraction}
     if hasattr(args, "fast"):
@@ -126,7 +129,7 @@ def segment_flags(args) -> list:
     precision = "fp32" if args.no_autocast else args.precision
     flags += ["--precision", precision] if precision != "auto" else []
     for flag, on in (("--mirror", args.mirror), ("--fast", getattr(args, "fast", False)),
-                     ("--keep-all-pieces", args.keep_all_pieces)):
+                     ("--keep-all-pieces", args.keep_all_pieces), ("--no-gate", args.no_gate)):
         flags += [flag] if on else []
     return flags
 

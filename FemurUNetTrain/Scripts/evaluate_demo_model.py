@@ -193,8 +193,6 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.second_opinion_fraction is not None and not args.second_opinion:
         parser.error("--second-opinion-fraction needs --second-opinion")
-    if args.gate_threshold is not None and not args.gate:
-        parser.error("--gate-threshold needs --gate")
     tissue = parse_tissue(args.tissue)
     if tissue and args.phantom != 2:
         parser.error("--tissue: only phantom v2 draws tissue values")
@@ -221,13 +219,14 @@ def main(argv=None) -> int:
              **({"second_opinion": args.second_opinion} if args.second_opinion else {}),
              **({"second_opinion_fraction": args.second_opinion_fraction}
                 if args.second_opinion_fraction is not None else {}),
-             **({"gate": args.gate} if args.gate else {}),
+             **({"gate": args.gate} if args.gate else {"gate": "none"} if args.no_gate else {}),
              **({"gate_threshold": args.gate_threshold} if args.gate_threshold is not None else {}),
              "phantoms": []} for name in names]
     nets = [resolve_model(name) for name in names]           # loaded once for every volume below
     confirm = resolve_model(args.second_opinion) if args.second_opinion else None
 
-    keywords = {**segment_keywords(args), "confirm": confirm, "gate": resolve_gate(args.gate)}
+    keywords = {**segment_keywords(args), "confirm": confirm}
+    keywords["gate"] = resolve_gate(args.gate) if args.gate else keywords["gate"]   # None: the demo model's
 
     def segment(net, ct, geometry) -> np.ndarray:
         return segment_volume(ct, geometry, net, **keywords).labelmap

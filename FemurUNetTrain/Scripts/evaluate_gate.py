@@ -43,7 +43,7 @@ def gate_row(seed: int, case, gate, segment: bool) -> dict:
            "highest_p_without": round(float(p[~femur].max()), 4) if (~femur).any() else None,
            "highest_p": round(float(p.max()), 4)}
     if segment:
-        result = segment_volume(case.ct, case.geometry, None, device="cpu")
+        result = segment_volume(case.ct, case.geometry, None, device="cpu", gate=False)   # the gate's "before"
         voxel_ml = float(np.prod(case.geometry.spacing)) / 1000.0
         row["labelled_ml"] = round(np.count_nonzero(result.labelmap) * voxel_ml, 2)
         row["after_gate_ml"], row["femur_removed_ml"] = {}, {}

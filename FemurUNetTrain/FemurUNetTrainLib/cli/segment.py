@@ -9,6 +9,7 @@ import numpy as np
 
 from FemurUNetLib.evaluate import dice, hd95
 from FemurUNetLib.fileio import atomic_outputs
+from FemurUNetLib.gate import emptied_note
 from FemurUNetLib.inference import provenance, segment_volume
 from FemurUNetLib.phantom import write_case
 from FemurUNetLib.phantom2 import generate_case
@@ -89,6 +90,8 @@ def run_segment(args) -> int:
           f"{f', small field padded to {padded:g} mm' if padded else ''}"
           f"{f', second opinion {second} at {fraction:g}' if second else ''}"
           f"{f', gate {gate} at {at:g}' if gate else ''}) -> {args.output}")
+    if emptied_note(result):
+        print(f"note: {emptied_note(result)}")
     return 0
 
 
