@@ -3,4 +3,4 @@ from pathlib import Path
 
 MODELS_DIR = Path(__file__).with_name("models")
 DEFAULT_MODEL_PATH = MODELS_DIR / "femurunet_demo_b16.pt"   # the demo model
-DEFAULT_GATE_PATH = MODELS_DIR / "femurunet_level_gate.pt"  # the level gate that goes with it (gate D)
+DEFAULT_GATE_PATH = MODELS_DIR / "femurunet_level_gate.pt"  # the level gate that goes with it (gate H)

@@ -132,11 +132,10 @@ def augment(volume: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -
 def cut_field(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Air beyond a straight edge at a random angle that takes up to FIELD_CUT of the body's extent across it off
     one side, the same on every level: a scan field that cuts the body (phantom v2 draws such fields, rarely)."""
-    body = (volume > BODY_HU).any(axis=0)
+    body, yy, xx = _body_grid(volume)
     if not body.any():
         return volume
     angle = rng.uniform(0.0, 2 * np.pi)
-    yy, xx = np.mgrid[:volume.shape[1], :volume.shape[2]]
     across = np.cos(angle) * xx + np.sin(angle) * yy
     low, high = across[body].min(), across[body].max()
     out = volume.copy()
@@ -147,10 +146,9 @@ def cut_field(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def cut_circle(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Air outside a circle around the body's middle whose radius is CIRCLE_CUT of the body's reach from there, the
     same on every level: a small reconstruction field that cuts both legs' outer sides."""
-    body = (volume > BODY_HU).any(axis=0)
+    body, yy, xx = _body_grid(volume)
     if not body.any():
         return volume
-    yy, xx = np.mgrid[:volume.shape[1], :volume.shape[2]]
     rows, cols = np.nonzero(body)
     cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
     reach = float(np.sqrt((rows - cy) ** 2 + (cols - cx) ** 2).max())
@@ -158,6 +156,12 @@ def cut_circle(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = volume.copy()
     out[:, (yy - cy) ** 2 + (xx - cx) ** 2 > (rng.uniform(*CIRCLE_CUT) * reach) ** 2] = AIR_HU
     return out
+
+
+def _body_grid(volume: np.ndarray) -> tuple:
+    """(body on any level, row index, column index) of an axial stack: where a field's edge is drawn."""
+    yy, xx = np.mgrid[:volume.shape[1], :volume.shape[2]]
+    return (volume > BODY_HU).any(axis=0), yy, xx
 
 
 def level_loss(logits: torch.Tensor, targets: torch.Tensor, positive_weight: float) -> torch.Tensor:

@@ -90,8 +90,9 @@ def run_segment(args) -> int:
           f"{f', small field padded to {padded:g} mm' if padded else ''}"
           f"{f', second opinion {second} at {fraction:g}' if second else ''}"
           f"{f', gate {gate} at {at:g}' if gate else ''}) -> {args.output}")
-    if emptied_note(result):
-        print(f"note: {emptied_note(result)}")
+    note = emptied_note(result)
+    if note:
+        print(f"note: {note}")
     return 0
 
 
