@@ -37,6 +37,8 @@ def test_rows_name_the_lowest_p_on_femur_and_the_labels_each_threshold_leaves(tm
     assert pelvis["after_gate_ml"]["0.02"] == pelvis["labelled_ml"] and pelvis["after_gate_ml"]["0.05"] == 0
     assert pelvis["femur_removed_ml"]["0.02"] == 0 and 0.8 * pelvis["labelled_ml"] < pelvis["femur_removed_ml"]["0.05"]
     assert pelvis["femur_removed_ml"]["0.05"] <= pelvis["labelled_ml"] and chest["femur_removed_ml"]["0.3"] == 0
+    assert 0 <= pelvis["off_femur_ml"] < pelvis["labelled_ml"] and pelvis["off_femur_after_ml"]["0.05"] == 0
+    assert chest["off_femur_ml"] == chest["labelled_ml"] == chest["off_femur_after_ml"]["0.02"]   # no truth: all off
     assert result["summary"]["lowest_p_on_femur"] == {"p": pelvis["lowest_p_on_femur"], "seed": 1}
     assert result["summary"]["after_gate_ml"]["0.3"] == 0 and result["gate"] == "low.pt"
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result["summary"]

@@ -4,8 +4,9 @@
 Per scan: the lowest P the gate gives a slice holding a femur voxel (a piece on such slices stays at any threshold
 below it, so no femur voxel can go), the highest P on a slice without one and on any slice (a scan-wide rule keeps a
 scan's labels when that reaches the threshold); with ``--segment`` also the demo model's labels (cleaned as by
-default) before and after the gate at each threshold, in ml, and how much of what it removes is truth femur (the
-harm: a femur piece wholly on low levels goes even when the femur's other slices are sure).
+default) before and after the gate at each threshold, in ml, how much of what it removes is truth femur (the
+harm: a femur piece wholly on low levels goes even when the femur's other slices are sure) and the labels off the
+femur (pieces sharing no voxel with the truth) before and after.
 
     python3 FemurUNetTrain/Scripts/evaluate_gate.py gate.pt --seeds 99800-99811 --coverage lower_leg --segment
 
@@ -25,6 +26,7 @@ import evaluate_demo_model  # noqa: E402
 
 from FemurUNetLib import segment_volume  # noqa: E402
 from FemurUNetLib.errors import FemurUNetError  # noqa: E402
+from FemurUNetLib.evaluate import off_target_ml  # noqa: E402
 from FemurUNetLib.gate import gate_pieces, load_gate, slice_probabilities  # noqa: E402
 from FemurUNetLib.geometry import Reorientation  # noqa: E402
 from FemurUNetLib.phantom2 import ALL_COVERAGES  # noqa: E402
@@ -46,13 +48,16 @@ def gate_row(seed: int, case, gate, segment: bool) -> dict:
         result = segment_volume(case.ct, case.geometry, None, device="cpu", gate=False)   # the gate's "before"
         voxel_ml = float(np.prod(case.geometry.spacing)) / 1000.0
         row["labelled_ml"] = round(np.count_nonzero(result.labelmap) * voxel_ml, 2)
-        row["after_gate_ml"], row["femur_removed_ml"] = {}, {}
+        row["off_femur_ml"] = round(off_target_ml(result.labelmap > 0, case.label > 0, case.geometry.spacing), 2)
+        row["after_gate_ml"], row["femur_removed_ml"], row["off_femur_after_ml"] = {}, {}, {}
         labelled_femur = (result.labelmap > 0) & (case.label > 0)
         for t in THRESHOLDS:
             labels = result.labelmap.copy()
             gate_pieces(labels, p, case.ct, case.geometry, result.labels, t)
             row["after_gate_ml"][f"{t:g}"] = round(np.count_nonzero(labels) * voxel_ml, 2)
             row["femur_removed_ml"][f"{t:g}"] = round(np.count_nonzero(labelled_femur & (labels == 0)) * voxel_ml, 2)
+            row["off_femur_after_ml"][f"{t:g}"] = round(off_target_ml(labels > 0, case.label > 0,
+                                                                      case.geometry.spacing), 2)
     return row
 
 
@@ -64,8 +69,9 @@ def summary(rows: list) -> dict:
         out["lowest_p_on_femur"] = {"p": worst["lowest_p_on_femur"], "seed": worst["seed"]}
     segmented = [r for r in rows if "labelled_ml" in r]
     if segmented:
-        out["labelled_ml"] = round(sum(r["labelled_ml"] for r in segmented), 2)
-        for key in ("after_gate_ml", "femur_removed_ml"):
+        for key in ("labelled_ml", "off_femur_ml"):
+            out[key] = round(sum(r[key] for r in segmented), 2)
+        for key in ("after_gate_ml", "femur_removed_ml", "off_femur_after_ml"):
             out[key] = {k: round(sum(r[key][k] for r in segmented), 2) for k in segmented[0][key]}
     return out
 
