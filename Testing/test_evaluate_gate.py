@@ -44,6 +44,35 @@ def test_rows_name_the_lowest_p_on_femur_and_the_labels_each_threshold_leaves(tm
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result["summary"]
 
 
+def test_several_gates_score_each_scan_made_once(tmp_path, coarse_cases, capsys):
+    low, high = constant_gate(tmp_path / "low.pt", -3.0), constant_gate(tmp_path / "high.pt", 3.0)
+    out = tmp_path / "g.json"
+    assert script.main([str(low), str(high), "--seeds", "1-2", "--json", str(out)]) == 0
+    assert coarse_cases == [1, 2]                                   # each scan made once for both gates
+    result = json.loads(out.read_text())
+    assert list(result["gates"]) == ["low.pt", "high.pt"] and "rows" not in result
+    low_rows, high_rows = result["gates"]["low.pt"]["rows"], result["gates"]["high.pt"]["rows"]
+    assert [r["seed"] for r in low_rows] == [r["seed"] for r in high_rows] == [1, 2]
+    assert abs(low_rows[0]["highest_p"] - 0.0474) < 1e-3 and abs(high_rows[0]["highest_p"] - 0.9526) < 1e-3
+    assert low_rows[0]["femur_slices"] == high_rows[0]["femur_slices"] > 0 and "labelled_ml" not in low_rows[0]
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(line["gate"], line["seed"]) for line in lines[:-1]] == [("low.pt", 1), ("high.pt", 1), ("low.pt", 2),
+                                                                     ("high.pt", 2)]
+    assert lines[-1] == {name: g["summary"] for name, g in result["gates"].items()}
+
+
+def test_gates_sharing_a_file_name_are_named_by_path_and_one_named_twice_is_refused(tmp_path, coarse_cases, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = constant_gate(tmp_path / "a" / "g.pt", -3.0), constant_gate(tmp_path / "b" / "g.pt", 3.0)
+    out = tmp_path / "g.json"
+    assert script.main([str(first), str(second), "--seeds", "2", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["gates"]) == [str(first), str(second)]
+    assert script.main([str(first), str(first), "--seeds", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "evaluate_gate.py: error: a gate file is named twice"
+    assert coarse_cases == [2]                                      # the refused run made nothing
+
+
 def test_a_file_that_is_not_a_gate_is_one_line(tmp_path, capsys):
     torch.save({"weights": 1}, tmp_path / "model.pt")
     assert script.main([str(tmp_path / "model.pt"), "--seeds", "1"]) == 2
