@@ -169,14 +169,16 @@ def test_the_shipped_gate_goes_with_the_demo_model_and_its_copies_only(tmp_path)
     assert segment_volume(hu, None, None, device="cpu", gate=False).stats["gate"] is None
 
 
+@pytest.mark.parametrize("bone_scale", [1.0, 0.5])
 @pytest.mark.parametrize("seed, coverage", [(99998, "lower_leg"), (99999, "hip_to_knee")])
-def test_the_shipped_gate_keeps_a_fresh_phantom_with_a_femur_and_empties_a_shin(seed, coverage):
+def test_the_shipped_gate_keeps_a_fresh_phantom_with_a_femur_and_empties_a_shin(seed, coverage, bone_scale):
     from FemurUNetLib.geometry import Reorientation
     from FemurUNetLib.paths import DEFAULT_GATE_PATH
     from FemurUNetLib.phantom2 import generate_case
     case = generate_case(seed, spacing=(3.0, 3.0, 3.0), coverage=coverage, jobs=1)     # seeds no rule has seen
     axial = Reorientation.for_geometry(case.geometry)
-    p = slice_probabilities(load_gate(DEFAULT_GATE_PATH), axial.to_canonical(case.ct),
-                            axial.canonical_spacing(case.geometry))
+    ct = axial.to_canonical(case.ct).astype(np.float32)
+    ct = np.where(ct > 100, 100 + (ct - 100) * bone_scale, ct)         # 0.5: bone half as far above soft tissue
+    p = slice_probabilities(load_gate(DEFAULT_GATE_PATH), ct, axial.canonical_spacing(case.geometry))
     femur = axial.to_canonical(case.label > 0).any(axis=(1, 2))
     assert femur.any() == (coverage == "hip_to_knee") == (p.max() >= GATE_THRESHOLD)
