@@ -109,12 +109,14 @@ def main(argv=None) -> int:
         for name, gate in gates.items():
             rows[name].append(gate_row(seed, case, gate, segmented))
             print(json.dumps(rows[name][-1] if len(gates) == 1 else {"gate": name, **rows[name][-1]}), flush=True)
-    result = {"command": " ".join(argv if argv is not None else sys.argv[1:]),
-              "gates": {name: {"rows": r, "summary": summary(r)} for name, r in rows.items()}}
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    per_gate = {name: {"rows": r, "summary": summary(r)} for name, r in rows.items()}
     if len(gates) == 1:                              # one gate: its rows and summary at the top
-        (name, only), = result.pop("gates").items()
-        result = {"gate": name, **result, **only}
-    print(json.dumps(result["summary"] if len(gates) == 1 else {n: g["summary"] for n, g in result["gates"].items()}))
+        (name, only), = per_gate.items()
+        result, last_line = {"gate": name, "command": command, **only}, only["summary"]
+    else:
+        result, last_line = {"command": command, "gates": per_gate}, {n: g["summary"] for n, g in per_gate.items()}
+    print(json.dumps(last_line))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
