@@ -281,7 +281,8 @@ def test_the_demo_model_brings_its_gate_unless_told_not_to(tmp_path, capsys):
                                   ["--no-autocast", "--keep-all-pieces", "--min-field", "0"],
                                   ["--second-opinion", "judge.pt", "--second-opinion-fraction", "0.1234567891",
                                    "--min-field", "287.5", "--precision", "int8"],
-                                  ["--gate", "gate.pt", "--gate-threshold", "0.05"], ["--no-gate"]])
+                                  ["--gate", "gate.pt", "--gate-threshold", "0.05"], ["--no-gate"],
+                                  ["--smooth-z", "0"], ["--smooth-z", "2.25", "--fast"]])
 def test_segment_flags_parse_back_to_the_same_options(argv):
     from FemurUNetTrainLib.cli import build_parser
     from FemurUNetLib.segment_options import segment_flags, segment_keywords
@@ -300,8 +301,8 @@ def test_a_segmentation_file_names_what_made_it_and_a_nifti_cannot(tmp_path, cap
     from FemurUNetLib.volume_io import read_provenance
     hu = np.random.default_rng(5).integers(-1000, 1500, (3, 40, 48)).astype(np.int16)
     sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.nii.gz"))
-    for output, flags in (("l.seg.nrrd", ("--mirror", "--threshold", "0.4")), ("l.nrrd", ("--fast",)),
-                          ("l.nii.gz", ())):
+    for output, flags in (("l.seg.nrrd", ("--mirror", "--threshold", "0.4", "--smooth-z", "2")),
+                          ("l.nrrd", ("--fast",)), ("l.nii.gz", ())):
         code, _, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", tmp_path / output, "--model",
                                tiny_model_file, "--no-autocast", "--quiet", "--min-field", "96", *flags)
         assert code == 0, err
@@ -310,9 +311,9 @@ def test_a_segmentation_file_names_what_made_it_and_a_nifti_cannot(tmp_path, cap
         "femurunet": __version__, "model": Path(tiny_model_file).name, "model_sha256": digest, "device": "cpu",
         "threshold": 0.4, "autocast": "off", "mirror": True, "fast": False, "padded_field_mm": 96.0,
         "keep_all_pieces": False, "second_opinion": None, "second_opinion_fraction": None, "gate": None,
-        "gate_threshold": None}
+        "gate_threshold": None, "smooth_z_mm": 2.0}
     fast = read_provenance(tmp_path / "l.nrrd")
-    assert (fast["fast"], fast["mirror"], fast["threshold"]) == (True, False, 0.5)
+    assert (fast["fast"], fast["mirror"], fast["threshold"], fast["smooth_z_mm"]) == (True, False, 0.5, 0.0)
     assert read_provenance(tmp_path / "l.nii.gz") is None and read_provenance(tmp_path / "ct.nii.gz") is None
     with pytest.raises(FemurUNetError, match=r"missing.nrrd: not a readable image file$"):
         read_provenance(tmp_path / "missing.nrrd")

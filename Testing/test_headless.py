@@ -75,15 +75,17 @@ def test_arguments(script, capsys):
     args = script.parse_args(["--input", "a.nii.gz", "b", "--output", "out", "--model", "m.pt", "--device", "cpu",
                               "--batch-size", "4", "--threshold", "0.3", "--no-surface", "--mirror",
                               "--keep-all-pieces", "--min-field", "250", "--second-opinion", "m2.pt",
-                              "--second-opinion-fraction", "0.7", "--gate", "g.pt", "--gate-threshold", "0.2"])
+                              "--second-opinion-fraction", "0.7", "--gate", "g.pt", "--gate-threshold", "0.2",
+                              "--smooth-z", "1.5"])
     assert (args.input, args.output, args.model, args.device, args.batch_size, args.threshold, args.no_surface,
             args.mirror) == (["a.nii.gz", "b"], "out", "m.pt", "cpu", 4, 0.3, True, True)
     assert script.segment_keywords(args) == {"device": "cpu", "batch_size": 4, "threshold": 0.3, "autocast": True,
                                              "mirror": True, "keep_all_pieces": True, "min_field_mm": 250.0,
                                              "confirm": "m2.pt", "confirm_fraction": 0.7, "gate": "g.pt",
-                                             "gate_threshold": 0.2}
+                                             "gate_threshold": 0.2, "smooth_z_mm": 1.5}
     defaults = script.parse_args(["--input", "a", "--output", "o"])
     assert not defaults.mirror and not defaults.keep_all_pieces and defaults.min_field is None
+    assert defaults.smooth_z is None                                     # the model's
     assert script.segment_keywords(defaults)["confirm"] is None
     assert script.segment_keywords(defaults)["confirm_fraction"] is None             # the engine's default
     assert script.main(["--input", "a.nii.gz"]) == 2                      # --output missing

@@ -263,4 +263,5 @@ def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path, capsys):
     start = load_model(DEFAULT_MODEL_PATH).metadata      # the chain of runs stays traceable
     assert training["init_training"] == {**start["training"], **({"blend": start["blend"]} if "blend" in start else {})}
     assert load_model(tmp_path / "s_last.pt").metadata["training"]["steps"] == lines[-1]["steps"]
+    assert model.metadata["min_field_mm"] == start["min_field_mm"] and model.metadata["smooth_z_mm"] == 0.0
     assert math.isfinite(training["val_dice"])

@@ -422,11 +422,12 @@ def test_init_fine_tunes_from_a_model_that_fits_the_run(phantom_data, tmp_path, 
     resumed = torch.load(checkpoint_path(tmp_path / "tuned.pt"), weights_only=True)
     assert resumed["epoch"] == 2 and resumed["init_training"] == {"epochs": 7, "seed": 3}   # the chain survives
     blend = {"weight": 0.5, "tuned": "a.pt", "start": "b.pt"}
-    blended = save_model(load_model(start), tmp_path / "blended.pt", blend=blend, min_field_mm=300.0)
+    blended = save_model(load_model(start), tmp_path / "blended.pt", blend=blend, min_field_mm=300.0, smooth_z_mm=3.0)
     train(tiny_config(train_dir, tmp_path / "from_blend.pt", init=str(blended), **still))  # a blend starts the run
     from_blend = load_model(tmp_path / "from_blend.pt").metadata
     assert from_blend["training"]["init_training"] == {"epochs": 7, "seed": 3, "blend": blend}
     assert from_blend["min_field_mm"] == 0.0        # trained on unpadded slices: inference pads none either
+    assert from_blend["smooth_z_mm"] == 0.0         # a written model smooths only when set_model_defaults.py says so
     # a model that does not fit the run: one line naming the file and the mismatch, nothing written
     stacked = save_model(add_input_slices(load_model(start), (0.0, 8.0)), tmp_path / "stacked.pt")
     for change, message in ((dict(base_filters=6), "--base-filters 6: a model of base 4 widens only to a multiple "

@@ -50,6 +50,7 @@ def test_demo_model_file_is_the_documented_one(model):
     meta = model.metadata
     assert meta["base_filters"] == 16 and meta["input_size"] == 256 and meta["orientation"] == "LPS"
     assert meta["window"] == {"center": 400.0, "width": 2000.0} and meta["min_field_mm"] == 300.0
+    assert meta["smooth_z_mm"] == 3.0
     stage9 = meta["training"]                        # the second phantom-stream run (GPU), from stage 8m
     assert stage9["recipe"].startswith("phantom stream") and stage9["seeds"] == "51000-59999"
     assert stage9["val_seeds"] == "49000-49011" and stage9["train_cases"] >= 150
@@ -219,7 +220,12 @@ def test_from_the_stage8_file_the_script_sets_the_minimum_field_and_asks_for_a_g
 
 
 def test_from_the_stage9_file_the_script_writes_the_shipped_file_only(tmp_path):
-    work, printed, _ = _run_script(tmp_path, "femurunet_demo_b16_stage9.pt", ())
+    """The shipped file is stage 9's weights with the 3 mm smoothing along the slice axis (session 43)."""
+    stage9_source = save_model(load_model(DEFAULT_MODEL_PATH), tmp_path / "stage9.pt", smooth_z_mm=0.0)
+    work, printed, _ = _run_script(tmp_path, "femurunet_demo_b16_stage9.pt", (), source=stage9_source)
     assert printed == [] and sorted(p.name for p in work.glob("*.pt")) == [
         "femurunet_demo_b16.pt", "femurunet_demo_b16_stage9.pt", "femurunet_demo_b16_v2.pt"]
-    assert (work / "femurunet_demo_b16.pt").read_bytes() == (work / "femurunet_demo_b16_stage9.pt").read_bytes()
+    stage9, shipped = (load_model(work / f"femurunet_demo_b16{s}.pt") for s in ("_stage9", ""))
+    assert shipped.metadata == {**stage9.metadata, "smooth_z_mm": 3.0}
+    assert all(torch.equal(v, stage9.state_dict()[k]) for k, v in shipped.state_dict().items())
+    assert shipped.metadata == load_model(DEFAULT_MODEL_PATH).metadata          # the file in the package

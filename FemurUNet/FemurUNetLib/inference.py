@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .device import autocast, autocast_dtype, pick_device
-from .defaults import CONFIRM_FRACTION, GATE_THRESHOLD, MAX_FIELD_MM
+from .defaults import CONFIRM_FRACTION, GATE_THRESHOLD, MAX_FIELD_MM, MAX_SMOOTH_Z_MM
 from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
@@ -20,6 +20,7 @@ from .resolve import is_demo_model, model_identity, resolve_gate, resolve_model
 from .transfer import SliceTransfer
 from .neighbours import PictureCache, SliceStack, model_offsets
 from .quantize import quantize_int8
+from .smoothing import SliceSmoother
 from .preprocess import from_model_output, labels_from_probabilities, min_side, to_model_input, window_hu
 
 CPU_BATCH_SIZE = 8
@@ -39,7 +40,7 @@ class SegmentationResult:
 
 
 PROVENANCE_STATS = ("threshold", "autocast", "mirror", "fast", "padded_field_mm", "keep_all_pieces", "second_opinion",
-                    "second_opinion_fraction", "gate", "gate_threshold")
+                    "second_opinion_fraction", "gate", "gate_threshold", "smooth_z_mm")
 
 
 def provenance(result: SegmentationResult, model) -> dict:
@@ -165,12 +166,13 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                    fast: bool = False, compile: bool = False, mirror: bool = False,
                    keep_all_pieces: bool = False, min_field_mm: Optional[float] = None,
                    confirm=None, confirm_fraction: Optional[float] = None, gate=None,
-                   gate_threshold: Optional[float] = None) -> SegmentationResult:
+                   gate_threshold: Optional[float] = None, smooth_z_mm: Optional[float] = None) -> SegmentationResult:
     """Segment the femur in a 3-D CT array (numpy (k, j, i), HU) and return a uint8 labelmap on the same grid.
 
     ``model``: a UNet2D (with ``.metadata``), a ``.pt``/``.hdf5`` path, or None for the shipped demo model.
     ``progress(done, total)`` is called after each batch; ``cancel()`` returning True raises ``Cancelled``.
-    Memory beyond the output labelmap is one batch of slices: the volume is never converted to float whole.
+    Memory beyond the output labelmap is one batch of slices (and the smoothing's 2 x radius slices of
+    probabilities): the volume is never converted to float whole.
     A model naming ``slice_offsets_mm`` gets each slice with its neighbours at those distances (``neighbours``).
     ``fast``: run the network on every other axial slice only (about 2x faster); a skipped slice gets the mean
     of its two neighbours' probabilities.
@@ -190,14 +192,12 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     ``min_field_mm``: slices whose field of view is smaller are padded with air to it before the resize (and the
     output cropped back), so small fields are seen at the scale the model knows; None: the model's
     (``min_field_mm`` in its metadata, else 0: off).
+    ``smooth_z_mm``: sigma (mm) of the Gaussian along the slice axis the probabilities get before the threshold
+    (``smoothing``; ``probabilities`` are those); None: the model's (its metadata's; the demo model's 3), else 0.
     On CUDA ``cudnn.benchmark`` is switched on.
     """
     started = time.perf_counter()
-    volume = np.asarray(volume)
-    if volume.ndim != 3 or min(volume.shape) < 1:
-        raise FemurUNetError(f"expected a 3-D volume, got an array of shape {volume.shape}")
-    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
-        raise FemurUNetError(f"expected a scalar CT volume in HU, got dtype {volume.dtype}")
+    volume = _checked_volume(volume)
     geometry = geometry or Geometry()
     dev = pick_device(device)
     net = resolve_model(model)
@@ -205,9 +205,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     second = None if keep_all_pieces or confirm is None else resolve_model(confirm)
     level_gate = _level_gate(gate, gate_threshold, keep_all_pieces, net)
     reorient = Reorientation.for_geometry(geometry)
-    min_field = float(net.metadata.get("min_field_mm", 0.0) if min_field_mm is None else min_field_mm)
-    if not 0 <= min_field <= MAX_FIELD_MM:
-        raise FemurUNetError(f"minimum field of view must be 0..{MAX_FIELD_MM:g} mm, got {min_field}")
+    min_field, smooth_z = _model_setting(net, "min_field_mm", min_field_mm, MAX_FIELD_MM, "minimum field of view"), \
+        _model_setting(net, "smooth_z_mm", smooth_z_mm, MAX_SMOOTH_Z_MM, "smoothing along the slice axis")
     runner = SliceSegmenter(net, dev, autocast, threshold, channels_last, compile, mirror,
                             min_side(min_field, reorient.canonical_spacing(geometry)))
     batch = int(batch_size or auto_batch_size(dev, net.base_filters, runner.size))
@@ -216,15 +215,17 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
 
     source = reorient.to_canonical(volume)
     stack = SliceStack(runner.offsets, reorient.canonical_spacing(geometry)[2], source.shape[0])
+    smoother = SliceSmoother(smooth_z, reorient.canonical_spacing(geometry)[2], source.shape[0])
     labelmap = np.zeros(volume.shape, dtype=np.uint8)
     target = reorient.to_canonical(labelmap)
     probabilities = np.zeros(volume.shape, dtype=np.float32) if return_probabilities else None
     prob_target = reorient.to_canonical(probabilities) if return_probabilities else None
 
     if fast:
-        batch = _segment_every_other_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
+        batch = _segment_every_other_slice(runner, stack, smoother, source, target, prob_target, batch, progress,
+                                           cancel)
     else:
-        batch = _segment_every_slice(runner, stack, source, target, prob_target, batch, progress, cancel)
+        batch = _segment_every_slice(runner, stack, smoother, source, target, prob_target, batch, progress, cancel)
     removed = {} if keep_all_pieces else _remove_pieces(labelmap, volume, geometry, net, runner, reorient, batch,
                                                         second, fraction, level_gate)
 
@@ -236,7 +237,25 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
                                      "input_size": runner.size, "min_side": runner.min_side,
                                      "padded_field_mm": min_field if runner.min_side > max(source.shape[1:]) else 0.0,
                                      **_removal_stats(removed, second, fraction, level_gate),
-                                     "mirror": mirror, "fast": fast, "keep_all_pieces": keep_all_pieces})
+                                     "mirror": mirror, "fast": fast, "keep_all_pieces": keep_all_pieces,
+                                     "smooth_z_mm": smooth_z})
+
+
+def _checked_volume(volume) -> np.ndarray:
+    volume = np.asarray(volume)
+    if volume.ndim != 3 or min(volume.shape) < 1:
+        raise FemurUNetError(f"expected a 3-D volume, got an array of shape {volume.shape}")
+    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
+        raise FemurUNetError(f"expected a scalar CT volume in HU, got dtype {volume.dtype}")
+    return volume
+
+
+def _model_setting(net, key: str, value: Optional[float], most: float, what: str) -> float:
+    """A keyword the model's metadata gives when it is None (else 0: off), checked to lie in 0..most mm."""
+    value = float(net.metadata.get(key, 0.0) if value is None else value)
+    if not 0 <= value <= most:
+        raise FemurUNetError(f"{what} must be 0..{most:g} mm, got {value:g}")
+    return value
 
 
 def _remove_pieces(labelmap: np.ndarray, volume: np.ndarray, geometry: Geometry, net, runner: SliceSegmenter,
@@ -311,10 +330,10 @@ def _second_opinion(model, like: SliceSegmenter, spacing_mm: float, source: np.n
         confirmed[chunk] = labels.cpu().numpy() > 0
 
 
-def _segment_every_slice(runner: SliceSegmenter, stack: SliceStack, source: np.ndarray, target: np.ndarray,
-                         prob_target: Optional[np.ndarray], batch: int, progress, cancel) -> int:
-    """The slice loop: batches up, labels (and probabilities) back into ``target``; returns the final batch size.
-    On CUDA a batch's results are copied back while the next batch computes."""
+def _segment_every_slice(runner: SliceSegmenter, stack: SliceStack, smoother: SliceSmoother, source: np.ndarray,
+                         target: np.ndarray, prob_target: Optional[np.ndarray], batch: int, progress, cancel) -> int:
+    """The slice loop: batches up, labels (and probabilities) back into ``target`` as the smoother finishes them;
+    returns the final batch size. On CUDA a batch's results are copied back while the next batch computes."""
     total, done = source.shape[0], 0
     pending = None
     feed = SliceFeed(runner, stack, source, batch)
@@ -325,15 +344,13 @@ def _segment_every_slice(runner: SliceSegmenter, stack: SliceStack, source: np.n
         if feed.device != runner.device:          # the CPU took over after out-of-memory
             feed = SliceFeed(runner, stack, source, batch)
         try:
-            labels, probs = runner(feed.inputs(np.arange(done, stop)), *feed.shape, prob_target is not None, batch)
+            _, probs = runner(feed.inputs(np.arange(done, stop)), *feed.shape, True, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
             batch = _back_off(runner, batch, exc)
             continue
-        pending = _queue(pending, (done, stop, feed.transfer.download("labels", labels),
-                                   feed.transfer.download("probabilities", None if probs is None else probs[:, 0])),
-                         runner.device, target, prob_target)
+        pending = _queue_finished(pending, smoother.push(done, probs), runner, feed.transfer, target, prob_target)
         done = stop
         if progress is not None:
             progress(done, total)
@@ -354,6 +371,19 @@ def _back_off(runner: SliceSegmenter, batch: int, exc: BaseException) -> int:
         runner.to(torch.device("cpu"))
         return CPU_BATCH_SIZE
     raise FemurUNetError("out of memory on the CPU even at batch size 1") from exc
+
+
+def _queue_finished(pending, finished, runner: SliceSegmenter, transfer: SliceTransfer, target: np.ndarray,
+                    prob_target: Optional[np.ndarray]):
+    """Threshold and queue the slices the smoother finished (``(first, probabilities)``; None: none yet); returns
+    what is pending now (``_queue``)."""
+    if finished is None:
+        return pending
+    first, probs = finished
+    labels = labels_from_probabilities(probs, runner.threshold)
+    return _queue(pending, (first, first + labels.shape[0], transfer.download("labels", labels),
+                            transfer.download("probabilities", None if prob_target is None else probs[:, 0])),
+                  runner.device, target, prob_target)
 
 
 def _queue(pending, new, device: torch.device, target: np.ndarray, prob_target: Optional[np.ndarray]):
@@ -379,8 +409,9 @@ def _store(pending, target: np.ndarray, prob_target: Optional[np.ndarray]) -> No
         prob_target[start:stop] = prob_map.numpy()
 
 
-def _segment_every_other_slice(runner: SliceSegmenter, stack: SliceStack, source: np.ndarray, target: np.ndarray,
-                               prob_target: Optional[np.ndarray], batch: int, progress, cancel) -> int:
+def _segment_every_other_slice(runner: SliceSegmenter, stack: SliceStack, smoother: SliceSmoother, source: np.ndarray,
+                               target: np.ndarray, prob_target: Optional[np.ndarray], batch: int, progress,
+                               cancel) -> int:
     """``fast``: predict slices 0, 2, 4, ... (and the last); fill each skipped slice from its neighbours' mean.
     The fills and the thresholds are computed where the network ran; only the labels (and the probabilities when
     asked for) come back, as in the slice loop."""
@@ -403,12 +434,8 @@ def _segment_every_other_slice(runner: SliceSegmenter, stack: SliceStack, source
                 raise
             batch = _back_off(runner, batch, exc)
             continue
-        first, block = _with_filled_gaps(ks, probs, previous)
-        labels = labels_from_probabilities(block, runner.threshold)
-        pending = _queue(pending, (first, ks[-1] + 1, feed.transfer.download("labels", labels),
-                                   feed.transfer.download("probabilities",
-                                                          block[:, 0] if prob_target is not None else None)),
-                         runner.device, target, prob_target)
+        pending = _queue_finished(pending, smoother.push(*_with_filled_gaps(ks, probs, previous)), runner,
+                                  feed.transfer, target, prob_target)
         previous = (ks[-1], probs[-1])
         pos += len(ks)
         if progress is not None:

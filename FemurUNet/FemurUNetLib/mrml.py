@@ -283,7 +283,7 @@ def segment_and_import(volume_node, model=None, segmentation_node=None, *, devic
                        mirror: bool = False, keep_all_pieces: bool = False,
                        min_field_mm: Optional[float] = None, confirm=None,
                        confirm_fraction: Optional[float] = None, gate=None,
-                       gate_threshold: Optional[float] = None) -> tuple:
+                       gate_threshold: Optional[float] = None, smooth_z_mm: Optional[float] = None) -> tuple:
     """``segment_volume_node`` that also returns the engine's SegmentationResult and the segment IDs.
 
     The result carries the plausibility check (``result.plausibility.warnings``, one line each); the
@@ -295,7 +295,8 @@ def segment_and_import(volume_node, model=None, segmentation_node=None, *, devic
     result = segment_volume(array, geometry, model, device=device, batch_size=batch_size, threshold=threshold,
                             autocast=autocast, progress=progress, cancel=cancel, mirror=mirror,
                             keep_all_pieces=keep_all_pieces, min_field_mm=min_field_mm, confirm=confirm,
-                            confirm_fraction=confirm_fraction, gate=gate, gate_threshold=gate_threshold)
+                            confirm_fraction=confirm_fraction, gate=gate, gate_threshold=gate_threshold,
+                            smooth_z_mm=smooth_z_mm)
     check_result(result, array)
     node, segment_ids = import_labelmap(volume_node, result.labelmap, result.labels, segmentation_node,
                                         closed_surface)
@@ -379,7 +380,9 @@ def segment_volume_node(volume_node, model=None, segmentation_node=None, **optio
     (keep labelled pieces detached from each femur; by default they are removed), min_field_mm (pad small fields of
     view to this many mm; None: the model's), confirm (a second model that must confirm each piece, as
     ``segment_volume``'s; None: none) and confirm_fraction (the share of each piece it must
-    label; None: ``defaults.CONFIRM_FRACTION``), gate and gate_threshold (a level gate, as ``segment_volume``'s).
+    label; None: ``defaults.CONFIRM_FRACTION``), gate and gate_threshold (a level gate, as ``segment_volume``'s),
+    smooth_z_mm (average each slice's probabilities with its neighbours' along the slice axis, a Gaussian of this
+    many mm; None: the model's).
     On ``Cancelled`` (or any error) the scene is unchanged.
     """
     return segment_and_import(volume_node, model, segmentation_node, **options)[0]

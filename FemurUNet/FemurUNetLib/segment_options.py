@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .defaults import CONFIRM_FRACTION, GATE_THRESHOLD, MAX_FIELD_MM
+from .defaults import CONFIRM_FRACTION, GATE_THRESHOLD, MAX_FIELD_MM, MAX_SMOOTH_Z_MM
 
 PRECISIONS = ("auto", "bf16", "fp32", "int8")
 
@@ -44,9 +44,18 @@ def positive_number(text: str) -> float:
 
 def field_mm(text: str) -> float:
     """A field of view in mm, 0..MAX_FIELD_MM (0: off)."""
+    return _mm(text, MAX_FIELD_MM, "a field of view")
+
+
+def sigma_mm(text: str) -> float:
+    """A smoothing sigma in mm, 0..MAX_SMOOTH_Z_MM (0: off)."""
+    return _mm(text, MAX_SMOOTH_Z_MM, "a sigma")
+
+
+def _mm(text: str, most: float, what: str) -> float:
     value = _number(text, float)
-    if not 0.0 <= value <= MAX_FIELD_MM:
-        raise argparse.ArgumentTypeError(f"{text} is not a field of view of 0..{MAX_FIELD_MM:g} mm")
+    if not 0.0 <= value <= most:
+        raise argparse.ArgumentTypeError(f"{text} is not {what} of 0..{most:g} mm")
     return value
 
 
@@ -62,7 +71,8 @@ def _number(text: str, kind):
 
 def add_segment_options(parser, fast: bool = True, model: bool = True, device: str = "auto") -> None:
     """[--model] --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces
-    --gate/--no-gate --gate-threshold --second-opinion --second-opinion-fraction --min-field. ``model=False``: the
+    --gate/--no-gate --gate-threshold --second-opinion --second-opinion-fraction --min-field --smooth-z.
+    ``model=False``: the
     caller names the model itself (e.g. as positional arguments); ``device``: the default device."""
     if model:
         parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
@@ -101,6 +111,9 @@ def add_segment_options(parser, fast: bool = True, model: bool = True, device: s
     parser.add_argument("--min-field", type=field_mm, metavar="MM", help="pad slices with air to at least this "
                         "field of view before the resize, so a small field is seen at the scale the model knows "
                         "(default: the model's: the demo model's 300 mm; 0: off)")
+    parser.add_argument("--smooth-z", type=sigma_mm, metavar="MM", help="average each slice's probabilities with its "
+                        "neighbours' along the slice axis before the threshold, a Gaussian of MM mm (a 2-D network's "
+                        "slice-to-slice errors; default: the model's: the demo model's 3 mm; 0: off)")
 
 
 def segment_keywords(args) -> dict:
@@ -109,7 +122,7 @@ def segment_keywords(args) -> dict:
                 "autocast": autocast_value("fp32" if args.no_autocast else args.precision), "mirror": args.mirror,
                 "keep_all_pieces": args.keep_all_pieces, "gate": False if args.no_gate else args.gate,
                 "gate_threshold": args.gate_threshold,
-                "min_field_mm": args.min_field,
+                "min_field_mm": args.min_field, "smooth_z_mm": args.smooth_z,
                 "confirm": args.second_opinion, "confirm_fraction": args.second_opinion_fraction}
     if hasattr(args, "fast"):
         keywords["fast"] = args.fast
@@ -123,7 +136,8 @@ def segment_flags(args) -> list:
     for flag, value in (("--batch-size", args.batch_size), ("--threshold", args.threshold),
                         ("--second-opinion", args.second_opinion), ("--gate", args.gate),
                         ("--gate-threshold", args.gate_threshold),
-                        ("--second-opinion-fraction", args.second_opinion_fraction), ("--min-field", args.min_field)):
+                        ("--second-opinion-fraction", args.second_opinion_fraction), ("--min-field", args.min_field),
+                        ("--smooth-z", args.smooth_z)):
         if value is not None:
             flags += [flag, _number_text(value) if isinstance(value, float) else str(value)]
     precision = "fp32" if args.no_autocast else args.precision

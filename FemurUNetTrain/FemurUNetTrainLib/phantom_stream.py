@@ -262,7 +262,7 @@ class _Run:
                     "mri_hips": self.args.mri_hips, "input_lr_scale": self.args.input_lr_scale}
         inputs = {} if self.offsets == ONE_SLICE else {"slice_offsets_mm": list(self.offsets)}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
-                   input_size=self.size, min_field_mm=self.min_field, training=training, **inputs)
+                   input_size=self.size, min_field_mm=self.min_field, smooth_z_mm=0.0, training=training, **inputs)
 
 
 def _record(run: _Run, started: float, losses: list, out: Path) -> dict:

@@ -380,7 +380,8 @@ def _write_epoch_files(run: _Run, epoch: int, record: dict, current: float, impr
         provenance = dict(run.provenance, epoch=epoch + 1, best_monitor=current, loss=record["loss"],
                           val_loss=record["val_loss"], val_dice=record["val_dice"])
         save_model(net, run.out, window=run.window, orientation=run.train_data.manifest["orientation"],
-                   input_size=c.input_size, min_field_mm=0.0, training=provenance)   # PNG slices: never padded
+                   input_size=c.input_size, min_field_mm=0.0, smooth_z_mm=0.0,         # PNG slices: never padded
+                   training=provenance)
     save_checkpoint(checkpoint_path(run.out), {
         "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "epoch": epoch + 1,
         "config": c.recipe(), "model": _cpu_state(run.net),

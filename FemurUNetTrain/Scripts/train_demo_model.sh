@@ -114,7 +114,7 @@ fi
 # padded with air before the resize), chosen on phantom validation seeds (docs/MODEL_HISTORY.md, run 16).
 STAGE8M="$WORK/femurunet_demo_b16_stage8m.pt"
 if [ -f "$STAGE8" ] && ! have_from 9 && [ ! -f "$STAGE8M" ]; then
-  python3 "$HERE/set_min_field.py" "$STAGE8" 300 "$STAGE8M"
+  python3 "$HERE/set_model_defaults.py" "$STAGE8" "$STAGE8M" --min-field 300
 fi
 # Stage 9 (session 24, run 17; the GPU machine): 7.5 minutes more on phantoms made while training, from stage 8m
 # (the stream pads small fields as inference does), phantom code with targeted one-hip fields (commit a9b050b),
@@ -127,4 +127,8 @@ elif [ -f "$STAGE8M" ] && has_cuda; then
 elif [ -f "$STAGE8M" ]; then
   echo "stage 9 needs a CUDA GPU (and ~16 cores): $STAGE8M holds stages 1-8 and the minimum field" >&2
 fi
-if [ -f "$STAGE9" ]; then cp "$STAGE9" "$WORK/femurunet_demo_b16.pt"; fi
+# The shipped file (session 43): stage 9's weights, each slice's probabilities averaged along the slice axis with
+# a 3 mm Gaussian before the threshold, chosen on phantom seeds (docs/MODEL_HISTORY.md, "Smoothing along z").
+if [ -f "$STAGE9" ]; then
+  python3 "$HERE/set_model_defaults.py" "$STAGE9" "$WORK/femurunet_demo_b16.pt" --smooth-z 3
+fi
