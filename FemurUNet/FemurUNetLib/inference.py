@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .device import autocast, autocast_dtype, pick_device
-from .defaults import CONFIRM_FRACTION, GATE_THRESHOLD, MAX_FIELD_MM, MAX_SMOOTH_Z_MM
+from .defaults import CONFIRM_FRACTION, GATE_THRESHOLD, MODEL_SETTINGS_MM
 from .errors import Cancelled, FemurUNetError
 from .geometry import Geometry, Reorientation
 from .cleanup import remove_detached_pieces
@@ -205,8 +205,8 @@ def segment_volume(volume: np.ndarray, geometry: Optional[Geometry] = None, mode
     second = None if keep_all_pieces or confirm is None else resolve_model(confirm)
     level_gate = _level_gate(gate, gate_threshold, keep_all_pieces, net)
     reorient = Reorientation.for_geometry(geometry)
-    min_field, smooth_z = _model_setting(net, "min_field_mm", min_field_mm, MAX_FIELD_MM, "minimum field of view"), \
-        _model_setting(net, "smooth_z_mm", smooth_z_mm, MAX_SMOOTH_Z_MM, "smoothing along the slice axis")
+    min_field = _model_setting(net, "min_field_mm", min_field_mm)
+    smooth_z = _model_setting(net, "smooth_z_mm", smooth_z_mm)
     runner = SliceSegmenter(net, dev, autocast, threshold, channels_last, compile, mirror,
                             min_side(min_field, reorient.canonical_spacing(geometry)))
     batch = int(batch_size or auto_batch_size(dev, net.base_filters, runner.size))
@@ -250,8 +250,9 @@ def _checked_volume(volume) -> np.ndarray:
     return volume
 
 
-def _model_setting(net, key: str, value: Optional[float], most: float, what: str) -> float:
-    """A keyword the model's metadata gives when it is None (else 0: off), checked to lie in 0..most mm."""
+def _model_setting(net, key: str, value: Optional[float]) -> float:
+    """A keyword of ``MODEL_SETTINGS_MM``: the model's metadata's when it is None (else 0: off), checked."""
+    most, what = MODEL_SETTINGS_MM[key]
     value = float(net.metadata.get(key, 0.0) if value is None else value)
     if not 0 <= value <= most:
         raise FemurUNetError(f"{what} must be 0..{most:g} mm, got {value:g}")

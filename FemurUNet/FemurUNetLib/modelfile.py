@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .defaults import BONE_COLOR, MAX_FIELD_MM, MAX_SMOOTH_Z_MM
+from .defaults import BONE_COLOR, MODEL_SETTINGS_MM
 from .errors import FemurUNetError
 from .fileio import atomic_write
 from .geometry import CANONICAL_ORIENTATION
@@ -112,7 +112,7 @@ def _validate_metadata(meta: dict, path) -> None:
                              f"finite numbers")
     if not 0 < _number(meta["threshold"]) < 1:
         raise FemurUNetError(f"{path}: threshold {meta['threshold']!r} must lie strictly between 0 and 1")
-    for key, most in (("min_field_mm", MAX_FIELD_MM), ("smooth_z_mm", MAX_SMOOTH_Z_MM)):
+    for key, (most, _) in MODEL_SETTINGS_MM.items():
         if not 0 <= _number(meta.get(key, 0.0)) <= most:
             raise FemurUNetError(f"{path}: {key} {meta[key]!r} must be a number of mm, 0..{most:g}")
     problem = offsets_problem(meta)

@@ -72,8 +72,8 @@ def _number(text: str, kind):
 def add_segment_options(parser, fast: bool = True, model: bool = True, device: str = "auto") -> None:
     """[--model] --device --batch-size --threshold --precision (--no-autocast) --mirror [--fast] --keep-all-pieces
     --gate/--no-gate --gate-threshold --second-opinion --second-opinion-fraction --min-field --smooth-z.
-    ``model=False``: the
-    caller names the model itself (e.g. as positional arguments); ``device``: the default device."""
+    ``model=False``: the caller names the model itself (e.g. as positional arguments); ``device``: the default
+    device."""
     if model:
         parser.add_argument("--model", help="model .pt (or Keras .hdf5); default: the shipped demo model")
     devices = [name + (" (default)" if name == device else "") for name in ("auto", "cpu", "cuda", "cuda:N", "mps")]

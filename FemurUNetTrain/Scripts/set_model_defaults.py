@@ -13,12 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from FemurUNetLib.defaults import MODEL_SETTINGS_MM
 from FemurUNetLib.errors import FemurUNetError
 from FemurUNetLib.modelfile import load_model, save_model
 from FemurUNetLib.segment_options import field_mm, sigma_mm
 
-SETTINGS = (("min_field", "min_field_mm", "minimum field of view"),
-            ("smooth_z", "smooth_z_mm", "smoothing along the slice axis"))
+FLAGS = {"min_field": "min_field_mm", "smooth_z": "smooth_z_mm"}     # option -> metadata key
 
 
 def set_model_defaults(model_path, out_path, **settings) -> Path:
@@ -33,7 +33,7 @@ def main(argv) -> int:
     parser.add_argument("--min-field", type=field_mm, metavar="MM")
     parser.add_argument("--smooth-z", type=sigma_mm, metavar="MM")
     args = parser.parse_args(argv[1:])
-    settings = {key: getattr(args, name) for name, key, _ in SETTINGS if getattr(args, name) is not None}
+    settings = {key: getattr(args, name) for name, key in FLAGS.items() if getattr(args, name) is not None}
     if not settings:
         parser.error("name at least one of --min-field, --smooth-z")
     try:
@@ -41,9 +41,8 @@ def main(argv) -> int:
     except FemurUNetError as exc:
         print(f"set_model_defaults: {exc}", file=sys.stderr)
         return 1
-    for name, key, what in SETTINGS:
-        if key in settings:
-            print(f"{out}: {what} {settings[key]:g} mm")
+    for key, value in settings.items():
+        print(f"{out}: {MODEL_SETTINGS_MM[key][1]} {value:g} mm")
     return 0
 
 
