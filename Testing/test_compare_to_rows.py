@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / 
 import compare_to_rows as script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-05_run17_rule_sets_s28.json"     # today's phantom, cleanup
+STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-06_run17_smooth_rule_sets_s43.json"  # the shipped pipeline
 SHIPPED_EVAL = REPO / "FemurUNet" / "FemurUNetLib" / "models" / "femurunet_demo_b16.eval.json"
 
 
@@ -51,6 +51,24 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
                         "1 +0.040")
     assert lines[6] == ("  f: 1 femur-free cases, false positives 0.5 -> 0.2 ml (largest 0.5 -> 0.2), in the feet "
                         "0.2 -> n/a ml")
+
+
+def test_sets_of_the_same_seeds_with_other_hips_are_each_compared_with_their_own_rows(tmp_path, capsys):
+    stored = write(tmp_path / "sets.json", {"model": "old", "sets": {
+        "mri": {"rows": [row(1, 0.90, hips="mri2psm"), row(2, 0.92, hips="mri2psm")]},
+        "atlas": {"rows": [row(1, 0.95), row(2, 0.97)]}}})
+    mri = write(tmp_path / "mri.json", {"model": "cand.pt", "phantoms": [row(1, 0.91, hips="mri2psm"),
+                                                                          row(2, 0.94, hips="mri2psm")]})
+    atlas = write(tmp_path / "atlas.json", {"model": "cand.pt", "phantoms": [row(1, 0.96), row(2, 0.96)]})
+    assert script.main([stored, mri, atlas]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("  mri: 2 cases, Dice 0.9100 -> 0.9250 (+0.0150)")
+    assert lines[2].startswith("  atlas: 2 cases, Dice 0.9600 -> 0.9600 (+0.0000)")
+    again = write(tmp_path / "again.json", {"model": "cand.pt", "phantoms": [row(1, 0.99), row(2, 0.99)]})
+    assert script.main([stored, atlas, again]) == 0            # the same case twice: the later file's row
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("  mri: different cases (seed 1: hips mri2psm stored, atlas new")
+    assert lines[2].startswith("  atlas: 2 cases, Dice 0.9600 -> 0.9900 (+0.0300)")
 
 
 def test_the_stored_model_against_its_own_rows_moves_nothing(tmp_path, capsys):

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 PROG = "compare_to_rows.py"
+CASE_KEYS = ("shape", "hips")          # what makes two rows of one seed the same case
 
 
 def read_json(path: str) -> dict:
@@ -30,15 +31,28 @@ def read_json(path: str) -> dict:
 
 
 def new_rows(paths: list) -> dict:
-    """{model: {seed: row}} from evaluate_demo_model.py files (a later file's row for a seed wins)."""
+    """{model: {seed: [rows]}} from evaluate_demo_model.py files, in file order (one seed may have rows of several
+    cases: the same seed with another --hips or grid)."""
     models = {}
     for path in paths:
         result = read_json(path)
         for run in result.get("runs", [result]):
             if "phantoms" not in run:
                 raise SystemExit(f"{PROG}: error: {path}: no phantom rows (evaluate_demo_model.py --json output?)")
-            models.setdefault(str(run.get("model")), {}).update({int(r["seed"]): r for r in run["phantoms"]})
+            seeds = models.setdefault(str(run.get("model")), {})
+            for r in run["phantoms"]:
+                seeds.setdefault(int(r["seed"]), []).append(r)
     return models
+
+
+def _same_case(stored: dict, new: dict) -> bool:
+    return all(stored[key] == new[key] for key in CASE_KEYS if key in stored and key in new)
+
+
+def matching_row(stored: dict, rows: list) -> dict:
+    """The new row of the stored row's case (the same grid shape and hip shape; the last one when several), else
+    the last row of its seed (then named a different case)."""
+    return next((r for r in reversed(rows) if _same_case(stored, r)), rows[-1])
 
 
 def summary(rows: list) -> dict:
@@ -59,8 +73,8 @@ def compare_line(name: str, stored: list, new: dict) -> str:
     missing = [r["seed"] for r in stored if int(r["seed"]) not in new]
     if missing:
         return f"{name}: not covered ({len(missing)} of {len(stored)} seeds missing, e.g. {missing[0]})"
-    mine = [new[int(r["seed"])] for r in stored]
-    other = [(key, s, n) for s, n in zip(stored, mine) for key in ("shape", "hips")
+    mine = [matching_row(r, new[int(r["seed"])]) for r in stored]
+    other = [(key, s, n) for s, n in zip(stored, mine) for key in CASE_KEYS
              if key in s and key in n and s[key] != n[key]]
     if other:
         key, s, n = other[0]
