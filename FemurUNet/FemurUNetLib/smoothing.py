@@ -46,9 +46,12 @@ class SliceSmoother:
         ready = self.total if known >= self.total else known - self.radius
         if ready <= self.done:
             return None
-        ks = torch.arange(self.done, ready, device=probs.device)
-        smoothed = sum(w * self.kept[(ks + d).clamp(0, self.total - 1) - self.kept_first]
-                       for d, w in zip(range(-self.radius, self.radius + 1), self.weights))
+        n = ready - self.done
+        around = torch.arange(self.done - self.radius, ready + self.radius, device=probs.device)
+        window = self.kept[around.clamp(0, self.total - 1) - self.kept_first]    # the end slices repeated
+        smoothed = window[:n] * self.weights[0]
+        for d, w in enumerate(self.weights[1:], start=1):
+            smoothed.add_(window[d:d + n], alpha=w)
         start, self.done = self.done, ready
         drop = max(0, ready - self.radius - self.kept_first)
         self.kept, self.kept_first = self.kept[drop:], self.kept_first + drop
