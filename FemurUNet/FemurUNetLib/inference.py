@@ -64,7 +64,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 class SliceSegmenter:
-    """The per-batch work, on one device: HU slices in, uint8 labels (and optional probabilities) out."""
+    """The per-batch work, on one device: HU slices in, probabilities on the slice grid out (its threshold kept)."""
 
     def __init__(self, model, device: torch.device, autocast: bool = True, threshold: Optional[float] = None,
                  channels_last: bool = True, compile: bool = False, mirror: bool = False, min_side: int = 0):
@@ -129,9 +129,9 @@ class SliceSegmenter:
                               self.min_side)
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, height: int, width: int, want_probabilities: bool = False, pad_to: int = 0):
-        """x: (N, C, size, size) model inputs on the device -> (labels (N, height, width) uint8,
-        probs (N, C_out, height, width) float32 | None) on the canonical slice grid.
+    def __call__(self, x: torch.Tensor, height: int, width: int, pad_to: int = 0) -> torch.Tensor:
+        """x: (N, C, size, size) model inputs on the device -> probabilities (N, C_out, height, width) float32 on
+        the canonical slice grid (``labels_from_probabilities(probs, self.threshold)`` makes the labels).
 
         ``pad_to``: the batch size, so a compiled model sees one shape (a smaller last batch is zero-padded).
         """
@@ -143,9 +143,7 @@ class SliceSegmenter:
                 fmt = torch.channels_last if self.channels_last else torch.contiguous_format
                 mirrored = x.flip(-1).contiguous(memory_format=fmt)
                 probs = (probs + self._forward(mirrored, pad_to).float().flip(-1)) / 2
-        probs = from_model_output(probs, height, width, self.min_side)
-        labels = labels_from_probabilities(probs, self.threshold)
-        return labels, (probs if want_probabilities else None)
+        return from_model_output(probs, height, width, self.min_side)
 
 
 class SliceFeed:
@@ -327,7 +325,7 @@ def _second_opinion(model, like: SliceSegmenter, spacing_mm: float, source: np.n
     ks = np.flatnonzero(target.any(axis=(1, 2)))
     for start in range(0, len(ks), batch):
         chunk = ks[start:start + batch]
-        labels, _ = runner(feed.inputs(chunk), *feed.shape, False, batch)
+        labels = labels_from_probabilities(runner(feed.inputs(chunk), *feed.shape, batch), runner.threshold)
         confirmed[chunk] = labels.cpu().numpy() > 0
 
 
@@ -345,7 +343,7 @@ def _segment_every_slice(runner: SliceSegmenter, stack: SliceStack, smoother: Sl
         if feed.device != runner.device:          # the CPU took over after out-of-memory
             feed = SliceFeed(runner, stack, source, batch)
         try:
-            _, probs = runner(feed.inputs(np.arange(done, stop)), *feed.shape, True, batch)
+            probs = runner(feed.inputs(np.arange(done, stop)), *feed.shape, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
@@ -429,7 +427,7 @@ def _segment_every_other_slice(runner: SliceSegmenter, stack: SliceStack, smooth
             if previous is not None:
                 previous = (previous[0], previous[1].to(runner.device))
         try:
-            _, probs = runner(feed.inputs(ks), *feed.shape, True, batch)
+            probs = runner(feed.inputs(ks), *feed.shape, batch)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
