@@ -42,10 +42,10 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
                         "5.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet n/a -> 0.5 ml; lowest changes: 2 -0.010, "
                         "1 +0.040")
     assert lines[2] == "  b: not covered (1 of 2 seeds missing, e.g. 4)"
-    assert lines[3] == ("  c: different cases (seed 2: shape [5, 20, 20] stored, [10, 20, 20] new; another grid "
-                        "or --hips option, or phantom code?)")
-    assert lines[4] == ("  d: different cases (seed 1: hips mri2psm stored, atlas new; another grid or --hips option, "
-                        "or phantom code?)")
+    assert lines[3] == ("  c: different cases (seed 2: shape [5, 20, 20] stored, [10, 20, 20] new; another grid, "
+                        "--hips or --oa option, or phantom code?)")
+    assert lines[4] == ("  d: different cases (seed 1: hips mri2psm stored, atlas new; another grid, --hips or --oa "
+                        "option, or phantom code?)")
     assert lines[5] == ("  e: 2 cases, Dice 0.9350 -> 0.9450 (+0.0100), min 0.900 -> 0.940, largest false positives "
                         "1.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet 4.0 -> 0.5 ml; lowest changes: 2 -0.020, "
                         "1 +0.040")
@@ -69,6 +69,24 @@ def test_sets_of_the_same_seeds_with_other_hips_are_each_compared_with_their_own
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("  mri: different cases (seed 1: hips mri2psm stored, atlas new")
     assert lines[2].startswith("  atlas: 2 cases, Dice 0.9600 -> 0.9900 (+0.0300)")
+
+
+def test_osteoarthritic_hips_are_another_case_and_rows_before_the_key_had_none(tmp_path, capsys):
+    stored = write(tmp_path / "sets.json", {"model": "old", "sets": {
+        "plain": {"rows": [row(1, 0.95), row(2, 0.97)]},                            # written before "oa" existed
+        "oa": {"rows": [{**row(1, 0.90), "oa": True}, {**row(2, 0.92), "oa": True}]}}})
+    plain = write(tmp_path / "plain.json", {"model": "cand.pt", "phantoms": [{**row(1, 0.96), "oa": False},
+                                                                              {**row(2, 0.96), "oa": False}]})
+    assert script.main([stored, plain]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("  plain: 2 cases, Dice 0.9600 -> 0.9600 (+0.0000)")
+    assert lines[2].startswith("  oa: different cases (seed 1: oa True stored, False new; another grid, --hips or --oa")
+    oa = write(tmp_path / "oa.json", {"model": "cand.pt", "phantoms": [{**row(1, 0.93), "oa": True},
+                                                                        {**row(2, 0.93), "oa": True}]})
+    assert script.main([stored, plain, oa]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("  plain: 2 cases, Dice 0.9600 -> 0.9600") and lines[2].startswith(
+        "  oa: 2 cases, Dice 0.9100 -> 0.9300 (+0.0200)")
 
 
 def test_the_stored_model_against_its_own_rows_moves_nothing(tmp_path, capsys):

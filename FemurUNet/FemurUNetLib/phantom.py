@@ -49,6 +49,7 @@ class PhantomCase:
     hip_field: str = ""     # phantom v2: the side of a targeted one-hip field of view ("" for none)
     hips: str = ""          # phantom v2: whose hip bones ("atlas" or "mri2psm", phantom2_hips)
     feet: Optional[np.ndarray] = field(default=None, repr=False)   # phantom v2 leg scans: bool, voxels in the feet
+    oa: bool = False        # phantom v2: osteoarthritic bone in both hips (phantom2_oa)
 
 
 # --- anatomy ------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from .phantom2_anatomy import LABEL, Individual, make_individual
 from .phantom2_hips import HIP_SHAPES, with_hip_shape
 from .phantom2_libhip import with_real_femurs
 from .phantom2_metal import add_metal_artefacts
+from .phantom2_oa import draw_osteoarthritis, oa_interior
 from .phantom2_native import at_coarse_centres, draw_native, native_factors, native_grid, resampled
 from .phantom2_body import (SKIN_PARTS, body_parts_bounds, cavity_distance, fat_thickness, septa_distance,
                             skin_distance)
@@ -379,6 +380,10 @@ class Renderer:
                 interior = interior * self._head_density(q, m[f"head_{side}"])
         elif kind in ("arm", "rib"):
             thickness = np.float32(2.5 if kind == "arm" else 1.0)
+        if self.s.oa and kind.split("_")[0] in ("femur", "hip"):
+            side = kind.split("_")[1]
+            interior = oa_interior(interior, q, kind.startswith("femur"), self.s.oa[side], side, m[f"head_{side}"],
+                                   self.s.ind.head_radius, self.s.ind.hip_gap[side], tex)
         self.paint(hu, d, w, h["cortex"] + 40.0 * tex)
         self.paint(hu, d + thickness, w, interior)
 
@@ -483,8 +488,8 @@ def _streams(seed):
     seed = int(seed)
     if seed < 0:
         raise FemurUNetError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, 2]).spawn(10)    # later streams (femur shapes, native grid, hip field,
-                                                         # hip bones, feet): the first stay
+    return np.random.default_rng([seed, 2]).spawn(11)    # later streams (femur shapes, native grid, hip field,
+                                                         # hip bones, feet, osteoarthritis): the first stay
 
 
 def _scene(anatomy_rng, femur_rng, hips_rng, feet_rng, hips=None):
@@ -553,7 +558,7 @@ def _overridden(drawn: dict, overrides, what: str, minimum: float) -> dict:
 
 
 def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None, jobs=None,
-                  scanner=None, tissue=None, hips=None) -> PhantomCase:
+                  scanner=None, tissue=None, hips=None, oa: bool = False) -> PhantomCase:
     """One phantom v2 case, deterministic per seed (the individual depends on the seed only, so every grid of
     a seed shows the same patient). ``coverage``: one of ALL_COVERAGES (drawn from COVERAGES when None);
     ``spacing`` (i, j, k) mm and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape``
@@ -562,13 +567,15 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     drawn ones (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp
     kernel). ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g.
     ``{"cortex": 900}``). ``hips``: the hip bones' shape (one of HIP_SHAPES) over the drawn one; the rest of the
-    case stays as drawn."""
-    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng, feet_rng = \
-        _streams(seed)
+    case stays as drawn. ``oa``: osteoarthritic bone in both hips (``phantom2_oa``; the same labels)."""
+    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng, feet_rng, \
+        oa_rng = _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
     if hips is not None and hips not in HIP_SHAPES:
         raise FemurUNetError(f"hips must be one of {', '.join(HIP_SHAPES)}, got {hips!r}")
     scene = _scene(anatomy_rng, femur_rng, hips_rng, feet_rng, hips)
+    if oa:
+        scene.oa = draw_osteoarthritis(oa_rng)
     if tissue:
         scene.hu = tissue_settings(scene.hu, tissue)
     if coverage is None:
@@ -594,4 +601,4 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}", feet=feet,
                        metal=bool(scene.metal_points), arms=any(i.name.startswith("arm") for i in scene.items),
                        coverage=coverage, body=scene.ind.body, femurs=scene.ind.femurs,
-                       hip_field=hip["side"] if hip else "", hips=scene.ind.hips)
+                       hip_field=hip["side"] if hip else "", hips=scene.ind.hips, oa=bool(scene.oa))

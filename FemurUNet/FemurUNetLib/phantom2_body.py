@@ -36,6 +36,7 @@ class Scene:
     items: list = field(default_factory=list)
     metal_points: list = field(default_factory=list)   # anatomical points that emit streaks
     flags: dict = field(default_factory=dict)
+    oa: dict = field(default_factory=dict)             # side -> phantom2_oa.HipOA: osteoarthritic hips (opt-in)
 
 
 def _u(rng, a, b):

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 PROG = "compare_to_rows.py"
-CASE_KEYS = ("shape", "hips")          # what makes two rows of one seed the same case
+CASE_KEYS = ("shape", "hips", "oa")    # what makes two rows of one seed the same case
+CASE_DEFAULTS = {"oa": False}          # rows written before a key existed
 
 
 def read_json(path: str) -> dict:
@@ -45,8 +46,14 @@ def new_rows(paths: list) -> dict:
     return models
 
 
+def _case_differences(stored: dict, new: dict) -> list:
+    """(key, stored value, new value) of the case keys on which two rows of one seed differ."""
+    values = [(key, stored.get(key, CASE_DEFAULTS.get(key)), new.get(key, CASE_DEFAULTS.get(key))) for key in CASE_KEYS]
+    return [(key, a, b) for key, a, b in values if a is not None and b is not None and a != b]
+
+
 def _same_case(stored: dict, new: dict) -> bool:
-    return all(stored[key] == new[key] for key in CASE_KEYS if key in stored and key in new)
+    return not _case_differences(stored, new)
 
 
 def matching_row(stored: dict, rows: list) -> dict:
@@ -74,12 +81,11 @@ def compare_line(name: str, stored: list, new: dict) -> str:
     if missing:
         return f"{name}: not covered ({len(missing)} of {len(stored)} seeds missing, e.g. {missing[0]})"
     mine = [matching_row(r, new[int(r["seed"])]) for r in stored]
-    other = [(key, s, n) for s, n in zip(stored, mine) for key in CASE_KEYS
-             if key in s and key in n and s[key] != n[key]]
+    other = [(s, *difference) for s, n in zip(stored, mine) for difference in _case_differences(s, n)]
     if other:
-        key, s, n = other[0]
-        return (f"{name}: different cases (seed {s['seed']}: {key} {s[key]} stored, {n[key]} new; "
-                "another grid or --hips option, or phantom code?)")
+        s, key, was, now = other[0]
+        return (f"{name}: different cases (seed {s['seed']}: {key} {was} stored, {now} new; "
+                "another grid, --hips or --oa option, or phantom code?)")
     a, b = summary(stored), summary(mine)
     if all(r.get("dice") is None for r in stored):
         return (f"{name}: {len(stored)} femur-free cases, false positives {a['fp_sum']:.1f} -> {b['fp_sum']:.1f} ml "

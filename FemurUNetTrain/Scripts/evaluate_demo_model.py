@@ -1,7 +1,7 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
-       [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--coverage COV] [--no-real]
+       [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--oa] [--coverage COV] [--no-real]
        [--json OUT.json] [segment options: --device cpu (the default here), --mirror, --fast, --min-field MM,
        --keep-all-pieces, --second-opinion MODEL [--second-opinion-fraction F], ... as `femurunet segment`]
 
@@ -70,11 +70,11 @@ def parse_tissue(text) -> dict:
         raise SystemExit(f"--tissue: expected KEY=VALUE pairs like cortex=900,trabecular=400, got {text!r}") from None
 
 
-def make_phantom(seed, phantom: int, tissue=None, coarse=False, hips=None, coverage=None):
+def make_phantom(seed, phantom: int, tissue=None, coarse=False, hips=None, coverage=None, oa=False):
     if phantom != 2:
         return generate_case(seed)
     return generate_case_v2(seed, tissue=tissue or None, spacing=coarse_spacing(seed) if coarse else None, hips=hips,
-                            coverage=coverage)
+                            coverage=coverage, oa=oa)
 
 
 def case_row(seed, case, predict) -> dict:
@@ -87,7 +87,7 @@ def case_row(seed, case, predict) -> dict:
     sp = case.geometry.spacing[::-1]
     row = {"seed": seed, "coverage": case.coverage or "hip", "body": case.body, "femurs": case.femurs,
            "hips": case.hips, "shape": list(case.ct.shape), "spacing": [round(v, 3) for v in case.geometry.spacing],
-           "metal": case.metal, "arms": case.arms,
+           "oa": case.oa, "metal": case.metal, "arms": case.arms,
            "seconds": round(seconds, 2), "false_positive_ml": float((pred & ~truth).sum() * np.prod(sp) / 1000),
            "warnings": check_plausibility(pred, case.ct, case.geometry).warnings}
     if case.feet is not None and case.feet.any():
@@ -184,6 +184,8 @@ def parse_args(argv):
                         "as resampled scans are (a stress test of coarse grids)")
     parser.add_argument("--hips", choices=HIP_SHAPES, help="phantom v2 hip bones of this shape for every seed "
                         "(default: as each seed draws them)")
+    parser.add_argument("--oa", action="store_true", help="phantom v2 hips with osteoarthritic bone (subchondral "
+                        "sclerosis and cysts) for every seed (a stress test; the labels are the same)")
     parser.add_argument("--coverage", choices=ALL_COVERAGES, help="phantom v2 scan range for every seed (default: "
                         "as each seed draws it), e.g. knee_to_ankle for leg scans into the feet, lower_leg for a shin "
                         "without femur")
@@ -202,6 +204,8 @@ def parse_args(argv):
         parser.error("--hips: only phantom v2 draws hip bone shapes")
     if args.coverage and args.phantom != 2:
         parser.error("--coverage: only phantom v2 draws scan ranges")
+    if args.oa and args.phantom != 2:
+        parser.error("--oa: only phantom v2 draws osteoarthritic hips")
     try:
         tissue_settings(draw_hu(np.random.default_rng(0)), tissue)       # unknown keys: refused before any work
     except FemurUNetError as exc:
@@ -216,6 +220,7 @@ def main(argv=None) -> int:
              **({"min_field_mm": args.min_field} if args.min_field is not None else {}),
              **({"coarse": True} if args.coarse else {}), **({"hips": args.hips} if args.hips else {}),
              **({"coverage": args.coverage} if args.coverage else {}),
+             **({"oa": True} if args.oa else {}),
              **({"second_opinion": args.second_opinion} if args.second_opinion else {}),
              **({"second_opinion_fraction": args.second_opinion_fraction}
                 if args.second_opinion_fraction is not None else {}),
@@ -235,7 +240,7 @@ def main(argv=None) -> int:
         return ["femurunet", "segment", source, output, *(["--model", name] if name else []), *segment_flags(args)]
 
     for seed in seeds:
-        case = make_phantom(seed, args.phantom, tissue, args.coarse, args.hips, args.coverage)
+        case = make_phantom(seed, args.phantom, tissue, args.coarse, args.hips, args.coverage, args.oa)
         for run, net in zip(runs, nets):
             run["phantoms"].append(case_row(seed, case, lambda ct, g, net=net: segment(net, ct, g) > 0))
             print(json.dumps({**run["phantoms"][-1], **({"model": run["model"]} if len(runs) > 1 else {})}), flush=True)

@@ -15,12 +15,14 @@ def run_sample(args) -> int:
         raise FemurUNetError("--coverage needs --phantom 2")
     if args.hips and args.phantom != 2:
         raise FemurUNetError("--hips needs --phantom 2")
+    if args.oa and args.phantom != 2:
+        raise FemurUNetError("--oa needs --phantom 2")
     if args.phantom == 2:
         generate = phantom2.generate_case
     else:
         generate = phantom.generate_case
     for n in range(args.cases):
-        forced = {"coverage": args.coverage, "hips": args.hips}
+        forced = {"coverage": args.coverage, "hips": args.hips, "oa": args.oa}
         case = generate(args.seed + n, **{k: v for k, v in forced.items() if v})
         ct_path, label_path = phantom.write_case(case, args.outdir)
         nk, nj, ni = case.ct.shape
@@ -30,6 +32,7 @@ def run_sample(args) -> int:
                  f"femurs of LibHip {femurs}" if femurs not in ("", "atlas") else "",
                  f"a targeted {case.hip_field} hip field" if case.hip_field else "",
                  "hip bones of MRI2PSM" if getattr(case, "hips", "") == "mri2psm" else "",
+                 "osteoarthritic hips" if getattr(case, "oa", False) else "",
                  "metal" if case.metal else "", "arms" if case.arms else ""]
         print(f"{case.name}: {ni}x{nj}x{nk} voxels, {sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:.2f} mm"
               f"{''.join(', ' + e for e in extra if e)} -> {ct_path} {label_path.name}")
@@ -51,4 +54,6 @@ def register(subparsers) -> None:
                         "without femur, only when asked)")
     p.add_argument("--hips", choices=HIP_SHAPES, help="phantom 2 only: hip bone shape (default: drawn per case; "
                    "mri2psm: sockets that hug the femoral head)")
+    p.add_argument("--oa", action="store_true", help="phantom 2 only: osteoarthritic bone in both hips "
+                   "(subchondral sclerosis and cysts; the labels are the same)")
     p.set_defaults(func=run_sample)
