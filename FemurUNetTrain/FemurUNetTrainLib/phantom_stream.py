@@ -91,12 +91,17 @@ def stream_hips(seed: int, share: Optional[float]) -> Optional[str]:
     None without a share (the generator draws it)."""
     if share is None:
         return None
-    return HIP_SHAPES[1] if np.random.default_rng([int(seed), 12]).random() < share else HIP_SHAPES[0]
+    return HIP_SHAPES[1] if _in_share(seed, 12, share) else HIP_SHAPES[0]
 
 
 def stream_oa(seed: int, share: Optional[float]) -> bool:
     """Whether a training seed is made with osteoarthritic hips when ``share`` of them are (its own stream)."""
-    return bool(share) and bool(np.random.default_rng([int(seed), 13]).random() < share)
+    return bool(share) and _in_share(seed, 13, share)
+
+
+def _in_share(seed: int, stream: int, share: float) -> bool:
+    """Whether ``seed`` is among ``share`` of the seeds, drawn from the seed's own ``stream``."""
+    return bool(np.random.default_rng([int(seed), stream]).random() < share)
 
 
 def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0, coverage=None, hips=None,
