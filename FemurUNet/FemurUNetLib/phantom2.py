@@ -28,7 +28,7 @@ from .phantom2_anatomy import LABEL, Individual, make_individual
 from .phantom2_hips import HIP_SHAPES, with_hip_shape
 from .phantom2_libhip import with_real_femurs
 from .phantom2_metal import add_metal_artefacts
-from .phantom2_oa import draw_osteoarthritis, oa_interior
+from .phantom2_oa import oa_interior, osteoarthritic
 from .phantom2_native import at_coarse_centres, draw_native, native_factors, native_grid, resampled
 from .phantom2_body import (SKIN_PARTS, body_parts_bounds, cavity_distance, fat_thickness, septa_distance,
                             skin_distance)
@@ -519,17 +519,21 @@ def in_the_feet(scene, geometry, shape, rotation, margin=FEET_MARGIN) -> np.ndar
     return in_plane[None] < (ankle - margin - z0 - slope[2] * k)[:, None, None]
 
 
-def make_scene(seed: int):
+def make_scene(seed: int, oa: bool = False):
     streams = _streams(seed)
-    return _scene(streams[0], streams[5], streams[8], streams[9])
+    scene = _scene(streams[0], streams[5], streams[8], streams[9])
+    if oa:
+        osteoarthritic(scene, streams[10])
+    return scene
 
 
-def femur_truth(seed: int, points_anat) -> np.ndarray:
-    """uint8 label (1 left, 2 right, 0 none) of a seed's individual at anatomical-frame points (x, y, z)."""
-    ind = make_scene(seed).ind
+def femur_truth(seed: int, points_anat, oa: bool = False) -> np.ndarray:
+    """uint8 label (1 left, 2 right, 0 none) of a seed's individual at anatomical-frame points (x, y, z);
+    ``oa``: with its osteoarthritic hips' osteophytes (``generate_case(seed, oa=True)``)."""
+    scene = make_scene(seed, oa)
     label = np.zeros(np.shape(points_anat[0]), np.uint8)
-    for side, value in LABEL.items():
-        label[ind.bone_distance(f"femur_{side}", points_anat) < 0] = value
+    for item in (i for i in scene.items if i.label):
+        label[item.distance(points_anat) < 0] = item.label
     return label
 
 
@@ -567,7 +571,7 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     drawn ones (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp
     kernel). ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g.
     ``{"cortex": 900}``). ``hips``: the hip bones' shape (one of HIP_SHAPES) over the drawn one; the rest of the
-    case stays as drawn. ``oa``: osteoarthritic bone in both hips (``phantom2_oa``; the same labels)."""
+    case stays as drawn. ``oa``: osteoarthritic hips (``phantom2_oa``; osteophytes on a femur are labelled)."""
     anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng, feet_rng, \
         oa_rng = _streams(seed)
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
@@ -575,7 +579,7 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
         raise FemurUNetError(f"hips must be one of {', '.join(HIP_SHAPES)}, got {hips!r}")
     scene = _scene(anatomy_rng, femur_rng, hips_rng, feet_rng, hips)
     if oa:
-        scene.oa = draw_osteoarthritis(oa_rng)
+        osteoarthritic(scene, oa_rng)
     if tissue:
         scene.hu = tissue_settings(scene.hu, tissue)
     if coverage is None:

@@ -2,22 +2,24 @@
 
 Hip osteoarthritis is common at the ages that get pelvic CT (the phantom narrows 30 % of hip joints for it), and
 on CT its bone changes sit where the femoral head meets the acetabulum: subchondral sclerosis (bone under the
-weight-bearing surfaces of the head and of the acetabular roof as dense as cortex, several mm deep) and
-subchondral cysts (fluid-filled holes in that bone). A dense head top under a dense acetabular roof looks like
-one bone. Only HU inside the femurs and hip bones change, so the label is the same voxel for voxel.
+weight-bearing surfaces of the head and of the acetabular roof as dense as cortex, several mm deep), subchondral
+cysts (fluid-filled holes in that bone) and osteophytes: bony lumps at the margin of the head's joint surface
+(femur, so the label grows with them) and at the acetabular rim (hip bone, reaching over the head). A dense head
+top under a dense acetabular roof looks like one bone.
 
 Opt-in (``generate_case(seed, oa=True)``: both hips; ``femurunet sample --oa``; training: ``phantom_stream
 --oa-hips SHARE``): drawn from the seed's own stream, so every case made without it is the same as before.
-Not modelled: osteophytes (they change the femur's shape) and the joint space (the anatomy draws it).
+Not modelled: the joint space (the anatomy draws it) and a flattened, mushroom-shaped head.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .phantom2_anatomy import SIDES
+from .phantom2_body import Item
 
 DEPTH_MM = (3.0, 15.0)          # sclerosis depth under the joint surfaces
 SCLEROSIS_HU = (600.0, 1400.0)
@@ -26,6 +28,12 @@ LOAD_TILT_DEG = 15.0            # the load axis: superior, tilted lateral
 MAX_CYSTS = 3                   # per hip
 CYST_RADIUS_MM = (2.0, 7.0)
 CYST_HU = (0.0, 40.0)
+OSTEOPHYTE_P = {"head": 0.85, "rim": 0.6}   # share of osteoarthritic hips with osteophytes there
+MAX_BEADS = 24                  # per arc: beads about 0.8 of a radius apart, so they join into a ridge
+HEAD_ARC_DEG = (60.0, 300.0)    # of the head's margin, about the neck axis
+RIM_ARC_DEG = (20.0, 100.0)     # of the acetabular rim, about superior, centred within 60 deg of lateral
+BEAD_RADIUS_MM = (1.5, 6.5)     # the largest: 2 + 4.5 x the hip's drawn severity
+BEAD_OUT = (0.4, 0.9)           # share of a head bead's radius standing beyond the bone surface
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class HipOA:
     hu: float
     cone_deg: float
     cysts: tuple
+    osteophytes: tuple = ()     # Beads on this side (femur and hip bone)
 
 
 def load_axis(side: str) -> np.ndarray:
@@ -92,3 +101,127 @@ def oa_interior(interior, q, in_femur: bool, oa: HipOA, side: str, centre, head_
         inside = sum((c - a) ** 2 for c, a in zip(v, at)) < np.float32(cyst.radius ** 2)
         out = np.where(inside, np.float32(cyst.hu) + 4.0 * tex, out)
     return out.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class Bead:
+    """An osteophyte: a sphere of bone (anatomical frame, mm) on ``bone`` (``femur_left``, ``hip_right``, ...)."""
+    bone: str
+    centre: tuple
+    radius: float
+
+
+def osteoarthritic(scene, rng) -> None:
+    """Makes both hips of ``scene`` osteoarthritic: ``scene.oa`` (bone values, read by the renderer) and the
+    osteophytes (femur items grow, hip-bone beads join the items). The bone values are drawn first, so they are
+    the same as without the osteophytes; every draw is made before any geometry is looked at."""
+    scene.oa = draw_osteoarthritis(rng)
+    beads = draw_osteophytes(rng, scene.ind)
+    scene.oa = {side: replace(hip, osteophytes=tuple(b for b in beads if b.bone.endswith(side)))
+                for side, hip in scene.oa.items()}
+    add_osteophytes(scene, beads)
+
+
+def draw_osteophytes(rng, ind) -> tuple:
+    """Beads: per hip an arc of them at the femoral head's margin and one at the acetabular rim (each present in an
+    OSTEOPHYTE_P share); their size grows with the hip's drawn severity."""
+    beads = []
+    for side in SIDES:
+        severity = float(rng.random())
+        largest = BEAD_RADIUS_MM[0] + 0.5 + (BEAD_RADIUS_MM[1] - BEAD_RADIUS_MM[0] - 0.5) * severity
+        for where, arc_range in (("head", HEAD_ARC_DEG), ("rim", RIM_ARC_DEG)):
+            present = rng.random() < OSTEOPHYTE_P[where]
+            start, arc = float(rng.uniform(0.0, 360.0)), float(rng.uniform(*arc_range))
+            radii = rng.uniform(BEAD_RADIUS_MM[0], largest, MAX_BEADS)
+            out, onto_head = rng.uniform(*BEAD_OUT, MAX_BEADS), rng.uniform(0.0, 10.0, MAX_BEADS)
+            if not present:
+                continue
+            ring = ind.head_radius * (0.85 if where == "head" else 1.0)
+            n = min(MAX_BEADS, max(1, math.ceil(math.radians(arc) * ring / (0.8 * float(radii.mean())))))
+            azimuths = (start if where == "head" else (start % 120.0) - 60.0) + arc * np.linspace(-0.5, 0.5, n)
+            beads += (_head_beads(ind, side, azimuths, onto_head[:n], radii[:n], out[:n]) if where == "head"
+                      else _rim_beads(ind, side, azimuths, radii[:n]))
+    return tuple(beads)
+
+
+def _frame(axis, towards) -> tuple:
+    """Unit vectors u (``towards`` made normal to ``axis``) and w = axis x u."""
+    u = np.asarray(towards, float) - np.dot(towards, axis) * axis
+    u /= np.linalg.norm(u)
+    return u, np.cross(axis, u)
+
+
+def _rays(centre, axis, u, w, azimuth_deg, polar_deg, radii) -> tuple:
+    """Points (x, y, z arrays of shape (polar, radius)) on rays from ``centre`` at ``polar_deg`` from ``axis``."""
+    a, p = math.radians(azimuth_deg), np.radians(polar_deg)[:, None, None]
+    d = np.cos(p) * axis + np.sin(p) * (math.cos(a) * u + math.sin(a) * w)          # (polar, 1, 3)
+    pts = np.asarray(centre, float) + np.asarray(radii, float)[None, :, None] * d
+    return tuple(pts[..., c] for c in range(3)), d[:, 0, :]
+
+
+def _head_beads(ind, side, azimuths, onto_head, radii, out) -> list:
+    """Beads on the head's surface just beyond where the neck meets it (the first polar angle from the neck axis
+    whose ray leaves the bone within 4 mm of the head's sphere), standing ``out`` of their radius beyond it."""
+    c, big = ind.marks[f"head_{side}"], ind.head_radius
+    neck = ind.marks[f"thigh_top_{side}"] - c
+    neck /= np.linalg.norm(neck)
+    u, w = _frame(neck, [0.0, 0.0, 1.0])
+    polar, radius = np.arange(20.0, 112.5, 2.5), np.arange(big - 8.0, big + 15.0, 0.5)
+    beads = []
+    for azimuth, shift, r, o in zip(azimuths, onto_head, radii, out):
+        pts, dirs = _rays(c, neck, u, w, azimuth, polar, radius)
+        outside = ind.bone_distance(f"femur_{side}", pts) > 0
+        surface = np.where(outside.any(1) & ~outside[:, 0], radius[np.argmax(outside, 1)], np.inf)
+        head = np.nonzero(surface <= big + 4.0)[0]
+        if len(head):
+            n = min(int(head[0] + round(shift / 2.5)), len(polar) - 1)
+            if np.isfinite(surface[n]):
+                beads.append(Bead(f"femur_{side}", tuple(c + (surface[n] + (o - 1.0) * r) * dirs[n]), float(r)))
+    return beads
+
+
+def _rim_beads(ind, side, azimuths, radii) -> list:
+    """Beads at the acetabular rim: on rays from the head centre at polar angles from superior (azimuth 0: lateral),
+    at the end of the longest run of angles with hip bone 5 mm beyond the joint space (the roof); each bead's near
+    side stays beyond the joint space."""
+    c, big, gap = ind.marks[f"head_{side}"], ind.head_radius, ind.hip_gap[side]
+    axis = np.array([0.0, 0.0, 1.0])
+    u, w = _frame(axis, [SIDES[side], 0.0, 0.0])
+    polar = np.arange(0.0, 122.5, 2.5)
+    beads = []
+    for azimuth, r in zip(azimuths, radii):
+        pts, dirs = _rays(c, axis, u, w, azimuth, polar, [big + gap + 5.0])
+        covered = np.concatenate([[False], ind.bone_distance(f"hip_{side}", pts)[:, 0] < 0, [False]])
+        starts, ends = np.nonzero(~covered[:-1] & covered[1:])[0], np.nonzero(covered[:-1] & ~covered[1:])[0]
+        if len(starts) and ends[np.argmax(ends - starts)] < len(polar):
+            n = int(ends[np.argmax(ends - starts)])
+            beads.append(Bead(f"hip_{side}", tuple(c + (big + gap + r + 0.3) * dirs[n]), float(r)))
+    return beads
+
+
+def beads_distance(q, beads) -> np.ndarray:
+    """Signed distance (mm) of the union of ``beads`` at anatomical points ``q`` (x, y, z arrays)."""
+    d = None
+    for b in beads:
+        x, y, z = (q[i] - np.float32(b.centre[i]) for i in range(3))
+        e = np.sqrt(x * x + y * y + z * z) - np.float32(b.radius)
+        d = e if d is None else np.minimum(d, e)
+    return d
+
+
+def add_osteophytes(scene, beads) -> None:
+    """The femur items' distance becomes the union with their beads (so their label grows with them); each hip
+    bead is an item of that hip bone's material painted before the femurs (a femur wins where they meet)."""
+    for side in SIDES:
+        on_femur = [b for b in beads if b.bone == f"femur_{side}"]
+        at = next(n for n, item in enumerate(scene.items) if item.name == f"femur_{side}")
+        if on_femur:
+            femur = scene.items[at]
+            lo = np.minimum(femur.lo, np.min([np.subtract(b.centre, b.radius + 1.0) for b in on_femur], 0))
+            hi = np.maximum(femur.hi, np.max([np.add(b.centre, b.radius + 1.0) for b in on_femur], 0))
+            grown = lambda q, d=femur.distance, o=tuple(on_femur): np.minimum(d(q), beads_distance(q, o))
+            scene.items[at] = replace(femur, lo=lo, hi=hi, distance=grown)
+        for n, b in enumerate(b for b in beads if b.bone == f"hip_{side}"):
+            scene.items.insert(at, Item(f"osteophyte_hip_{side}{n}", np.subtract(b.centre, b.radius + 1.0),
+                                        np.add(b.centre, b.radius + 1.0),
+                                        lambda q, o=(b,): beads_distance(q, o), f"bone:hip_{side}"))

@@ -379,7 +379,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mri-hips", type=share, metavar="SHARE", help="share of the training phantoms with "
                    "MRI2PSM's hip bones (phantom2_hips; default: as the generator draws them, a third)")
     p.add_argument("--oa-hips", type=share, metavar="SHARE", help="share of the training phantoms with "
-                   "osteoarthritic hips (phantom2_oa: subchondral sclerosis and cysts; default: none)")
+                   "osteoarthritic hips (phantom2_oa: sclerosis, cysts, osteophytes; default: none)")
     p.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2), help="phantom processes")
     p.add_argument("--worker-nice", type=int, default=10, help="niceness of the phantom processes")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of the training process")

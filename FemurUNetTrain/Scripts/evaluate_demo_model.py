@@ -184,8 +184,8 @@ def parse_args(argv):
                         "as resampled scans are (a stress test of coarse grids)")
     parser.add_argument("--hips", choices=HIP_SHAPES, help="phantom v2 hip bones of this shape for every seed "
                         "(default: as each seed draws them)")
-    parser.add_argument("--oa", action="store_true", help="phantom v2 hips with osteoarthritic bone (subchondral "
-                        "sclerosis and cysts) for every seed (a stress test; the labels are the same)")
+    parser.add_argument("--oa", action="store_true", help="phantom v2 osteoarthritic hips (subchondral "
+                        "sclerosis, cysts, osteophytes: the femur's are labelled) for every seed (a stress test)")
     parser.add_argument("--coverage", choices=ALL_COVERAGES, help="phantom v2 scan range for every seed (default: "
                         "as each seed draws it), e.g. knee_to_ankle for leg scans into the feet, lower_leg for a shin "
                         "without femur")

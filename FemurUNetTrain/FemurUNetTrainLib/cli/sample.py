@@ -54,6 +54,6 @@ def register(subparsers) -> None:
                         "without femur, only when asked)")
     p.add_argument("--hips", choices=HIP_SHAPES, help="phantom 2 only: hip bone shape (default: drawn per case; "
                    "mri2psm: sockets that hug the femoral head)")
-    p.add_argument("--oa", action="store_true", help="phantom 2 only: osteoarthritic bone in both hips "
-                   "(subchondral sclerosis and cysts; the labels are the same)")
+    p.add_argument("--oa", action="store_true", help="phantom 2 only: osteoarthritic hips "
+                   "(subchondral sclerosis, cysts, osteophytes: the femur's are labelled)")
     p.set_defaults(func=run_sample)
