@@ -43,9 +43,9 @@ def test_each_stored_set_is_compared_only_on_the_same_cases(tmp_path, capsys):
                         "1 +0.040")
     assert lines[2] == "  b: not covered (1 of 2 seeds missing, e.g. 4)"
     assert lines[3] == ("  c: different cases (seed 2: shape [5, 20, 20] stored, [10, 20, 20] new; another grid, "
-                        "--hips or --oa option, or phantom code?)")
-    assert lines[4] == ("  d: different cases (seed 1: hips mri2psm stored, atlas new; another grid, --hips or --oa "
-                        "option, or phantom code?)")
+                        "--hips, --oa or --tha option, or phantom code?)")
+    assert lines[4] == ("  d: different cases (seed 1: hips mri2psm stored, atlas new; another grid, --hips, --oa "
+                        "or --tha option, or phantom code?)")
     assert lines[5] == ("  e: 2 cases, Dice 0.9350 -> 0.9450 (+0.0100), min 0.900 -> 0.940, largest false positives "
                         "1.0 -> 2.0 ml, off the femur 0.0 -> 1.5 ml, in the feet 4.0 -> 0.5 ml; lowest changes: 2 -0.020, "
                         "1 +0.040")
@@ -80,13 +80,23 @@ def test_osteoarthritic_hips_are_another_case_and_rows_before_the_key_had_none(t
     assert script.main([stored, plain]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("  plain: 2 cases, Dice 0.9600 -> 0.9600 (+0.0000)")
-    assert lines[2].startswith("  oa: different cases (seed 1: oa True stored, False new; another grid, --hips or --oa")
+    assert lines[2].startswith("  oa: different cases (seed 1: oa True stored, False new; another grid, --hips,")
     oa = write(tmp_path / "oa.json", {"model": "cand.pt", "phantoms": [{**row(1, 0.93), "oa": True},
                                                                         {**row(2, 0.93), "oa": True}]})
     assert script.main([stored, plain, oa]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("  plain: 2 cases, Dice 0.9600 -> 0.9600") and lines[2].startswith(
         "  oa: 2 cases, Dice 0.9100 -> 0.9300 (+0.0200)")
+
+
+def test_a_hip_arthroplasty_is_another_case(tmp_path, capsys):
+    stored = write(tmp_path / "sets.json", {"model": "old", "sets": {
+        "plain": {"rows": [row(1, 0.95)]}, "tha": {"rows": [{**row(1, 0.90), "tha": True}]}}})
+    new = write(tmp_path / "new.json", {"model": "cand.pt", "phantoms": [{**row(1, 0.96), "tha": False}]})
+    assert script.main([stored, new]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("  plain: 1 cases, Dice 0.9500 -> 0.9600") and lines[2].startswith(
+        "  tha: different cases (seed 1: tha True stored, False new;")
 
 
 def test_the_stored_model_against_its_own_rows_moves_nothing(tmp_path, capsys):

@@ -25,11 +25,11 @@ def coarse_cases(monkeypatch):
     """Seeds 1 (a pelvis) and 2 (a femur-free chest) on 5 mm grids; counts how often each case is made."""
     made = []
 
-    def make(seed, phantom, tissue=None, coarse=False, hips=None, coverage=None, oa=False):
+    def make(seed, phantom, tissue=None, coarse=False, hips=None, coverage=None, oa=False, tha=False):
         made.append((seed, tissue) if tissue else (seed, "coarse") if coarse else (seed, hips) if hips else
-                    (seed, coverage) if coverage else (seed, "oa") if oa else seed)
+                    (seed, coverage) if coverage else (seed, "oa") if oa else (seed, "tha") if tha else seed)
         return generate_case(seed, spacing=(5.0, 5.0, 5.0), coverage=coverage or COVERAGE[seed], tissue=tissue,
-                             hips=hips, oa=oa)
+                             hips=hips, oa=oa, tha=tha)
     monkeypatch.setattr(script, "make_phantom", make)
     return made
 
@@ -137,6 +137,16 @@ def test_osteoarthritic_hips_reach_the_phantoms_the_rows_and_the_record(tmp_path
     assert "--oa: only phantom v2 draws osteoarthritic hips" in capsys.readouterr().err
 
 
+def test_a_hip_arthroplasty_reaches_the_phantoms_the_rows_and_the_record(tmp_path, coarse_cases, capsys):
+    out = tmp_path / "eval.json"
+    assert script.main(["--seeds", "1", "--no-real", "--tha", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert coarse_cases == [(1, "tha")] and result["tha"] is True and result["phantoms"][0]["tha"] is True
+    with pytest.raises(SystemExit):
+        script.main(["--seeds", "1", "--no-real", "--tha", "--phantom", "1"])
+    assert "--tha: only phantom v2 draws hip arthroplasties" in capsys.readouterr().err
+
+
 def test_a_forced_coverage_reaches_the_phantoms_and_the_record(tmp_path, coarse_cases, capsys):
     out = tmp_path / "eval.json"
     assert script.main(["--seeds", "2", "--no-real", "--coverage", "pelvis", "--json", str(out)]) == 0
@@ -171,8 +181,8 @@ def test_coarse_grids_are_isotropic_2_to_3_mm_drawn_per_seed(monkeypatch, capsys
     script.make_phantom(7, 2, coarse=True)
     script.make_phantom(7, 2)
     assert asked == [(7, {"tissue": None, "spacing": script.coarse_spacing(7), "hips": None, "coverage": None,
-                          "oa": False}),
-                     (7, {"tissue": None, "spacing": None, "hips": None, "coverage": None, "oa": False})]
+                          "oa": False, "tha": False}),
+                     (7, {"tissue": None, "spacing": None, "hips": None, "coverage": None, "oa": False, "tha": False})]
     spacings = [script.coarse_spacing(seed) for seed in range(200)]
     assert all(s[0] == s[1] == s[2] and 2.0 <= s[0] <= 3.0 for s in spacings)
     assert len(set(spacings)) == 200 and spacings == [script.coarse_spacing(seed) for seed in range(200)]

@@ -50,7 +50,7 @@ def test_the_new_stream_leaves_the_earlier_ten_as_they_were():
     for seed in (0, 9000, SEED):
         before = np.random.default_rng([seed, 2]).spawn(10)
         now = _streams(seed)
-        assert len(now) == 11
+        assert len(now) >= 11       # the eleventh: osteoarthritis (later ones: test_phantom2_arthroplasty)
         assert [g.bit_generator.state for g in now[:10]] == [g.bit_generator.state for g in before]
 
 

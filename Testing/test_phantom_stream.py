@@ -22,7 +22,7 @@ from FemurUNetTrainLib import cli, phantom_stream
 from FemurUNetTrainLib.widen import add_input_slices
 from FemurUNetTrainLib.phantom_stream import (SlicePool, _Run, add_arguments, case_slices, coarse_seed,
                                               parse_coverage_mix, scheduled_rate, stream_coverage,
-                                              stream_hips, stream_oa)
+                                              stream_hips, stream_oa, stream_tha)
 
 WINDOW = {"center": 400.0, "width": 2000.0}
 SHAPE = (18, 40, 36)
@@ -104,6 +104,19 @@ def test_the_osteoarthritis_share_draws_per_seed_from_its_own_stream(monkeypatch
     real = phantom_stream.generate_case
     monkeypatch.setattr(phantom_stream, "generate_case", lambda seed, **kw: made.append(kw["oa"]) or real(seed, **kw))
     case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE, oa=True)
+    case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE)
+    assert made == [True, False]
+
+
+def test_the_arthroplasty_share_draws_per_seed_from_its_own_stream(monkeypatch):
+    drawn = [stream_tha(seed, 0.2) for seed in range(60000, 62000)]
+    assert drawn == [stream_tha(seed, 0.2) for seed in range(60000, 62000)] and abs(sum(drawn) / 2000 - 0.2) < 0.03
+    assert drawn != [stream_oa(seed, 0.2) for seed in range(60000, 62000)]              # not the osteoarthritis draw
+    assert not any(stream_tha(s, None) or stream_tha(s, 0.0) for s in range(100))
+    made = []
+    real = phantom_stream.generate_case
+    monkeypatch.setattr(phantom_stream, "generate_case", lambda seed, **kw: made.append(kw["tha"]) or real(seed, **kw))
+    case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE, tha=True)
     case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE)
     assert made == [True, False]
 
@@ -229,6 +242,7 @@ def test_bad_runs_are_one_line_errors_before_anything_is_written(tmp_path, capsy
     ("--mri-hips", "half", "'half' is not a number"),
     ("--mri-hips", "nan", "nan is not a finite number"),
     ("--oa-hips", "2", "2 is not a share between 0 and 1"),
+    ("--tha-hips", "-1", "-1 is not a share between 0 and 1"),
     ("--slice-offsets-mm", "8,16", "slice offsets '8,16': must include 0 (the slice itself)")])
 def test_bad_option_values_are_one_line_errors(tmp_path, capsys, flag, value, problem):
     with pytest.raises(SystemExit) as done:
@@ -262,7 +276,8 @@ def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path, capsys):
                      "--max-steps", "6", "--workers", "1", "--shape", "10,40,40", "--val-seeds", "49000-49001",
                      "--seeds", "50000-50100", "--min-cases", "2", "--batch-size", "2",
                      "--val-every", "1", "--device", "cpu", "--warmup-steps", "2",
-                     "--coverage-mix", "knee_to_ankle=1", "--mri-hips", "1", "--oa-hips", "0.5"]) == 0
+                     "--coverage-mix", "knee_to_ankle=1", "--mri-hips", "1", "--oa-hips", "0.5",
+                     "--tha-hips", "0.5"]) == 0
     lines = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
     assert lines[-1]["steps"] == 6                  # ended by its steps (the clock allows minutes)
     validated = [r for r in lines if "val_loss" in r]
@@ -275,7 +290,7 @@ def test_a_short_run_writes_a_loadable_model_and_its_log(tmp_path, capsys):
     assert training["val_loss"] == min(r["val_loss"] for r in validated)
     assert training["steps"] <= lines[-1]["steps"] and training["init"] == str(DEFAULT_MODEL_PATH)
     assert training["coverage_mix"] == {"knee_to_ankle": 1.0} and training["init_base_filters"] == 16
-    assert training["mri_hips"] == 1.0 and training["oa_hips"] == 0.5
+    assert training["mri_hips"] == 1.0 and training["oa_hips"] == 0.5 and training["tha_hips"] == 0.5
     start = load_model(DEFAULT_MODEL_PATH).metadata      # the chain of runs stays traceable
     assert training["init_training"] == {**start["training"], **({"blend": start["blend"]} if "blend" in start else {})}
     assert load_model(tmp_path / "s_last.pt").metadata["training"]["steps"] == lines[-1]["steps"]

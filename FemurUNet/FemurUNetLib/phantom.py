@@ -50,6 +50,7 @@ class PhantomCase:
     hips: str = ""          # phantom v2: whose hip bones ("atlas" or "mri2psm", phantom2_hips)
     feet: Optional[np.ndarray] = field(default=None, repr=False)   # phantom v2 leg scans: bool, voxels in the feet
     oa: bool = False        # phantom v2: osteoarthritic bone in both hips (phantom2_oa)
+    tha: bool = False       # phantom v2: a total hip arthroplasty on one side (phantom2_arthroplasty)
 
 
 # --- anatomy ------------------------------------------------------------------------------------------------

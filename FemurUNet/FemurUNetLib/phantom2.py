@@ -25,6 +25,7 @@ from .geometry import Geometry, Reorientation
 from .heap import freed_memory_kept
 from .phantom import HU_MIN, HU_MAX, PhantomCase, _random_direction
 from .phantom2_anatomy import LABEL, Individual, make_individual
+from .phantom2_arthroplasty import draw_arthroplasty, with_arthroplasty
 from .phantom2_hips import HIP_SHAPES, with_hip_shape
 from .phantom2_libhip import with_real_femurs
 from .phantom2_metal import add_metal_artefacts
@@ -488,8 +489,8 @@ def _streams(seed):
     seed = int(seed)
     if seed < 0:
         raise FemurUNetError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, 2]).spawn(11)    # later streams (femur shapes, native grid, hip field,
-                                                         # hip bones, feet, osteoarthritis): the first stay
+    return np.random.default_rng([seed, 2]).spawn(12)    # later streams (femur shapes, native grid, hip field, hip
+                                                         # bones, feet, osteoarthritis, arthroplasty): the first stay
 
 
 def _scene(anatomy_rng, femur_rng, hips_rng, feet_rng, hips=None):
@@ -519,18 +520,25 @@ def in_the_feet(scene, geometry, shape, rotation, margin=FEET_MARGIN) -> np.ndar
     return in_plane[None] < (ankle - margin - z0 - slope[2] * k)[:, None, None]
 
 
-def make_scene(seed: int, oa: bool = False):
+def make_scene(seed: int, oa: bool = False, tha: bool = False, hips=None):
+    """The seed's scene: its individual, tissues and structures; ``oa``, ``tha``, ``hips``: as ``generate_case``."""
     streams = _streams(seed)
-    scene = _scene(streams[0], streams[5], streams[8], streams[9])
+    return _options(_scene(streams[0], streams[5], streams[8], streams[9], hips), streams, oa, tha)
+
+
+def _options(scene, streams, oa: bool, tha: bool):
+    """``scene`` with the on-request changes: osteoarthritic hips, then a hip arthroplasty (it cuts the femur)."""
     if oa:
         osteoarthritic(scene, streams[10])
+    if tha:
+        with_arthroplasty(scene, draw_arthroplasty(streams[11]))
     return scene
 
 
-def femur_truth(seed: int, points_anat, oa: bool = False) -> np.ndarray:
+def femur_truth(seed: int, points_anat, oa: bool = False, tha: bool = False) -> np.ndarray:
     """uint8 label (1 left, 2 right, 0 none) of a seed's individual at anatomical-frame points (x, y, z);
-    ``oa``: with its osteoarthritic hips' osteophytes (``generate_case(seed, oa=True)``)."""
-    scene = make_scene(seed, oa)
+    ``oa``, ``tha``: with its osteoarthritic hips' osteophytes, its hip arthroplasty (as ``generate_case``)."""
+    scene = make_scene(seed, oa, tha)
     label = np.zeros(np.shape(points_anat[0]), np.uint8)
     for item in (i for i in scene.items if i.label):
         label[item.distance(points_anat) < 0] = item.label
@@ -562,7 +570,7 @@ def _overridden(drawn: dict, overrides, what: str, minimum: float) -> dict:
 
 
 def generate_case(seed: int, *, shape=None, spacing=None, direction=None, coverage=None, jobs=None,
-                  scanner=None, tissue=None, hips=None, oa: bool = False) -> PhantomCase:
+                  scanner=None, tissue=None, hips=None, oa: bool = False, tha: bool = False) -> PhantomCase:
     """One phantom v2 case, deterministic per seed (the individual depends on the seed only, so every grid of
     a seed shows the same patient). ``coverage``: one of ALL_COVERAGES (drawn from COVERAGES when None);
     ``spacing`` (i, j, k) mm and ``direction`` (3x3, columns i, j, k in LPS) override the drawn grid; ``shape``
@@ -571,15 +579,15 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     drawn ones (keys of ``draw_scanner``: e.g. ``{"noise": 90, "sharpen": 1.0}``, a low-dose scan with a sharp
     kernel). ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g.
     ``{"cortex": 900}``). ``hips``: the hip bones' shape (one of HIP_SHAPES) over the drawn one; the rest of the
-    case stays as drawn. ``oa``: osteoarthritic hips (``phantom2_oa``; osteophytes on a femur are labelled)."""
-    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng, feet_rng, \
-        oa_rng = _streams(seed)
+    case stays as drawn. ``oa``: osteoarthritic hips (``phantom2_oa``; osteophytes on a femur are labelled).
+    ``tha``: a total hip arthroplasty on one side (``phantom2_arthroplasty``; the component is labelled femur)."""
+    streams = _streams(seed)
+    anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng, feet_rng = \
+        streams[:10]
     scanner = scanner_settings(noise_rng, scanner)        # noise_rng's first draw: checked before the painting
     if hips is not None and hips not in HIP_SHAPES:
         raise FemurUNetError(f"hips must be one of {', '.join(HIP_SHAPES)}, got {hips!r}")
-    scene = _scene(anatomy_rng, femur_rng, hips_rng, feet_rng, hips)
-    if oa:
-        osteoarthritic(scene, oa_rng)
+    scene = _options(_scene(anatomy_rng, femur_rng, hips_rng, feet_rng, hips), streams, oa, tha)
     if tissue:
         scene.hu = tissue_settings(scene.hu, tissue)
     if coverage is None:
@@ -605,4 +613,5 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     return PhantomCase(ct=ct, label=label, geometry=geometry, name=f"phantom{seed:04d}", feet=feet,
                        metal=bool(scene.metal_points), arms=any(i.name.startswith("arm") for i in scene.items),
                        coverage=coverage, body=scene.ind.body, femurs=scene.ind.femurs,
-                       hip_field=hip["side"] if hip else "", hips=scene.ind.hips, oa=bool(scene.oa))
+                       hip_field=hip["side"] if hip else "", hips=scene.ind.hips, oa=bool(scene.oa),
+                       tha=tha)

@@ -270,6 +270,7 @@ def _implants(rng, scene) -> None:
             return np.maximum(shell, -((q[0] - c[0]) * n[0] + (q[1] - c[1]) * n[1] + (q[2] - c[2]) * n[2]))
         scene.items.append(Item("hip_cup", head - r_cup, head + r_cup, cup, "metal"))
         scene.metal_points += [head, shaft_end]
+        scene.flags["hip_implant"] = tuple(scene.metal_points[-2:])     # phantom2_arthroplasty may replace it
     _knee_and_screws(rng, scene)
     if rng.random() < IMPLANT_P["valve"] and "heart" in scene.flags:
         c = scene.flags["heart"] + (_u(rng, -15, 5), 10.0, 15.0)

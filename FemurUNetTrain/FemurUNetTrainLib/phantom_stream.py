@@ -99,22 +99,28 @@ def stream_oa(seed: int, share: Optional[float]) -> bool:
     return bool(share) and _in_share(seed, 13, share)
 
 
+def stream_tha(seed: int, share: Optional[float]) -> bool:
+    """Whether a training seed is made with a hip arthroplasty when ``share`` of them are (its own stream)."""
+    return bool(share) and _in_share(seed, 14, share)
+
+
 def _in_share(seed: int, stream: int, share: float) -> bool:
     """Whether ``seed`` is among ``share`` of the seeds, drawn from the seed's own ``stream``."""
     return bool(np.random.default_rng([int(seed), stream]).random() < share)
 
 
 def case_slices(seed: int, window: dict, input_size: int, min_field: float = 0.0, coverage=None, hips=None,
-                offsets=ONE_SLICE, oa: bool = False, **grid) -> tuple:
+                offsets=ONE_SLICE, oa: bool = False, tha: bool = False, **grid) -> tuple:
     """(seed, images uint8 (n, C, S, S), masks bool (n, S, S)): every canonical axial slice of phantom ``seed``
     at model size, with its neighbours at ``offsets`` mm as the C channels (``neighbours``), padded to the model's
     minimum field (``min_field`` mm) as inference pads them. ``coverage`` and ``hips``: one of
-    phantom2.ALL_COVERAGES and of HIP_SHAPES (default: drawn); ``oa``: osteoarthritic hips (phantom2_oa);
+    phantom2.ALL_COVERAGES and of HIP_SHAPES (default: drawn); ``oa``, ``tha``: osteoarthritic hips (phantom2_oa),
+    a hip arthroplasty (phantom2_arthroplasty);
     ``grid``: ``generate_case`` overrides (``shape``, ``spacing``); default: drawn, coarse by seed."""
     torch.set_num_threads(1)
     if not grid and coarse_seed(seed):
         grid = {"spacing": coarse_spacing(seed)}
-    case = generate_case(seed, jobs=1, coverage=coverage, hips=hips, oa=oa, **grid)
+    case = generate_case(seed, jobs=1, coverage=coverage, hips=hips, oa=oa, tha=tha, **grid)
     axial = Reorientation.for_geometry(case.geometry)
     ct, label = axial.to_canonical(case.ct), axial.to_canonical(case.label != 0)
     spacing = axial.canonical_spacing(case.geometry)
@@ -269,7 +275,7 @@ class _Run:
                     "seeds": self.args.seeds, "val_loss": val_loss, "val_dice": val_dice,
                     "torch": str(torch.__version__), "device": self.device.type, "init_training": self.init_training,
                     "init_base_filters": self.init_base, "coverage_mix": self.args.coverage_mix,
-                    "mri_hips": self.args.mri_hips, "oa_hips": self.args.oa_hips,
+                    "mri_hips": self.args.mri_hips, "oa_hips": self.args.oa_hips, "tha_hips": self.args.tha_hips,
                     "input_lr_scale": self.args.input_lr_scale}
         inputs = {} if self.offsets == ONE_SLICE else {"slice_offsets_mm": list(self.offsets)}
         save_model(self.average.net, path, window=self.window, orientation=CANONICAL_ORIENTATION,
@@ -337,9 +343,9 @@ def stream_train(args) -> list:
             drawn = seed in run.val_seeds
             coverage = None if drawn else stream_coverage(seed, args.coverage_mix)
             hips = None if drawn else stream_hips(seed, args.mri_hips)
-            oa = not drawn and stream_oa(seed, args.oa_hips)
+            oa, tha = (not drawn and f(seed, s) for f, s in ((stream_oa, args.oa_hips), (stream_tha, args.tha_hips)))
             workers.apply_async(case_slices, (seed, run.window, run.size, run.min_field, coverage, hips, run.offsets,
-                                              oa), grid,
+                                              oa, tha), grid,
                                 callback=arrived.put,
                                 error_callback=lambda exc: print(f"phantom failed: {exc!r}", flush=True))
         _train_until(run, arrived, started + 60.0 * args.minutes, out)
@@ -380,6 +386,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "MRI2PSM's hip bones (phantom2_hips; default: as the generator draws them, a third)")
     p.add_argument("--oa-hips", type=share, metavar="SHARE", help="share of the training phantoms with "
                    "osteoarthritic hips (phantom2_oa: sclerosis, cysts, osteophytes; default: none)")
+    p.add_argument("--tha-hips", type=share, metavar="SHARE", help="share of the training phantoms with a total hip "
+                   "arthroplasty (phantom2_arthroplasty: head resected, component labelled femur; default: none)")
     p.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2), help="phantom processes")
     p.add_argument("--worker-nice", type=int, default=10, help="niceness of the phantom processes")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of the training process")

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 PROG = "compare_to_rows.py"
-CASE_KEYS = ("shape", "hips", "oa")    # what makes two rows of one seed the same case
-CASE_DEFAULTS = {"oa": False}          # rows written before a key existed
+CASE_KEYS = ("shape", "hips", "oa", "tha")    # what makes two rows of one seed the same case
+CASE_DEFAULTS = {"oa": False, "tha": False}   # rows written before a key existed
 
 
 def read_json(path: str) -> dict:
@@ -85,7 +85,7 @@ def compare_line(name: str, stored: list, new: dict) -> str:
     if other:
         s, key, was, now = other[0]
         return (f"{name}: different cases (seed {s['seed']}: {key} {was} stored, {now} new; "
-                "another grid, --hips or --oa option, or phantom code?)")
+                "another grid, --hips, --oa or --tha option, or phantom code?)")
     a, b = summary(stored), summary(mine)
     if all(r.get("dice") is None for r in stored):
         return (f"{name}: {len(stored)} femur-free cases, false positives {a['fp_sum']:.1f} -> {b['fp_sum']:.1f} ml "

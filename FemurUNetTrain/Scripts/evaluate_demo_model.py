@@ -1,7 +1,8 @@
 """Measure a model the way README reports it: held-out phantoms, the real pelvis CT, the femur-free abdomen CT.
 
 usage: python FemurUNetTrain/Scripts/evaluate_demo_model.py [MODEL.pt ...] [--seeds 90000-90039] [--phantom 2]
-       [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--oa] [--coverage COV] [--no-real]
+       [--tissue cortex=900,trabecular=400] [--coarse] [--hips atlas|mri2psm] [--oa] [--tha]
+       [--coverage COV] [--no-real]
        [--json OUT.json] [segment options: --device cpu (the default here), --mirror, --fast, --min-field MM,
        --keep-all-pieces, --second-opinion MODEL [--second-opinion-fraction F], ... as `femurunet segment`]
 
@@ -70,11 +71,11 @@ def parse_tissue(text) -> dict:
         raise SystemExit(f"--tissue: expected KEY=VALUE pairs like cortex=900,trabecular=400, got {text!r}") from None
 
 
-def make_phantom(seed, phantom: int, tissue=None, coarse=False, hips=None, coverage=None, oa=False):
+def make_phantom(seed, phantom: int, tissue=None, coarse=False, hips=None, coverage=None, oa=False, tha=False):
     if phantom != 2:
         return generate_case(seed)
     return generate_case_v2(seed, tissue=tissue or None, spacing=coarse_spacing(seed) if coarse else None, hips=hips,
-                            coverage=coverage, oa=oa)
+                            coverage=coverage, oa=oa, tha=tha)
 
 
 def case_row(seed, case, predict) -> dict:
@@ -87,7 +88,7 @@ def case_row(seed, case, predict) -> dict:
     sp = case.geometry.spacing[::-1]
     row = {"seed": seed, "coverage": case.coverage or "hip", "body": case.body, "femurs": case.femurs,
            "hips": case.hips, "shape": list(case.ct.shape), "spacing": [round(v, 3) for v in case.geometry.spacing],
-           "oa": case.oa, "metal": case.metal, "arms": case.arms,
+           "oa": case.oa, "tha": case.tha, "metal": case.metal, "arms": case.arms,
            "seconds": round(seconds, 2), "false_positive_ml": float((pred & ~truth).sum() * np.prod(sp) / 1000),
            "warnings": check_plausibility(pred, case.ct, case.geometry).warnings}
     if case.feet is not None and case.feet.any():
@@ -186,6 +187,8 @@ def parse_args(argv):
                         "(default: as each seed draws them)")
     parser.add_argument("--oa", action="store_true", help="phantom v2 osteoarthritic hips (subchondral "
                         "sclerosis, cysts, osteophytes: the femur's are labelled) for every seed (a stress test)")
+    parser.add_argument("--tha", action="store_true", help="phantom v2 with a total hip arthroplasty on one side "
+                        "(head and neck resected; the femoral component is labelled femur) for every seed")
     parser.add_argument("--coverage", choices=ALL_COVERAGES, help="phantom v2 scan range for every seed (default: "
                         "as each seed draws it), e.g. knee_to_ankle for leg scans into the feet, lower_leg for a shin "
                         "without femur")
@@ -206,6 +209,8 @@ def parse_args(argv):
         parser.error("--coverage: only phantom v2 draws scan ranges")
     if args.oa and args.phantom != 2:
         parser.error("--oa: only phantom v2 draws osteoarthritic hips")
+    if args.tha and args.phantom != 2:
+        parser.error("--tha: only phantom v2 draws hip arthroplasties")
     try:
         tissue_settings(draw_hu(np.random.default_rng(0)), tissue)       # unknown keys: refused before any work
     except FemurUNetError as exc:
@@ -220,7 +225,7 @@ def main(argv=None) -> int:
              **({"min_field_mm": args.min_field} if args.min_field is not None else {}),
              **({"coarse": True} if args.coarse else {}), **({"hips": args.hips} if args.hips else {}),
              **({"coverage": args.coverage} if args.coverage else {}),
-             **({"oa": True} if args.oa else {}),
+             **({"oa": True} if args.oa else {}), **({"tha": True} if args.tha else {}),
              **({"second_opinion": args.second_opinion} if args.second_opinion else {}),
              **({"second_opinion_fraction": args.second_opinion_fraction}
                 if args.second_opinion_fraction is not None else {}),
@@ -240,7 +245,8 @@ def main(argv=None) -> int:
         return ["femurunet", "segment", source, output, *(["--model", name] if name else []), *segment_flags(args)]
 
     for seed in seeds:
-        case = make_phantom(seed, args.phantom, tissue, args.coarse, args.hips, args.coverage, args.oa)
+        case = make_phantom(seed, args.phantom, tissue, args.coarse, args.hips, args.coverage, args.oa,
+                            args.tha)
         for run, net in zip(runs, nets):
             run["phantoms"].append(case_row(seed, case, lambda ct, g, net=net: segment(net, ct, g) > 0))
             print(json.dumps({**run["phantoms"][-1], **({"model": run["model"]} if len(runs) > 1 else {})}), flush=True)

@@ -17,12 +17,14 @@ def run_sample(args) -> int:
         raise FemurUNetError("--hips needs --phantom 2")
     if args.oa and args.phantom != 2:
         raise FemurUNetError("--oa needs --phantom 2")
+    if args.tha and args.phantom != 2:
+        raise FemurUNetError("--tha needs --phantom 2")
     if args.phantom == 2:
         generate = phantom2.generate_case
     else:
         generate = phantom.generate_case
     for n in range(args.cases):
-        forced = {"coverage": args.coverage, "hips": args.hips, "oa": args.oa}
+        forced = {"coverage": args.coverage, "hips": args.hips, "oa": args.oa, "tha": args.tha}
         case = generate(args.seed + n, **{k: v for k, v in forced.items() if v})
         ct_path, label_path = phantom.write_case(case, args.outdir)
         nk, nj, ni = case.ct.shape
@@ -33,6 +35,7 @@ def run_sample(args) -> int:
                  f"a targeted {case.hip_field} hip field" if case.hip_field else "",
                  "hip bones of MRI2PSM" if getattr(case, "hips", "") == "mri2psm" else "",
                  "osteoarthritic hips" if getattr(case, "oa", False) else "",
+                 "a hip arthroplasty" if getattr(case, "tha", False) else "",
                  "metal" if case.metal else "", "arms" if case.arms else ""]
         print(f"{case.name}: {ni}x{nj}x{nk} voxels, {sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:.2f} mm"
               f"{''.join(', ' + e for e in extra if e)} -> {ct_path} {label_path.name}")
@@ -56,4 +59,6 @@ def register(subparsers) -> None:
                    "mri2psm: sockets that hug the femoral head)")
     p.add_argument("--oa", action="store_true", help="phantom 2 only: osteoarthritic hips "
                    "(subchondral sclerosis, cysts, osteophytes: the femur's are labelled)")
+    p.add_argument("--tha", action="store_true", help="phantom 2 only: a total hip arthroplasty on one side "
+                   "(head and neck resected; the femoral component is labelled femur)")
     p.set_defaults(func=run_sample)

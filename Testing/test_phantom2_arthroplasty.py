@@ -1,0 +1,87 @@
+"""Phantom v2's total hip arthroplasty (phantom2_arthroplasty): drawn within its ranges from the seed's own stream,
+the head and neck gone and the greater trochanter kept, metal ball in a liner and cup, the component labelled femur
+and the label exact on any grid, a drawn hip implant replaced, every case made without it unchanged."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from FemurUNetLib import phantom2
+from FemurUNetLib.phantom2 import _streams, femur_truth, generate_case, make_scene
+from FemurUNetLib.phantom2_arthroplasty import (BALL_MM, CUP_EXTRA_MM, CUT_MM, SHELL_MM, SPARED_MM, STEM_REACH,
+                                                component_points, draw_arthroplasty)
+from FemurUNetTrainLib import cli
+from test_phantom2 import _centres, _grid, _in_fov, _q
+
+SEED = 98558        # a pelvis whose drawn scene has the old hip implant (checked below)
+GRID = {"coverage": "pelvis", "spacing": (1.5, 2.5, 2.0), "direction": np.eye(3)}     # rendered directly: fast
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return generate_case(SEED, **GRID), generate_case(SEED, tha=True, **GRID)
+
+
+def test_the_draws_stay_in_their_ranges_and_the_twelfth_stream_leaves_the_others():
+    draws = [draw_arthroplasty(np.random.default_rng(n)) for n in range(300)]
+    for values, (lo, hi) in (([d.ball for d in draws], BALL_MM), ([d.cup for d in draws], CUP_EXTRA_MM),
+                             ([d.shell for d in draws], SHELL_MM), ([d.cut for d in draws], CUT_MM),
+                             ([d.reach for d in draws], STEM_REACH)):
+        assert lo <= min(values) and max(values) <= hi and max(values) - min(values) > 0.9 * (hi - lo)
+    assert 0.4 < np.mean([d.side == "left" for d in draws]) < 0.6
+    for seed in (0, SEED):
+        before, now = np.random.default_rng([seed, 2]).spawn(11), _streams(seed)
+        assert len(now) == 12 and [g.bit_generator.state for g in now[:11]] == [g.bit_generator.state for g in before]
+
+
+def test_it_replaces_a_drawn_hip_implant():
+    drawn, tha = make_scene(SEED), make_scene(SEED, tha=True)
+    names = lambda scene: [i.name for i in scene.items]
+    assert {"hip_stem", "hip_cup"} <= set(names(drawn)) and not {"hip_stem", "hip_cup"} & set(names(tha))
+    assert {"tha_liner", "tha_cup", "tha_component"} <= set(names(tha))
+    assert len(tha.metal_points) == len(drawn.metal_points)            # the drawn implant's two went, two came
+
+
+def test_the_head_and_neck_are_gone_the_trochanter_stays_and_the_ball_is_metal_in_a_liner(pair):
+    plain, tha = pair
+    assert not plain.tha and tha.tha and tha.metal
+    geometry, shape, rotation, _ = _grid(SEED, "pelvis", GRID["spacing"], GRID["direction"])
+    _, anat = _centres(geometry, shape, rotation)
+    scene = make_scene(SEED, tha=True)
+    drawn = draw_arthroplasty(_streams(SEED)[11])
+    value, other = (1, 2) if drawn.side == "left" else (2, 1)
+    head, *_, axis = component_points(scene.ind, drawn)
+    r = np.linalg.norm(anat - head, axis=-1)
+    along = (anat - head) @ axis                                        # > 0 towards the head from its centre
+    assert np.array_equal(plain.label == other, tha.label == other)     # the other hip as it was
+    far = r > scene.ind.head_radius + SPARED_MM + 3.0
+    assert np.array_equal((plain.label == value) & far, (tha.label == value) & far)     # trochanter, shaft
+    bone_head = (plain.label == value) & (r > drawn.ball + 3.0) & (r < scene.ind.head_radius - 3.0) & (along > 0)
+    assert bone_head.sum() > 100 and not (tha.label[bone_head]).any()   # the head's bone around the ball: gone
+    ball = r < drawn.ball - 2.0
+    assert (tha.label[ball] == value).all() and tha.ct[ball].min() > 2000     # (the drawn implant: metal too)
+    liner = (r > drawn.ball + 1.5) & (r < scene.ind.head_radius + drawn.cup - drawn.shell - 1.5) & (along > 8.0)
+    assert liner.sum() > 20 and np.median(tha.ct[liner]) < 100 and not tha.label[liner].any()
+
+
+def test_the_component_is_labelled_as_the_truth_on_an_oblique_grid():
+    spacing, direction = (1.5, 2.5, 2.0), np.array([[0.96, 0.0, -0.28], [0.0, 1.0, 0.0], [0.28, 0.0, 0.96]])
+    case = generate_case(SEED, coverage="pelvis", spacing=spacing, direction=direction, tha=True)
+    geometry, shape, rotation, fov = _grid(SEED, "pelvis", spacing, direction)
+    lps, anat = _centres(geometry, shape, rotation)
+    inside = _in_fov(geometry, shape, lps, fov, margin=2 * max(spacing))
+    truth = femur_truth(SEED, _q(anat), tha=True)
+    assert (truth[inside] > 0).sum() < (femur_truth(SEED, _q(anat))[inside] > 0).sum()
+    wrong = (case.label != truth) & inside
+    assert not wrong.any(), f"{int(wrong.sum())} voxels differ from the truth with an arthroplasty"
+
+
+def test_the_sample_command_forces_it_on_phantom_2_only(tmp_path, monkeypatch, capsys):
+    asked = []
+    monkeypatch.setattr(phantom2, "generate_case", lambda seed, **kw: asked.append(kw) or generate_case(
+        seed, shape=(8, 32, 32), **kw))
+    assert cli.main(["sample", str(tmp_path / "out"), "--seed", "3", "--tha", "--coverage", "pelvis"]) == 0
+    assert asked == [{"coverage": "pelvis", "tha": True}] and "a hip arthroplasty" in capsys.readouterr().out
+    assert cli.main(["sample", str(tmp_path / "v1"), "--phantom", "1", "--tha"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--tha needs --phantom 2" in err and not (tmp_path / "v1").exists()
