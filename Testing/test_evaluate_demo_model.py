@@ -127,24 +127,16 @@ def test_a_forced_hip_shape_reaches_the_phantoms_the_rows_and_the_record(tmp_pat
         script.main(["--seeds", "1", "--no-real", "--hips", "mri2psm", "--phantom", "1"])
 
 
-def test_osteoarthritic_hips_reach_the_phantoms_the_rows_and_the_record(tmp_path, coarse_cases, capsys):
+@pytest.mark.parametrize("key, refusal", [("oa", "--oa: only phantom v2 draws osteoarthritic hips"),
+                                          ("tha", "--tha: only phantom v2 draws hip arthroplasties")])
+def test_an_on_request_hip_reaches_the_phantoms_the_rows_and_the_record(tmp_path, coarse_cases, capsys, key, refusal):
     out = tmp_path / "eval.json"
-    assert script.main(["--seeds", "1", "--no-real", "--oa", "--json", str(out)]) == 0
+    assert script.main(["--seeds", "1", "--no-real", f"--{key}", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert coarse_cases == [(1, "oa")] and result["oa"] is True and result["phantoms"][0]["oa"] is True
+    assert coarse_cases == [(1, key)] and result[key] is True and result["phantoms"][0][key] is True
     with pytest.raises(SystemExit):
-        script.main(["--seeds", "1", "--no-real", "--oa", "--phantom", "1"])
-    assert "--oa: only phantom v2 draws osteoarthritic hips" in capsys.readouterr().err
-
-
-def test_a_hip_arthroplasty_reaches_the_phantoms_the_rows_and_the_record(tmp_path, coarse_cases, capsys):
-    out = tmp_path / "eval.json"
-    assert script.main(["--seeds", "1", "--no-real", "--tha", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert coarse_cases == [(1, "tha")] and result["tha"] is True and result["phantoms"][0]["tha"] is True
-    with pytest.raises(SystemExit):
-        script.main(["--seeds", "1", "--no-real", "--tha", "--phantom", "1"])
-    assert "--tha: only phantom v2 draws hip arthroplasties" in capsys.readouterr().err
+        script.main(["--seeds", "1", "--no-real", f"--{key}", "--phantom", "1"])
+    assert refusal in capsys.readouterr().err
 
 
 def test_a_forced_coverage_reaches_the_phantoms_and_the_record(tmp_path, coarse_cases, capsys):

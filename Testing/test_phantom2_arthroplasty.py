@@ -76,12 +76,13 @@ def test_the_component_is_labelled_as_the_truth_on_an_oblique_grid():
     assert not wrong.any(), f"{int(wrong.sum())} voxels differ from the truth with an arthroplasty"
 
 
-def test_the_sample_command_forces_it_on_phantom_2_only(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("key, said", [("oa", "osteoarthritic hips"), ("tha", "a hip arthroplasty")])
+def test_the_sample_command_forces_an_on_request_hip_on_phantom_2_only(tmp_path, monkeypatch, capsys, key, said):
     asked = []
     monkeypatch.setattr(phantom2, "generate_case", lambda seed, **kw: asked.append(kw) or generate_case(
         seed, shape=(8, 32, 32), **kw))
-    assert cli.main(["sample", str(tmp_path / "out"), "--seed", "3", "--tha", "--coverage", "pelvis"]) == 0
-    assert asked == [{"coverage": "pelvis", "tha": True}] and "a hip arthroplasty" in capsys.readouterr().out
-    assert cli.main(["sample", str(tmp_path / "v1"), "--phantom", "1", "--tha"]) == 2
+    assert cli.main(["sample", str(tmp_path / "out"), "--seed", "3", f"--{key}", "--coverage", "pelvis"]) == 0
+    assert asked == [{"coverage": "pelvis", key: True}] and said in capsys.readouterr().out
+    assert cli.main(["sample", str(tmp_path / "v1"), "--phantom", "1", f"--{key}"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--tha needs --phantom 2" in err and not (tmp_path / "v1").exists()
+    assert err.count("\n") == 1 and f"--{key} needs --phantom 2" in err and not (tmp_path / "v1").exists()

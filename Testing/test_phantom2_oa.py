@@ -15,7 +15,6 @@ from FemurUNetLib.phantom2_anatomy import SIDES
 from FemurUNetLib.phantom2_oa import (BEAD_RADIUS_MM, CONE_DEG, CYST_HU, CYST_RADIUS_MM, DEPTH_MM, MAX_BEADS,
                                       MAX_CYSTS, OSTEOPHYTE_P, SCLEROSIS_HU, draw_osteoarthritis, draw_osteophytes,
                                       load_axis)
-from FemurUNetTrainLib import cli
 from test_phantom2 import _centres, _grid, _in_fov, _q
 
 SEED = 98486        # a pelvis with a 5.5 mm cyst in the left femoral head, osteophytes at both rims only (checked)
@@ -80,17 +79,6 @@ def test_a_cyst_is_a_hole_of_fluid_in_the_dense_bone(pair):
     diff = oa.ct.astype(np.int32) - plain.ct
     hole = (oa.label == 1) & (diff < -150)
     assert hole.sum() > 0 and oa.ct[hole].mean() < plain.ct[hole].mean() - 150
-
-
-def test_the_sample_command_forces_it_on_phantom_2_only(tmp_path, monkeypatch, capsys):
-    asked = []
-    monkeypatch.setattr(phantom2, "generate_case", lambda seed, **kw: asked.append(kw) or generate_case(
-        seed, shape=(8, 32, 32), **kw))
-    assert cli.main(["sample", str(tmp_path / "out"), "--seed", "3", "--oa", "--coverage", "pelvis"]) == 0
-    assert asked == [{"coverage": "pelvis", "oa": True}] and "osteoarthritic hips" in capsys.readouterr().out
-    assert cli.main(["sample", str(tmp_path / "v1"), "--phantom", "1", "--oa"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--oa needs --phantom 2" in err and not (tmp_path / "v1").exists()
 
 
 def _voxel(geometry, rotation, point) -> tuple:

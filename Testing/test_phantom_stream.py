@@ -93,30 +93,18 @@ def test_the_mri2psm_hip_share_draws_per_seed_the_same_on_every_run():
     assert stream_hips(60000, None) is None
 
 
-def test_the_osteoarthritis_share_draws_per_seed_from_its_own_stream(monkeypatch):
-    drawn = [stream_oa(seed, 0.3) for seed in range(60000, 62000)]
-    assert drawn == [stream_oa(seed, 0.3) for seed in range(60000, 62000)]
+@pytest.mark.parametrize("key, stream, other", [("oa", stream_oa, lambda s, p: stream_hips(s, p) == "mri2psm"),
+                                                 ("tha", stream_tha, stream_oa)])
+def test_an_on_request_hip_share_draws_per_seed_from_its_own_stream(monkeypatch, key, stream, other):
+    drawn = [stream(seed, 0.3) for seed in range(60000, 62000)]
+    assert drawn == [stream(seed, 0.3) for seed in range(60000, 62000)]
     assert abs(sum(drawn) / 2000 - 0.3) < 0.035
-    assert drawn != [stream_hips(seed, 0.3) == "mri2psm" for seed in range(60000, 62000)]   # not the hips' draw
-    assert not any(stream_oa(s, None) or stream_oa(s, 0.0) for s in range(100)) and all(stream_oa(s, 1.0)
-                                                                                      for s in range(100))
+    assert drawn != [other(seed, 0.3) for seed in range(60000, 62000)]          # not another option's draw
+    assert not any(stream(s, None) or stream(s, 0.0) for s in range(100)) and all(stream(s, 1.0) for s in range(100))
     made = []
     real = phantom_stream.generate_case
-    monkeypatch.setattr(phantom_stream, "generate_case", lambda seed, **kw: made.append(kw["oa"]) or real(seed, **kw))
-    case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE, oa=True)
-    case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE)
-    assert made == [True, False]
-
-
-def test_the_arthroplasty_share_draws_per_seed_from_its_own_stream(monkeypatch):
-    drawn = [stream_tha(seed, 0.2) for seed in range(60000, 62000)]
-    assert drawn == [stream_tha(seed, 0.2) for seed in range(60000, 62000)] and abs(sum(drawn) / 2000 - 0.2) < 0.03
-    assert drawn != [stream_oa(seed, 0.2) for seed in range(60000, 62000)]              # not the osteoarthritis draw
-    assert not any(stream_tha(s, None) or stream_tha(s, 0.0) for s in range(100))
-    made = []
-    real = phantom_stream.generate_case
-    monkeypatch.setattr(phantom_stream, "generate_case", lambda seed, **kw: made.append(kw["tha"]) or real(seed, **kw))
-    case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE, tha=True)
+    monkeypatch.setattr(phantom_stream, "generate_case", lambda seed, **kw: made.append(kw[key]) or real(seed, **kw))
+    case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE, **{key: True})
     case_slices(7, WINDOW, 32, coverage="pelvis", shape=SHAPE)
     assert made == [True, False]
 
