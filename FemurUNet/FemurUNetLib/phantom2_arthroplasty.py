@@ -19,7 +19,7 @@ import numpy as np
 
 from .phantom2_anatomy import SIDES
 from .phantom2_body import Item, _box_of, _polyline
-from .sdf import _sphere
+from .sdf import _hemishell, _plane, _sphere
 
 BALL_MM = (14.0, 18.0)          # radius of the prosthetic head (28-36 mm balls)
 CUP_EXTRA_MM = (2.0, 5.0)       # cup's outer radius beyond the native head's
@@ -79,27 +79,21 @@ def with_arthroplasty(scene, tha: Arthroplasty) -> None:
     ind = scene.ind
     head, shoulder, middle, tip, axis = component_points(ind, tha)
     plane = head - tha.cut * axis
-    component = _polyline([head, shoulder, middle, tip], [NECK_MM, 9.0, 7.0, 4.5])
-    ball = lambda q: np.minimum(_sphere(q, head, tha.ball), component(q))
+    stem = _polyline([head, shoulder, middle, tip], [NECK_MM, 9.0, 7.0, 4.5])
+    component = lambda q: np.minimum(_sphere(q, head, tha.ball), stem(q))
     at = next(n for n, item in enumerate(scene.items) if item.name == f"femur_{tha.side}")
     femur = scene.items[at]
 
-    def cut_femur(q, d=femur.distance):     # removed: head side of the plane and near the head
-        side_of_plane = (q[0] - np.float32(plane[0])) * np.float32(axis[0]) + \
-            (q[1] - np.float32(plane[1])) * np.float32(axis[1]) + (q[2] - np.float32(plane[2])) * np.float32(axis[2])
-        removed = np.minimum(side_of_plane, -_sphere(q, head, ind.head_radius + SPARED_MM))
-        return np.minimum(np.maximum(d(q), removed), ball(q))
+    def cut_femur(q, d=femur.distance):     # removed: the head's side of the plane, near the head
+        removed = np.minimum(_plane(q, plane, axis), -_sphere(q, head, ind.head_radius + SPARED_MM))
+        return np.minimum(np.maximum(d(q), removed), component(q))
     scene.items[at] = replace(femur, distance=cut_femur)
     outer = ind.head_radius + tha.cup
     inward = np.array([-SIDES[tha.side] * 0.5, 0.0, 0.86])
-    hemisphere = lambda q: -((q[0] - head[0]) * inward[0] + (q[1] - head[1]) * inward[1] + (q[2] - head[2]) * inward[2])
-
-    def shell(q, lo, hi):
-        r = _sphere(q, head, 0.0)
-        return np.maximum(np.maximum(r - hi, lo - r), hemisphere(q))
-    scene.items += [Item("tha_liner", head - outer, head + outer, lambda q: shell(q, tha.ball, outer - tha.shell),
-                         "fat"),
-                    Item("tha_cup", head - outer, head + outer, lambda q: shell(q, outer - tha.shell, outer), "metal"),
-                    Item("tha_component", *_box_of([head, shoulder, middle, tip], tha.ball), ball, "metal")]
+    liner = lambda q: _hemishell(q, head, tha.ball, outer - tha.shell, inward)
+    cup = lambda q: _hemishell(q, head, outer - tha.shell, outer, inward)
+    scene.items += [Item("tha_liner", head - outer, head + outer, liner, "fat"),
+                    Item("tha_cup", head - outer, head + outer, cup, "metal"),
+                    Item("tha_component", *_box_of([head, shoulder, middle, tip], tha.ball), component, "metal")]
     scene.metal_points += [head, tip]
 

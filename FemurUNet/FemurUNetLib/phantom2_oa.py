@@ -13,6 +13,7 @@ Not modelled: the joint space (the anatomy draws it) and a flattened, mushroom-s
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from .phantom2_anatomy import SIDES
 from .phantom2_body import Item
+from .sdf import _sphere
 
 DEPTH_MM = (3.0, 15.0)          # sclerosis depth under the joint surfaces
 SCLEROSIS_HU = (600.0, 1400.0)
@@ -201,12 +203,7 @@ def _rim_beads(ind, side, azimuths, radii) -> list:
 
 def beads_distance(q, beads) -> np.ndarray:
     """Signed distance (mm) of the union of ``beads`` at anatomical points ``q`` (x, y, z arrays)."""
-    d = None
-    for b in beads:
-        x, y, z = (q[i] - np.float32(b.centre[i]) for i in range(3))
-        e = np.sqrt(x * x + y * y + z * z) - np.float32(b.radius)
-        d = e if d is None else np.minimum(d, e)
-    return d
+    return functools.reduce(np.minimum, (_sphere(q, b.centre, b.radius) for b in beads))
 
 
 def add_osteophytes(scene, beads) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from .phantom2_anatomy import LABEL, SIDES, Individual
 from .phantom2_body import Item, Scene, _box_of, _polyline, _u, draw_body, draw_hu, ellipse_distance, leg_distance
 from .phantom2_feet import bone_parts, draw_feet
-from .sdf import _capsule, _ellipsoid, _sphere
+from .sdf import _capsule, _ellipsoid, _hemishell, _sphere
 
 IMPLANT_P = {"hip": 0.12, "knee": 0.06, "screws": 0.06, "spine": 0.05, "valve": 0.15}
 
@@ -264,10 +264,7 @@ def _implants(rng, scene) -> None:
         r_cup = scene.ind.head_radius + _u(rng, 2, 5)
         inward = np.array([-SIDES[side] * 0.5, 0.0, 0.86])
 
-        def cup(q, c=head, r=r_cup, n=inward):
-            dist = _sphere(q, c, 0.0)
-            shell = np.maximum(dist - r, r - 4.0 - dist)
-            return np.maximum(shell, -((q[0] - c[0]) * n[0] + (q[1] - c[1]) * n[1] + (q[2] - c[2]) * n[2]))
+        cup = lambda q, c=head, r=r_cup, n=inward: _hemishell(q, c, r - 4.0, r, n)
         scene.items.append(Item("hip_cup", head - r_cup, head + r_cup, cup, "metal"))
         scene.metal_points += [head, shaft_end]
         scene.flags["hip_implant"] = tuple(scene.metal_points[-2:])     # phantom2_arthroplasty may replace it

@@ -92,6 +92,15 @@ def _plane(q, p, n):
     return (q[0] - p[0]) * n[0] + (q[1] - p[1]) * n[1] + (q[2] - p[2]) * n[2]
 
 
+def _hemishell(q, c, inner, outer, n):
+    """Spherical shell between radii ``inner`` and ``outer`` about ``c``, on the side of the plane through ``c``
+    that ``n`` points to (an acetabular cup; centre and normal in float64, as the drawn cup has always had them)."""
+    c, n = np.asarray(c, float), np.asarray(n, float)
+    dist = _sphere(q, c, 0.0)
+    shell = np.maximum(dist - outer, inner - dist)
+    return np.maximum(shell, -((q[0] - c[0]) * n[0] + (q[1] - c[1]) * n[1] + (q[2] - c[2]) * n[2]))
+
+
 def _smin(a, b, k):
     """Smooth union (polynomial smooth minimum) with blend radius k mm (arithmetic in place)."""
     h = np.subtract(b, a)                        # clip(0.5 + 0.5 (b - a) / k, 0, 1)
