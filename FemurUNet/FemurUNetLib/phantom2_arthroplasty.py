@@ -3,9 +3,8 @@
 
 The drawn hip implant (``phantom2_scene._implants``, 12 % of cases) keeps the whole bony head around its metal
 ball, which no patient has. Here the femur is cut by a plane across the neck (28-38 mm from the head's centre;
-the greater trochanter, farther from the head, stays),
-the ball sits at the old head centre in a liner inside the cup, and nothing but soft tissue is left where the head
-and neck were. The femoral component belongs to the femur: its label is the cut femur and the component (ball,
+the greater trochanter, farther from the head, stays), the ball sits at the old head centre in a liner inside the
+cup, and nothing but soft tissue is left where the head and neck were. The femoral component belongs to the femur: its label is the cut femur and the component (ball,
 neck, stem), as a reference that labels the implant with the bone (TotalSegmentator's masks do) has it; the cup and
 the liner are not femur. Opt-in (``generate_case(seed, tha=True)``; ``femurunet sample --tha``; training:
 ``phantom_stream --tha-hips SHARE``), drawn from the seed's twelfth stream, so every case made without it is the
@@ -81,7 +80,7 @@ def with_arthroplasty(scene, tha: Arthroplasty) -> None:
     plane = head - tha.cut * axis
     stem = _polyline([head, shoulder, middle, tip], [NECK_MM, 9.0, 7.0, 4.5])
     component = lambda q: np.minimum(_sphere(q, head, tha.ball), stem(q))
-    at = next(n for n, item in enumerate(scene.items) if item.name == f"femur_{tha.side}")
+    at = scene.item_at(f"femur_{tha.side}")
     femur = scene.items[at]
 
     def cut_femur(q, d=femur.distance):     # removed: the head's side of the plane, near the head

@@ -38,6 +38,10 @@ class Scene:
     flags: dict = field(default_factory=dict)
     oa: dict = field(default_factory=dict)             # side -> phantom2_oa.HipOA: osteoarthritic hips (opt-in)
 
+    def item_at(self, name: str) -> int:
+        """Index in ``items`` of the item called ``name``."""
+        return next(n for n, item in enumerate(self.items) if item.name == name)
+
 
 def _u(rng, a, b):
     return float(rng.uniform(a, b))

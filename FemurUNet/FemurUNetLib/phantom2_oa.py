@@ -211,7 +211,7 @@ def add_osteophytes(scene, beads) -> None:
     bead is an item of that hip bone's material painted before the femurs (a femur wins where they meet)."""
     for side in SIDES:
         on_femur = [b for b in beads if b.bone == f"femur_{side}"]
-        at = next(n for n, item in enumerate(scene.items) if item.name == f"femur_{side}")
+        at = scene.item_at(f"femur_{side}")
         if on_femur:
             femur = scene.items[at]
             lo = np.minimum(femur.lo, np.min([np.subtract(b.centre, b.radius + 1.0) for b in on_femur], 0))
