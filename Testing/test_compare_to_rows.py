@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "FemurUNetTrain" / 
 import compare_to_rows as script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-06_run17_smooth_rule_sets_s43.json"  # the shipped pipeline
+STORED_SETS = REPO / "docs" / "benchmarks" / "2026-12-06_run17_smooth_rule_sets_s46.json"  # the shipped pipeline
 SHIPPED_EVAL = REPO / "FemurUNet" / "FemurUNetLib" / "models" / "femurunet_demo_b16.eval.json"
 
 

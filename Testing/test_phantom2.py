@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from functools import lru_cache
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -528,7 +529,7 @@ def test_drawn_coverages_follow_the_coverage_probabilities(monkeypatch):
 
     def stop(rng, scene, coverage, *grid):
         raise Drawn(coverage)
-    monkeypatch.setattr(phantom2, "_scene", lambda *streams, hips=None: None)
+    monkeypatch.setattr(phantom2, "_scene", lambda *streams, hips=None: SimpleNamespace(flags={}))
     monkeypatch.setattr(phantom2, "make_grid", stop)
     n, drawn = 4000, []
     for seed in range(n):
@@ -922,7 +923,8 @@ def test_a_hip_implant_case_keeps_the_exact_label_under_strong_artefacts(monkeyp
     plain = generate_case(seed, spacing=spacing, coverage=coverage, scanner={"metal_artifact": 0.0})
     metal_rows = (case.ct >= METAL_HU).any(axis=(1, 2))
     assert case.metal and metal_rows.any()
-    assert np.abs(case.ct[metal_rows].astype(float) - plain.ct[metal_rows]).mean() > 20
+    body = plain.ct[metal_rows] > -500                                  # the streaks inside the patient
+    assert np.abs(case.ct[metal_rows].astype(float) - plain.ct[metal_rows])[body].mean() > 25
     geometry, shape, rotation, fov = _grid(seed, coverage, spacing)
     lps, anat = _centres(geometry, shape, rotation)
     inside = _in_fov(geometry, shape, lps, fov, margin=2 * max(spacing))

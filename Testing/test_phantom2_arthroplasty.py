@@ -1,25 +1,26 @@
-"""Phantom v2's total hip arthroplasty (phantom2_arthroplasty): drawn within its ranges from the seed's own stream,
-the head and neck gone and the greater trochanter kept, metal ball in a liner and cup, the component labelled femur
-and the label exact on any grid, a drawn hip implant replaced, every case made without it unchanged."""
+"""Phantom v2's total hip arthroplasty (phantom2_arthroplasty): drawn within its ranges in 12 % of scenes or asked
+for from the seed's own stream, the head and neck gone (with any neck screws) and the greater trochanter kept, metal
+ball in a liner and cup, the component labelled femur and the label exact on any grid."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from FemurUNetLib import phantom2
+from FemurUNetLib import phantom2, phantom2_scene
 from FemurUNetLib.phantom2 import _streams, femur_truth, generate_case, make_scene
 from FemurUNetLib.phantom2_arthroplasty import (BALL_MM, CUP_EXTRA_MM, CUT_MM, SHELL_MM, SPARED_MM, STEM_REACH,
-                                                component_points, draw_arthroplasty)
+                                                component_points, draw_arthroplasty, scene_arthroplasty)
 from FemurUNetTrainLib import cli
 from test_phantom2 import _centres, _grid, _in_fov, _q
 
-SEED = 98558        # a pelvis whose drawn scene has the old hip implant (checked below)
+SEED = 98558        # a pelvis whose scene draws an arthroplasty (checked below)
+PLAIN = 98559       # one whose scene draws none
 GRID = {"coverage": "pelvis", "spacing": (1.5, 2.5, 2.0), "direction": np.eye(3)}     # rendered directly: fast
 
 
 @pytest.fixture(scope="module")
 def pair():
-    return generate_case(SEED, **GRID), generate_case(SEED, tha=True, **GRID)
+    return generate_case(PLAIN, **GRID), generate_case(PLAIN, tha=True, **GRID)
 
 
 def test_the_draws_stay_in_their_ranges_and_the_twelfth_stream_leaves_the_others():
@@ -34,21 +35,39 @@ def test_the_draws_stay_in_their_ranges_and_the_twelfth_stream_leaves_the_others
         assert len(now) == 12 and [g.bit_generator.state for g in now[:11]] == [g.bit_generator.state for g in before]
 
 
-def test_it_replaces_a_drawn_hip_implant():
-    drawn, tha = make_scene(SEED), make_scene(SEED, tha=True)
+def test_a_scenes_own_takes_the_four_draws_its_implant_took_before():
+    rng, same = np.random.default_rng(5), np.random.default_rng(5)
+    own = scene_arthroplasty(rng)
+    same.random(4)                                      # so the scene's later draws (knee, screws, valve) stay
+    assert rng.bit_generator.state == same.bit_generator.state and own.shell == 4.0 and own.cut == np.mean(CUT_MM)
+    assert BALL_MM[0] <= own.ball <= BALL_MM[1] and STEM_REACH[0] <= own.reach <= STEM_REACH[1]
+
+
+def test_scenes_draw_one_in_about_an_eighth_and_an_asked_one_takes_its_place():
+    drawn = [n for n in range(200) if "arthroplasty" in make_scene(n).flags]
+    assert 10 <= len(drawn) <= 40                                       # IMPLANT_P["hip"] 0.12: 24 expected
+    own, asked, plain = make_scene(SEED), make_scene(SEED, tha=True), make_scene(PLAIN)
     names = lambda scene: [i.name for i in scene.items]
-    assert {"hip_stem", "hip_cup"} <= set(names(drawn)) and not {"hip_stem", "hip_cup"} & set(names(tha))
-    assert {"tha_liner", "tha_cup", "tha_component"} <= set(names(tha))
-    assert len(tha.metal_points) == len(drawn.metal_points)            # the drawn implant's two went, two came
+    assert names(own).count("tha_component") == names(asked).count("tha_component") == 1
+    assert "arthroplasty" not in plain.flags and "tha_component" not in names(plain)
+    assert asked.flags["arthroplasty"] == draw_arthroplasty(_streams(SEED)[11]) != own.flags["arthroplasty"]
+    assert len(asked.metal_points) == len(own.metal_points)            # one arthroplasty's two
+
+
+def test_neck_screws_on_its_side_go_with_the_neck():
+    plain, asked = make_scene(13), make_scene(13, tha=True)            # left neck screws, the left hip replaced
+    screws = lambda scene: [i for i in scene.items if i.name.startswith("screw")]
+    assert screws(plain) and not screws(asked)
+    assert len(asked.metal_points) == len(plain.metal_points) + 1       # the screws' point went, two came
 
 
 def test_the_head_and_neck_are_gone_the_trochanter_stays_and_the_ball_is_metal_in_a_liner(pair):
     plain, tha = pair
     assert not plain.tha and tha.tha and tha.metal
-    geometry, shape, rotation, _ = _grid(SEED, "pelvis", GRID["spacing"], GRID["direction"])
+    geometry, shape, rotation, _ = _grid(PLAIN, "pelvis", GRID["spacing"], GRID["direction"])
     _, anat = _centres(geometry, shape, rotation)
-    scene = make_scene(SEED, tha=True)
-    drawn = draw_arthroplasty(_streams(SEED)[11])
+    scene = make_scene(PLAIN, tha=True)
+    drawn = draw_arthroplasty(_streams(PLAIN)[11])
     value, other = (1, 2) if drawn.side == "left" else (2, 1)
     head, *_, axis = component_points(scene.ind, drawn)
     r = np.linalg.norm(anat - head, axis=-1)
@@ -59,19 +78,21 @@ def test_the_head_and_neck_are_gone_the_trochanter_stays_and_the_ball_is_metal_i
     bone_head = (plain.label == value) & (r > drawn.ball + 3.0) & (r < scene.ind.head_radius - 3.0) & (along > 0)
     assert bone_head.sum() > 100 and not (tha.label[bone_head]).any()   # the head's bone around the ball: gone
     ball = r < drawn.ball - 2.0
-    assert (tha.label[ball] == value).all() and tha.ct[ball].min() > 2000     # (the drawn implant: metal too)
+    assert (tha.label[ball] == value).all() and tha.ct[ball].min() > 2000
     liner = (r > drawn.ball + 1.5) & (r < scene.ind.head_radius + drawn.cup - drawn.shell - 1.5) & (along > 8.0)
     assert liner.sum() > 20 and np.median(tha.ct[liner]) < 100 and not tha.label[liner].any()
 
 
-def test_the_component_is_labelled_as_the_truth_on_an_oblique_grid():
+@pytest.mark.parametrize("seed, tha", [(PLAIN, True), (SEED, False)], ids=["asked", "drawn"])
+def test_the_component_is_labelled_as_the_truth_on_an_oblique_grid(monkeypatch, seed, tha):
     spacing, direction = (1.5, 2.5, 2.0), np.array([[0.96, 0.0, -0.28], [0.0, 1.0, 0.0], [0.28, 0.0, 0.96]])
-    case = generate_case(SEED, coverage="pelvis", spacing=spacing, direction=direction, tha=True)
-    geometry, shape, rotation, fov = _grid(SEED, "pelvis", spacing, direction)
+    case = generate_case(seed, coverage="pelvis", spacing=spacing, direction=direction, tha=tha)
+    geometry, shape, rotation, fov = _grid(seed, "pelvis", spacing, direction)
     lps, anat = _centres(geometry, shape, rotation)
     inside = _in_fov(geometry, shape, lps, fov, margin=2 * max(spacing))
-    truth = femur_truth(SEED, _q(anat), tha=True)
-    assert (truth[inside] > 0).sum() < (femur_truth(SEED, _q(anat))[inside] > 0).sum()
+    truth = femur_truth(seed, _q(anat), tha=tha)
+    monkeypatch.setitem(phantom2_scene.IMPLANT_P, "hip", 0.0)           # the same femurs, no arthroplasty
+    assert (truth[inside] > 0).sum() < (femur_truth(seed, _q(anat))[inside] > 0).sum()
     wrong = (case.label != truth) & inside
     assert not wrong.any(), f"{int(wrong.sum())} voxels differ from the truth with an arthroplasty"
 

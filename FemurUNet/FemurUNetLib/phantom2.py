@@ -527,11 +527,15 @@ def make_scene(seed: int, oa: bool = False, tha: bool = False, hips=None):
 
 
 def _options(scene, streams, oa: bool, tha: bool):
-    """``scene`` with the on-request changes: osteoarthritic hips, then a hip arthroplasty (it cuts the femur)."""
+    """``scene`` with the on-request changes: osteoarthritic hips, then a hip arthroplasty (it cuts the femur): the
+    scene's own (12 % of cases) or, with ``tha``, one from the twelfth stream in its place."""
     if oa:
         osteoarthritic(scene, streams[10])
-    if tha:
-        with_arthroplasty(scene, draw_arthroplasty(streams[11]))
+    drawn = scene.flags.pop("arthroplasty", None)
+    arthroplasty = draw_arthroplasty(streams[11]) if tha else drawn
+    if arthroplasty is not None:
+        with_arthroplasty(scene, arthroplasty)
+        scene.flags["arthroplasty"] = arthroplasty
     return scene
 
 
@@ -580,7 +584,8 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
     kernel). ``tissue``: fixed tissue values over the drawn ones (numeric keys of ``draw_hu``: e.g.
     ``{"cortex": 900}``). ``hips``: the hip bones' shape (one of HIP_SHAPES) over the drawn one; the rest of the
     case stays as drawn. ``oa``: osteoarthritic hips (``phantom2_oa``; osteophytes on a femur are labelled).
-    ``tha``: a total hip arthroplasty on one side (``phantom2_arthroplasty``; the component is labelled femur)."""
+    ``tha``: a total hip arthroplasty on one side (``phantom2_arthroplasty``; the component is labelled femur) in place
+    of the one 12 % of scenes draw."""
     streams = _streams(seed)
     anatomy_rng, grid_rng, tex_rng, noise_rng, cov_rng, femur_rng, native_rng, hip_rng, hips_rng, feet_rng = \
         streams[:10]
@@ -614,4 +619,4 @@ def generate_case(seed: int, *, shape=None, spacing=None, direction=None, covera
                        metal=bool(scene.metal_points), arms=any(i.name.startswith("arm") for i in scene.items),
                        coverage=coverage, body=scene.ind.body, femurs=scene.ind.femurs,
                        hip_field=hip["side"] if hip else "", hips=scene.ind.hips, oa=bool(scene.oa),
-                       tha=tha)
+                       tha="arthroplasty" in scene.flags)

@@ -1,14 +1,14 @@
-"""Total hip arthroplasty for phantom v2, on request: the femoral head and neck resected, a metal femoral component
-(ball, neck, stem in the canal) and an acetabular cup (metal shell, polyethylene liner) in their place.
+"""Total hip arthroplasty for phantom v2: the femoral head and neck resected, a metal femoral component (ball, neck,
+stem in the canal) and an acetabular cup (metal shell, polyethylene liner) in their place.
 
-The drawn hip implant (``phantom2_scene._implants``, 12 % of cases) keeps the whole bony head around its metal
-ball, which no patient has. Here the femur is cut by a plane across the neck (28-38 mm from the head's centre;
-the greater trochanter, farther from the head, stays), the ball sits at the old head centre in a liner inside the
-cup, and nothing but soft tissue is left where the head and neck were. The femoral component belongs to the femur: its label is the cut femur and the component (ball,
-neck, stem), as a reference that labels the implant with the bone (TotalSegmentator's masks do) has it; the cup and
-the liner are not femur. Opt-in (``generate_case(seed, tha=True)``; ``femurunet sample --tha``; training:
-``phantom_stream --tha-hips SHARE``), drawn from the seed's twelfth stream, so every case made without it is the
-same as before; it replaces a drawn hip implant.
+The femur is cut by a plane across the neck (28-38 mm from the head's centre; the greater trochanter, farther from
+the head, stays), the ball sits at the old head centre in a liner inside the cup, and nothing but soft tissue is left
+where the head and neck were (neck screws on that side go too). The femoral component belongs to the femur: its label
+is the cut femur and the component (ball, neck, stem), as a reference that labels the implant with the bone
+(TotalSegmentator's masks do) has it; the cup and the liner are not femur. A scene draws one in 12 % of cases
+(``phantom2_scene._implants``; since session 46, before which that implant kept the whole bony head around its ball);
+on request (``generate_case(seed, tha=True)``; ``femurunet sample --tha``; training: ``phantom_stream --tha-hips
+SHARE``) one drawn from the seed's twelfth stream takes the place of the scene's own.
 """
 from __future__ import annotations
 
@@ -47,6 +47,14 @@ def draw_arthroplasty(rng) -> Arthroplasty:
                                                                   STEM_REACH)))
 
 
+def scene_arthroplasty(rng) -> Arthroplasty:
+    """The one a scene draws: side, reach, ball and cup as its implant drew them before session 46 (four draws, so
+    the scene's later draws stay), the shell 4 mm as that cup's, the cut in the middle of its range."""
+    side = "left" if rng.random() < 0.5 else "right"
+    reach, ball, cup = (float(rng.uniform(*r)) for r in (STEM_REACH, BALL_MM, CUP_EXTRA_MM))
+    return Arthroplasty(side, ball, cup, 4.0, float(np.mean(CUT_MM)), reach)
+
+
 def component_points(ind, tha: Arthroplasty) -> tuple:
     """(head centre, the stem's shoulder, its middle and its tip: the femur's middle at those heights, unit vector
     from the neck's base to the head) in the anatomical frame."""
@@ -69,12 +77,13 @@ def _middle(ind, bone, near, half=40.0, step=1.5) -> np.ndarray:
 
 
 def with_arthroplasty(scene, tha: Arthroplasty) -> None:
-    """Puts ``tha`` into ``scene``: a drawn hip implant goes, the femur item is cut and joined by the component (its
+    """Puts ``tha`` into ``scene``: neck screws on its side go, the femur item is cut and joined by the component (its
     label with it), the component, liner and cup are painted after everything else."""
-    drawn = scene.flags.pop("hip_implant", None)
-    if drawn is not None:
-        scene.items = [i for i in scene.items if i.name not in ("hip_stem", "hip_cup")]
-        scene.metal_points = [p for p in scene.metal_points if not any(p is q for q in drawn)]
+    side, point = scene.flags.get("screws", (None, None))
+    if side == tha.side:                    # the resected neck held them
+        scene.items = [i for i in scene.items if not i.name.startswith("screw")]
+        scene.metal_points = [p for p in scene.metal_points if p is not point]
+        del scene.flags["screws"]
     ind = scene.ind
     head, shoulder, middle, tip, axis = component_points(ind, tha)
     plane = head - tha.cut * axis

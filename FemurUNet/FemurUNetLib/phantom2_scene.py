@@ -7,9 +7,10 @@ import math
 import numpy as np
 
 from .phantom2_anatomy import LABEL, SIDES, Individual
+from .phantom2_arthroplasty import scene_arthroplasty
 from .phantom2_body import Item, Scene, _box_of, _polyline, _u, draw_body, draw_hu, ellipse_distance, leg_distance
 from .phantom2_feet import bone_parts, draw_feet
-from .sdf import _capsule, _ellipsoid, _hemishell, _sphere
+from .sdf import _capsule, _ellipsoid, _sphere
 
 IMPLANT_P = {"hip": 0.12, "knee": 0.06, "screws": 0.06, "spine": 0.05, "valve": 0.15}
 
@@ -252,22 +253,8 @@ def _arms(rng, scene) -> None:
 
 
 def _implants(rng, scene) -> None:
-    m = scene.ind.marks
     if rng.random() < IMPLANT_P["hip"]:
-        side = "left" if rng.random() < 0.5 else "right"
-        head, knee = m[f"head_{side}"], m[f"knee_{side}"]
-        neck = m[f"thigh_top_{side}"]
-        shaft_end = neck + (knee - neck) * _u(rng, 0.3, 0.45)
-        stem = [head, neck + (0.0, 0.0, 10.0), shaft_end]
-        ball = _u(rng, 14, 18)
-        scene.items.append(Item("hip_stem", *_box_of(stem, ball), _polyline(stem, [ball, 7.0, 4.5]), "metal"))
-        r_cup = scene.ind.head_radius + _u(rng, 2, 5)
-        inward = np.array([-SIDES[side] * 0.5, 0.0, 0.86])
-
-        cup = lambda q, c=head, r=r_cup, n=inward: _hemishell(q, c, r - 4.0, r, n)
-        scene.items.append(Item("hip_cup", head - r_cup, head + r_cup, cup, "metal"))
-        scene.metal_points += [head, shaft_end]
-        scene.flags["hip_implant"] = tuple(scene.metal_points[-2:])     # phantom2_arthroplasty may replace it
+        scene.flags["arthroplasty"] = scene_arthroplasty(rng)    # put in by phantom2.make_scene, after the options
     _knee_and_screws(rng, scene)
     if rng.random() < IMPLANT_P["valve"] and "heart" in scene.flags:
         c = scene.flags["heart"] + (_u(rng, -15, 5), 10.0, 15.0)
@@ -299,6 +286,7 @@ def _knee_and_screws(rng, scene) -> None:
             p = [top + off + (SIDES[side] * 10.0, 0.0, 0.0), head + off * 0.8]
             scene.items.append(Item(f"screw{n}", *_box_of(p, 5.0), _polyline(p, [3.2, 3.2]), "metal"))
         scene.metal_points.append(0.5 * (head + top))
+        scene.flags["screws"] = (side, scene.metal_points[-1])      # phantom2_arthroplasty may take them out
     if rng.random() < IMPLANT_P["spine"]:
         s1 = m["s1"]
         for level in range(int(rng.integers(1, 3))):

@@ -387,7 +387,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oa-hips", type=share, metavar="SHARE", help="share of the training phantoms with "
                    "osteoarthritic hips (phantom2_oa: sclerosis, cysts, osteophytes; default: none)")
     p.add_argument("--tha-hips", type=share, metavar="SHARE", help="share of the training phantoms with a total hip "
-                   "arthroplasty (phantom2_arthroplasty: head resected, component labelled femur; default: none)")
+                   "arthroplasty (phantom2_arthroplasty: head resected, component labelled femur; default: as the "
+                   "generator draws them, 12 %%)")
     p.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2), help="phantom processes")
     p.add_argument("--worker-nice", type=int, default=10, help="niceness of the phantom processes")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of the training process")

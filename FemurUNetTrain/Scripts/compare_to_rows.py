@@ -1,5 +1,5 @@
 """Compare a candidate's phantom rows with a stored model's rows on the same seeds (the rule sets kept in
-docs/benchmarks, e.g. 2026-12-05_run17_rule_sets_s28.json), so the stored model need not run again.
+docs/benchmarks, e.g. 2026-12-06_run17_rule_sets_s46.json), so the stored model need not run again.
 
     python3 FemurUNetTrain/Scripts/compare_to_rows.py STORED_SETS.json NEW.json [NEW2.json ...]
 

@@ -3,7 +3,7 @@
     python3 FemurUNetTrain/Scripts/run_rule_sets.py STORED_SETS.json MODEL.pt [--sets WORD ...] [--out DIR]
         [segment options of evaluate_demo_model.py, e.g. --device cuda]
 
-STORED_SETS.json: a rule-sets file in docs/benchmarks (e.g. 2026-12-05_run17_rule_sets_s28.json), whose sets each
+STORED_SETS.json: a rule-sets file in docs/benchmarks (e.g. 2026-12-06_run17_rule_sets_s46.json), whose sets each
 keep the ``evaluate_demo_model.py`` command that made their rows. ``--sets``: words that each pick the one stored
 set whose name holds them (e.g. ``93400 one-leg``; default: every set), in the order given. Each set runs through
 ``evaluate_demo_model.py MODEL --no-real <its command>`` into DIR/<set>.json; a set whose file is already there for
