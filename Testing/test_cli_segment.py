@@ -137,6 +137,9 @@ def test_readme_main_command_demo_scores_the_phantom(tmp_path, capsys):
         "phantom9000_ct.nii.gz", "phantom9000_femur.nii.gz", "phantom9000_femur_pred.seg.nrrd"]
     dice_line = [line for line in out.splitlines() if line.startswith("Dice vs truth:")]
     assert len(dice_line) == 1 and float(dice_line[0].split()[3]) > 0.92      # 0.9353: the case has a hip replacement
+    assert [w for w in err.splitlines() if w.startswith("warning: ")] == [       # ... and says so, as `segment` does
+        w for w in err.splitlines() if w.startswith("warning: left femur: ") and "are metal (above 2500 HU)" in w]
+    assert "are metal (above 2500 HU)" in err
     pred = sitk.ReadImage(str(tmp_path / "demo" / "phantom9000_femur_pred.seg.nrrd"))
     assert pred.GetMetaData("Segment0_Name") == "Femur"
     assert_same_grid(tmp_path / "demo" / "phantom9000_femur_pred.seg.nrrd",

@@ -256,6 +256,19 @@ def test_bone_wrapped_in_much_soft_tissue_warns():
     assert len(report.warnings) == 1
 
 
+def test_metal_in_the_labels_warns_as_an_implant_and_dense_cortex_or_metal_beside_them_does_not():
+    hu, label, g = two_femurs(cortex_hu=2000)                # the densest cortex
+    assert check_plausibility(label, hu, g).warnings == []
+    x, y = axial_xy(g)
+    stem = np.hypot(x - 90, y) < 6                            # a 12 mm metal rod in the left canal, 100 mm long
+    hu[10:30][:, stem] = 3071
+    report = check_plausibility(label, hu, g)
+    assert len(report.warnings) == 1 and warnings_with(report, "left femur: ", "are metal (above 2500 HU), an implant")
+    assert report.sides["left"].implant_ml == pytest.approx(np.pi * 6 ** 2 * 100 / 1000, rel=0.2)
+    label[:, stem] = 0                                        # the metal beside the labels, not in them
+    assert check_plausibility(label, hu, g).warnings == []
+
+
 def test_scattered_specks_warn_but_a_few_beside_a_femur_do_not():
     hu, label, g = two_femurs()
     specks = np.zeros_like(label)
@@ -281,17 +294,18 @@ def read(path):
     return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
 
 
-def test_real_reference_femurs_give_no_warning_and_bone_everywhere_does(real_ct):
+def test_real_reference_femurs_warn_only_of_the_left_implant_and_bone_everywhere_warns(real_ct):
     folder = real_ct / "pelvis_3mm"
     hu, g = read(folder / "ct.nii.gz")
     left, right = (read(folder / f"femur_{s}.nii.gz")[0] > 0 for s in SIDES)
     combined = check_plausibility((left | right).astype(np.uint8), hu, g)
-    assert combined.warnings == [], combined.warnings
+    implant = [w for w in combined.warnings if w.startswith("left femur: ") and "are metal (above 2500 HU)" in w]
+    assert combined.warnings == implant and len(implant) == 1, combined.warnings     # the left hip's metal
     assert combined.sides["left"].volume_ml == pytest.approx(left.sum() * 27 / 1000)    # the midline split
     assert combined.sides["right"].volume_ml == pytest.approx(right.sum() * 27 / 1000)  # matches the masks
     assert all(len(combined.sides[s].components_ml) == 1 for s in SIDES)
     sided = check_plausibility(left * np.uint8(1) + right * np.uint8(2), hu, g, SIDED)
-    assert sided.warnings == [] and sided.sides["left"].volume_ml == combined.sides["left"].volume_ml
+    assert sided.warnings == implant and sided.sides["left"].volume_ml == combined.sides["left"].volume_ml
     every_bone = check_plausibility((hu > 300).astype(np.uint8), hu, g)     # pelvis, spine, femurs
     assert warnings_with(every_bone, "components >= 1 ml", "at most two femurs")
 

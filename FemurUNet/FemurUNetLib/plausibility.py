@@ -43,6 +43,11 @@ Warnings and why (adult femur anatomy; limits are generous so that a real femur 
   section, so a shaft-only femur may have a fat-like median; its cortex alone is 30-60 % of the voxels,
   and the real proximal femur in the test CT has 51 % and 75 % above 150 HU.
 * two or more pieces under 1 ml that together outweigh the large pieces: scattered false positives.
+* at least ``MIN_IMPLANT_ML`` of a side's labels above ``IMPLANT_HU`` (2500 HU): metal, an implant (a hip or knee
+  replacement, screws); cortical bone stays under ~2000 HU, titanium and cobalt-chrome reach the scanner's top
+  (3071 HU on a 12-bit scale). Not an error in itself (a hip replacement's stem belongs to the femur), but the demo
+  model, trained on phantoms, also labels a hip replacement's liner and cup (docs/MODEL_HISTORY.md, "Hip
+  arthroplasty as patients have it"): the labels around an implant need checking.
 
 An empty labelmap gives no warning (a scan need not show a femur).
 """
@@ -68,6 +73,8 @@ MAX_LENGTH_MM = 550.0
 MIN_CORTEX_FRACTION = 0.02
 BONE_HU = 150.0                  # cancellous bone and cortex are above this, soft tissue below ~100
 MIN_BONE_FRACTION = 0.20
+IMPLANT_HU = 2500.0              # metal: above cortical bone (< ~2000 HU)
+MIN_IMPLANT_ML = 1.0
 MIN_WHOLE_FEMUR_MM = 250.0     # a femur that lies wholly inside the scan is longer than this
 EDGE_MARGIN_MM = 20.0          # labels this close to a face of the scanned volume reach it (edge slices missed)
 ONE_SIDED_FRACTION = 0.01      # the midline cuts the largest piece when this share of it lies on each side
@@ -90,6 +97,7 @@ class SideReport:
     max_area_cm2: float = 0.0
     median_hu: Optional[float] = None
     bone_fraction: float = 0.0                      # fraction of the side's voxels above BONE_HU
+    implant_ml: float = 0.0                         # labelled voxels above IMPLANT_HU
 
     def summary(self) -> str:
         if not self.volume_ml:
@@ -231,6 +239,7 @@ def _measure_side(side: str, mask: np.ndarray, hu: np.ndarray, geometry: Geometr
     inside = hu[mask]
     report.median_hu = float(np.median(inside))
     report.bone_fraction = float(np.count_nonzero(inside > BONE_HU)) / inside.size
+    report.implant_ml = float(np.count_nonzero(inside > IMPLANT_HU)) * voxel_ml
     if large.size:
         thickness = geometry.spacing[2 - z_axis]
         in_large = np.isin(pieces, large + 1)
@@ -277,6 +286,9 @@ def _side_warnings(r: SideReport) -> list:
     if r.small_pieces >= 2 and r.small_ml > sum(r.components_ml):
         warnings.append(f"{name}: {r.small_pieces} pieces under {LARGE_ML:g} ml ({r.small_ml:.2f} ml in all) "
                         f"against {sum(r.components_ml):.1f} ml in larger ones: probably scattered false positives")
+    if r.implant_ml >= MIN_IMPLANT_ML:
+        warnings.append(f"{name}: {r.implant_ml:.1f} ml of the labels are metal (above {IMPLANT_HU:g} HU), an implant: "
+                        "check the labels around it (a hip replacement's liner and cup)")
     return warnings
 
 

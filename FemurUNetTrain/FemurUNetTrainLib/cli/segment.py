@@ -109,6 +109,8 @@ def run_demo(args) -> int:
           f"spacing {' x '.join(f'{s:.2f}' for s in case.geometry.spacing)} mm)")
     print(f"segmentation : {seg_path} ({result.stats['slices']} slices in {result.seconds:.1f} s on {result.device})")
     print(f"Dice vs truth: {dice(pred, truth):.4f}  (HD95 {hd95(pred, truth, case.geometry.spacing[::-1]):.2f} mm)")
+    for warning in check_result(result, case.ct).warnings:      # as `segment` prints them
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
