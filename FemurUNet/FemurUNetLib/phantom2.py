@@ -531,11 +531,10 @@ def _options(scene, streams, oa: bool, tha: bool):
     scene's own (12 % of cases) or, with ``tha``, one from the twelfth stream in its place."""
     if oa:
         osteoarthritic(scene, streams[10])
-    drawn = scene.flags.pop("arthroplasty", None)
-    arthroplasty = draw_arthroplasty(streams[11]) if tha else drawn
-    if arthroplasty is not None:
-        with_arthroplasty(scene, arthroplasty)
-        scene.flags["arthroplasty"] = arthroplasty
+    if tha:
+        scene.flags["arthroplasty"] = draw_arthroplasty(streams[11])
+    if "arthroplasty" in scene.flags:
+        with_arthroplasty(scene, scene.flags["arthroplasty"])
     return scene
 
 
