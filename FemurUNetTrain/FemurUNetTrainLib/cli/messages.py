@@ -24,6 +24,13 @@ def _ours(category, filename: str) -> bool:
     return issubclass(category, FemurUNetWarning) or str(Path(filename).resolve()).startswith(OUR_PACKAGES)
 
 
+def print_warnings(lines) -> None:
+    """The plausibility check's warnings, one ``warning: ...`` line each on stderr (the result is still written and
+    the exit code stays 0)."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def library_messages(verbose: bool):
     """Native library warnings off (unless verbose); Python warnings as one ``warning: ...`` line each --

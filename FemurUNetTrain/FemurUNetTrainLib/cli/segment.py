@@ -21,6 +21,7 @@ from FemurUNetLib.volume_io import output_kind, read_volume, write_image, write_
 from FemurUNetLib.segment_options import add_segment_options, segment_keywords
 
 from .common import TerminalLine
+from .messages import print_warnings
 
 
 class ProgressBar:
@@ -81,8 +82,7 @@ def run_segment(args) -> int:
             write_qc(args.qc, volume, result.labelmap, result.geometry, f"{Path(args.input).name}: femur by FemurUNet")
     report = check_result(result, volume)
     print("\n".join(summarize(result, report)))
-    for warning in report.warnings:   # an implausible result is still written; exit code stays 0
-        print(f"warning: {warning}", file=sys.stderr)
+    print_warnings(report.warnings)
     padded, second = result.stats["padded_field_mm"], result.stats["second_opinion"]
     fraction, gate, at = (result.stats[k] for k in ("second_opinion_fraction", "gate", "gate_threshold"))
     print(f"{result.stats['slices']} slices in {result.seconds:.1f} s on {result.device} "
@@ -109,8 +109,7 @@ def run_demo(args) -> int:
           f"spacing {' x '.join(f'{s:.2f}' for s in case.geometry.spacing)} mm)")
     print(f"segmentation : {seg_path} ({result.stats['slices']} slices in {result.seconds:.1f} s on {result.device})")
     print(f"Dice vs truth: {dice(pred, truth):.4f}  (HD95 {hd95(pred, truth, case.geometry.spacing[::-1]):.2f} mm)")
-    for warning in check_result(result, case.ct).warnings:      # as `segment` prints them
-        print(f"warning: {warning}", file=sys.stderr)
+    print_warnings(check_result(result, case.ct).warnings)
     return 0
 
 
